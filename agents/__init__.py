@@ -1,0 +1,1 @@
+"""Faust agents: thin I/O around the pure policies in ``policies/``."""

@@ -1,0 +1,261 @@
+"""Stage 2, keyed by recipient: activity, following lists, and timeline writes.
+
+Consumes ``user-activity`` and ``timeline-deliveries`` together (both keyed by
+recipient), so whether a recipient is active is a local table read, never a
+cross-partition lookup. Per batch:
+
+* walk the events in order, updating the ``recipients`` and ``following_edges``
+  tables and collecting the net effect on each timeline row (the last write to a
+  row wins, so writes of one batch never race each other);
+* rebuilds (a returning user) and backfills (a new follow) read the followees'
+  author timelines, which stage 1 wrote before it sent the ops;
+* apply the writes: Cassandra first (the durable timeline), then Redis (the
+  cache, only where a cached timeline exists), then ack.
+
+Every write is keyed by (user, tweet id): replaying a batch changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import orjson
+
+from agents.outbox import Outbox
+from agents.sinks import Sinks, get_sinks, with_retry
+from faust_app import app, settings
+from policies.activity import is_active
+from policies.partitioning import partition_for_id
+from policies.rebuild import AuthorTweets, plan_rebuild
+from policies.timeline import backfill_window
+from schemas import ACTIVITY_EVENTS, ContractError, UserActive, decode
+from streams.topics import dead_letters_topic, recipient_events
+from tables.edges import edge_key, entity_key, event_scope, iter_edges
+from tables.graph import following_edges, recipients
+
+log = logging.getLogger(__name__)
+STAGE = "deliver"
+BATCH_MAX = 500
+BATCH_WITHIN_S = 0.05
+MAX_ID = 2**63 - 1
+NEW_RECIPIENT = {"active_at": None, "stale": False, "floor": 0}
+OPS = {"add", "remove", "follow", "unfollow", "backfill"}
+
+
+def decode_ops(raw: bytes | None) -> list[dict]:
+    """The ops of one delivery message, or ContractError."""
+    try:
+        body = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(f"delivery is not JSON: {exc}") from None
+    ops = body.get("ops") if isinstance(body, dict) else None
+    if not isinstance(ops, list) or not all(isinstance(o, dict) and o.get("op") in OPS for o in ops):
+        raise ContractError("delivery must be {\"ops\": [...]} with known op names")
+    return ops
+
+
+class RecipientBatch:
+    """The net effect of one batch on timelines, following lists and metadata."""
+
+    def __init__(self, sinks: Sinks) -> None:
+        self.sinks = sinks
+        # (user, tweet) -> (present, author): the last op on a row wins.
+        self.rows: dict[tuple[int, int], tuple[bool, int]] = {}
+        self.following: dict[tuple[int, int], int | None] = {}  # (user, followee) -> since, None = delete
+        self.meta: dict[int, dict] = {}  # user -> recipient state to mirror into Cassandra
+        self.invalidate: set[int] = set()
+
+    # --- state ----------------------------------------------------------------
+    def state(self, user_id: int) -> dict:
+        return dict(recipients[entity_key(user_id)] or NEW_RECIPIENT)
+
+    def save(self, user_id: int, rec: dict, *, mirror: bool) -> None:
+        recipients[entity_key(user_id)] = rec
+        if mirror:
+            self.meta[user_id] = rec
+            self.invalidate.add(user_id)
+
+    def accepts(self, user_id: int, rec: dict, at: int) -> bool:
+        """Whether the user's timeline is kept up to date; marks it stale when not."""
+        if rec["stale"]:
+            return False
+        if is_active(rec["active_at"], at, settings.inactive_after_ms):
+            return True
+        rec["stale"] = True  # deliveries are skipped from here on; rebuilt on return
+        self.save(user_id, rec, mirror=True)
+        return False
+
+    async def read(self, name: str, params: tuple) -> list:
+        return await with_retry(name, lambda: self.sinks.cassandra.execute(name, params))
+
+    # --- ops --------------------------------------------------------------------
+    def add(self, op: dict) -> None:
+        tweet_id, author_id, at = op["tweet_id"], op["author_id"], op["created_at"]
+        for user_id in op["to"]:
+            rec = self.state(user_id)
+            if self.accepts(user_id, rec, at) and tweet_id > rec["floor"]:
+                self.rows[(user_id, tweet_id)] = (True, author_id)
+
+    def remove(self, op: dict) -> None:
+        for user_id in op["to"]:
+            self.rows[(user_id, op["tweet_id"])] = (False, op["author_id"])
+
+    async def on_activity(self, ev: UserActive) -> None:
+        rec = self.state(ev.user_id)
+        if rec["active_at"] is not None and ev.at <= rec["active_at"] and not rec["stale"]:
+            return  # an old or repeated activity event
+        rec["active_at"] = ev.at if rec["active_at"] is None else max(rec["active_at"], ev.at)
+        if rec["stale"]:
+            await self.rebuild(ev.user_id, rec)
+        self.save(ev.user_id, rec, mirror=False)
+
+    async def follow(self, op: dict) -> None:
+        user_id, followee = op["follower"], op["followee"]
+        following_edges[edge_key(user_id, followee)] = b"%d" % op["at"]
+        self.following[(user_id, followee)] = op["at"]
+        rec = self.state(user_id)
+        if self.accepts(user_id, rec, op["at"]):
+            await self.backfill_user(user_id, rec, followee, above=0)
+
+    async def unfollow(self, op: dict) -> None:
+        user_id, followee = op["follower"], op["followee"]
+        if following_edges[edge_key(user_id, followee)] is not None:
+            del following_edges[edge_key(user_id, followee)]
+        self.following[(user_id, followee)] = None
+        rec = self.state(user_id)
+        rows = await self.read("author_tl_above", (followee, rec["floor"], settings.timeline_cap * 4))
+        for row in rows:
+            self.rows[(user_id, row.tweet_id)] = (False, followee)
+
+    async def backfill(self, op: dict) -> None:
+        """An author left celebrity status: add what they posted while pulled."""
+        for user_id in op["to"]:
+            rec = self.state(user_id)
+            if not rec["stale"]:
+                await self.backfill_user(user_id, rec, op["author"], above=op["above"])
+
+    async def backfill_user(self, user_id: int, rec: dict, author_id: int, *, above: int) -> None:
+        limit = settings.backfill_limit
+        rows = await self.read("author_tl_below", (author_id, MAX_ID, limit + 1))
+        ids = [r.tweet_id for r in rows]
+        window = backfill_window(ids, limit, truncated=len(ids) > limit)
+        if window.floor_candidate is not None and window.floor_candidate > rec["floor"]:
+            rec["floor"] = window.floor_candidate
+            self.save(user_id, rec, mirror=True)
+        for tweet_id in window.ids_to_add:
+            if tweet_id > max(rec["floor"], above) and (user_id, tweet_id) not in self.rows:
+                self.rows[(user_id, tweet_id)] = (True, author_id)
+
+    async def rebuild(self, user_id: int, rec: dict) -> None:
+        """Rebuild a returning user's timeline from their followees' author timelines."""
+        followees = list(iter_edges(following_edges, user_id))
+        cap = settings.timeline_cap
+        params = [(a, MAX_ID, cap + 1) for a in followees]
+        results = await with_retry(
+            "rebuild reads", lambda: self.sinks.cassandra.query_many("author_tl_below", params)
+        )
+        by_author = {
+            a: AuthorTweets([r.tweet_id for r in rows[:cap]], len(rows) > cap)
+            for a, rows in zip(followees, results)
+        }
+        rebuilt = plan_rebuild(by_author, cap)
+        # Earlier writes of this batch for the user are superseded by the rebuild.
+        for key in [k for k in self.rows if k[0] == user_id]:
+            del self.rows[key]
+        await self.read("clear_user_tl", (user_id,))
+        for tweet_id, author_id in rebuilt.entries:
+            self.rows[(user_id, tweet_id)] = (True, author_id)
+        rec["stale"] = False
+        rec["floor"] = rebuilt.floor
+        self.save(user_id, rec, mirror=True)
+
+    async def handle(self, payload: Any) -> None:
+        if isinstance(payload, UserActive):
+            await self.on_activity(payload)
+            return
+        for op in payload:
+            kind = op["op"]
+            if kind == "add":
+                self.add(op)
+            elif kind == "remove":
+                self.remove(op)
+            elif kind == "follow":
+                await self.follow(op)
+            elif kind == "unfollow":
+                await self.unfollow(op)
+            else:
+                await self.backfill(op)
+
+    # --- writes -----------------------------------------------------------------
+    def cassandra_writes(self) -> list[tuple[str, tuple]]:
+        writes: list[tuple[str, tuple]] = []
+        for (user_id, tweet_id), (present, author_id) in self.rows.items():
+            if present:
+                writes.append(("insert_user_tl", (user_id, tweet_id, author_id)))
+            else:
+                writes.append(("delete_user_tl", (user_id, tweet_id)))
+        for (user_id, followee), since in self.following.items():
+            if since is None:
+                writes.append(("delete_following", (user_id, followee)))
+            else:
+                writes.append(("insert_following", (user_id, followee, since)))
+        now = int(time.time() * 1000)
+        for user_id, rec in self.meta.items():
+            writes.append(("set_meta", (user_id, rec["floor"], rec["stale"], now)))
+        return writes
+
+    async def apply(self) -> None:
+        writes = self.cassandra_writes()
+        await with_retry("timeline writes", lambda: self.sinks.cassandra.execute_many(writes))
+        adds: dict[int, list[tuple[int, int]]] = {}
+        removes: dict[int, list[tuple[int, int]]] = {}
+        for (user_id, tweet_id), (present, author_id) in self.rows.items():
+            if user_id not in self.invalidate:
+                (adds if present else removes).setdefault(user_id, []).append((tweet_id, author_id))
+        timelines = self.sinks.timelines
+        await with_retry("redis push", lambda: timelines.push_many(adds))
+        await with_retry("redis unpush", lambda: timelines.unpush_many(removes))
+        await with_retry("redis invalidate", lambda: timelines.invalidate(self.invalidate))
+
+
+def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:
+    good = []
+    for event in events:
+        msg = event.message
+        try:
+            if msg.topic == settings.topic_activity:
+                payload: Any = decode(msg.value, ACTIVITY_EVENTS)
+                expected = partition_for_id(payload.user_id, settings.topic_partitions)
+                if expected != msg.partition:
+                    topic = app.topic(msg.topic, key_serializer="raw", value_serializer="raw")
+                    outbox.reroute(topic, event, expected)
+                    continue
+            else:
+                payload = decode_ops(msg.value)
+        except ContractError as exc:
+            outbox.dead_letter(dead_letters_topic, event, exc.reason, STAGE)
+            continue
+        good.append((event, payload))
+    return good
+
+
+async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
+    outbox = Outbox(settings.topic_partitions)
+    batch = RecipientBatch(sinks)
+    for event, payload in decode_batch(events, outbox):
+        with event_scope(event):
+            try:
+                await batch.handle(payload)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
+                log.exception("delivery failed for %r", payload)
+                outbox.dead_letter(dead_letters_topic, event, f"processing error: {exc!r}", STAGE)
+    await batch.apply()
+    await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
+
+
+@app.agent(recipient_events, concurrency=1)
+async def deliver(stream: Any) -> None:
+    sinks = await get_sinks(settings)
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        await process_recipient_batch(sinks, events)

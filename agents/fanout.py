@@ -1,0 +1,251 @@
+"""Stage 1, keyed by author: store tweets, keep the follower graph, plan the fanout.
+
+Consumes ``tweets`` (keyed by author) and ``follows`` (keyed by followee)
+together, so an author's tweets and follower edges meet in one partition and
+are processed in log order. A batch is handled in three steps:
+
+1. store the batch's tweets (bodies and author timelines) and deletes;
+2. walk the events in order: update the edge and author tables, ask the pure
+   policies what to deliver, and queue delivery ops keyed by recipient;
+3. publish the delivery batches (one message per destination partition) and
+   dead letters, and wait for Kafka's acks.
+
+Only then does the stream ack the batch, so a crash replays it; every step is
+idempotent. Step 1 precedes step 3, so when the delivery stage backfills a new
+follower from the author timeline it sees every tweet fanned out before it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from faust.streams import current_event
+
+from agents.outbox import Outbox
+from agents.sinks import Sinks, get_sinks, with_retry
+from faust_app import app, settings
+from policies.celebrity import CelebrityRule
+from policies.fanout import plan_fanout, plan_removal
+from policies.partitioning import partition_for_id
+from schemas import (
+    FOLLOW_EVENTS,
+    TWEET_EVENTS,
+    ContractError,
+    TweetDeleted,
+    TweetPosted,
+    UserFollowed,
+    UserUnfollowed,
+    decode,
+)
+from streams.topics import author_events, dead_letters_topic, deliveries_topic
+from tables.edges import edge_key, entity_key, event_scope, iter_edges
+from tables.graph import authors, follower_edges
+
+log = logging.getLogger(__name__)
+STAGE = "fanout"
+BATCH_MAX = 500
+BATCH_WITHIN_S = 0.05
+RULE = CelebrityRule(settings.celebrity_threshold, settings.celebrity_hysteresis)
+NEW_AUTHOR = {"followers": 0, "celebrity": False, "since": 0, "last_pushed": 0}
+
+
+def _allowed(topic: str) -> dict[str, type]:
+    return TWEET_EVENTS if topic == settings.topic_tweets else FOLLOW_EVENTS
+
+
+def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:
+    """Typed events of the batch; bad ones go to the dead-letter topic, misrouted ones are re-sent."""
+    good = []
+    for event in events:
+        msg = event.message
+        try:
+            typed = decode(msg.value, _allowed(msg.topic))
+        except ContractError as exc:
+            outbox.dead_letter(dead_letters_topic, event, exc.reason, STAGE)
+            continue
+        expected = partition_for_id(typed.key, settings.topic_partitions)
+        if expected != msg.partition:
+            # A producer used another partitioner (e.g. librdkafka's default):
+            # the event would miss its author's edges, so move it where they are.
+            topic = app.topic(msg.topic, key_serializer="raw", value_serializer="raw")
+            outbox.reroute(topic, event, expected)
+            continue
+        good.append((event, typed))
+    return good
+
+
+def store_tweets(sinks: Sinks, typed: Sequence[Any]) -> list[tuple[str, tuple]]:
+    """Cassandra writes for the batch's tweets: inserts first, then deletes (a delete always wins)."""
+    writes: list[tuple[str, tuple]] = []
+    for ev in typed:
+        if isinstance(ev, TweetPosted):
+            writes.append(("insert_tweet", (ev.tweet_id, ev.author_id, ev.text, ev.created_at)))
+            writes.append(("insert_author_tl", (ev.author_id, ev.tweet_id)))
+    for ev in typed:
+        if isinstance(ev, TweetDeleted):
+            writes.append(("mark_deleted", (max(ev.deleted_at, 1), ev.tweet_id)))
+            writes.append(("delete_author_tl", (ev.author_id, ev.tweet_id)))
+    return writes
+
+
+def _author(author_id: int) -> dict:
+    return dict(authors[entity_key(author_id)] or NEW_AUTHOR)
+
+
+def _delivery_op(op: str, tweet_id: int, author_id: int, created_at: int, to: Sequence[int]) -> dict:
+    return {"op": op, "tweet_id": tweet_id, "author_id": author_id, "created_at": created_at, "to": list(to)}
+
+
+class AuthorBatch:
+    """Step 2 for one batch: table updates and the delivery ops they imply."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.status_writes: dict[int, dict] = {}  # author -> newest status
+        # events of authors whose demotion backfill is queued in this batch
+        self.backfills: dict[int, Any] = {}
+
+    def partition_of(self, user_id: int) -> int:
+        return partition_for_id(user_id, settings.topic_partitions)
+
+    def on_follow_change(self, ev: UserFollowed | UserUnfollowed) -> None:
+        key = edge_key(ev.followee_id, ev.follower_id)
+        following = isinstance(ev, UserFollowed)
+        exists = follower_edges[key] is not None
+        author = _author(ev.followee_id)
+        if following and not exists:
+            follower_edges[key] = b"%d" % ev.at
+            author["followers"] += 1
+        elif not following and exists:
+            del follower_edges[key]
+            author["followers"] = max(0, author["followers"] - 1)
+        self._apply_celebrity_rule(ev.followee_id, author)
+        if author.get("backfill_pending") and ev.followee_id not in self.backfills:
+            self._queue_backfill(ev.followee_id, author)
+        authors[entity_key(ev.followee_id)] = author
+        self.status_writes[ev.followee_id] = author
+        # The follower's side (following list, backfill or removal) is the
+        # delivery stage's job, in the follower's partition. Sent even for a
+        # duplicate event: the delivery stage is idempotent too.
+        self.outbox.deliver(
+            ev.follower_id,
+            {
+                "op": "follow" if following else "unfollow",
+                "follower": ev.follower_id,
+                "followee": ev.followee_id,
+                "at": ev.at,
+            },
+        )
+
+    def _apply_celebrity_rule(self, author_id: int, author: dict) -> None:
+        change = RULE.transition(author["celebrity"], author["followers"])
+        if change == "promoted":
+            author["celebrity"] = True
+            author["backfill_pending"] = False
+            # Tweets after the last pushed one are pulled at read time from now on.
+            author["since"] = author["last_pushed"]
+        elif change == "demoted":
+            author["celebrity"] = False
+            # Tweets posted while a celebrity were never pushed: push them now.
+            # The flag survives a crash (it is in the changelogged table), so a
+            # replay re-sends a backfill whose messages may have been lost.
+            author["backfill_pending"] = True
+
+    def _queue_backfill(self, author_id: int, author: dict) -> None:
+        followers = list(iter_edges(follower_edges, author_id))
+        op = {"op": "backfill", "author": author_id, "above": author["since"]}
+        for batch in plan_fanout(_Ref(0, author_id), followers, False, self.partition_of):
+            self.outbox.deliver_to_partition(batch.partition, {**op, "to": list(batch.recipients)})
+        self.backfills[author_id] = current_event()
+
+    def on_tweet(self, ev: TweetPosted) -> None:
+        author = _author(ev.author_id)
+        if author["celebrity"]:
+            return  # pulled at read time
+        followers = iter_edges(follower_edges, ev.author_id)
+        for batch in plan_fanout(ev, followers, False, self.partition_of):
+            self.outbox.deliver_to_partition(
+                batch.partition,
+                _delivery_op("add", ev.tweet_id, ev.author_id, ev.created_at, batch.recipients),
+            )
+        if ev.tweet_id > author["last_pushed"]:
+            author["last_pushed"] = ev.tweet_id
+            authors[entity_key(ev.author_id)] = author
+
+    def on_delete(self, ev: TweetDeleted) -> None:
+        author = _author(ev.author_id)
+        if author["celebrity"] and ev.tweet_id > author["since"]:
+            return  # never pushed; reads drop deleted tweets anyway
+        followers = iter_edges(follower_edges, ev.author_id)
+        for batch in plan_removal(ev, followers, self.partition_of):
+            self.outbox.deliver_to_partition(
+                batch.partition,
+                _delivery_op("remove", ev.tweet_id, ev.author_id, 0, batch.recipients),
+            )
+
+    def handle(self, ev: Any) -> None:
+        if isinstance(ev, TweetPosted):
+            self.on_tweet(ev)
+        elif isinstance(ev, TweetDeleted):
+            self.on_delete(ev)
+        else:
+            self.on_follow_change(ev)
+
+
+class _Ref:
+    __slots__ = ("tweet_id", "author_id")
+
+    def __init__(self, tweet_id: int, author_id: int) -> None:
+        self.tweet_id, self.author_id = tweet_id, author_id
+
+
+async def publish_author_status(sinks: Sinks, batch: AuthorBatch) -> None:
+    writes = [
+        ("set_author_status", (a, s["followers"], s["celebrity"], s["since"]))
+        for a, s in batch.status_writes.items()
+    ]
+    await with_retry("author status", lambda: sinks.cassandra.execute_many(writes))
+    if not batch.status_writes:
+        return
+
+    async def update_redis() -> None:
+        # Written for every touched author, not only on a transition, so a
+        # replay after a crash repairs a set that missed an update.
+        async with sinks.redis.pipeline(transaction=False) as pipe:
+            for author_id, status in batch.status_writes.items():
+                if status["celebrity"]:
+                    pipe.sadd(sinks.celebrities_key(), author_id)
+                else:
+                    pipe.srem(sinks.celebrities_key(), author_id)
+            await pipe.execute()
+
+    await with_retry("celebrity set", update_redis)
+
+
+async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
+    outbox = Outbox(settings.topic_partitions)
+    good = decode_batch(events, outbox)
+    writes = store_tweets(sinks, [typed for _, typed in good])
+    await with_retry("store tweets", lambda: sinks.cassandra.execute_many(writes))
+    batch = AuthorBatch(outbox)
+    for event, typed in good:
+        with event_scope(event):
+            try:
+                batch.handle(typed)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
+                log.exception("fanout failed for %r", typed)
+                outbox.dead_letter(dead_letters_topic, event, f"processing error: {exc!r}", STAGE)
+    await publish_author_status(sinks, batch)
+    await with_retry("publish deliveries", lambda: outbox.flush(deliveries_topic))
+    for author_id, event in batch.backfills.items():
+        with event_scope(event):
+            author = _author(author_id)
+            author["backfill_pending"] = False
+            authors[entity_key(author_id)] = author
+
+
+@app.agent(author_events, concurrency=1)
+async def fanout(stream: Any) -> None:
+    sinks = await get_sinks(settings)
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        await process_author_batch(sinks, events)

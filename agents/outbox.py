@@ -1,0 +1,59 @@
+"""Messages a batch wants to publish, sent together and awaited before the batch is acked."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from agents.dead_letters import count_dead_letter, dead_letter_record
+from policies.partitioning import partition_for_id
+from schemas import encode_key
+
+
+@dataclass
+class Outbox:
+    """Collects sends; ``flush`` publishes them all and waits for Kafka's acks.
+
+    Sending happens after the batch's store writes, and the batch's offsets are
+    committed only after ``flush`` returns: a crash in between replays the batch,
+    and every consumer of these messages is idempotent.
+    """
+
+    partitions: int
+    messages: list[tuple[Any, bytes | None, bytes, int | None]] = field(default_factory=list)
+    # destination partition -> ordered delivery ops
+    deliveries: dict[int, list[dict]] = field(default_factory=dict)
+
+    def dead_letter(self, topic: Any, event: Any, reason: str, stage: str) -> None:
+        count_dead_letter(event, reason, stage)
+        self.messages.append((topic, event.message.key, dead_letter_record(event, reason, stage), None))
+
+    def reroute(self, topic: Any, event: Any, partition: int) -> None:
+        """Send a message that arrived on the wrong partition to the right one of its topic."""
+        self.messages.append((topic, event.message.key, event.message.value, partition))
+
+    def deliver(self, recipient: int, op: dict) -> None:
+        self.deliver_to_partition(partition_for_id(recipient, self.partitions), op)
+
+    def deliver_to_partition(self, partition: int, op: dict) -> None:
+        self.deliveries.setdefault(partition, []).append(op)
+
+    def __len__(self) -> int:
+        return len(self.messages) + len(self.deliveries)
+
+    async def flush(self, deliveries_topic: Any) -> None:
+        futures = []
+        for topic, key, value, partition in self.messages:
+            futures.append(await topic.send(key=key, value=value, partition=partition, force=True))
+        for partition in sorted(self.deliveries):
+            value = orjson.dumps({"ops": self.deliveries[partition]})
+            key = encode_key(partition)
+            futures.append(
+                await deliveries_topic.send(key=key, value=value, partition=partition, force=True)
+            )
+        if futures:
+            await asyncio.gather(*futures)
+        self.messages.clear()
+        self.deliveries.clear()

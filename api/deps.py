@@ -1,0 +1,183 @@
+"""Connections the Post service holds for its lifetime, and the 503 mapping of their failures.
+
+:class:`Resources` is created and started by the app's lifespan and kept on
+``app.state.resources``. Starting never fails because a server is down: the
+PostgreSQL pool connects in the background, the Kafka producer is (re)started on
+demand, the Snowflake worker id lease is retried in the background. Requests that need
+a missing dependency answer 503 within a few seconds, with a ``detail`` naming it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import psycopg
+import redis.exceptions
+from fastapi import FastAPI, Request
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from redis.asyncio import Redis
+from starlette.responses import Response
+
+from api.errors import Problem, problem_response
+from api.kafka import KafkaGateway, KafkaUnavailable
+from api.metrics import Metrics
+from api.ratelimit import RedisTokenBucket
+from api.worker_id import NoWorkerId, WorkerIdSource
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+PG_TIMEOUT_S = 3.0
+REDIS_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pg: AsyncConnectionPool
+    redis: Redis
+    kafka: KafkaGateway
+    ids: WorkerIdSource
+    limiter: RedisTokenBucket
+    metrics: Metrics
+    # token hash -> (user id, expires at monotonic); tokens are never revoked, so a
+    # short-lived positive cache only saves PostgreSQL round trips.
+    token_cache: dict[bytes, tuple[int, float]] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        kafka_timeout_s: float = 5.0,
+        instance: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> "Resources":
+        pg = AsyncConnectionPool(
+            settings.postgres_dsn,
+            min_size=1,
+            max_size=10,
+            open=False,
+            timeout=PG_TIMEOUT_S,
+            kwargs={"autocommit": True, "connect_timeout": 3},
+            name="post-service",
+        )
+        rds = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            socket_timeout=REDIS_TIMEOUT_S,
+            health_check_interval=30,
+        )
+        return cls(
+            settings=settings,
+            pg=pg,
+            redis=rds,
+            kafka=KafkaGateway(settings, timeout_s=kafka_timeout_s),
+            ids=WorkerIdSource(
+                rds,
+                fixed_worker_id=settings.snowflake_worker_id,
+                epoch_ms=settings.snowflake_epoch_ms,
+                instance=instance,
+            ),
+            limiter=RedisTokenBucket(
+                rds, burst=settings.post_rate_burst, rate_per_s=settings.post_rate_per_s
+            ),
+            metrics=metrics or Metrics(),
+        )
+
+    async def start(self) -> None:
+        await self.pg.open(wait=False)
+        await asyncio.gather(self.kafka.start(), self.ids.start())
+
+    async def stop(self) -> None:
+        await self.ids.stop()
+        await self.kafka.stop()
+        await self.pg.close(timeout=2.0)
+        await self.redis.aclose()
+
+    @asynccontextmanager
+    async def pg_conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self.pg.connection(timeout=PG_TIMEOUT_S) as conn:
+            yield conn
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        async def pg() -> dict[str, Any]:
+            async with self.pg_conn() as conn:
+                await conn.execute("SELECT 1")
+            return {"ok": True}
+
+        async def rds() -> dict[str, Any]:
+            await self.redis.ping()
+            return {"ok": True}
+
+        async def guarded(name: str, coro: Any) -> tuple[str, dict[str, Any]]:
+            started = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(coro, 4.0)
+            except (Exception, asyncio.TimeoutError) as exc:
+                result = {"ok": False, "error": _describe(exc)}
+            result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            return name, result
+
+        checks = dict(
+            await asyncio.gather(
+                guarded("postgres", pg()),
+                guarded("redis", rds()),
+                guarded("kafka", self.kafka.state()),
+            )
+        )
+        checks["snowflake"] = self.ids.state()
+        return checks
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def get_resources(request: Request) -> Resources:
+    return request.app.state.resources
+
+
+# --- failures of dependencies -> 503 ---------------------------------------------------
+
+
+def _unavailable(detail: str, retry_after: int = 1) -> Response:
+    return problem_response(503, detail, headers={"Retry-After": str(retry_after)})
+
+
+async def _on_kafka(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KafkaUnavailable)
+    return _unavailable(f"the event log is unavailable, nothing was accepted: {exc.reason}")
+
+
+async def _on_postgres(request: Request, exc: Exception) -> Response:
+    log.warning("PostgreSQL unavailable: %s", _describe(exc))
+    return _unavailable(f"PostgreSQL is unavailable: {_describe(exc)}")
+
+
+async def _on_redis(request: Request, exc: Exception) -> Response:
+    log.warning("Redis unavailable: %s", _describe(exc))
+    return _unavailable(f"Redis is unavailable: {_describe(exc)}")
+
+
+async def _on_no_worker(request: Request, exc: Exception) -> Response:
+    return _unavailable(f"cannot issue ids: {exc}", retry_after=5)
+
+
+def install_dependency_errors(app: FastAPI) -> None:
+    app.add_exception_handler(KafkaUnavailable, _on_kafka)
+    app.add_exception_handler(PoolTimeout, _on_postgres)
+    app.add_exception_handler(psycopg.OperationalError, _on_postgres)
+    app.add_exception_handler(redis.exceptions.ConnectionError, _on_redis)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _on_redis)
+    app.add_exception_handler(NoWorkerId, _on_no_worker)
+
+
+__all__ = ["Problem", "Resources", "get_resources", "install_dependency_errors"]

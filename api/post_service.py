@@ -1,0 +1,437 @@
+"""The Post service: the write side of the home timeline, over HTTP.
+
+Stateless FastAPI app. Every accepted write is an event on the Kafka log first; the
+service never writes tweets or follows to a database itself (Faust agents project the
+log into PostgreSQL, Cassandra and Redis). It owns only accounts (``users`` in
+PostgreSQL) and a little Redis state (rate-limit buckets, idempotency records, tweet
+owners, Snowflake worker-id leases).
+
+Endpoints (ids are decimal strings in JSON and in paths)::
+
+    POST   /v1/users                                   {"handle"} -> 201 {user_id, handle, token}
+    POST   /v1/tweets                  (Bearer)        {"text"}   -> 201 {tweet_id, author_id, text, created_at}
+    DELETE /v1/tweets/{tweet_id}       (Bearer)                   -> 204
+    POST   /v1/users/{user_id}/following          (Bearer) {"target_user_id"} -> 200 {"following": true}
+    DELETE /v1/users/{user_id}/following/{target} (Bearer)       -> 200 {"following": false}
+    GET    /healthz                                               -> 200 / 503 with each dependency
+    GET    /metrics                                               -> Prometheus text
+
+Events: signup -> ``user_active`` (user-activity topic, key user id); post ->
+``tweet_posted`` and delete -> ``tweet_deleted`` (tweets topic, key author id); follow ->
+``followed`` / ``unfollowed`` (follows topic, key *followee* id). A write answers 2xx only
+after Kafka acknowledged its event (``acks='all'``, idempotent producer); if Kafka does
+not answer within ``kafka_timeout_s`` (5 s) the answer is 503 and nothing was accepted.
+
+Semantics worth knowing:
+
+* Deleting a tweet is idempotent for its author: a second DELETE is 204 again (and
+  emits nothing once the service knows the tweet is deleted). Another user's tweet is
+  403, an unknown id 404. The author is found in Redis (``tweet:owner:<id>``, written
+  before the 201 of the post, 90-day TTL) and else in the PostgreSQL ``tweets``
+  projection.
+* Following twice or unfollowing someone not followed is harmless: 200, and the event
+  is emitted again (consumers treat follow state as last-event-wins per pair).
+* Malformed ids (not ``[1-9][0-9]*`` within int64) are 422; well-formed unknown ids 404.
+* Posting is rate limited per user by a token bucket in Redis (``TL_POST_RATE_BURST``,
+  ``TL_POST_RATE_PER_S``): 429 with ``Retry-After``. Replays of an Idempotency-Key do
+  not spend tokens.
+* Snowflake worker ids: fixed from ``TL_SNOWFLAKE_WORKER_ID`` when >= 0, else leased
+  from Redis (``SET snowflake:worker:<n> <instance> NX EX 60`` for the first free
+  ``n`` in 0..1023, renewed every 20 s, released on shutdown) - see ``api.worker_id``.
+  Two Post service processes therefore never issue ids with the same worker id.
+
+Run: ``python -m api.post_service [--host 127.0.0.1] [--port 8081]``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import orjson
+import psycopg
+import redis.exceptions
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import Response
+
+from api import errors
+from api.auth import authenticate, hash_token, new_token
+from api.body import BodyLimitMiddleware, parse_id, read_json
+from api.deps import Resources, get_resources, install_dependency_errors
+from api.errors import Problem
+from api.idempotency import MAX_KEY_CHARS, IdempotencySlot, Record, fingerprint
+from api.kafka import KafkaUnavailable
+from api.metrics import Metrics, MetricsMiddleware
+from policies.ratelimit import retry_after_header
+from policies.snowflake import snowflake_timestamp_ms
+from policies.text import TextRuleError, validate_handle, validate_tweet_text
+from schemas.events import Event, TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed
+from settings import Settings, get_settings
+
+log = logging.getLogger("api.post_service")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8081
+OWNER_TTL_S = 90 * 24 * 3600
+USER_CACHE_MAX = 100_000
+
+
+# --- request bodies -------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SignupIn(_Strict):
+    handle: str
+
+
+class TweetIn(_Strict):
+    text: str
+
+
+class FollowIn(_Strict):
+    target_user_id: str
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso_utc(ms: int) -> str:
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _rule_problem(what: str, exc: TextRuleError) -> Problem:
+    return Problem(422, f"{what} breaks rule '{exc.rule}': {exc.detail}", slug=f"{what}-rule", rule=exc.rule)
+
+
+async def _emit(res: Resources, topic: str, event: Event) -> None:
+    await res.kafka.produce(topic, event)
+    res.metrics.events.labels(event.TYPE).inc()
+
+
+def _idempotency_key(request: Request) -> str | None:
+    values = request.headers.getlist("idempotency-key")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Problem(400, "send at most one Idempotency-Key header", slug="bad-idempotency-key")
+    key = values[0]
+    if not 1 <= len(key) <= MAX_KEY_CHARS or not all(" " <= c <= "~" for c in key):
+        raise Problem(
+            400,
+            f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters "
+            f"(got {len(key)} characters)",
+            slug="bad-idempotency-key",
+        )
+    return key
+
+
+async def _user_exists(res: Resources, cache: set[int], user_id: int) -> bool:
+    if user_id in cache:
+        return True
+    async with res.pg_conn() as conn:
+        cur = await conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user_id,))
+        found = await cur.fetchone() is not None
+    if found:
+        if len(cache) >= USER_CACHE_MAX:
+            cache.clear()
+        cache.add(user_id)
+    return found
+
+
+def _owner_key(tweet_id: int) -> str:
+    return f"tweet:owner:{tweet_id}"
+
+
+# --- routes ----------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+@router.post("/v1/users", status_code=201)
+async def sign_up(request: Request) -> Response:
+    res = get_resources(request)
+    body = await read_json(request, SignupIn, res.settings.max_body_bytes)
+    try:
+        handle = validate_handle(body.handle)
+    except TextRuleError as exc:
+        raise _rule_problem("handle", exc) from None
+    user_id = res.ids.next_id()
+    token = new_token()
+    try:
+        async with res.pg_conn() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO users (user_id, handle, token_hash) VALUES (%s, %s, %s)",
+                (user_id, handle, hash_token(token)),
+            )
+            # Produce before COMMIT: if Kafka is down the account is rolled back (503).
+            await _emit(res, res.settings.topic_activity, UserActive(user_id=user_id, at=now_ms()))
+    except psycopg.errors.UniqueViolation as exc:
+        constraint = getattr(exc.diag, "constraint_name", "") or ""
+        if "handle" in constraint:
+            raise Problem(409, f"handle {handle!r} is already taken (handles are case-insensitive)",
+                          slug="handle-taken") from None
+        raise
+    request.app.state.known_users.add(user_id)
+    return _json({"user_id": str(user_id), "handle": handle, "token": token}, 201)
+
+
+@router.post("/v1/tweets", status_code=201)
+async def post_tweet(request: Request) -> Response:
+    res = get_resources(request)
+    user_id = await authenticate(request)
+    idem_key = _idempotency_key(request)
+    body = await read_json(request, TweetIn, res.settings.max_body_bytes)
+    try:
+        text = validate_tweet_text(body.text, res.settings.tweet_max_chars)
+    except TextRuleError as exc:
+        raise _rule_problem("text", exc) from None
+
+    if idem_key is None:
+        await _rate_limit(res, user_id)
+        tweet_id = res.ids.next_id()
+        created = snowflake_timestamp_ms(tweet_id, res.settings.snowflake_epoch_ms)
+        return await _publish_tweet(res, user_id, tweet_id, created, text)
+
+    slot = IdempotencySlot(res.redis, user_id, idem_key)
+    if not await slot.lock():
+        raise Problem(409, "a request with this Idempotency-Key is still in progress; retry shortly",
+                      slug="idempotency-in-progress", headers={"Retry-After": "1"})
+    try:
+        record = await slot.get()
+        if record is not None:
+            if record.fp != fingerprint(text):
+                raise Problem(422, "this Idempotency-Key was already used for a different text; "
+                              "use a new key for a new tweet", slug="idempotency-key-reused")
+            if record.done:
+                return _tweet_response(record.tweet_id, user_id, record.created_at, record.text,
+                                       replayed=True)
+            tweet_id, created = record.tweet_id, record.created_at
+        else:
+            await _rate_limit(res, user_id)
+            tweet_id = res.ids.next_id()
+            created = snowflake_timestamp_ms(tweet_id, res.settings.snowflake_epoch_ms)
+            record = Record(fingerprint(text), tweet_id, created, text, done=False)
+            await slot.put(record)
+            record = None  # marks "first attempt" below
+        try:
+            response = await _publish_tweet(res, user_id, tweet_id, created, text)
+        except KafkaUnavailable as exc:
+            if record is None and not exc.maybe_written:
+                await slot.delete()  # nothing reached the log: forget this attempt entirely
+            raise
+        await slot.put(Record(fingerprint(text), tweet_id, created, text, done=True))
+        return response
+    finally:
+        try:
+            await slot.unlock()
+        except redis.exceptions.RedisError:
+            pass  # expires by itself within 30 s
+
+
+async def _rate_limit(res: Resources, user_id: int) -> None:
+    result = await res.limiter.take(user_id)
+    if not result.allowed:
+        res.metrics.rate_limited.inc()
+        wait = retry_after_header(result.retry_after_s)
+        raise Problem(
+            429,
+            f"rate limit exceeded: at most {res.settings.post_rate_burst} tweets at once, refilled at "
+            f"{res.settings.post_rate_per_s:g} per second; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+def _tweet_response(tweet_id: int, author_id: int, created: int, text: str, *, replayed: bool = False) -> Response:
+    return _json(
+        {"tweet_id": str(tweet_id), "author_id": str(author_id), "text": text, "created_at": iso_utc(created)},
+        201,
+        headers={"Location": f"/v1/tweets/{tweet_id}", **({"Idempotent-Replayed": "true"} if replayed else {})},
+    )
+
+
+async def _publish_tweet(res: Resources, user_id: int, tweet_id: int, created: int, text: str) -> Response:
+    event = TweetPosted(tweet_id=tweet_id, author_id=user_id, text=text, created_at=created)
+    await _emit(res, res.settings.topic_tweets, event)
+    try:
+        async with res.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_owner_key(tweet_id), mapping={"a": user_id, "c": created})
+            pipe.expire(_owner_key(tweet_id), OWNER_TTL_S)
+            await pipe.execute()
+    except redis.exceptions.RedisError as exc:
+        # The tweet is in the log: the answer is 201 regardless. Deletes fall back to the
+        # PostgreSQL projection for the owner.
+        log.warning("could not record the owner of tweet %d: %s", tweet_id, exc)
+    return _tweet_response(tweet_id, user_id, created, text)
+
+
+async def _tweet_owner(res: Resources, tweet_id: int) -> tuple[int | None, bool]:
+    """(author id or None if unknown, already deleted?)"""
+    try:
+        record = await res.redis.hgetall(_owner_key(tweet_id))
+    except redis.exceptions.RedisError as exc:
+        log.warning("tweet owner lookup in Redis failed, using PostgreSQL: %s", exc)
+        record = {}
+    if record and b"a" in record:
+        return int(record[b"a"]), b"d" in record
+    async with res.pg_conn() as conn:
+        cur = await conn.execute("SELECT author_id, deleted_at FROM tweets WHERE tweet_id = %s", (tweet_id,))
+        row = await cur.fetchone()
+    if row is None:
+        return None, False
+    return int(row[0]), row[1] is not None
+
+
+@router.delete("/v1/tweets/{tweet_id}", status_code=204)
+async def delete_tweet(request: Request, tweet_id: str) -> Response:
+    res = get_resources(request)
+    user_id = await authenticate(request)
+    tid = parse_id(tweet_id, "tweet_id")
+    owner, deleted = await _tweet_owner(res, tid)
+    if owner is None:
+        raise Problem(404, f"no tweet with id {tid}", slug="tweet-not-found")
+    if owner != user_id:
+        raise Problem(403, f"tweet {tid} belongs to another user; only its author can delete it")
+    if not deleted:
+        at = now_ms()
+        await _emit(res, res.settings.topic_tweets, TweetDeleted(tweet_id=tid, author_id=owner, deleted_at=at))
+        try:
+            async with res.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(_owner_key(tid), mapping={"a": owner, "d": at})
+                pipe.expire(_owner_key(tid), OWNER_TTL_S)
+                await pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            log.warning("could not mark tweet %d deleted in Redis: %s", tid, exc)
+    return Response(status_code=204)
+
+
+def _check_caller(user_id: str, caller: int) -> None:
+    path_user = parse_id(user_id, "user_id")
+    if path_user != caller:
+        raise Problem(403, f"you are authenticated as user {caller} and can only change your own follows, "
+                      f"not those of user {path_user}")
+
+
+async def _follow_target(request: Request, target_raw: Any, caller: int) -> int:
+    target = parse_id(target_raw, "target_user_id")
+    if target == caller:
+        raise Problem(422, "you cannot follow or unfollow yourself", slug="self-follow")
+    if not await _user_exists(get_resources(request), request.app.state.known_users, target):
+        raise Problem(404, f"no user with id {target}", slug="user-not-found")
+    return target
+
+
+@router.post("/v1/users/{user_id}/following")
+async def follow(request: Request, user_id: str) -> Response:
+    res = get_resources(request)
+    caller = await authenticate(request)
+    _check_caller(user_id, caller)
+    body = await read_json(request, FollowIn, res.settings.max_body_bytes)
+    target = await _follow_target(request, body.target_user_id, caller)
+    await _emit(res, res.settings.topic_follows, UserFollowed(follower_id=caller, followee_id=target, at=now_ms()))
+    return _json({"following": True})
+
+
+@router.delete("/v1/users/{user_id}/following/{target_user_id}")
+async def unfollow(request: Request, user_id: str, target_user_id: str) -> Response:
+    res = get_resources(request)
+    caller = await authenticate(request)
+    _check_caller(user_id, caller)
+    target = await _follow_target(request, target_user_id, caller)
+    await _emit(res, res.settings.topic_follows, UserUnfollowed(follower_id=caller, followee_id=target, at=now_ms()))
+    return _json({"following": False})
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> Response:
+    checks = await get_resources(request).health()
+    down = sorted(name for name, check in checks.items() if not check.get("ok"))
+    if down:
+        return errors.problem_response(
+            503, f"degraded: {', '.join(down)} unavailable", slug="unhealthy", checks=checks,
+            headers={"Retry-After": "5"},
+        )
+    return _json({"status": "ok", "checks": checks})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return request.app.state.metrics.response()
+
+
+# --- app -------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    res = Resources.create(
+        app.state.settings,
+        kafka_timeout_s=app.state.kafka_timeout_s,
+        instance=app.state.instance,
+        metrics=app.state.metrics,
+    )
+    await res.start()
+    app.state.resources = res
+    try:
+        yield
+    finally:
+        await res.stop()
+
+
+def create_app(
+    settings: Settings | None = None, *, kafka_timeout_s: float = 5.0, instance: str | None = None
+) -> FastAPI:
+    """The Post service as an ASGI app. Its lifespan opens (and closes) the connections."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Home timeline - Post service",
+        version="1",
+        lifespan=lifespan,
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.kafka_timeout_s = kafka_timeout_s
+    app.state.instance = instance
+    app.state.metrics = Metrics()
+    app.state.known_users = set()
+    app.router.redirect_slashes = False
+    errors.install(app)
+    install_dependency_errors(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m api.post_service", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level,
+                proxy_headers=False, server_header=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The Faust application: the app object and its settings, nothing else.
+
+Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
+``app`` from here; a worker finds them by autodiscovery:
+
+    python -m faust -A faust_app worker -l info
+"""
+from __future__ import annotations
+
+import faust
+
+from settings import get_settings
+
+settings = get_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store=settings.faust_store,
+    datadir=settings.faust_datadir,
+    autodiscover=["streams", "tables", "agents"],
+    origin="faust_app",
+    # At-least-once: every sink write is idempotent, so replays are harmless.
+    processing_guarantee="at_least_once",
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=settings.topic_replication,
+    producer_acks=-1,
+    consumer_auto_offset_reset="earliest",
+    broker_commit_every=1000,
+    broker_commit_interval=1.0,
+    stream_buffer_maxsize=8192,
+    web_host="127.0.0.1",
+    web_port=settings.faust_web_port,
+    web_enabled=True,
+    table_standby_replicas=0,
+)

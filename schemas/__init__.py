@@ -1,0 +1,20 @@
+"""The event contract of the Kafka log (see docs/events.md)."""
+from schemas.events import (  # noqa: F401
+    ACTIVITY_EVENTS,
+    ALL_EVENTS,
+    FOLLOW_EVENTS,
+    TWEET_EVENTS,
+    ContractError,
+    Event,
+    TweetDeleted,
+    TweetPosted,
+    UserActive,
+    UserFollowed,
+    UserUnfollowed,
+    decode,
+    decode_key,
+    encode,
+    encode_key,
+    from_dict,
+    to_dict,
+)

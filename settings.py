@@ -1,0 +1,116 @@
+"""One typed, frozen settings object, read from the environment in one place.
+
+Every tunable of the service is declared here with the environment variable it
+comes from. Defaults point at the local servers started by ``python -m ops.services up``.
+Code receives a ``Settings`` instance (``get_settings()``) instead of reading the
+environment itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+
+def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
+    return field(default=default, metadata={"env": name, "cast": cast})
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _tuple(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- servers -----------------------------------------------------------
+    kafka_bootstrap: str = _env("TL_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    cassandra_hosts: tuple[str, ...] = _env("TL_CASSANDRA_HOSTS", ("127.0.0.1",), _tuple)
+    cassandra_port: int = _env("TL_CASSANDRA_PORT", 9042, int)
+    cassandra_keyspace: str = _env("TL_CASSANDRA_KEYSPACE", "timeline")
+    redis_url: str = _env("TL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    # Prefix of every Redis key the service owns (lets tests and tenants share a server).
+    redis_prefix: str = _env("TL_REDIS_PREFIX", "tl:")
+    postgres_dsn: str = _env(
+        "TL_POSTGRES_DSN", "postgresql://timeline:timeline@127.0.0.1:5432/timeline"
+    )
+
+    # --- topics ------------------------------------------------------------
+    topic_tweets: str = _env("TL_TOPIC_TWEETS", "tweets")
+    topic_follows: str = _env("TL_TOPIC_FOLLOWS", "follows")
+    topic_activity: str = _env("TL_TOPIC_ACTIVITY", "user-activity")
+    topic_deliveries: str = _env("TL_TOPIC_DELIVERIES", "timeline-deliveries")
+    topic_dead_letters: str = _env("TL_TOPIC_DEAD_LETTERS", "dead-letters")
+    topic_partitions: int = _env("TL_TOPIC_PARTITIONS", 64, int)
+    topic_replication: int = _env("TL_TOPIC_REPLICATION", 1, int)
+
+    # --- faust -------------------------------------------------------------
+    app_id: str = _env("TL_APP_ID", "home-timeline")
+    faust_store: str = _env("TL_FAUST_STORE", "rocksdb://")
+    faust_datadir: str = _env("TL_FAUST_DATADIR", ".state/faust")
+    faust_web_port: int = _env("TL_FAUST_WEB_PORT", 6066, int)
+
+    # --- policies (the design document's numbers) ---------------------------
+    celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
+    # An author stops being a celebrity only below threshold - hysteresis.
+    celebrity_hysteresis: int = _env("TL_CELEBRITY_HYSTERESIS", 1_000, int)
+    inactive_after_ms: int = _env("TL_INACTIVE_AFTER_MS", 30 * 24 * 3600 * 1000, int)
+    timeline_cap: int = _env("TL_TIMELINE_CAP", 800, int)
+    timeline_ttl_s: int = _env("TL_TIMELINE_TTL_S", 3600, int)
+    backfill_limit: int = _env("TL_BACKFILL_LIMIT", 800, int)
+    tweet_max_chars: int = _env("TL_TWEET_MAX_CHARS", 280, int)
+
+    # --- HTTP services -------------------------------------------------------
+    # Token bucket per user: a burst allowance, refilled at a sustained rate.
+    post_rate_burst: int = _env("TL_POST_RATE_BURST", 50, int)
+    post_rate_per_s: float = _env("TL_POST_RATE_PER_S", 0.5, float)
+    snowflake_worker_id: int = _env("TL_SNOWFLAKE_WORKER_ID", -1, int)
+    snowflake_epoch_ms: int = _env("TL_SNOWFLAKE_EPOCH_MS", 1288834974657, int)
+    # Cap on request bodies, bytes.
+    max_body_bytes: int = _env("TL_MAX_BODY_BYTES", 16 * 1024, int)
+    debug: bool = _env("TL_DEBUG", False, _bool)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.celebrity_hysteresis < self.celebrity_threshold:
+            raise ValueError("TL_CELEBRITY_HYSTERESIS must be in [0, TL_CELEBRITY_THRESHOLD)")
+        if self.backfill_limit > self.timeline_cap:
+            raise ValueError("TL_BACKFILL_LIMIT must not exceed TL_TIMELINE_CAP")
+        if self.topic_partitions < 1:
+            raise ValueError("TL_TOPIC_PARTITIONS must be >= 1")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if name in environ:
+                try:
+                    values[f.name] = f.metadata["cast"](environ[name])
+                except ValueError as exc:
+                    raise ValueError(f"{name}={environ[name]!r}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def env_vars(cls) -> dict[str, str]:
+        """Field name -> environment variable name, for docs and tests."""
+        return {f.name: f.metadata["env"] for f in dataclasses.fields(cls)}
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,168 @@
+"""The Redis layout of cached timelines (the only module that knows it).
+
+A cached timeline is a sorted set whose members all have score 0 and read
+``"<tweet_id:019d>:<author_id>"``: with equal scores Redis orders members
+lexicographically, and zero-padded ids make that the numeric order of tweet ids
+(scores are doubles and cannot hold 63-bit ids exactly). One sentinel member,
+``"0000000000000000000:<floor>"``, is always present: it makes an empty cached
+timeline distinguishable from a missing one and carries the timeline's floor
+(the tweet id below which the materialized timeline is not complete).
+
+Rules that keep the cache equal to Cassandra under at-least-once delivery:
+
+* a key that exists holds the newest ``cap`` entries of the Cassandra timeline;
+* a delivery only touches a key that exists (it never recreates a half-full one),
+  and always bumps the per-user version counter;
+* a reader that missed fills the key from Cassandra only if the version it saw
+  before reading Cassandra is unchanged (no delivery raced with its read).
+
+Adding an existing member, or removing a missing one, changes nothing, so every
+write can be replayed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from redis.asyncio import Redis
+
+SENTINEL_ID = 0
+_PAD = 19
+
+# KEYS: timeline, version. ARGV: cap, version_ttl, then members to add.
+_PUSH = """
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+local n = redis.call('ZCARD', KEYS[1])
+local cap = tonumber(ARGV[1])
+if n > cap + 1 then redis.call('ZREMRANGEBYRANK', KEYS[1], 1, n - cap - 1) end
+return 1
+"""
+
+# KEYS: timeline, version. ARGV: version_ttl, then members to remove.
+_UNPUSH = """
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+return 1
+"""
+
+# KEYS: timeline, version. ARGV: expected version ('' = none), ttl, then members (sentinel first).
+_FILL = """
+local v = redis.call('GET', KEYS[2])
+if v == false then v = '' end
+if v ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def member(tweet_id: int, author_id: int) -> str:
+    return f"{tweet_id:0{_PAD}d}:{author_id}"
+
+
+def parse_member(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    tid, _, aid = text.partition(":")
+    return int(tid), int(aid)
+
+
+@dataclass(frozen=True)
+class CachedTimeline:
+    entries: list[tuple[int, int]]  # (tweet_id, author_id), newest first
+    floor: int
+    size: int  # entries in the cached window (without the sentinel)
+
+
+class RedisTimelines:
+    """Home timelines in Redis: write-through pushes and version-checked fills."""
+
+    def __init__(self, redis: Redis, *, prefix: str, cap: int, ttl_s: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.cap = cap
+        self.ttl_s = ttl_s
+        self._push = redis.register_script(_PUSH)
+        self._unpush = redis.register_script(_UNPUSH)
+        self._fill = redis.register_script(_FILL)
+
+    def key(self, user_id: int) -> str:
+        return f"{self.prefix}home:{user_id}"
+
+    def version_key(self, user_id: int) -> str:
+        return f"{self.prefix}homev:{user_id}"
+
+    async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]]) -> None:
+        """Add entries to the timelines that are cached; one pipeline for all users."""
+        if not adds:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, entries in adds.items():
+                members = [member(t, a) for t, a in entries]
+                await self._push(
+                    keys=[self.key(user_id), self.version_key(user_id)],
+                    args=[self.cap, self.ttl_s, *members],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+    async def unpush_many(self, removes: dict[int, Sequence[tuple[int, int]]]) -> None:
+        if not removes:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, entries in removes.items():
+                members = [member(t, a) for t, a in entries]
+                await self._unpush(
+                    keys=[self.key(user_id), self.version_key(user_id)],
+                    args=[self.ttl_s, *members],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+    async def invalidate(self, user_ids: Iterable[int]) -> None:
+        """Drop cached timelines (after a rebuild or a floor change) and bump versions."""
+        user_ids = list(user_ids)
+        if not user_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.delete(self.key(user_id))
+                pipe.incr(self.version_key(user_id))
+                pipe.expire(self.version_key(user_id), self.ttl_s)
+            await pipe.execute()
+
+    async def version(self, user_id: int) -> str:
+        raw = await self.redis.get(self.version_key(user_id))
+        return raw.decode() if isinstance(raw, bytes) else (raw or "")
+
+    async def fill(self, user_id: int, seen_version: str, entries: Sequence[tuple[int, int]], floor: int) -> bool:
+        """Cache the newest ``cap`` entries unless a delivery raced with the Cassandra read."""
+        members = [member(SENTINEL_ID, floor)] + [member(t, a) for t, a in entries[: self.cap]]
+        ok = await self._fill(
+            keys=[self.key(user_id), self.version_key(user_id)],
+            args=[seen_version, self.ttl_s, *members],
+        )
+        return bool(ok)
+
+    async def read(self, user_id: int, *, below: int | None, limit: int) -> CachedTimeline | None:
+        """Entries with tweet_id < below, newest first; None when the timeline is not cached."""
+        key = self.key(user_id)
+        hi = "+" if below is None else f"({below:0{_PAD}d}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrangebylex(key, hi, "-", start=0, num=limit + 1)
+            pipe.zrange(key, 0, 0)
+            pipe.zcard(key)
+            page, lowest, size = await pipe.execute()
+        if not lowest:
+            return None
+        sentinel_tid, floor = parse_member(lowest[0])
+        if sentinel_tid != SENTINEL_ID:  # foreign data under our key; treat as a miss
+            return None
+        entries = [parse_member(m) for m in page]
+        entries = [e for e in entries if e[0] != SENTINEL_ID][:limit]
+        return CachedTimeline(entries=entries, floor=floor, size=size - 1)

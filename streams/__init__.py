@@ -1,0 +1,1 @@
+"""Topics of the pipeline and the partitioning rule they share."""

@@ -1,0 +1,1 @@
+"""Faust tables (RocksDB stores, changelogged to Kafka) of the two stages."""
