@@ -30,6 +30,7 @@ app = faust.App(
     broker_commit_interval=1.0,
     stream_buffer_maxsize=8192,
     web_host="127.0.0.1",
+    web_bind="127.0.0.1",
     web_port=settings.faust_web_port,
     web_enabled=True,
     table_standby_replicas=0,

@@ -68,7 +68,7 @@ class RecipientBatch:
 
     # --- state ----------------------------------------------------------------
     def state(self, user_id: int) -> dict:
-        return dict(recipients[entity_key(user_id)] or NEW_RECIPIENT)
+        return dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
 
     def save(self, user_id: int, rec: dict, *, mirror: bool) -> None:
         recipients[entity_key(user_id)] = rec
@@ -120,7 +120,7 @@ class RecipientBatch:
 
     async def unfollow(self, op: dict) -> None:
         user_id, followee = op["follower"], op["followee"]
-        if following_edges[edge_key(user_id, followee)] is not None:
+        if following_edges.get(edge_key(user_id, followee)) is not None:
             del following_edges[edge_key(user_id, followee)]
         self.following[(user_id, followee)] = None
         rec = self.state(user_id)

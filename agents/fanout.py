@@ -89,7 +89,7 @@ def store_tweets(sinks: Sinks, typed: Sequence[Any]) -> list[tuple[str, tuple]]:
 
 
 def _author(author_id: int) -> dict:
-    return dict(authors[entity_key(author_id)] or NEW_AUTHOR)
+    return dict(authors.get(entity_key(author_id)) or NEW_AUTHOR)
 
 
 def _delivery_op(op: str, tweet_id: int, author_id: int, created_at: int, to: Sequence[int]) -> dict:
@@ -111,7 +111,7 @@ class AuthorBatch:
     def on_follow_change(self, ev: UserFollowed | UserUnfollowed) -> None:
         key = edge_key(ev.followee_id, ev.follower_id)
         following = isinstance(ev, UserFollowed)
-        exists = follower_edges[key] is not None
+        exists = follower_edges.get(key) is not None
         author = _author(ev.followee_id)
         if following and not exists:
             follower_edges[key] = b"%d" % ev.at

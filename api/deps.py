@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import psycopg
+import psycopg.errors
 import redis.exceptions
 from fastapi import FastAPI, Request
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -162,6 +163,14 @@ async def _on_postgres(request: Request, exc: Exception) -> Response:
     return _unavailable(f"PostgreSQL is unavailable: {_describe(exc)}")
 
 
+async def _on_missing_schema(request: Request, exc: Exception) -> Response:
+    log.error("PostgreSQL schema missing: %s", _describe(exc))
+    return _unavailable(
+        f"PostgreSQL schema is missing ({_describe(exc)}); apply ops/schema.sql "
+        "(python -m ops.services up)", retry_after=30
+    )
+
+
 async def _on_redis(request: Request, exc: Exception) -> Response:
     log.warning("Redis unavailable: %s", _describe(exc))
     return _unavailable(f"Redis is unavailable: {_describe(exc)}")
@@ -175,6 +184,7 @@ def install_dependency_errors(app: FastAPI) -> None:
     app.add_exception_handler(KafkaUnavailable, _on_kafka)
     app.add_exception_handler(PoolTimeout, _on_postgres)
     app.add_exception_handler(psycopg.OperationalError, _on_postgres)
+    app.add_exception_handler(psycopg.errors.UndefinedTable, _on_missing_schema)
     app.add_exception_handler(redis.exceptions.ConnectionError, _on_redis)
     app.add_exception_handler(redis.exceptions.TimeoutError, _on_redis)
     app.add_exception_handler(NoWorkerId, _on_no_worker)

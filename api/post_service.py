@@ -111,7 +111,8 @@ def now_ms() -> int:
 
 
 def iso_utc(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    # Integer arithmetic: ms / 1000 as a float can land a microsecond early and truncate.
+    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).replace(microsecond=(ms % 1000) * 1000)
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -235,7 +236,12 @@ async def post_tweet(request: Request) -> Response:
             if record is None and not exc.maybe_written:
                 await slot.delete()  # nothing reached the log: forget this attempt entirely
             raise
-        await slot.put(Record(fingerprint(text), tweet_id, created, text, done=True))
+        try:
+            await slot.put(Record(fingerprint(text), tweet_id, created, text, done=True))
+        except redis.exceptions.RedisError as exc:
+            # The tweet is on the log; a retry finds the pending record and re-sends the
+            # same event (same id), which consumers drop as a duplicate.
+            log.warning("could not mark Idempotency-Key record done for tweet %d: %s", tweet_id, exc)
         return response
     finally:
         try:
@@ -261,7 +267,7 @@ def _tweet_response(tweet_id: int, author_id: int, created: int, text: str, *, r
     return _json(
         {"tweet_id": str(tweet_id), "author_id": str(author_id), "text": text, "created_at": iso_utc(created)},
         201,
-        headers={"Location": f"/v1/tweets/{tweet_id}", **({"Idempotent-Replayed": "true"} if replayed else {})},
+        headers={"Idempotent-Replayed": "true"} if replayed else None,
     )
 
 
@@ -269,7 +275,7 @@ async def _publish_tweet(res: Resources, user_id: int, tweet_id: int, created: i
     event = TweetPosted(tweet_id=tweet_id, author_id=user_id, text=text, created_at=created)
     await _emit(res, res.settings.topic_tweets, event)
     try:
-        async with res.redis.pipeline(transaction=True) as pipe:
+        async with res.redis.pipeline(transaction=False) as pipe:
             pipe.hset(_owner_key(tweet_id), mapping={"a": user_id, "c": created})
             pipe.expire(_owner_key(tweet_id), OWNER_TTL_S)
             await pipe.execute()
@@ -311,7 +317,7 @@ async def delete_tweet(request: Request, tweet_id: str) -> Response:
         at = now_ms()
         await _emit(res, res.settings.topic_tweets, TweetDeleted(tweet_id=tid, author_id=owner, deleted_at=at))
         try:
-            async with res.redis.pipeline(transaction=True) as pipe:
+            async with res.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(_owner_key(tid), mapping={"a": owner, "d": at})
                 pipe.expire(_owner_key(tid), OWNER_TTL_S)
                 await pipe.execute()

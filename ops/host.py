@@ -252,13 +252,16 @@ def spawn(
 
 
 def pid_alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` runs and its command line contains ``marker`` (guards pid reuse)."""
+    """True if ``pid`` runs and its command line or working directory contains ``marker``
+    (guards against a recycled pid; redis rewrites its command line but chdirs to --dir)."""
+    proc = Path(f"/proc/{pid}")
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        identity = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        identity += " " + os.readlink(proc / "cwd")
     except (OSError, IndexError):
         return False
-    return marker in cmdline and state not in ("Z", "X")
+    return marker in identity and state not in ("Z", "X")
 
 
 def stop_pid(pid: int, marker: str, sig: int = signal.SIGTERM, timeout: float = 60.0) -> bool:

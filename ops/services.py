@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -28,10 +30,10 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 from ops import schema
 from ops.host import (
@@ -78,9 +80,9 @@ class Service:
     """A local server: how to prepare, start, check and stop it."""
 
     settings: Settings
+    setup_seconds: float = 0.0  # time start() spent installing/fetching/initialising
 
     name: ClassVar[str]
-    marker: ClassVar[str]  # a substring of the server's command line
     start_timeout: ClassVar[float] = 60.0
     stop_timeout: ClassVar[float] = 30.0
     stop_signal: ClassVar[int] = signal.SIGTERM
@@ -106,6 +108,12 @@ class Service:
 
     def data_dirs(self) -> list[Path]:
         return [STATE / self.name]
+
+    @property
+    def marker(self) -> str:
+        """A substring of our server's command line: its config or data path under .state,
+        so a recycled pid, or the same server run from another checkout, never matches."""
+        raise NotImplementedError
 
     # -- shared behaviour
     @property
@@ -157,7 +165,9 @@ class Service:
         """Best-effort setup of a server that we did not start but will reuse."""
 
     def start(self) -> int:
+        began = time.monotonic()
         self.prepare()
+        self.setup_seconds = time.monotonic() - began
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as handle:
             handle.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n")
@@ -181,17 +191,15 @@ class Service:
         return f"stopped pid {pid} in {took:.1f}s" + ("" if clean else " (SIGKILL)")
 
     def log_tail(self, lines: int = 40) -> tuple[str, ...]:
-        out: list[str] = []
-        for path in self.log_files():
-            if path.exists():
-                out += [f"--- {path}"] + tail(path, lines)
+        main, *more = self.log_files()
+        out = [f"--- {main}", *tail(main, lines)]
+        out += [f"--- more in {path}" for path in more if path.exists()]
         return tuple(out)
 
 
 @dataclass
 class Kafka(Service):
     name: ClassVar[str] = "kafka"
-    marker: ClassVar[str] = "kafka.Kafka"
     start_timeout: ClassVar[float] = 120.0
     stop_timeout: ClassVar[float] = 60.0
 
@@ -209,6 +217,10 @@ class Kafka(Service):
 
     def data_dirs(self) -> list[Path]:
         return [self.home, STATE / "kafka-data"]
+
+    @property
+    def marker(self) -> str:
+        return str(self.home / "server.properties")
 
     def check(self, timeout: float) -> None:
         schema.run_sync(self._check(timeout))
@@ -307,17 +319,17 @@ log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
 log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka.request.logger=WARN
 log4j.logger.state.change.logger=WARN
-log4j.logger.kafka.log.LogCleaner=WARN
+# one line per partition and segment otherwise
+log4j.logger.kafka.log=WARN
 log4j.logger.org.apache.kafka.storage.internals.log=WARN
-log4j.logger.kafka.log.UnifiedLog=WARN
 log4j.logger.kafka.cluster.Partition=WARN
+log4j.logger.org.apache.kafka.controller.ReplicationControlManager=WARN
 """
 
 
 @dataclass
 class Cassandra(Service):
     name: ClassVar[str] = "cassandra"
-    marker: ClassVar[str] = "org.apache.cassandra.service.CassandraDaemon"
     start_timeout: ClassVar[float] = 240.0
     stop_timeout: ClassVar[float] = 60.0
 
@@ -336,6 +348,10 @@ class Cassandra(Service):
     def log_files(self) -> list[Path]:
         return [self.log_file, LOGS / "cassandra" / "system.log"]
 
+    @property
+    def marker(self) -> str:
+        return str(self.home / "conf" / "cassandra.yaml")
+
     def check(self, timeout: float) -> None:
         cluster = schema.cassandra_cluster(self.settings, connect_timeout=timeout)
         try:
@@ -352,7 +368,7 @@ class Cassandra(Service):
 
     def prepare(self) -> None:
         fetch_jars("cassandra", CASSANDRA_JARS)
-        for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "conf"):
+        for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "triggers", "conf"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         (LOGS / "cassandra").mkdir(parents=True, exist_ok=True)
         (self.home / "conf" / "cassandra.yaml").write_text(self._yaml())
@@ -383,6 +399,7 @@ class Cassandra(Service):
             "-Dcassandra-foreground=yes",
             f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
             f"-Dcassandra.storagedir={self.home}",
+            f"-Dcassandra.triggers_dir={self.home / 'triggers'}",
             f"-Dcassandra.logdir={LOGS / 'cassandra'}",
             f"-Dlogback.configurationFile=file://{conf / 'logback.xml'}",
             "-cp", f"{self.lib}/*",
@@ -507,7 +524,6 @@ _CASSANDRA_LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
 @dataclass
 class Redis(Service):
     name: ClassVar[str] = "redis"
-    marker: ClassVar[str] = "redis-server"
     start_timeout: ClassVar[float] = 30.0
 
     @property
@@ -517,6 +533,10 @@ class Redis(Service):
     @property
     def port(self) -> int:
         return schema.redis_address(self.settings)[1]
+
+    @property
+    def marker(self) -> str:
+        return str(STATE / "redis")
 
     def check(self, timeout: float) -> None:
         import redis
@@ -545,7 +565,6 @@ class Redis(Service):
 @dataclass
 class Postgres(Service):
     name: ClassVar[str] = "postgres"
-    marker: ClassVar[str] = "postgres"
     start_timeout: ClassVar[float] = 60.0
     stop_signal: ClassVar[int] = signal.SIGINT  # "fast" shutdown: do not wait for clients
     superuser: ClassVar[str] = "postgres"  # the system user that runs it, and its DB role
@@ -565,8 +584,8 @@ class Postgres(Service):
         return int(self.dsn.get("port", 5432))
 
     @property
-    def run_as(self) -> str:
-        return self.superuser
+    def run_as(self) -> str | None:
+        return self.superuser if os.geteuid() == 0 else None  # postgres refuses to run as root
 
     @property
     def home(self) -> Path:
@@ -582,6 +601,10 @@ class Postgres(Service):
 
     def data_dirs(self) -> list[Path]:
         return [self.home]
+
+    @property
+    def marker(self) -> str:
+        return str(self.home / "data")
 
     def check(self, timeout: float) -> None:
         import psycopg
@@ -606,15 +629,19 @@ class Postgres(Service):
         home, data = self.home, self.home / "data"
         for path in (home, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.chown(path, self.superuser, self.superuser)
+            if self.run_as:
+                shutil.chown(path, self.run_as, self.run_as)
         if not (data / "PG_VERSION").exists():
             shutil.rmtree(data, ignore_errors=True)
+            as_user = (
+                {"user": self.run_as, "group": self.run_as, "extra_groups": []}
+                if self.run_as else {}
+            )
             run(
                 [str(PG_BIN / "initdb"), "-D", str(data), "-U", self.superuser,
                  "--auth-local=trust", "--auth-host=scram-sha-256",
                  "--encoding=UTF8", "--no-locale"],
-                cwd=home, user=self.superuser, group=self.superuser, extra_groups=[],
-                timeout=300,
+                cwd=home, timeout=300, **as_user,
             )
 
     def command(self) -> list[str]:
@@ -725,49 +752,58 @@ def _wait(svc: Service, began: float) -> Outcome:
     while time.monotonic() < deadline:
         try:
             svc.ready(timeout=5.0)
-            return Outcome(svc.name, svc.address, True,
-                           f"started in {time.monotonic() - began:.1f}s")
+            took = time.monotonic() - began
+            setup = f", setup {svc.setup_seconds:.1f}s" if svc.setup_seconds >= 0.5 else ""
+            return Outcome(svc.name, svc.address, True, f"started in {took:.1f}s{setup}")
         except Exception as exc:  # noqa: BLE001 - not up yet
             last_error = exc
         if svc.our_pid() is None:
             return Outcome(svc.name, svc.address, False,
-                           f"process exited during start-up ({last_error})", svc.log_tail())
-        time.sleep(1.0)
+                           "process exited during start-up", svc.log_tail())
+        time.sleep(0.25)
     return Outcome(svc.name, svc.address, False,
                    f"not answering after {svc.start_timeout:.0f}s: {last_error}", svc.log_tail())
 
 
 def start_all(settings: Settings) -> list[Outcome]:
-    """Start every server that is not up, then wait for all of them in parallel."""
-    pending: dict[str, tuple[Service, float]] = {}
-    outcomes: dict[str, Outcome] = {}
-    for svc in services(settings):
-        result = _start_or_reuse(svc)
-        if isinstance(result, Outcome):
-            outcomes[svc.name] = result
-        else:
-            pending[svc.name] = (svc, result)
-    with ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
-        futures = {name: pool.submit(_wait, svc, began) for name, (svc, began) in pending.items()}
-        outcomes.update({name: future.result() for name, future in futures.items()})
-    return [outcomes[cls.name] for cls in SERVICE_TYPES]
+    """Start every server that is not up; wait for each one in parallel from its start."""
+    outcomes: dict[str, Outcome | Future[Outcome]] = {}
+    with ThreadPoolExecutor(max_workers=len(SERVICE_TYPES)) as pool:
+        for svc in services(settings):
+            result = _start_or_reuse(svc)
+            outcomes[svc.name] = (
+                result if isinstance(result, Outcome) else pool.submit(_wait, svc, result)
+            )
+        return [
+            o.result() if isinstance(o, Future) else o
+            for o in (outcomes[cls.name] for cls in SERVICE_TYPES)
+        ]
 
 
-def apply_schemas(settings: Settings, partitions: int | None = None) -> list[str]:
+def apply_schemas(settings: Settings, partitions: int | None = None, echo=print) -> None:
     """Cassandra tables, PostgreSQL tables and Kafka topics; one line per step."""
-    lines = []
     began = time.monotonic()
     count = schema.apply_cassandra(settings)
-    lines.append(f"{'schema':<10} ok    cassandra keyspace {settings.cassandra_keyspace}: "
-                 f"{count} statements ({time.monotonic() - began:.1f}s)")
+    echo(f"{'schema':<10} ok    cassandra keyspace {settings.cassandra_keyspace}: "
+         f"{count} statements ({time.monotonic() - began:.1f}s)")
     began = time.monotonic()
     schema.apply_postgres(settings)
-    lines.append(f"{'schema':<10} ok    postgres ops/schema.sql ({time.monotonic() - began:.1f}s)")
+    echo(f"{'schema':<10} ok    postgres ops/schema.sql ({time.monotonic() - began:.1f}s)")
     began = time.monotonic()
     topics = schema.create_topics(settings, partitions)
     summary = ", ".join(f"{name} {state}" for name, state in topics.items())
-    lines.append(f"{'topics':<10} ok    {summary} ({time.monotonic() - began:.1f}s)")
-    return lines
+    echo(f"{'topics':<10} ok    {summary} ({time.monotonic() - began:.1f}s)")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _failure_report(failed: list[Outcome]) -> str:
@@ -785,14 +821,14 @@ def up(settings: Settings | None = None, partitions: int | None = None,
     """Start what is not running, wait for it, apply the schemas. Raises ServicesError."""
     settings = settings or get_settings()
     began = time.monotonic()
-    outcomes = start_all(settings)
-    for outcome in outcomes:
-        echo(outcome.line())
-    failed = [o for o in outcomes if not o.up]
-    if failed:
-        raise ServicesError(_failure_report(failed))
-    for line in apply_schemas(settings, partitions):
-        echo(line)
+    with _exclusive(RUN / "up.lock"):  # one `up` at a time (pytest-xdist workers, two shells)
+        outcomes = start_all(settings)
+        for outcome in outcomes:
+            echo(outcome.line())
+        failed = [o for o in outcomes if not o.up]
+        if failed:
+            raise ServicesError(_failure_report(failed))
+        apply_schemas(settings, partitions, echo)
     echo(f"all up in {time.monotonic() - began:.1f}s (state in {STATE})")
     return outcomes
 
@@ -828,8 +864,12 @@ def down(settings: Settings | None = None, echo=print) -> None:
 def reset(settings: Settings | None = None, echo=print) -> None:
     """down, then delete the servers' data, logs and pid files; downloaded jars stay."""
     down(settings, echo)
+    settings = settings or get_settings()
     doomed = {path for svc in services(settings) for path in svc.data_dirs()}
     doomed |= {LOGS, RUN}
+    faust = Path(settings.faust_datadir).resolve()  # local tables derived from Kafka's topics
+    if faust.is_relative_to(STATE):
+        doomed.add(faust)
     for path in sorted(doomed):
         if path.exists():
             shutil.rmtree(path)

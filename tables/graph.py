@@ -17,7 +17,7 @@ from faust_app import app
 _RAW = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 _JSON = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
 
-follower_edges = app.Table("follower-edges", schema=_RAW, default=None)
-authors = app.Table("authors", schema=_JSON, default=None)
-following_edges = app.Table("following-edges", schema=_RAW, default=None)
-recipients = app.Table("recipients", schema=_JSON, default=None)
+follower_edges = app.Table("follower-edges", schema=_RAW)
+authors = app.Table("authors", schema=_JSON)
+following_edges = app.Table("following-edges", schema=_RAW)
+recipients = app.Table("recipients", schema=_JSON)

@@ -71,6 +71,8 @@ def test_parse_id_rejects_everything_else(raw: object) -> None:
 def test_iso_utc_has_millis_and_z() -> None:
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
     assert iso_utc(1700000000123) == "2023-11-14T22:13:20.123Z"
+    for ms in range(1764071178000, 1764071179000):  # no float truncation anywhere in a second
+        assert iso_utc(ms).endswith(f".{ms % 1000:03d}Z")
 
 
 def test_describe_errors_is_readable() -> None:

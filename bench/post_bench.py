@@ -1,0 +1,355 @@
+"""Benchmark of ``POST /v1/tweets`` on the real servers (not a test).
+
+Starts the Post service in this process (uvicorn on a free loopback port, or with
+``--mode asgi`` straight through httpx's ASGI transport), signs up ``--users`` users,
+then keeps ``--concurrency`` requests in flight until ``--requests`` tweets were posted
+(each one acknowledged by Kafka with acks=all before its 201). Reports throughput and
+latency percentiles, prints a short summary and writes JSON to
+``bench/results/post-<timestamp>.json``.
+
+By default the events go to scratch topics (``bench-<timestamp>-tweets``, ...) that are
+deleted afterwards, so the real, forever-retained log gets no benchmark tweets; pass
+``--topics real`` to post to the configured topics. The rate limit is lifted for the run
+(the Lua bucket still runs on every request). In uvicorn mode the load generator is a
+minimal keep-alive HTTP/1.1 client (httpx's pool would cost more CPU than the service)
+in a separate process (``--client inline`` puts it in the server's event loop); in asgi
+mode httpx's ASGI transport calls the app in the same loop. Kafka, Redis and PostgreSQL share the same machine, so
+the numbers are a floor for a dedicated server.
+
+    python -m ops.services up
+    python -m bench.post_bench --users 50 --requests 3000 --concurrency 32
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+import uuid
+import multiprocessing
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from api.post_service import create_app  # noqa: E402
+from settings import Settings, get_settings  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = (len(sorted_values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def scratch_settings(base: Settings, prefix: str, partitions: int) -> Settings:
+    return base.replace(
+        topic_tweets=f"{prefix}tweets",
+        topic_follows=f"{prefix}follows",
+        topic_activity=f"{prefix}user-activity",
+        topic_deliveries=f"{prefix}timeline-deliveries",
+        topic_dead_letters=f"{prefix}dead-letters",
+        topic_partitions=partitions,
+    )
+
+
+@asynccontextmanager
+async def service(settings: Settings, mode: str, concurrency: int) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(30.0)
+    if mode == "asgi":
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://post", timeout=timeout) as c:
+                yield c
+        return
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                       lifespan="on", server_header=False)
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn exited before starting")
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=timeout) as c:
+            yield c
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def load(
+    client: httpx.AsyncClient, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int
+) -> tuple[list[float], dict[int, int], dict[str, int], float]:
+    """Post ``requests`` tweets keeping ``concurrency`` in flight; (latencies of 201s, statuses, errors, s)."""
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+
+    async def post(i: int) -> None:
+        started = time.perf_counter()
+        try:
+            resp = await client.post("/v1/tweets", json={"text": f"bench tweet {i} \u2713"},
+                                     headers=auths[i % len(auths)])
+            statuses[resp.status_code] += 1
+            if resp.status_code == 201:
+                latencies.append(time.perf_counter() - started)
+        except httpx.HTTPError as exc:
+            errors[type(exc).__name__] += 1
+
+    # Warm up connections, the producer and the token cache; not measured.
+    for i in range(0, warmup, concurrency):
+        await asyncio.gather(*(post(j) for j in range(i, min(i + concurrency, warmup))))
+    latencies.clear()
+    statuses.clear()
+    errors.clear()
+
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for i in counter:
+            await post(i)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, dict(statuses), dict(errors), time.perf_counter() - began
+
+
+class RawConnection:
+    """A minimal HTTP/1.1 keep-alive client: httpx's pool costs more CPU per request than the
+    service itself at high concurrency, which would make the benchmark measure the client."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_json(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Content-Type: application/json",
+                f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+            elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        if length:
+            await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.reader = self.writer = None
+
+
+async def load_raw(
+    base_url: str, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int
+) -> tuple[list[float], dict[int, int], dict[str, int], float]:
+    """Like :func:`load`, over ``concurrency`` raw keep-alive connections."""
+    url = httpx.URL(base_url)
+    conns = [RawConnection(url.host, url.port or 80) for _ in range(concurrency)]
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+
+    async def post(conn: RawConnection, i: int) -> None:
+        body = json.dumps({"text": f"bench tweet {i} \u2713"}, ensure_ascii=False).encode()
+        started = time.perf_counter()
+        try:
+            status = await conn.post_json("/v1/tweets", body, auths[i % len(auths)])
+            statuses[status] += 1
+            if status == 201:
+                latencies.append(time.perf_counter() - started)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            errors[type(exc).__name__] += 1
+            await conn.close()
+
+    async def worker(conn: RawConnection, numbers: Any) -> None:
+        for i in numbers:
+            await post(conn, i)
+
+    try:
+        warm = iter(range(warmup))
+        await asyncio.gather(*(worker(c, warm) for c in conns))
+        latencies.clear()
+        statuses.clear()
+        errors.clear()
+        counter = iter(range(requests))
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(c, counter) for c in conns))
+        return latencies, dict(statuses), dict(errors), time.perf_counter() - began
+    finally:
+        for c in conns:
+            await c.close()
+
+
+def load_in_process(
+    base_url: str, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int
+) -> tuple[list[float], dict[int, int], dict[str, int], float]:
+    return asyncio.run(load_raw(base_url, auths, requests, concurrency, warmup))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = get_settings()
+    settings = base
+    if args.topics == "scratch":
+        from ops.schema import create_topics_async
+
+        settings = scratch_settings(base, f"bench-{stamp.lower()}-{uuid.uuid4().hex[:6]}-", args.partitions)
+        await create_topics_async(settings, partitions=args.partitions)
+    settings = settings.replace(post_rate_burst=10**9, post_rate_per_s=10**9)
+
+    try:
+        async with service(settings, args.mode, args.concurrency) as client:
+            health = (await client.get("/healthz")).json()
+            run_id = uuid.uuid4().hex[:8]
+            signups = await asyncio.gather(*(
+                client.post("/v1/users", json={"handle": f"b{run_id}_{i}"}) for i in range(args.users)
+            ))
+            bad = [r for r in signups if r.status_code != 201]
+            if bad:
+                raise SystemExit(f"signup failed: {bad[0].status_code} {bad[0].text}")
+            auths = [{"Authorization": f"Bearer {r.json()['token']}"} for r in signups]
+            if args.mode == "uvicorn" and args.client == "process":
+                # The load generator gets a process (and so a core) of its own.
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                    outcome = await asyncio.get_running_loop().run_in_executor(
+                        pool, load_in_process, str(client.base_url), auths, args.requests,
+                        args.concurrency, args.warmup,
+                    )
+            elif args.mode == "uvicorn":
+                outcome = await load_raw(str(client.base_url), auths, args.requests, args.concurrency, args.warmup)
+            else:
+                outcome = await load(client, auths, args.requests, args.concurrency, args.warmup)
+    finally:
+        if args.topics == "scratch" and not args.keep_topics:
+            try:
+                from aiokafka.admin import AIOKafkaAdminClient
+
+                admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+                await admin.start()
+                try:
+                    await admin.delete_topics([settings.topic_tweets, settings.topic_follows, settings.topic_activity,
+                                               settings.topic_deliveries, settings.topic_dead_letters])
+                finally:
+                    await admin.close()
+            except Exception as exc:  # noqa: BLE001
+                print(f"warning: could not delete scratch topics: {exc}", file=sys.stderr)
+
+    latencies, statuses, errors, elapsed = outcome
+    ordered = sorted(latencies)
+    ok = statuses.get(201, 0)
+    statuses = Counter(statuses)
+    result = {
+        "benchmark": "post_tweets",
+        "timestamp": stamp,
+        "mode": args.mode,
+        "client": args.client if args.mode == "uvicorn" else "asgi-inline",
+        "topics": args.topics,
+        "partitions": args.partitions if args.topics == "scratch" else base.topic_partitions,
+        "users": args.users,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "warmup": args.warmup,
+        "elapsed_s": round(elapsed, 3),
+        "ok": ok,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "transport_errors": dict(errors),
+        "throughput_rps": round(ok / elapsed, 1) if elapsed else None,
+        "latency_ms": {
+            "p50": round(percentile(ordered, 0.50) * 1000, 2),
+            "p90": round(percentile(ordered, 0.90) * 1000, 2),
+            "p99": round(percentile(ordered, 0.99) * 1000, 2),
+            "max": round(ordered[-1] * 1000, 2) if ordered else None,
+            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
+        },
+        "health": health,
+        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.post_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--mode", choices=["uvicorn", "asgi"], default="uvicorn")
+    parser.add_argument("--client", choices=["process", "inline"], default="process",
+                        help="uvicorn mode: run the load generator in its own process (default) or in the server's loop")
+    parser.add_argument("--topics", choices=["scratch", "real"], default="scratch")
+    parser.add_argument("--partitions", type=int, default=8, help="partitions of scratch topics")
+    parser.add_argument("--keep-topics", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/post-<ts>.json)")
+    args = parser.parse_args(argv)
+    if min(args.users, args.requests, args.concurrency) < 1 or args.warmup < 0:
+        parser.error("--users, --requests and --concurrency must be >= 1, --warmup >= 0")
+
+    result = asyncio.run(run(args))
+    out = args.out or RESULTS / f"post-{result['timestamp']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    lat = result["latency_ms"]
+    print(
+        f"POST /v1/tweets ({result['mode']}, concurrency {result['concurrency']}, {result['users']} users): "
+        f"{result['ok']}/{result['requests']} ok in {result['elapsed_s']} s = {result['throughput_rps']} tweets/s; "
+        f"latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
+        f"statuses {result['statuses']}"
+        + (f"; transport errors {result['transport_errors']}" if result["transport_errors"] else "")
+    )
+    print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return 0 if result["ok"] == result["requests"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
