@@ -144,7 +144,8 @@ class RecipientBatch:
             rec["floor"] = window.floor_candidate
             self.save(user_id, rec, mirror=True)
         for tweet_id in window.ids_to_add:
-            if tweet_id > max(rec["floor"], above) and (user_id, tweet_id) not in self.rows:
+            # Overrides an earlier removal in this batch (an unfollow, then a refollow).
+            if tweet_id > max(rec["floor"], above):
                 self.rows[(user_id, tweet_id)] = (True, author_id)
 
     async def rebuild(self, user_id: int, rec: dict) -> None:

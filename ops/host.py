@@ -189,7 +189,8 @@ def fetch_jars(name: str, coordinates: Iterable[str]) -> Path:
     (folder / "pom.xml").write_text(_POM.format(name=name, dependencies=dependencies))
     shutil.rmtree(lib, ignore_errors=True)
     run(
-        [mvn, "-B", "-q", "-f", str(folder / "pom.xml"), "dependency:copy-dependencies",
+        [mvn, "-B", "-q", "-f", str(folder / "pom.xml"),
+         "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
          f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
         env={**os.environ, "JAVA_HOME": str(java17_home())},
         timeout=1800,

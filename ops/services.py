@@ -342,6 +342,11 @@ class Cassandra(Service):
         return self.settings.cassandra_port
 
     @property
+    def storage_port(self) -> int:
+        """Gossip/internode port; only needs changing to run a second instance on one box."""
+        return int(os.environ.get("TL_CASSANDRA_STORAGE_PORT", "7000"))
+
+    @property
     def home(self) -> Path:
         return STATE / "cassandra"
 
@@ -417,10 +422,10 @@ endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "{host}:7000"
+      - seeds: "{host}:{self.storage_port}"
 listen_address: {host}
 rpc_address: {host}
-storage_port: 7000
+storage_port: {self.storage_port}
 native_transport_port: {self.port}
 start_native_transport: true
 data_file_directories:

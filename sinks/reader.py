@@ -117,13 +117,22 @@ class HomeTimelineReader:
                 mat, mat_done, src = await self.materialized(user_id, cursor, floor, chunk)
                 source = source or src
                 pulls = await self.author_ids(celebs, cursor, floor, chunk)
-                candidates = merge_desc([t for t, a in mat if a in following], *pulls, limit=chunk)
+                # A truncated source vouches only for ids down to its last one.
+                cut = [p[-1] for p in pulls if len(p) == chunk]
+                if not mat_done and mat:
+                    cut.append(mat[-1][0])
+                horizon = max(cut, default=0)
+                candidates = [
+                    t for t in merge_desc([t for t, a in mat if a in following], *pulls, limit=None)
+                    if t >= horizon
+                ]
                 done = mat_done and all(len(p) < chunk for p in pulls)
                 pulled.update(t for p in pulls for t in p)
             else:
                 source = source or "store"
                 lists = await self.author_ids(followees, cursor, 0, chunk)
-                candidates = merge_desc(*lists, limit=chunk)
+                horizon = max((p[-1] for p in lists if len(p) == chunk), default=0)
+                candidates = [t for t in merge_desc(*lists, limit=None) if t >= horizon]
                 done = all(len(p) < chunk for p in lists)
                 pulled.update(candidates)
                 if not candidates:
