@@ -74,18 +74,28 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
     return good
 
 
-def store_tweets(sinks: Sinks, typed: Sequence[Any]) -> list[tuple[str, tuple]]:
-    """Cassandra writes for the batch's tweets: inserts first, then deletes (a delete always wins)."""
-    writes: list[tuple[str, tuple]] = []
+def store_tweets(typed: Sequence[Any]) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+    """Cassandra writes for the batch's tweets: inserts, then deletes (applied after: a delete wins)."""
+    inserts: list[tuple[str, tuple]] = []
+    deletes: list[tuple[str, tuple]] = []
     for ev in typed:
         if isinstance(ev, TweetPosted):
-            writes.append(("insert_tweet", (ev.tweet_id, ev.author_id, ev.text, ev.created_at)))
-            writes.append(("insert_author_tl", (ev.author_id, ev.tweet_id)))
-    for ev in typed:
-        if isinstance(ev, TweetDeleted):
-            writes.append(("mark_deleted", (max(ev.deleted_at, 1), ev.tweet_id)))
-            writes.append(("delete_author_tl", (ev.author_id, ev.tweet_id)))
-    return writes
+            inserts.append(("insert_tweet", (ev.tweet_id, ev.author_id, ev.text, ev.created_at)))
+            inserts.append(("insert_author_tl", (ev.author_id, ev.tweet_id)))
+        elif isinstance(ev, TweetDeleted):
+            deletes.append(("mark_deleted", (max(ev.deleted_at, 1), ev.tweet_id)))
+            deletes.append(("delete_author_tl", (ev.author_id, ev.tweet_id)))
+    return inserts, deletes
+
+
+async def write_tweets(sinks: Sinks, typed: Sequence[Any]) -> None:
+    inserts, deletes = store_tweets(typed)
+    await with_retry("store tweets", lambda: sinks.cassandra.execute_many(inserts))
+    await with_retry("store deletes", lambda: sinks.cassandra.execute_many(deletes))
+    posted = [(e.tweet_id, e.author_id, e.text, e.created_at) for e in typed if isinstance(e, TweetPosted)]
+    deleted = [(e.tweet_id, max(e.deleted_at, 1)) for e in typed if isinstance(e, TweetDeleted)]
+    if posted or deleted:
+        await with_retry("cache tweets", lambda: sinks.tweets.write(posted, deleted))
 
 
 def _author(author_id: int) -> dict:
@@ -225,8 +235,7 @@ async def publish_author_status(sinks: Sinks, batch: AuthorBatch) -> None:
 async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
     outbox = Outbox(settings.topic_partitions)
     good = decode_batch(events, outbox)
-    writes = store_tweets(sinks, [typed for _, typed in good])
-    await with_retry("store tweets", lambda: sinks.cassandra.execute_many(writes))
+    await write_tweets(sinks, [typed for _, typed in good])
     batch = AuthorBatch(outbox)
     for event, typed in good:
         with event_scope(event):

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_timeline import RedisTimelines
+from sinks.redis_tweets import RedisTweets
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,6 +23,7 @@ class Sinks:
     cassandra: CassandraStore
     redis: Redis
     timelines: RedisTimelines
+    tweets: RedisTweets
 
     @classmethod
     async def open(cls, settings: Settings) -> "Sinks":
@@ -30,7 +32,8 @@ class Sinks:
         timelines = RedisTimelines(
             redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s
         )
-        return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines)
+        tweets = RedisTweets(redis, prefix=settings.redis_prefix)
+        return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines, tweets=tweets)
 
     def celebrities_key(self) -> str:
         return f"{self.settings.redis_prefix}celebrities"

@@ -47,6 +47,19 @@ def run(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
+def run_retrying(argv: Sequence[str], attempts: int = 3, **kwargs) -> subprocess.CompletedProcess:
+    """run(), retried with a pause: registry downloads fail transiently now and then."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return run(argv, **kwargs)
+        except HostError as exc:
+            if attempt == attempts:
+                raise
+            log(f"{exc}\nretrying ({attempt}/{attempts - 1}) ...")
+            time.sleep(5 * attempt)
+    raise AssertionError("unreachable")
+
+
 # --- Debian packages ----------------------------------------------------------------
 
 _apt_lock = threading.Lock()
@@ -67,15 +80,16 @@ def apt_install(*packages: str) -> None:
     with _apt_lock:
         log(f"installing {' '.join(packages)} (apt-get) ...")
         if not _apt_updated:
-            run(["apt-get", "update", "-q"], env=env, timeout=900)
+            run_retrying(["apt-get", "update", "-q"], env=env, timeout=900)
             _apt_updated = True
         added_policy = not POLICY_RC_D.exists()
         if added_policy:
             POLICY_RC_D.write_text("#!/bin/sh\nexit 101\n")
             POLICY_RC_D.chmod(0o755)
         try:
-            run(
+            run_retrying(
                 ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                 "-o", "DPkg::Lock::Timeout=600",
                  "-o", "Dpkg::Options::=--force-confdef",
                  "-o", "Dpkg::Options::=--force-confold", *packages],
                 env=env,
@@ -188,7 +202,7 @@ def fetch_jars(name: str, coordinates: Iterable[str]) -> Path:
     dependencies = "\n".join(_DEPENDENCY.format(*c.split(":")) for c in coordinates)
     (folder / "pom.xml").write_text(_POM.format(name=name, dependencies=dependencies))
     shutil.rmtree(lib, ignore_errors=True)
-    run(
+    run_retrying(
         [mvn, "-B", "-q", "-f", str(folder / "pom.xml"),
          "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
          f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],

@@ -135,6 +135,10 @@ class Service:
     def run_as(self) -> str | None:
         return None
 
+    @property
+    def cwd(self) -> Path:
+        return STATE
+
     def ready(self, timeout: float) -> None:
         """Like check(), plus any first-boot setup (PostgreSQL creates its role)."""
         self.check(timeout)
@@ -171,13 +175,10 @@ class Service:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as handle:
             handle.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n")
-        pid = spawn(self.command(), self.log_file, cwd=STATE, env=self.env(), user=self.run_as)
+        pid = spawn(self.command(), self.log_file, cwd=self.cwd, user=self.run_as)
         RUN.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{pid}\n")
         return pid
-
-    def env(self) -> dict[str, str]:
-        return dict(os.environ)
 
     def stop(self) -> str:
         pid = self.our_pid()
@@ -561,9 +562,10 @@ class Redis(Service):
 
     def command(self) -> list[str]:
         return [
-            shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", self.host,
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(self.port), "--bind", self.host, "--protected-mode", "yes",
             "--dir", str(STATE / "redis"), "--daemonize", "no", "--logfile", "",
-            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+            "--save", "", "--appendonly", "no",  # a cache: nothing to persist
         ]
 
 
@@ -595,17 +597,24 @@ class Postgres(Service):
     @property
     def home(self) -> Path:
         """Owned by the postgres user; outside .state if that user cannot reach .state."""
-        if _traversable_by_others(STATE):
+        if self.run_as is None or _traversable_by_others(STATE):
             return STATE / "postgres"
-        digest = hashlib.sha1(str(STATE).encode()).hexdigest()[:8]
-        return Path("/var/lib/postgresql") / f"timeline-{digest}"
+        return Path("/var/lib/postgresql") / f"timeline-{_digest(STATE)}"
+
+    @property
+    def cwd(self) -> Path:
+        return self.home
 
     @property
     def socket_dir(self) -> Path:
-        return self.home / "run"
+        """For the superuser's local connections; a socket path must stay under 108 bytes."""
+        preferred = self.home / "run"
+        if len(str(preferred)) < 80:
+            return preferred
+        return Path("/tmp") / f"timeline-pg-{_digest(STATE)}"
 
     def data_dirs(self) -> list[Path]:
-        return [self.home]
+        return [self.home, self.socket_dir]
 
     @property
     def marker(self) -> str:
@@ -707,6 +716,10 @@ SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'user', :'password')
 SELECT format('CREATE DATABASE %I OWNER %I', :'dbname', :'user')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'dbname')\gexec
 """
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha1(str(path).encode()).hexdigest()[:8]
 
 
 def _traversable_by_others(path: Path) -> bool:
