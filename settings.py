@@ -59,6 +59,8 @@ class Settings:
     faust_store: str = _env("TL_FAUST_STORE", "rocksdb://")
     faust_datadir: str = _env("TL_FAUST_DATADIR", ".state/faust")
     faust_web_port: int = _env("TL_FAUST_WEB_PORT", 6066, int)
+    # How long the group waits for a silent worker before moving its partitions.
+    broker_session_timeout_s: float = _env("TL_BROKER_SESSION_TIMEOUT_S", 30.0, float)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)

@@ -20,6 +20,8 @@ import logging
 import time
 from typing import Any, Sequence
 
+from faust.streams import current_event
+
 import orjson
 
 from agents.outbox import Outbox
@@ -30,6 +32,7 @@ from policies.partitioning import partition_for_id
 from policies.rebuild import AuthorTweets, plan_rebuild
 from policies.timeline import backfill_window
 from schemas import ACTIVITY_EVENTS, ContractError, UserActive, decode
+from sinks.reader import RedisFollowing
 from streams.topics import dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import following_edges, recipients
@@ -65,16 +68,35 @@ class RecipientBatch:
         self.following: dict[tuple[int, int], int | None] = {}  # (user, followee) -> since, None = delete
         self.meta: dict[int, dict] = {}  # user -> recipient state to mirror into Cassandra
         self.invalidate: set[int] = set()
+        # user -> the last event that changed state still to be written by apply()
+        self.pending: dict[int, Any] = {}
 
     # --- state ----------------------------------------------------------------
     def state(self, user_id: int) -> dict:
-        return dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
-
-    def save(self, user_id: int, rec: dict, *, mirror: bool) -> None:
-        recipients[entity_key(user_id)] = rec
-        if mirror:
+        rec = dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
+        if rec.get("mirror_pending") and user_id not in self.meta:
+            # A run of this batch changed it and died before apply(): mirror again.
             self.meta[user_id] = rec
             self.invalidate.add(user_id)
+            self.pending[user_id] = current_event()
+        return rec
+
+    def save(self, user_id: int, rec: dict, *, mirror: bool) -> None:
+        if mirror:
+            rec["mirror_pending"] = True
+            self.meta[user_id] = rec
+            self.invalidate.add(user_id)
+            self.pending[user_id] = current_event()
+        recipients[entity_key(user_id)] = rec
+
+    def confirm(self) -> None:
+        """After apply(): the mirrored state and rebuilds are written; clear their flags."""
+        for user_id, event in self.pending.items():
+            with event_scope(event):
+                rec = dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
+                rec.pop("mirror_pending", None)
+                rec.pop("rebuild_pending", None)
+                recipients[entity_key(user_id)] = rec
 
     def accepts(self, user_id: int, rec: dict, at: int) -> bool:
         """Whether the user's timeline is kept up to date; marks it stale when not."""
@@ -103,10 +125,11 @@ class RecipientBatch:
 
     async def on_activity(self, ev: UserActive) -> None:
         rec = self.state(ev.user_id)
-        if rec["active_at"] is not None and ev.at <= rec["active_at"] and not rec["stale"]:
+        rebuild = rec["stale"] or rec.get("rebuild_pending")
+        if rec["active_at"] is not None and ev.at <= rec["active_at"] and not rebuild:
             return  # an old or repeated activity event
         rec["active_at"] = ev.at if rec["active_at"] is None else max(rec["active_at"], ev.at)
-        if rec["stale"]:
+        if rebuild:
             await self.rebuild(ev.user_id, rec)
         self.save(ev.user_id, rec, mirror=False)
 
@@ -168,6 +191,7 @@ class RecipientBatch:
         for tweet_id, author_id in rebuilt.entries:
             self.rows[(user_id, tweet_id)] = (True, author_id)
         rec["stale"] = False
+        rec["rebuild_pending"] = True  # until apply() wrote it: a replay rebuilds again
         rec["floor"] = rebuilt.floor
         self.save(user_id, rec, mirror=True)
 
@@ -218,6 +242,10 @@ class RecipientBatch:
         await with_retry("redis push", lambda: timelines.push_many(adds))
         await with_retry("redis unpush", lambda: timelines.unpush_many(removes))
         await with_retry("redis invalidate", lambda: timelines.invalidate(self.invalidate))
+        if self.following:  # cached following lists (sinks/reader.py): dropped after Cassandra
+            cache = RedisFollowing(self.sinks.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s)
+            changed = {user_id for user_id, _ in self.following}
+            await with_retry("redis following", lambda: cache.invalidate(changed))
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:
@@ -252,6 +280,7 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                 log.exception("delivery failed for %r", payload)
                 outbox.dead_letter(dead_letters_topic, event, f"processing error: {exc!r}", STAGE)
     await batch.apply()
+    batch.confirm()
     await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
 
 

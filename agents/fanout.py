@@ -170,8 +170,10 @@ class AuthorBatch:
 
     def on_tweet(self, ev: TweetPosted) -> None:
         author = _author(ev.author_id)
-        if author["celebrity"]:
+        if author["celebrity"] and ev.tweet_id > author["since"]:
             return  # pulled at read time
+        # Ids <= since were pushed before the promotion: a replayed batch (the
+        # table already promoted) must push them again, as its deliveries may be lost.
         followers = iter_edges(follower_edges, ev.author_id)
         for batch in plan_fanout(ev, followers, False, self.partition_of):
             self.outbox.deliver_to_partition(

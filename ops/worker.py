@@ -45,7 +45,7 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "faust_app", "worker", "-l", "warn",
+            [sys.executable, "-m", "faust", "-A", "faust_app", "worker", "-l", os.environ.get("TL_WORKER_LOG_LEVEL", "warn"),
              "--web-port", str(self.web_port), "--web-host", "127.0.0.1"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )

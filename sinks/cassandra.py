@@ -98,6 +98,13 @@ class CassandraStore:
         "set_author_status": "INSERT INTO {ks}.author_status (author_id, followers, celebrity, celebrity_since) VALUES (?, ?, ?, ?)",
         "get_author_status": "SELECT followers, celebrity, celebrity_since FROM {ks}.author_status WHERE author_id = ?",
         "all_celebrities": "SELECT author_id, celebrity FROM {ks}.author_status",
+        # Read path (sinks/reader.py): one query for many tweets / many authors.
+        "get_tweets": "SELECT tweet_id, author_id, text, created_at, deleted_at FROM {ks}.tweets WHERE tweet_id IN ?",
+        "authors_tl_below": (
+            "SELECT author_id, tweet_id FROM {ks}.author_timeline"
+            " WHERE author_id IN ? AND tweet_id < ? PER PARTITION LIMIT ?"
+        ),
+        "ping": "SELECT release_version FROM system.local",
     }
 
     @classmethod

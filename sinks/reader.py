@@ -12,19 +12,150 @@ A page of the home timeline of ``user`` below a cursor is the merge of
 
 with deleted tweets dropped at hydration. The result is what the correctness
 reference says: the newest tweets of current followees, minus deletes.
+
+What a read costs
+-----------------
+
+* Cache hit: one Redis pipeline reads the timeline window, the cached following
+  list and its celebrities (``SINTER`` with the celebrity set); one pipeline of
+  tweet hashes (``RedisTweets``) hydrates. Cassandra is asked only for bodies
+  missing from Redis (one ``IN`` query) and for celebrity pulls (one
+  ``IN ... PER PARTITION LIMIT`` query per group of authors, groups concurrent).
+* Timeline cache miss: ``timeline_meta`` and the newest ``cap`` rows of
+  ``user_timeline`` are read concurrently, and the cache is refilled
+  (version-checked) unless the user is stale.
+* Following cache miss: ``following`` from Cassandra, refilled version-checked;
+  stage 2 invalidates the cached list after it writes ``following``
+  (:meth:`RedisFollowing.invalidate`, called from ``RecipientBatch.apply``).
+
+Why a cached timeline needs no ``timeline_meta`` read: stage 2 writes the meta
+(stale flag, floor) to Cassandra *before* it invalidates the cached timeline,
+and the reader fills the cache only if the timeline version it read *before*
+reading the meta is unchanged. So a cached timeline never belongs to a stale
+user, and its sentinel carries the current floor.
+
+This relies on the rule documented in ``sinks/redis_timeline.py``: a cached key
+holds the newest ``cap`` entries of the Cassandra timeline, so a key with fewer
+than ``cap`` entries holds all of it.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from policies.timeline import merge_desc
 from settings import Settings
 from sinks.cassandra import CassandraStore
-from sinks.redis_timeline import RedisTimelines
+from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, member, parse_member
+from sinks.redis_tweets import RedisTweets
 
 MAX_ID = 2**63 - 1
+# Extra entries asked for per chunk, so a few deleted tweets do not cost another round.
+SLACK = 5
+# The driver's default fetch size: one IN query must fit in one result page.
+CASSANDRA_PAGE_ROWS = 5000
+# Authors per IN query of a pull (groups run concurrently).
+PULL_GROUP_MAX = 100
+# Fewest ids asked per author in the first round of a pull.
+PULL_MIN = 4
+# Member of every cached following set: an empty list is cached too.
+FOLLOWING_SENTINEL = b"0"
+
+# KEYS: following set, version. ARGV: expected version ('' = none), ttl, then members.
+_FOLLOWING_FILL = """
+local v = redis.call('GET', KEYS[2])
+if v == false then v = '' end
+if v ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+# --- pure helpers --------------------------------------------------------------------
+
+
+class Source(NamedTuple):
+    """Ids one source returned for a region, and how far down it vouches for them."""
+
+    ids: Sequence[int]  # descending
+    # The source is complete for ids >= this one; None: complete down to the region's bottom.
+    vouches_to: int | None
+
+
+class Merged(NamedTuple):
+    candidates: list[int]  # every id >= horizon of every source, descending, unique
+    horizon: int | None  # None: every source was exhausted (candidates is the whole region)
+
+
+def merge_sources(sources: Iterable[Source]) -> Merged:
+    """Merge sources that were each cut somewhere; keep only the part all of them vouch for.
+
+    A truncated source says nothing about ids below its last one, so the merge is
+    exact only down to the highest of those cut points (the horizon).
+    """
+    sources = list(sources)
+    horizon = max((s.vouches_to for s in sources if s.vouches_to is not None), default=None)
+    merged = merge_desc(*(s.ids for s in sources), limit=None)
+    if horizon is not None:
+        merged = [t for t in merged if t >= horizon]
+    return Merged(merged, horizon)
+
+
+def pull_limit(need: int, authors: int, first_round: bool) -> int:
+    """Ids to ask per author: enough for ``need`` from the merge of ``authors`` timelines.
+
+    The first round asks each author for about twice its fair share (a merge of
+    many similar timelines takes a few from each); later rounds, which only
+    happen when that guess was short, ask for the whole ``need``.
+    """
+    if need < 1:
+        raise ValueError(f"need must be >= 1, got {need}")
+    if not first_round or authors <= 1:
+        return need
+    return min(need, max(PULL_MIN, math.ceil(2 * need / authors) + 1))
+
+
+def pull_groups(authors: Sequence[int], per_author: int) -> list[list[int]]:
+    """Authors split so that one IN query returns at most one page of rows."""
+    size = max(1, min(PULL_GROUP_MAX, CASSANDRA_PAGE_ROWS // max(1, per_author)))
+    return [list(authors[i : i + size]) for i in range(0, len(authors), size)]
+
+
+def window_entries(window: Iterable[bytes | str], floor: int) -> list[tuple[int, int]]:
+    """Parsed cached members above ``floor`` (drops the sentinel), in the given order."""
+    return [e for e in map(parse_member, window) if e[0] > floor]
+
+
+def usable_chunk(
+    cursor: int, entries: list[tuple[int, int]], complete: bool, need: int, source: str
+) -> tuple[int, list[tuple[int, int]], bool, str] | None:
+    """A chunk of at most ``need + SLACK`` entries below ``cursor`` if ``entries`` can answer it.
+
+    ``entries`` are the newest entries below the cursor of a copy that holds the
+    whole region when ``complete``, else only a prefix of it (usable when it
+    has at least ``need`` entries). None: ask the next store.
+    """
+    n = need + SLACK
+    if len(entries) > n:
+        return cursor, entries[:n], False, source
+    if complete or len(entries) >= need:
+        return cursor, entries, complete, source
+    return None
+
+
+def lex_below(cursor: int) -> str:
+    """The ZREVRANGEBYLEX bound for cached members with ids strictly below ``cursor``."""
+    return "+" if cursor >= MAX_ID else "(" + member(cursor, 0).partition(":")[0]
+
+
+# --- data ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -36,120 +167,349 @@ class Tweet:
 
 
 @dataclass
+class ReadStats:
+    """What one read cost and which caches answered (for metrics and tests)."""
+
+    redis_round_trips: int = 0
+    cassandra_queries: int = 0
+    timeline_cache: str | None = None  # "hit", "miss", or None (not consulted)
+    following_cache: str | None = None  # "hit" or "miss"
+    tweet_cache_hits: int = 0
+    tweet_cache_misses: int = 0
+
+
+@dataclass
 class Page:
     tweets: list[Tweet]
     next_below: int | None  # pass as ``below`` for the next page; None at the real end
     source: str  # "cache", "store" or "rebuilt"
     pulled: set[int] = field(default_factory=set)  # tweet ids that came from pulls
+    stats: ReadStats = field(default_factory=ReadStats)
+
+
+class RedisFollowing:
+    """Following lists cached in Redis: ``<prefix>following:<user>``, a set of followee ids.
+
+    Same rules as cached timelines: the writer (stage 2) bumps
+    ``<prefix>followingv:<user>`` and drops the set after it wrote Cassandra; a
+    reader fills the set only if the version it saw before reading Cassandra is
+    unchanged. The set always holds ``0`` so that an empty list is cached too.
+    """
+
+    def __init__(self, redis: Redis, *, prefix: str, ttl_s: int = 3600) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._fill = redis.register_script(_FOLLOWING_FILL)
+
+    def key(self, user_id: int) -> str:
+        return f"{self.prefix}following:{user_id}"
+
+    def version_key(self, user_id: int) -> str:
+        return f"{self.prefix}followingv:{user_id}"
+
+    def celebrities_key(self) -> str:
+        return f"{self.prefix}celebrities"
+
+    async def invalidate(self, user_ids: Iterable[int]) -> None:
+        """Drop cached lists and bump their versions (after ``following`` changed in Cassandra)."""
+        user_ids = list(user_ids)
+        if not user_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.delete(self.key(user_id))
+                pipe.incr(self.version_key(user_id))
+                pipe.expire(self.version_key(user_id), self.ttl_s)
+            await pipe.execute()
+
+    def queue_read(self, pipe: Pipeline, user_id: int) -> None:
+        """Queue: the cached members, the celebrities among them, the version."""
+        pipe.smembers(self.key(user_id))
+        pipe.sinter([self.key(user_id), self.celebrities_key()])
+        pipe.get(self.version_key(user_id))
+
+    async def queue_fill(self, pipe: Pipeline, user_id: int, seen_version: str, followees: Sequence[int]) -> None:
+        await self._fill(
+            keys=[self.key(user_id), self.version_key(user_id)],
+            args=[seen_version, self.ttl_s, FOLLOWING_SENTINEL, *followees],
+            client=pipe,
+        )
+
+
+@dataclass
+class _View:
+    """The user's state at the start of a read."""
+
+    followees: frozenset[int]
+    celebrities: list[int]
+    floor: int
+    stale: bool
+    cached: bool  # the timeline is in Redis
+    whole: bool  # ... and that copy holds the whole materialized timeline
+    # The first chunk, if the first round trip answered it: (cursor, entries, done, source).
+    first: tuple[int, list[tuple[int, int]], bool, str] | None = None
+    # The cursor at which the cached copy was seen to be too short (ask Cassandra directly).
+    cache_short_at: int | None = None
+
+
+def _decode(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else (raw or "")
 
 
 class HomeTimelineReader:
-    def __init__(self, settings: Settings, cassandra: CassandraStore, timelines: RedisTimelines) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cassandra: CassandraStore,
+        timelines: RedisTimelines,
+        *,
+        tweets: RedisTweets | None = None,
+        following: RedisFollowing | None = None,
+    ) -> None:
         self.settings = settings
         self.cassandra = cassandra
         self.timelines = timelines
         self.redis = timelines.redis
+        self.tweets = tweets or RedisTweets(self.redis, prefix=settings.redis_prefix)
+        self.following_cache = following or RedisFollowing(
+            self.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s
+        )
 
-    async def following(self, user_id: int) -> list[int]:
-        rows = await self.cassandra.execute("get_following", (user_id,))
-        return [r.followee_id for r in rows]
+    # --- stores ---------------------------------------------------------------------
 
-    async def celebrities(self, followees: Sequence[int]) -> set[int]:
-        if not followees:
-            return set()
-        flags = await self.redis.smismember(f"{self.settings.redis_prefix}celebrities", list(followees))
-        return {a for a, f in zip(followees, flags) if f}
+    async def _cql(self, stats: ReadStats, name: str, params: Sequence[Any]) -> list:
+        stats.cassandra_queries += 1
+        return await self.cassandra.execute(name, params)
 
-    async def meta(self, user_id: int) -> tuple[int, bool]:
-        rows = await self.cassandra.execute("get_meta", (user_id,))
-        if not rows:
-            return 0, False
-        return rows[0].floor or 0, bool(rows[0].stale)
-
-    async def author_ids(self, authors: Sequence[int], below: int, above: int, limit: int) -> list[list[int]]:
-        params = [(a, below, limit) for a in authors]
-        results = await self.cassandra.query_many("author_tl_below", params)
-        return [[r.tweet_id for r in rows if r.tweet_id > above] for rows in results]
-
-    async def materialized(self, user_id: int, below: int, floor: int, limit: int) -> tuple[list[tuple[int, int]], bool, str]:
-        """Materialized entries in (floor, below), newest first; whether that region is exhausted."""
-        cached = await self.timelines.read(user_id, below=None if below >= MAX_ID else below, limit=limit)
-        if cached is not None and cached.floor == floor:
-            entries = [e for e in cached.entries if e[0] > floor]
-            whole = cached.size < self.timelines.cap  # the cache holds the entire timeline
-            if len(entries) >= limit or whole:
-                return entries, len(entries) < limit, "cache"
-        rows = await self.cassandra.execute("user_tl_below", (user_id, below, floor, limit))
-        entries = [(r.tweet_id, r.author_id) for r in rows]
-        if cached is None:
-            await self.refill(user_id, floor)
-        return entries, len(entries) < limit, "store"
-
-    async def refill(self, user_id: int, floor: int) -> None:
-        version = await self.timelines.version(user_id)
-        rows = await self.cassandra.execute("user_tl_below", (user_id, MAX_ID, floor, self.timelines.cap))
-        await self.timelines.fill(user_id, version, [(r.tweet_id, r.author_id) for r in rows], floor)
-
-    async def hydrate(self, ids: Sequence[int]) -> dict[int, Tweet]:
-        results = await self.cassandra.query_many("get_tweet", [(t,) for t in ids])
-        out: dict[int, Tweet] = {}
+    async def pull(
+        self, authors: Sequence[int], below: int, above: int, limit: int, stats: ReadStats
+    ) -> list[Source]:
+        """Each author's newest ids in (above, below), at most ``limit``, as merge sources."""
+        if not authors:
+            return []
+        groups = pull_groups(authors, limit)
+        results = await asyncio.gather(
+            *(self._cql(stats, "authors_tl_below", (group, below, limit)) for group in groups)
+        )
+        by_author: dict[int, list[int]] = {a: [] for a in authors}
         for rows in results:
-            if rows and not rows[0].deleted_at:
-                r = rows[0]
-                out[r.tweet_id] = Tweet(r.tweet_id, r.author_id, r.text, r.created_at)
+            for row in rows:
+                by_author[row.author_id].append(row.tweet_id)
+        sources = []
+        for ids in by_author.values():
+            ids.sort(reverse=True)
+            kept = [t for t in ids if t > above]
+            sources.append(Source(kept, kept[-1] if len(kept) == limit else None))
+        return sources
+
+    async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None) -> dict[int, Tweet]:
+        """Bodies of the live tweets among ``ids``: Redis first, one Cassandra query for the rest."""
+        stats = stats if stats is not None else ReadStats()
+        if not ids:
+            return {}
+        cached = await self.tweets.read(ids)
+        stats.redis_round_trips += 1
+        out: dict[int, Tweet] = {}
+        misses: list[int] = []
+        for tweet_id, tweet in cached.items():
+            if tweet is None:
+                misses.append(tweet_id)
+            elif not tweet.deleted_at:
+                out[tweet_id] = Tweet(tweet_id, tweet.author_id, tweet.text, tweet.created_at)
+        stats.tweet_cache_hits += len(ids) - len(misses)
+        stats.tweet_cache_misses += len(misses)
+        if misses:
+            rows = await self._cql(stats, "get_tweets", (misses,))
+            posted, deleted = [], []
+            for r in rows:
+                if r.author_id is not None and r.text is not None:
+                    posted.append((r.tweet_id, r.author_id, r.text, r.created_at or 0))
+                if r.deleted_at:
+                    deleted.append((r.tweet_id, r.deleted_at))
+                elif r.author_id is not None and r.text is not None:
+                    out[r.tweet_id] = Tweet(r.tweet_id, r.author_id, r.text, r.created_at or 0)
+            if posted or deleted:
+                # A delete only sets a field of the hash, so this write cannot undo one.
+                await self.tweets.write(posted, deleted)
+                stats.redis_round_trips += 1
         return out
 
+    # --- the user's view ---------------------------------------------------------------
+
+    async def _open(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> _View:
+        """One Redis pipeline for the timeline window and the following list; Cassandra for misses."""
+        home = self.timelines.key(user_id)
+        n = need + SLACK
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrangebylex(home, lex_below(cursor), "-", start=0, num=n + 1)
+            pipe.zrange(home, 0, 0)
+            pipe.zcard(home)
+            pipe.get(self.timelines.version_key(user_id))
+            self.following_cache.queue_read(pipe, user_id)
+            window, lowest, card, home_version, members, celebs, following_version = await pipe.execute()
+        stats.redis_round_trips += 1
+
+        view = _View(frozenset(), [], 0, False, cached=False, whole=False)
+        if lowest:
+            sentinel_tid, sentinel_floor = parse_member(lowest[0])
+            view.cached = sentinel_tid == SENTINEL_ID  # else foreign data under our key: a miss
+        stats.timeline_cache = "hit" if view.cached else "miss"
+        if view.cached:
+            view.floor = sentinel_floor
+            view.whole = card - 1 < self.timelines.cap
+            view.first = usable_chunk(cursor, window_entries(window, view.floor), view.whole, need, "cache")
+            if view.first is None:
+                view.cache_short_at = cursor
+
+        following_hit = bool(members)
+        stats.following_cache = "hit" if following_hit else "miss"
+        if following_hit:
+            view.followees = frozenset(int(m) for m in members) - {0}
+            view.celebrities = sorted(int(c) for c in celebs if int(c) != 0)
+
+        reads: dict[str, Any] = {}
+        if not following_hit:
+            reads["following"] = self._cql(stats, "get_following", (user_id,))
+        if not view.cached:
+            reads["meta"] = self._cql(stats, "get_meta", (user_id,))
+            # The newest rows whatever the floor (rows at or below it may linger).
+            reads["rows"] = self._cql(stats, "user_tl_below", (user_id, MAX_ID, 0, self.timelines.cap))
+        if not reads:
+            return view
+        results = dict(zip(reads, await asyncio.gather(*reads.values())))
+
+        fill_timeline = None
+        if not view.cached:
+            meta = results["meta"]
+            view.floor = (meta[0].floor or 0) if meta else 0
+            view.stale = bool(meta[0].stale) if meta else False
+            rows = [(r.tweet_id, r.author_id) for r in results["rows"] if r.tweet_id > view.floor]
+            if not view.stale:
+                complete = len(rows) < self.timelines.cap
+                below = [e for e in rows if e[0] < cursor]
+                view.first = usable_chunk(cursor, below, complete, need, "store")
+                fill_timeline = self.timelines.fill(user_id, _decode(home_version), rows, view.floor)
+        fill_following = None
+        if not following_hit:
+            followees = sorted(r.followee_id for r in results["following"])
+            view.followees = frozenset(followees)
+            fill_following = self._fill_following(user_id, _decode(following_version), followees)
+        if fill_timeline is not None or fill_following is not None:
+            filled = await asyncio.gather(*(c for c in (fill_timeline, fill_following) if c is not None))
+            stats.redis_round_trips += 1  # concurrent: one round trip of latency
+            if fill_following is not None:
+                view.celebrities = filled[-1]
+        return view
+
+    async def _fill_following(self, user_id: int, seen_version: str, followees: list[int]) -> list[int]:
+        """Cache the list (version-checked) and return the celebrities in it: one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.following_cache.queue_fill(pipe, user_id, seen_version, followees)
+            if followees:
+                pipe.smismember(self.following_cache.celebrities_key(), followees)
+            results = await pipe.execute()
+        flags = results[1] if followees else []
+        return [a for a, flag in zip(followees, flags) if flag]
+
+    async def _materialized(
+        self, user_id: int, view: _View, cursor: int, need: int, stats: ReadStats
+    ) -> tuple[list[tuple[int, int]], bool, str]:
+        """Materialized entries in (floor, cursor), newest first; whether that region is exhausted."""
+        if view.first is not None and view.first[0] == cursor:
+            _, entries, done, source = view.first
+            return entries, done, source
+        n = need + SLACK
+        if view.cached and view.cache_short_at != cursor:
+            key = self.timelines.key(user_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrevrangebylex(key, lex_below(cursor), "-", start=0, num=n + 1)
+                pipe.zrange(key, 0, 0)
+                window, lowest = await pipe.execute()
+            stats.redis_round_trips += 1
+            # Still cached, with the same floor: the window is good (else ask Cassandra).
+            if lowest and parse_member(lowest[0]) == (SENTINEL_ID, view.floor):
+                chunk = usable_chunk(cursor, window_entries(window, view.floor), view.whole, need, "cache")
+                if chunk is not None:
+                    return chunk[1], chunk[2], chunk[3]
+        rows = await self._cql(stats, "user_tl_below", (user_id, cursor, view.floor, n))
+        return [(r.tweet_id, r.author_id) for r in rows], len(rows) < n, "store"
+
+    # --- pages -------------------------------------------------------------------------
+
     async def page(self, user_id: int, *, limit: int, below: int | None = None) -> Page:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        stats = ReadStats()
         cursor = MAX_ID if below is None else below
-        (floor, stale), followees = await asyncio.gather(self.meta(user_id), self.following(user_id))
-        following = set(followees)
-        celebs = sorted(await self.celebrities(followees))
-        phase = "pull" if stale else "materialized"
-        source = "rebuilt" if stale else ""
+        view = await self._open(user_id, cursor, limit, stats)
+        following = view.followees
+        phase = "pull" if view.stale else "materialized"
+        source = "rebuilt" if view.stale else ""
         out: list[Tweet] = []
         pulled: set[int] = set()
-        chunk = max(limit, 20)
-        while len(out) < limit and following:
+        first_round = True
+        at_end = not following
+        while len(out) < limit and not at_end:
+            need = limit - len(out)
             if phase == "materialized":
-                if cursor <= floor + 1:
+                if cursor <= view.floor + 1:
                     phase = "pull"
                     continue
-                mat, mat_done, src = await self.materialized(user_id, cursor, floor, chunk)
+                celebs = view.celebrities
+                per_author = pull_limit(need + SLACK, len(celebs) + 1, first_round)
+                (mat, mat_done, src), pulls = await asyncio.gather(
+                    self._materialized(user_id, view, cursor, need, stats),
+                    self.pull(celebs, cursor, view.floor, per_author, stats),
+                )
                 source = source or src
-                pulls = await self.author_ids(celebs, cursor, floor, chunk)
-                # A truncated source vouches only for ids down to its last one.
-                cut = [p[-1] for p in pulls if len(p) == chunk]
-                if not mat_done and mat:
-                    cut.append(mat[-1][0])
-                horizon = max(cut, default=0)
-                candidates = [
-                    t for t in merge_desc([t for t, a in mat if a in following], *pulls, limit=None)
-                    if t >= horizon
-                ]
-                done = mat_done and all(len(p) < chunk for p in pulls)
-                pulled.update(t for p in pulls for t in p)
+                mat_source = Source(
+                    [t for t, a in mat if a in following], None if mat_done or not mat else mat[-1][0]
+                )
+                merged = merge_sources([mat_source, *pulls])
+                pulled.update(t for p in pulls for t in p.ids)
             else:
+                if cursor <= 1:
+                    at_end = True
+                    break
                 source = source or "store"
-                lists = await self.author_ids(followees, cursor, 0, chunk)
-                horizon = max((p[-1] for p in lists if len(p) == chunk), default=0)
-                candidates = [t for t in merge_desc(*lists, limit=None) if t >= horizon]
-                done = all(len(p) < chunk for p in lists)
-                pulled.update(candidates)
-                if not candidates:
-                    break  # the real end
-            bodies = await self.hydrate(candidates)
-            for tweet_id in candidates:
-                cursor = tweet_id
-                tweet = bodies.get(tweet_id)
-                if tweet is not None:
-                    out.append(tweet)
-                    if len(out) == limit:
-                        break
-            if len(out) < limit and done and phase == "materialized":
-                # Nothing left above the floor: continue below it by pull-merge.
-                phase, cursor = "pull", min(cursor, floor + 1)
-        next_below = cursor if len(out) == limit else None
-        return Page(out, next_below, source or "store", pulled & {t.tweet_id for t in out})
+                authors = sorted(following)
+                per_author = pull_limit(need + SLACK, len(authors), first_round)
+                merged = merge_sources(await self.pull(authors, cursor, 0, per_author, stats))
+                pulled.update(merged.candidates)
+            first_round = False
+
+            # Hydrate the candidates in slices, newest first, until the page is full.
+            candidates = merged.candidates
+            done_upto = 0
+            while done_upto < len(candidates) and len(out) < limit:
+                chunk = candidates[done_upto : done_upto + (limit - len(out)) + SLACK]
+                bodies = await self.hydrate(chunk, stats)
+                for tweet_id in chunk:
+                    done_upto += 1
+                    cursor = tweet_id
+                    tweet = bodies.get(tweet_id)
+                    if tweet is not None:
+                        out.append(tweet)
+                        if len(out) == limit:
+                            break
+            region_done = done_upto == len(candidates) and merged.horizon is None
+            if len(out) == limit:
+                # The end is known without another read when nothing is left anywhere.
+                at_end = region_done and (phase == "pull" or view.floor == 0)
+                break
+            if region_done:
+                if phase == "materialized":
+                    # Nothing left above the floor: continue below it by pull-merge.
+                    phase, cursor = "pull", min(cursor, view.floor + 1)
+                else:
+                    at_end = True
+            elif merged.horizon is not None:
+                cursor = min(cursor, merged.horizon)  # everything at or above it was seen
+        next_below = None if at_end or len(out) < limit else cursor
+        if not source:
+            source = "cache" if view.cached else "store"
+        return Page(out, next_below, source, pulled & {t.tweet_id for t in out}, stats)
 
     async def all_ids(self, user_id: int, *, page_size: int = 200) -> list[int]:
         """Every tweet id of the home timeline, paging to the real end (for verification)."""
@@ -161,3 +521,29 @@ class HomeTimelineReader:
             if page.next_below is None:
                 return ids
             below = page.next_below
+
+    async def author_page(self, author_id: int, *, limit: int, below: int | None = None) -> Page:
+        """An author's own tweets, newest first (``author_timeline``), deleted ones dropped."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        stats = ReadStats()
+        cursor = MAX_ID if below is None else below
+        out: list[Tweet] = []
+        at_end = False
+        while len(out) < limit and not at_end:
+            n = limit - len(out) + SLACK
+            rows = await self._cql(stats, "author_tl_below", (author_id, cursor, n))
+            ids = [r.tweet_id for r in rows]
+            bodies = await self.hydrate(ids, stats)
+            consumed = 0
+            for tweet_id in ids:
+                consumed += 1
+                cursor = tweet_id
+                tweet = bodies.get(tweet_id)
+                if tweet is not None:
+                    out.append(tweet)
+                    if len(out) == limit:
+                        break
+            at_end = len(ids) < n and consumed == len(ids)
+        next_below = None if at_end or len(out) < limit else cursor
+        return Page(out, next_below, "store", set(), stats)
