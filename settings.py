@@ -44,6 +44,8 @@ class Settings:
     postgres_dsn: str = _env(
         "TL_POSTGRES_DSN", "postgresql://timeline:timeline@127.0.0.1:5432/timeline"
     )
+    # Schema of the tables (accounts and the log's projection): one per namespace.
+    postgres_schema: str = _env("TL_POSTGRES_SCHEMA", "public")
 
     # --- topics ------------------------------------------------------------
     topic_tweets: str = _env("TL_TOPIC_TWEETS", "tweets")
@@ -87,6 +89,8 @@ class Settings:
             raise ValueError("TL_CELEBRITY_HYSTERESIS must be in [0, TL_CELEBRITY_THRESHOLD)")
         if self.backfill_limit > self.timeline_cap:
             raise ValueError("TL_BACKFILL_LIMIT must not exceed TL_TIMELINE_CAP")
+        if not self.postgres_schema.replace("_", "").isalnum():
+            raise ValueError("TL_POSTGRES_SCHEMA must be letters, digits and underscores")
         if self.topic_partitions < 1:
             raise ValueError("TL_TOPIC_PARTITIONS must be >= 1")
 
@@ -108,6 +112,10 @@ class Settings:
     def env_vars(cls) -> dict[str, str]:
         """Field name -> environment variable name, for docs and tests."""
         return {f.name: f.metadata["env"] for f in dataclasses.fields(cls)}
+
+    def postgres_kwargs(self) -> dict[str, Any]:
+        """Connection options that select the schema (psycopg ``connect(dsn, **kwargs)``)."""
+        return {"options": f"-c search_path={self.postgres_schema}"}
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -8,6 +8,7 @@ by the fanout stage, which reads the same topics; here they are skipped.
 from __future__ import annotations
 
 import logging
+from itertools import groupby
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -59,11 +60,12 @@ def statements(typed: Sequence[Any]) -> list[tuple[str, tuple]]:
 
 
 async def write_batch(pool: AsyncConnectionPool, stmts: Sequence[tuple[str, tuple]]) -> None:
+    """One transaction; consecutive statements of the same kind go in one ``executemany``."""
     async with pool.connection() as conn:
         async with conn.transaction():
             async with conn.cursor() as cur:
-                for sql, params in stmts:
-                    await cur.execute(sql, params)
+                for sql, run in groupby(stmts, key=lambda s: s[0]):
+                    await cur.executemany(sql, [params for _, params in run])
 
 
 _pool: AsyncConnectionPool | None = None
@@ -72,7 +74,8 @@ _pool: AsyncConnectionPool | None = None
 async def get_pool() -> AsyncConnectionPool:
     global _pool
     if _pool is None:
-        _pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False)
+        _pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False,
+                                    kwargs=settings.postgres_kwargs())
         await _pool.open()
     return _pool
 

@@ -64,7 +64,7 @@ class Resources:
             max_size=10,
             open=False,
             timeout=PG_TIMEOUT_S,
-            kwargs={"autocommit": True, "connect_timeout": 3},
+            kwargs={"autocommit": True, "connect_timeout": 3, **settings.postgres_kwargs()},
             name="post-service",
         )
         rds = Redis.from_url(

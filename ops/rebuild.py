@@ -81,7 +81,7 @@ def truncate_cassandra(settings: Settings) -> None:
 
 
 def truncate_postgres(settings: Settings) -> None:
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+    with psycopg.connect(settings.postgres_dsn, autocommit=True, **settings.postgres_kwargs()) as conn:
         conn.execute("TRUNCATE tweets, follows")
 
 

@@ -115,9 +115,10 @@ def apply_postgres(settings: Settings, sql_file: Path = SQL_FILE) -> None:
     import psycopg
 
     script = sql_file.read_text()
-    with psycopg.connect(settings.postgres_dsn, connect_timeout=10) as conn:
+    with psycopg.connect(settings.postgres_dsn, connect_timeout=10, **settings.postgres_kwargs()) as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {settings.postgres_schema}")
             conn.execute(script)  # no parameters: several statements are allowed
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, Session
+from cassandra.concurrent import execute_concurrent
 from cassandra.policies import RoundRobinPolicy
 from cassandra.query import PreparedStatement
 
@@ -127,25 +128,19 @@ class CassandraStore:
         return list(rows) if rows is not None else []
 
     async def execute_many(self, items: Iterable[tuple[str, Sequence[Any]]]) -> None:
-        """Run many writes concurrently, at most ``concurrency`` in flight; raise the first error."""
-        loop = asyncio.get_running_loop()
-        sem = asyncio.Semaphore(self.concurrency)
-        pending: list[asyncio.Future] = []
-        first_error: list[BaseException] = []
+        """Run many writes, at most ``concurrency`` in flight; raise the first error.
 
-        async def one(name: str, params: Sequence[Any]) -> None:
-            async with sem:
-                try:
-                    await _bridge(self.session.execute_async(self._stmts[name], params), loop)
-                except BaseException as exc:  # noqa: BLE001 - collected and re-raised below
-                    first_error.append(exc)
-
-        for name, params in items:
-            pending.append(asyncio.ensure_future(one(name, params)))
-        if pending:
-            await asyncio.gather(*pending)
-        if first_error:
-            raise first_error[0]
+        Uses the driver's own ``execute_concurrent`` (callback-chained on its I/O
+        thread) from a worker thread: one thread hop per call instead of one
+        asyncio task and future per statement.
+        """
+        statements = [(self._stmts[name], params) for name, params in items]
+        if not statements:
+            return
+        await asyncio.to_thread(
+            execute_concurrent, self.session, statements,
+            concurrency=self.concurrency, raise_on_first_error=True, results_generator=False,
+        )
 
     async def query_many(self, name: str, params_list: Sequence[Sequence[Any]]) -> list[list]:
         """Run the same read for many parameter sets concurrently; results in input order."""

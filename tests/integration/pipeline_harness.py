@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
+import psycopg
 from redis.asyncio import Redis
 
-from ops.schema import apply_cassandra, cassandra_cluster, create_topics
+from ops.schema import apply_cassandra, apply_postgres, cassandra_cluster, create_topics
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
 from sinks.reader import HomeTimelineReader
@@ -30,6 +31,7 @@ def isolated_settings(tmp_path: Path, **overrides) -> Settings:
         topic_dead_letters=f"it-dead-{tag}",
         topic_partitions=4,
         cassandra_keyspace=f"it_{tag}",
+        postgres_schema=f"it_{tag}",
         redis_prefix=f"it:{tag}:",
         app_id=f"it-{tag}",
         faust_datadir=str(tmp_path / "faust"),
@@ -40,10 +42,13 @@ def isolated_settings(tmp_path: Path, **overrides) -> Settings:
 
 def provision(settings: Settings) -> None:
     apply_cassandra(settings)
+    apply_postgres(settings)
     create_topics(settings, settings.topic_partitions)
 
 
 def drop(settings: Settings) -> None:
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {settings.postgres_schema} CASCADE")
     cluster = cassandra_cluster(settings)
     try:
         session = cluster.connect()

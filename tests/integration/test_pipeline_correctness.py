@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -39,6 +40,30 @@ async def read_dead_letters(settings, expect: int, timeout: float = 30.0) -> lis
     return out
 
 
+async def assert_postgres_projection(settings, events) -> None:
+    """The PostgreSQL projection holds every tweet of the log, deletes marked, and the follow set."""
+    posted = {e["tweet_id"] for e in events if e["type"] == "tweet_posted"}
+    deleted = {e["tweet_id"] for e in events if e["type"] == "tweet_deleted"}
+    follows: dict[tuple[int, int], bool] = {}
+    for e in events:
+        if e["type"] in ("followed", "unfollowed"):
+            follows[(e["follower_id"], e["followee_id"])] = e["type"] == "followed"
+    users = sorted({u for pair in follows for u in pair})
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, **settings.postgres_kwargs()) as conn:
+        for _ in range(60):  # the projection agent batches; give it a moment
+            rows = await (await conn.execute(
+                "SELECT tweet_id, deleted_at IS NOT NULL FROM tweets WHERE tweet_id = ANY(%s)",
+                (sorted(posted | deleted),))).fetchall()
+            if len(rows) == len(posted | deleted):
+                break
+            await asyncio.sleep(0.5)
+        assert {t for t, _ in rows} == posted | deleted
+        assert {t for t, gone in rows if gone} == deleted
+        pairs = await (await conn.execute(
+            "SELECT follower_id, followee_id FROM follows WHERE follower_id = ANY(%s)", (users,))).fetchall()
+        assert set(pairs) == {pair for pair, on in follows.items() if on}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_randomized_workload_matches_reference(tmp_path, seed):
@@ -62,6 +87,7 @@ async def test_randomized_workload_matches_reference(tmp_path, seed):
             assert diffs == {}, f"{len(diffs)} users differ, e.g. {list(diffs.items())[:3]}"
             # The cached path agrees as well (the first pass filled Redis).
             assert await diff_timelines(reader, expected, page_size=50) == {}
+        await assert_postgres_projection(settings, workload.events)
         letters = await read_dead_letters(settings, len(workload.poison))
         assert len(letters) == len(workload.poison)
         assert all(letter["reason"] for letter in letters)

@@ -71,7 +71,7 @@ def test_statements_are_replay_safe() -> None:
 
 
 class FakePool:
-    """``pool.connection()`` -> ``conn.transaction()`` / ``conn.cursor()`` -> ``cur.execute``, recorded."""
+    """``pool.connection()`` -> ``conn.transaction()`` / ``conn.cursor()`` -> ``cur.execute[many]``, recorded."""
 
     def __init__(self) -> None:
         self.log: list[Any] = []
@@ -100,6 +100,9 @@ class FakePool:
                 class Cur:
                     async def execute(self, sql: str, params: tuple) -> None:
                         pool.log.append((sql, params))
+
+                    async def executemany(self, sql: str, params_seq: list) -> None:
+                        pool.log.extend((sql, params) for params in params_seq)
 
                 return pool._cm("cursor", "close", Cur())
 
