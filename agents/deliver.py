@@ -225,14 +225,18 @@ class RecipientBatch:
                 writes.append(("delete_following", (user_id, followee)))
             else:
                 writes.append(("insert_following", (user_id, followee, since)))
-        now = int(time.time() * 1000)
-        for user_id, rec in self.meta.items():
-            writes.append(("set_meta", (user_id, rec["floor"], rec["stale"], now)))
         return writes
+
+    def meta_writes(self) -> list[tuple[str, tuple]]:
+        now = int(time.time() * 1000)
+        return [("set_meta", (u, rec["floor"], rec["stale"], now)) for u, rec in self.meta.items()]
 
     async def apply(self) -> None:
         writes = self.cassandra_writes()
         await with_retry("timeline writes", lambda: self.sinks.cassandra.execute_many(writes))
+        # The meta last: a reader that sees a rebuild's stale=false finds its rows written.
+        meta = self.meta_writes()
+        await with_retry("timeline meta", lambda: self.sinks.cassandra.execute_many(meta))
         adds: dict[int, list[tuple[int, int]]] = {}
         removes: dict[int, list[tuple[int, int]]] = {}
         for (user_id, tweet_id), (present, author_id) in self.rows.items():

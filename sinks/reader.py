@@ -16,11 +16,14 @@ reference says: the newest tweets of current followees, minus deletes.
 What a read costs
 -----------------
 
-* Cache hit: one Redis pipeline reads the timeline window, the cached following
-  list and its celebrities (``SINTER`` with the celebrity set); one pipeline of
-  tweet hashes (``RedisTweets``) hydrates. Cassandra is asked only for bodies
-  missing from Redis (one ``IN`` query) and for celebrity pulls (one
-  ``IN ... PER PARTITION LIMIT`` query per group of authors, groups concurrent).
+* Cache hit: one Redis call (a Lua script, so its parts agree) reads the timeline
+  window and, from the cached following list, whether each window author is
+  followed, the list's size and the followed celebrities (``SINTER`` with the
+  celebrity set) - never the whole list, so the cost does not grow with the
+  number of followees; one pipeline of tweet hashes (``RedisTweets``) hydrates.
+  Cassandra is asked only for bodies missing from Redis (one ``IN`` query) and
+  for celebrity pulls (one ``IN ... PER PARTITION LIMIT`` query per group of
+  authors, groups concurrent). The whole list is read only for a pull-merge.
 * Timeline cache miss: ``timeline_meta`` and the newest ``cap`` rows of
   ``user_timeline`` are read concurrently, and the cache is refilled
   (version-checked) unless the user is stale.
@@ -65,6 +68,30 @@ PULL_GROUP_MAX = 100
 PULL_MIN = 4
 # Member of every cached following set: an empty list is cached too.
 FOLLOWING_SENTINEL = b"0"
+
+# The first round trip of a read, atomic so that its parts agree with each other.
+# KEYS: timeline, timeline version, following set, following version, celebrity set.
+# ARGV: upper ZREVRANGEBYLEX bound of the window, window size.
+# Returns: window, lowest member (the sentinel), timeline size, timeline version,
+# following set size, per window member whether its author is followed, the
+# followed celebrities, following version. Only the window's authors are looked up,
+# so the cost does not grow with the number of followees.
+_OPEN = """
+local window = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, tonumber(ARGV[2]))
+local lowest = redis.call('ZRANGE', KEYS[1], 0, 0)
+local size = redis.call('ZCARD', KEYS[1])
+local following = redis.call('SCARD', KEYS[3])
+local flags = {}
+local celebs = {}
+if following > 0 then
+  for i, m in ipairs(window) do
+    flags[i] = redis.call('SISMEMBER', KEYS[3], string.match(m, ':(%d+)$') or '')
+  end
+  celebs = redis.call('SINTER', KEYS[3], KEYS[5])
+end
+return {window, lowest, size, redis.call('GET', KEYS[2]) or '', following, flags, celebs,
+        redis.call('GET', KEYS[4]) or ''}
+"""
 
 # KEYS: following set, version. ARGV: expected version ('' = none), ttl, then members.
 _FOLLOWING_FILL = """
@@ -223,11 +250,18 @@ class RedisFollowing:
                 pipe.expire(self.version_key(user_id), self.ttl_s)
             await pipe.execute()
 
-    def queue_read(self, pipe: Pipeline, user_id: int) -> None:
-        """Queue: the cached members, the celebrities among them, the version."""
-        pipe.smembers(self.key(user_id))
-        pipe.sinter([self.key(user_id), self.celebrities_key()])
-        pipe.get(self.version_key(user_id))
+    async def members(self, user_id: int) -> set[int] | None:
+        """The cached list; None if it is not cached."""
+        raw = await self.redis.smembers(self.key(user_id))
+        return {int(m) for m in raw} - {0} if raw else None
+
+    async def check(self, user_id: int, authors: Sequence[int]) -> set[int] | None:
+        """Which of ``authors`` the user follows; None if the list is not cached."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.key(user_id))
+            pipe.smismember(self.key(user_id), list(authors))
+            exists, flags = await pipe.execute()
+        return {a for a, f in zip(authors, flags) if f} if exists else None
 
     async def queue_fill(self, pipe: Pipeline, user_id: int, seen_version: str, followees: Sequence[int]) -> None:
         await self._fill(
@@ -241,12 +275,16 @@ class RedisFollowing:
 class _View:
     """The user's state at the start of a read."""
 
-    followees: frozenset[int]
+    followee_count: int
     celebrities: list[int]
     floor: int
     stale: bool
     cached: bool  # the timeline is in Redis
     whole: bool  # ... and that copy holds the whole materialized timeline
+    # Every followee, when known (read from Cassandra, or loaded for a pull-merge).
+    followees: frozenset[int] | None = None
+    # Whether the user follows an author, for the authors looked up so far.
+    follows: dict[int, bool] = field(default_factory=dict)
     # The first chunk, if the first round trip answered it: (cursor, entries, done, source).
     first: tuple[int, list[tuple[int, int]], bool, str] | None = None
     # The cursor at which the cached copy was seen to be too short (ask Cassandra directly).
@@ -275,6 +313,7 @@ class HomeTimelineReader:
         self.following_cache = following or RedisFollowing(
             self.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s
         )
+        self._open_script = self.redis.register_script(_OPEN)
 
     # --- stores ---------------------------------------------------------------------
 
@@ -338,19 +377,17 @@ class HomeTimelineReader:
     # --- the user's view ---------------------------------------------------------------
 
     async def _open(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> _View:
-        """One Redis pipeline for the timeline window and the following list; Cassandra for misses."""
-        home = self.timelines.key(user_id)
+        """One Redis call for the timeline window and the following facts; Cassandra for misses."""
         n = need + SLACK
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrevrangebylex(home, lex_below(cursor), "-", start=0, num=n + 1)
-            pipe.zrange(home, 0, 0)
-            pipe.zcard(home)
-            pipe.get(self.timelines.version_key(user_id))
-            self.following_cache.queue_read(pipe, user_id)
-            window, lowest, card, home_version, members, celebs, following_version = await pipe.execute()
+        following = self.following_cache
+        keys = [self.timelines.key(user_id), self.timelines.version_key(user_id),
+                following.key(user_id), following.version_key(user_id), following.celebrities_key()]
+        window, lowest, card, home_version, followee_card, flags, celebs, following_version = (
+            await self._open_script(keys=keys, args=[lex_below(cursor), n + 1])
+        )
         stats.redis_round_trips += 1
 
-        view = _View(frozenset(), [], 0, False, cached=False, whole=False)
+        view = _View(max(0, followee_card - 1), [], 0, False, cached=False, whole=False)
         if lowest:
             sentinel_tid, sentinel_floor = parse_member(lowest[0])
             view.cached = sentinel_tid == SENTINEL_ID  # else foreign data under our key: a miss
@@ -362,10 +399,11 @@ class HomeTimelineReader:
             if view.first is None:
                 view.cache_short_at = cursor
 
-        following_hit = bool(members)
+        following_hit = followee_card > 0
         stats.following_cache = "hit" if following_hit else "miss"
         if following_hit:
-            view.followees = frozenset(int(m) for m in members) - {0}
+            for raw, flag in zip(window, flags):
+                view.follows[parse_member(raw)[1]] = bool(flag)
             view.celebrities = sorted(int(c) for c in celebs if int(c) != 0)
 
         reads: dict[str, Any] = {}
@@ -394,13 +432,47 @@ class HomeTimelineReader:
         if not following_hit:
             followees = sorted(r.followee_id for r in results["following"])
             view.followees = frozenset(followees)
+            view.followee_count = len(followees)
             fill_following = self._fill_following(user_id, _decode(following_version), followees)
-        if fill_timeline is not None or fill_following is not None:
-            filled = await asyncio.gather(*(c for c in (fill_timeline, fill_following) if c is not None))
+        # The first chunk came from Cassandra: check its authors alongside the fills.
+        checked: list[int] = []
+        if following_hit and view.first is not None:
+            checked = sorted({a for _, a in view.first[1]})
+        check = self.following_cache.check(user_id, checked) if checked else None
+        calls = {"timeline": fill_timeline, "following": fill_following, "check": check}
+        calls = {k: c for k, c in calls.items() if c is not None}
+        if calls:
+            done = dict(zip(calls, await asyncio.gather(*calls.values())))
             stats.redis_round_trips += 1  # concurrent: one round trip of latency
-            if fill_following is not None:
-                view.celebrities = filled[-1]
+            if "following" in done:
+                view.celebrities = done["following"]
+            found = done.get("check")
+            if found is not None:  # None: the list was dropped meanwhile; _followed reloads it
+                view.follows.update((a, a in found) for a in checked)
         return view
+
+    async def _followed(self, user_id: int, view: _View, authors: set[int], stats: ReadStats) -> set[int]:
+        """The authors among ``authors`` that the user follows now."""
+        if view.followees is not None:
+            return authors & view.followees
+        unknown = [a for a in authors if a not in view.follows]
+        if unknown:
+            found = await self.following_cache.check(user_id, unknown)
+            stats.redis_round_trips += 1
+            if found is None:  # the cached list was dropped meanwhile (a follow change)
+                return authors & await self._followees(user_id, view, stats)
+            view.follows.update((a, a in found) for a in unknown)
+        return {a for a in authors if view.follows[a]}
+
+    async def _followees(self, user_id: int, view: _View, stats: ReadStats) -> frozenset[int]:
+        """Every followee (for a pull-merge): the cached list, else Cassandra (no fill here)."""
+        if view.followees is None:
+            cached = await self.following_cache.members(user_id)
+            stats.redis_round_trips += 1
+            if cached is None:
+                cached = {r.followee_id for r in await self._cql(stats, "get_following", (user_id,))}
+            view.followees = frozenset(cached)
+        return view.followees
 
     async def _fill_following(self, user_id: int, seen_version: str, followees: list[int]) -> list[int]:
         """Cache the list (version-checked) and return the celebrities in it: one round trip."""
@@ -435,6 +507,15 @@ class HomeTimelineReader:
         rows = await self._cql(stats, "user_tl_below", (user_id, cursor, view.floor, n))
         return [(r.tweet_id, r.author_id) for r in rows], len(rows) < n, "store"
 
+    async def _materialized_source(
+        self, user_id: int, view: _View, cursor: int, need: int, stats: ReadStats
+    ) -> tuple[Source, str]:
+        """The materialized chunk as a merge source: authors followed now only, cut at its last row."""
+        mat, done, source = await self._materialized(user_id, view, cursor, need, stats)
+        followed = await self._followed(user_id, view, {a for _, a in mat}, stats)
+        ids = [t for t, a in mat if a in followed]
+        return Source(ids, None if done or not mat else mat[-1][0]), source
+
     # --- pages -------------------------------------------------------------------------
 
     async def page(self, user_id: int, *, limit: int, below: int | None = None) -> Page:
@@ -443,13 +524,12 @@ class HomeTimelineReader:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
         view = await self._open(user_id, cursor, limit, stats)
-        following = view.followees
         phase = "pull" if view.stale else "materialized"
         source = "rebuilt" if view.stale else ""
         out: list[Tweet] = []
         pulled: set[int] = set()
         first_round = True
-        at_end = not following
+        at_end = view.followee_count == 0
         while len(out) < limit and not at_end:
             need = limit - len(out)
             if phase == "materialized":
@@ -458,14 +538,11 @@ class HomeTimelineReader:
                     continue
                 celebs = view.celebrities
                 per_author = pull_limit(need + SLACK, len(celebs) + 1, first_round)
-                (mat, mat_done, src), pulls = await asyncio.gather(
-                    self._materialized(user_id, view, cursor, need, stats),
+                (mat_source, src), pulls = await asyncio.gather(
+                    self._materialized_source(user_id, view, cursor, need, stats),
                     self.pull(celebs, cursor, view.floor, per_author, stats),
                 )
                 source = source or src
-                mat_source = Source(
-                    [t for t, a in mat if a in following], None if mat_done or not mat else mat[-1][0]
-                )
                 merged = merge_sources([mat_source, *pulls])
                 pulled.update(t for p in pulls for t in p.ids)
             else:
@@ -473,7 +550,7 @@ class HomeTimelineReader:
                     at_end = True
                     break
                 source = source or "store"
-                authors = sorted(following)
+                authors = sorted(await self._followees(user_id, view, stats))
                 per_author = pull_limit(need + SLACK, len(authors), first_round)
                 merged = merge_sources(await self.pull(authors, cursor, 0, per_author, stats))
                 pulled.update(merged.candidates)

@@ -41,12 +41,18 @@ if n > cap + 1 then redis.call('ZREMRANGEBYRANK', KEYS[1], 1, n - cap - 1) end
 return 1
 """
 
-# KEYS: timeline, version. ARGV: version_ttl, then members to remove.
+# KEYS: timeline, version. ARGV: version_ttl, cap, then members to remove.
+# A full window (cap entries) that loses an entry no longer holds the newest
+# cap entries of the timeline (the next older one is only in Cassandra), and a
+# window below cap would pass for the whole timeline: drop the key instead.
 _UNPUSH = """
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 2, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+local n = redis.call('ZCARD', KEYS[1]) - 1
+local removed = 0
+for i = 3, #ARGV do removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) end
+if removed > 0 and n >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -119,7 +125,7 @@ class RedisTimelines:
                 members = [member(t, a) for t, a in entries]
                 await self._unpush(
                     keys=[self.key(user_id), self.version_key(user_id)],
-                    args=[self.ttl_s, *members],
+                    args=[self.ttl_s, self.cap, *members],
                     client=pipe,
                 )
             await pipe.execute()

@@ -10,14 +10,19 @@ Delivery stage (partitioned like ``user-activity``: by recipient):
 """
 from __future__ import annotations
 
-import faust
-
 from faust_app import app
 
-_RAW = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-_JSON = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
+# Serializers come from key_type/value_type, never from a ``schema=``: a Table
+# derives its own key/value serializers from the types (``bytes`` -> "raw",
+# anything else -> "json", faust/tables/base.py ``_serializer_from_type``) and
+# passes them to its changelog topic, where they override the schema's. With a
+# raw ``schema`` and no types, the changelogs were decoded as JSON, so an edge
+# key such as b"12:34" raised KeyDecodeError in table recovery and the worker
+# that took over a partition never finished recovering (faust-streaming #310).
+_RAW = dict(key_type=bytes, value_type=bytes)  # "raw" keys and values
+_JSON = dict(key_type=bytes)  # "raw" keys, "json" values (the default)
 
-follower_edges = app.Table("follower-edges", schema=_RAW)
-authors = app.Table("authors", schema=_JSON)
-following_edges = app.Table("following-edges", schema=_RAW)
-recipients = app.Table("recipients", schema=_JSON)
+follower_edges = app.Table("follower-edges", **_RAW)
+authors = app.Table("authors", **_JSON)
+following_edges = app.Table("following-edges", **_RAW)
+recipients = app.Table("recipients", **_JSON)

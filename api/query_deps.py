@@ -1,0 +1,221 @@
+"""Connections the query service holds for its lifetime, and the 503 mapping of their failures.
+
+Like the Post service's :mod:`api.deps`: starting never fails because a server is
+down. PostgreSQL connects in the background, the Kafka producer (for
+``user_active`` events only) is started on demand, and Cassandra is connected in
+the background, retried every few seconds until it answers. A request that needs
+a missing dependency answers 503 with a ``detail`` naming it.
+
+The object is kept on ``app.state.resources`` and has the two members
+:func:`api.auth.authenticate` uses (``token_cache`` and ``pg_conn``), so the Post
+service's bearer-token authentication works unchanged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import cassandra
+import psycopg
+from cassandra.cluster import NoHostAvailable
+from fastapi import FastAPI, Request
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from starlette.responses import Response
+
+from api.deps import PG_TIMEOUT_S, REDIS_TIMEOUT_S, _describe
+from api.errors import problem_response
+from api.kafka import KafkaGateway
+from api.query_handles import ActivityTracker, HandleCache
+from api.query_metrics import QueryMetrics
+from settings import Settings
+from sinks.cassandra import CassandraStore
+from sinks.reader import HomeTimelineReader, RedisFollowing
+from sinks.redis_timeline import RedisTimelines
+from sinks.redis_tweets import RedisTweets
+
+log = logging.getLogger(__name__)
+
+CASSANDRA_RETRY_S = 5.0
+HEALTH_TIMEOUT_S = 4.0
+
+
+def _connections(pool: AsyncConnectionPool) -> Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]:
+    """``with``-able PostgreSQL connections from ``pool``, waiting at most PG_TIMEOUT_S for one."""
+
+    @asynccontextmanager
+    async def connection() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with pool.connection(timeout=PG_TIMEOUT_S) as conn:
+            yield conn
+
+    return connection
+
+
+class CassandraUnavailable(RuntimeError):
+    """Cassandra is not connected (yet); ``reason`` says why."""
+
+
+class CassandraConnector:
+    """Opens the CassandraStore in a thread, retrying in the background until it works."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: CassandraStore | None = None
+        self.error: str | None = "connecting"
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if not await self._try_open():
+            self._task = asyncio.get_running_loop().create_task(self._retry())
+
+    async def _try_open(self) -> bool:
+        try:
+            self.store = await asyncio.to_thread(CassandraStore.open, self.settings)
+        except Exception as exc:  # noqa: BLE001 - NoHostAvailable, InvalidRequest (no keyspace), ...
+            self.error = _describe(exc)
+            log.warning("Cassandra not connected: %s; retrying every %.0f s", self.error, CASSANDRA_RETRY_S)
+            return False
+        self.error = None
+        return True
+
+    async def _retry(self) -> None:
+        while not await self._try_open():
+            await asyncio.sleep(CASSANDRA_RETRY_S)
+
+    def get(self) -> CassandraStore:
+        if self.store is None:
+            raise CassandraUnavailable(self.error or "connecting")
+        return self.store
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        store, self.store = self.store, None
+        if store is not None:
+            await asyncio.to_thread(store.close)
+
+
+@dataclass
+class QueryResources:
+    settings: Settings
+    pg: AsyncConnectionPool
+    redis: Redis
+    kafka: KafkaGateway
+    cassandra: CassandraConnector
+    metrics: QueryMetrics
+    timelines: RedisTimelines
+    tweets: RedisTweets
+    following: RedisFollowing
+    handles: HandleCache
+    activity: ActivityTracker
+    # token hash -> (user id, expires at monotonic): used by api.auth
+    token_cache: dict[bytes, tuple[int, float]] = field(default_factory=dict)
+    _reader: HomeTimelineReader | None = None
+
+    @classmethod
+    def create(cls, settings: Settings, *, metrics: QueryMetrics, kafka_timeout_s: float = 5.0) -> "QueryResources":
+        pg = AsyncConnectionPool(
+            settings.postgres_dsn, min_size=1, max_size=10, open=False, timeout=PG_TIMEOUT_S,
+            kwargs={"autocommit": True, "connect_timeout": 3, **settings.postgres_kwargs()}, name="query-service",
+        )
+        rds = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
+            health_check_interval=30,
+        )
+        kafka = KafkaGateway(settings, timeout_s=kafka_timeout_s)
+        timelines = RedisTimelines(rds, prefix=settings.redis_prefix, cap=settings.timeline_cap,
+                                   ttl_s=settings.timeline_ttl_s)
+        res = cls(
+            settings=settings, pg=pg, redis=rds, kafka=kafka, cassandra=CassandraConnector(settings),
+            metrics=metrics, timelines=timelines,
+            tweets=RedisTweets(rds, prefix=settings.redis_prefix),
+            following=RedisFollowing(rds, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s),
+            handles=HandleCache(rds, _connections(pg), metrics, prefix=settings.redis_prefix),
+            activity=ActivityTracker(rds, kafka, metrics, topic=settings.topic_activity,
+                                     prefix=settings.redis_prefix),
+        )
+        return res
+
+    async def start(self) -> None:
+        await self.pg.open(wait=False)
+        await asyncio.gather(self.kafka.start(), self.cassandra.start())
+
+    async def stop(self) -> None:
+        await self.activity.drain(timeout=5.0)
+        await self.kafka.stop()
+        await self.cassandra.stop()
+        await self.pg.close(timeout=2.0)
+        await self.redis.aclose()
+
+    def pg_conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        return _connections(self.pg)()
+
+    def reader(self) -> HomeTimelineReader:
+        """The reader over the connected stores; CassandraUnavailable (503) until Cassandra answers."""
+        if self._reader is None:
+            self._reader = HomeTimelineReader(
+                self.settings, self.cassandra.get(), self.timelines, tweets=self.tweets, following=self.following
+            )
+        return self._reader
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        async def pg() -> dict[str, Any]:
+            async with self.pg_conn() as conn:
+                await conn.execute("SELECT 1")
+            return {"ok": True}
+
+        async def rds() -> dict[str, Any]:
+            await self.redis.ping()
+            return {"ok": True}
+
+        async def cql() -> dict[str, Any]:
+            rows = await self.cassandra.get().execute("ping")
+            return {"ok": True, "version": rows[0].release_version if rows else None}
+
+        async def guarded(name: str, coro: Any, required: bool) -> tuple[str, dict[str, Any]]:
+            started = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(coro, HEALTH_TIMEOUT_S)
+            except (Exception, asyncio.TimeoutError) as exc:
+                result = {"ok": False, "error": _describe(exc)}
+            result["required"] = required
+            result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            return name, result
+
+        return dict(
+            await asyncio.gather(
+                guarded("postgres", pg(), True),
+                guarded("redis", rds(), True),
+                guarded("cassandra", cql(), True),
+                # Only user_active events need Kafka: reads work without it.
+                guarded("kafka", self.kafka.state(), False),
+            )
+        )
+
+
+def get_query_resources(request: Request) -> QueryResources:
+    return request.app.state.resources
+
+
+# --- Cassandra failures -> 503 (the other stores are mapped by api.deps) -------------
+
+
+async def _on_cassandra(request: Request, exc: Exception) -> Response:
+    detail = str(exc) if isinstance(exc, CassandraUnavailable) else _describe(exc)
+    log.warning("Cassandra unavailable: %s", detail)
+    return problem_response(503, f"Cassandra is unavailable: {detail}; retry shortly",
+                            headers={"Retry-After": "2"})
+
+
+def install_cassandra_errors(app: FastAPI) -> None:
+    app.add_exception_handler(CassandraUnavailable, _on_cassandra)
+    app.add_exception_handler(NoHostAvailable, _on_cassandra)
+    app.add_exception_handler(cassandra.DriverException, _on_cassandra)

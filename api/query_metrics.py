@@ -1,0 +1,101 @@
+"""Prometheus metrics of the query service, on a registry of its own (one per app, so tests
+can build many apps in one process). Exposed at ``GET /metrics``.
+
+* ``query_http_requests_total{method,route,status}``, ``query_http_request_seconds{method,route}``
+* ``timeline_read_seconds{timeline,source}``: a timeline read (reader, hydration, handles);
+  ``timeline`` is ``home`` or ``author``, ``source`` is ``cache``, ``store`` or ``rebuilt``
+* ``timeline_cache_lookups_total{cache,result}``: ``cache`` is ``timeline``, ``following``,
+  ``tweet`` (bodies) or ``handle``; ``result`` is ``hit`` or ``miss``
+* ``timeline_store_queries_total{timeline}``: Cassandra queries made by reads
+* ``timeline_redis_round_trips_total{timeline}``: Redis round trips made by the reader
+* ``timeline_activity_events_total{result}``: ``user_active`` emitted, throttled or failed
+"""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sinks.reader import ReadStats
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class QueryMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "query_http_requests_total", "HTTP requests by route template, method and status",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "query_http_request_seconds", "HTTP request latency by route template",
+            ["method", "route"], buckets=_BUCKETS, registry=self.registry,
+        )
+        self.read_latency = Histogram(
+            "timeline_read_seconds", "Timeline read latency (reader, hydration, handles) by timeline and source",
+            ["timeline", "source"], buckets=_BUCKETS, registry=self.registry,
+        )
+        self.cache = Counter(
+            "timeline_cache_lookups_total", "Cache lookups of reads by cache and result",
+            ["cache", "result"], registry=self.registry,
+        )
+        self.store_queries = Counter(
+            "timeline_store_queries_total", "Cassandra queries made by reads", ["timeline"], registry=self.registry,
+        )
+        self.redis_round_trips = Counter(
+            "timeline_redis_round_trips_total", "Redis round trips made by the reader", ["timeline"],
+            registry=self.registry,
+        )
+        self.activity = Counter(
+            "timeline_activity_events_total", "user_active events for readers: emitted, throttled or failed",
+            ["result"], registry=self.registry,
+        )
+
+    def observe_read(self, timeline: str, source: str, seconds: float, stats: ReadStats) -> None:
+        self.read_latency.labels(timeline, source).observe(seconds)
+        for cache, result in (("timeline", stats.timeline_cache), ("following", stats.following_cache)):
+            if result is not None:
+                self.cache.labels(cache, result).inc()
+        if stats.tweet_cache_hits:
+            self.cache.labels("tweet", "hit").inc(stats.tweet_cache_hits)
+        if stats.tweet_cache_misses:
+            self.cache.labels("tweet", "miss").inc(stats.tweet_cache_misses)
+        if stats.cassandra_queries:
+            self.store_queries.labels(timeline).inc(stats.cassandra_queries)
+        if stats.redis_round_trips:
+            self.redis_round_trips.labels(timeline).inc(stats.redis_round_trips)
+
+    def response(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class QueryMetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: QueryMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

@@ -1,0 +1,118 @@
+"""Query-string parsing and response rendering of the query service (pure functions).
+
+Every bad value becomes a :class:`~api.errors.Problem` whose ``detail`` says what
+to send instead:
+
+* ``limit``: decimal integer in ``1..MAX_LIMIT``, at most once; default ``DEFAULT_LIMIT``
+  (otherwise 422, ``invalid-limit``);
+* ``cursor``: the opaque ``next_cursor`` of a previous page
+  (:func:`policies.timeline.encode_cursor`, "ids strictly below N"), at most once
+  (otherwise 400, ``invalid-cursor``).
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Protocol, Sequence
+
+from api.errors import Problem
+from policies.timeline import CursorError, decode_cursor, encode_cursor
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+_LIMIT_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
+_SHOW_MAX = 40
+
+
+class QueryParams(Protocol):
+    def getlist(self, key: Any) -> list[str]: ...
+
+
+def _shown(raw: str) -> str:
+    return repr(raw if len(raw) <= _SHOW_MAX else raw[:_SHOW_MAX] + "...")
+
+
+def _single(params: QueryParams, name: str, status: int, slug: str) -> str | None:
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise Problem(status, f"query parameter {name!r} was given {len(values)} times; give it at most once",
+                      slug=slug)
+    return values[0] if values else None
+
+
+def parse_limit(params: QueryParams, *, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
+    raw = _single(params, "limit", 422, "invalid-limit")
+    if raw is None:
+        return default
+    if not _LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise Problem(
+            422,
+            f"query parameter 'limit' must be an integer from 1 to {maximum} (default {default}), "
+            f"got {_shown(raw)}",
+            slug="invalid-limit",
+        )
+    return int(raw)
+
+
+def parse_cursor(params: QueryParams, key: bytes = b"") -> int | None:
+    """The tweet id a ``cursor`` stands for (ids strictly below it), or None for the first page."""
+    raw = _single(params, "cursor", 400, "invalid-cursor")
+    if raw is None:
+        return None
+    try:
+        return decode_cursor(raw, key)
+    except CursorError as exc:
+        raise Problem(
+            400,
+            f"query parameter 'cursor' is not valid ({exc}); pass the 'next_cursor' of the previous "
+            "page unchanged, or leave 'cursor' out for the first page",
+            slug="invalid-cursor",
+        ) from None
+
+
+def next_cursor(next_below: int | None, key: bytes = b"") -> str | None:
+    return None if next_below is None else encode_cursor(next_below, key)
+
+
+def iso_ms(ms: int) -> str | None:
+    """Epoch milliseconds as ISO-8601 UTC (``2024-01-31T12:00:00.123Z``); None if out of range.
+
+    Integer arithmetic: ms / 1000 as a float can land a microsecond early and truncate.
+    Tweets from outside producers may carry any int64, which no datetime can hold.
+    """
+    try:
+        dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).replace(microsecond=(ms % 1000) * 1000)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TweetLike(Protocol):
+    tweet_id: int
+    author_id: int
+    text: str
+    created_at: int
+
+
+def render_page(
+    tweets: Sequence[TweetLike],
+    handles: dict[int, str | None],
+    next_below: int | None,
+    source: str,
+    key: bytes = b"",
+) -> dict[str, Any]:
+    """The JSON body of a timeline page; ids as strings (JSON numbers lose int64 precision)."""
+    data = [
+        {
+            "tweet_id": str(t.tweet_id),
+            "author_id": str(t.author_id),
+            "author_handle": handles.get(t.author_id),
+            "text": t.text,
+            "created_at": iso_ms(t.created_at),
+        }
+        for t in tweets
+    ]
+    return {
+        "data": data,
+        "meta": {"result_count": len(data), "next_cursor": next_cursor(next_below, key), "source": source},
+    }

@@ -1,0 +1,456 @@
+"""Benchmark of ``GET /v1/users/{id}/timelines/home`` on the real servers (not a test).
+
+Builds an isolated world (own topics, keyspace, Redis prefix) and drives it through the
+real pipeline: a Faust worker subprocess consumes follows and tweets produced on Kafka
+until it has caught up, then is stopped so that it does not compete for the CPU. The
+population (celebrity threshold ``--threshold``, default 25 followers):
+
+* ``--normal`` normal authors (default 60) with ``--tweets`` tweets each (default 25),
+  each followed by 10 readers (never a celebrity);
+* 50 celebrities with 10 tweets each, followed by ``--threshold`` fans (so they are
+  pulled at read time, never pushed);
+* three groups of ``--readers`` readers (default 20) following 10 normal authors and
+  0, 10 or 50 celebrities; home timelines hold 250 materialized entries (below the cap).
+
+Scenarios (first page, ``limit=50``), each ``--requests`` requests at each ``--concurrency``
+(requests in flight; default 1 for unloaded latency, then 8 for throughput), readers
+taken round-robin:
+
+* ``cache_hit``: 0 celebrities, timeline and following list cached (warmed first);
+* ``cache_miss``: 0 celebrities, the cached timeline deleted before each request (the
+  delete is not timed; the request refills it); tweet bodies stay cached;
+* ``hybrid_10`` / ``hybrid_50``: cached timeline plus 10 or 50 celebrity pulls.
+
+Every response is checked: status 200, 50 tweets, the expected ``source``; the first
+page of one reader per group must equal the reference (``policies.reference``). Per
+scenario, ``per_read`` gives the reader's Cassandra queries and Redis round trips per
+request (from the app's own counters; the handle lookup and activity mark are not in them).
+
+The service runs in this process under uvicorn on a free loopback port; the load
+generator (a minimal keep-alive HTTP/1.1 client) runs in a separate process, as in
+``bench/post_bench.py``. Kafka, Cassandra, Redis and PostgreSQL share this machine,
+so the numbers are a floor for dedicated servers.
+
+    python -m ops.services up
+    python -m bench.read_bench --requests 3000 --concurrency 1,8
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
+
+from api.auth import hash_token, new_token  # noqa: E402
+from api.query_service import create_app  # noqa: E402
+from bench.post_bench import free_port, percentile  # noqa: E402
+from bench.workload import produce  # noqa: E402
+from ops.lag import wait_caught_up  # noqa: E402
+from ops.schema import apply_cassandra, cassandra_cluster, create_topics_async  # noqa: E402
+from ops.worker import Worker  # noqa: E402
+from policies.reference import ReferenceModel  # noqa: E402
+from policies.snowflake import SnowflakeGenerator  # noqa: E402
+from settings import Settings, get_settings  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+CELEBRITIES = 50
+CELEB_TWEETS = 10
+FOLLOWS_PER_READER = 10
+GROUPS = {"cache_hit": 0, "cache_miss": 0, "hybrid_10": 10, "hybrid_50": 50}
+EXPECTED_SOURCE = {"cache_hit": "cache", "cache_miss": "store", "hybrid_10": "cache", "hybrid_50": "cache"}
+LIMIT = 50
+
+
+# --- the world ------------------------------------------------------------------------------
+
+
+def bench_settings(base: Settings, tag: str, threshold: int, workdir: Path) -> Settings:
+    return base.replace(
+        topic_tweets=f"bench-read-{tag}-tweets",
+        topic_follows=f"bench-read-{tag}-follows",
+        topic_activity=f"bench-read-{tag}-activity",
+        topic_deliveries=f"bench-read-{tag}-deliveries",
+        topic_dead_letters=f"bench-read-{tag}-dead",
+        topic_partitions=8,
+        cassandra_keyspace=f"bench_read_{tag}",
+        redis_prefix=f"bench:read:{tag}:",
+        app_id=f"bench-read-{tag}",
+        faust_datadir=str(workdir / "faust"),
+        celebrity_threshold=threshold,
+        celebrity_hysteresis=2,
+    )
+
+
+class Population:
+    """Users and events of the benchmark world (deterministic given the id base)."""
+
+    def __init__(self, readers: int, normal: int, tweets: int, threshold: int) -> None:
+        base = 10**15 + secrets.randbelow(10**15)
+        ids = iter(range(base, base + 10**6))
+        self.normal = [next(ids) for _ in range(normal)]
+        self.celebs = [next(ids) for _ in range(CELEBRITIES)]
+        self.fans = [next(ids) for _ in range(threshold)]
+        self.groups = {celebs: [next(ids) for _ in range(readers)] for celebs in sorted(set(GROUPS.values()))}
+        clock = [int(time.time() * 1000) - 3600_000]
+
+        def tick() -> int:
+            clock[0] += 7
+            return clock[0]
+
+        snow = SnowflakeGenerator(worker_id=13, clock=lambda: clock[0])
+        self.follows: list[dict] = []
+        for celebs, members in self.groups.items():
+            for i, reader in enumerate(members):
+                first = (i * FOLLOWS_PER_READER + celebs) % normal
+                authors = [self.normal[(first + j) % normal] for j in range(FOLLOWS_PER_READER)]
+                authors += self.celebs[:celebs]
+                self.follows += [self._followed(reader, a, tick()) for a in authors]
+        self.follows += [self._followed(f, c, tick()) for f in self.fans for c in self.celebs]
+        self.tweets: list[dict] = []
+        for _ in range(tweets):
+            for a in self.normal:
+                tid = snow.next_id()
+                self.tweets.append({"type": "tweet_posted", "tweet_id": tid, "author_id": a,
+                                    "text": f"tweet {tid} by {a}: " + "x" * 80, "created_at": tick()})
+        for _ in range(CELEB_TWEETS):
+            for c in self.celebs:
+                tid = snow.next_id()
+                self.tweets.append({"type": "tweet_posted", "tweet_id": tid, "author_id": c,
+                                    "text": f"celebrity tweet {tid} by {c}", "created_at": tick()})
+
+    @staticmethod
+    def _followed(follower: int, followee: int, at: int) -> dict:
+        return {"type": "followed", "follower_id": follower, "followee_id": followee, "at": at}
+
+    def readers(self) -> list[int]:
+        return [r for members in self.groups.values() for r in members]
+
+
+# --- load generator (separate process) -----------------------------------------------------------
+
+
+class RawConnection:
+    """Minimal HTTP/1.1 keep-alive GET client: httpx costs more CPU per request than the service."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = [f"GET {path} HTTP/1.1", f"Host: {self.host}:{self.port}", *(f"{k}: {v}" for k, v in headers.items())]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.reader = self.writer = None
+
+
+async def load(
+    base_url: str, redis_url: str, targets: list[tuple[str, dict[str, str], str | None]],
+    requests: int, concurrency: int, expected_source: str,
+) -> dict[str, Any]:
+    """``requests`` GETs over ``concurrency`` connections; ``targets``: (path, headers, key to delete first)."""
+    url = httpx.URL(base_url)
+    conns = [RawConnection(url.host, url.port or 80) for _ in range(concurrency)]
+    redis = Redis.from_url(redis_url)
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    problems: Counter[str] = Counter()
+    counter = iter(range(requests))
+
+    async def worker(conn: RawConnection) -> None:
+        for i in counter:
+            path, headers, drop_key = targets[i % len(targets)]
+            if drop_key is not None:
+                await redis.delete(drop_key)
+            started = time.perf_counter()
+            try:
+                status, body = await conn.get(path, headers)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                problems[type(exc).__name__] += 1
+                await conn.close()
+                continue
+            latencies.append(time.perf_counter() - started)
+            statuses[status] += 1
+            if status == 200:
+                meta = orjson.loads(body)["meta"]
+                if meta["result_count"] != LIMIT:
+                    problems["short page"] += 1
+                if meta["source"] != expected_source:
+                    problems[f"source {meta['source']}"] += 1
+
+    try:
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in conns))
+        elapsed = time.perf_counter() - began
+    finally:
+        for c in conns:
+            await c.close()
+        await redis.aclose()
+    return {"latencies": latencies, "statuses": dict(statuses), "problems": dict(problems), "elapsed": elapsed}
+
+
+def load_in_process(*args: Any) -> dict[str, Any]:
+    return asyncio.run(load(*args))
+
+
+def summarize(name: str, celebs: int, outcome: dict[str, Any], requests: int, concurrency: int) -> dict[str, Any]:
+    ordered = sorted(outcome["latencies"])
+    ok = outcome["statuses"].get(200, 0)
+
+    def ms(q: float) -> float:
+        return round(percentile(ordered, q) * 1000, 2)
+
+    return {
+        "scenario": name,
+        "celebrities_followed": celebs,
+        "requests": requests,
+        "concurrency": concurrency,
+        "ok": ok,
+        "statuses": {str(k): v for k, v in sorted(outcome["statuses"].items())},
+        "problems": outcome["problems"],
+        "elapsed_s": round(outcome["elapsed"], 3),
+        "throughput_rps": round(ok / outcome["elapsed"], 1) if outcome["elapsed"] else None,
+        "latency_ms": {
+            "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "p999": ms(0.999),
+            "max": round(ordered[-1] * 1000, 2) if ordered else None,
+            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
+        },
+    }
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+async def build_world(settings: Settings, pop: Population, workdir: Path) -> float:
+    """Publish the population's events through a real worker; returns the seconds it took."""
+    await asyncio.to_thread(apply_cassandra, settings)
+    await create_topics_async(settings, partitions=settings.topic_partitions)
+    worker = Worker(settings, workdir / "worker.log").start()
+    began = time.monotonic()
+    try:
+        await produce(settings, pop.follows)
+        await wait_caught_up(settings, timeout=900, check=worker.check)
+        await produce(settings, pop.tweets)
+        await wait_caught_up(settings, timeout=900, check=worker.check)
+    finally:
+        worker.stop()
+    return time.monotonic() - began
+
+
+async def teardown(settings: Settings, accounts: list[int]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    import psycopg
+
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await redis.unlink(*keys[i : i + 1000])
+    finally:
+        await redis.aclose()
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True, **settings.postgres_kwargs()) as conn:
+        await conn.execute("DELETE FROM users WHERE user_id = ANY(%s)", (accounts,))
+
+    def drop_keyspace() -> None:
+        cluster = cassandra_cluster(settings)
+        try:
+            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=60)
+        finally:
+            cluster.shutdown()
+
+    await asyncio.to_thread(drop_keyspace)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([settings.topic_tweets, settings.topic_follows, settings.topic_activity,
+                                   settings.topic_deliveries, settings.topic_dead_letters])
+    finally:
+        await admin.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import psycopg
+    import uvicorn
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    tag = f"{stamp.lower()}_{uuid.uuid4().hex[:6]}"
+    workdir = RESULTS / f"run-read-{tag}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = bench_settings(get_settings(), tag, args.threshold, workdir)
+    pop = Population(args.readers, args.normal, args.tweets, args.threshold)
+    tokens = {r: new_token() for r in pop.readers()}
+    results: dict[str, Any] = {}
+    try:
+        build_s = await build_world(settings, pop, workdir)
+        print(f"world built: {len(pop.follows)} follows, {len(pop.tweets)} tweets in {build_s:.1f} s")
+        async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True, **settings.postgres_kwargs()) as conn:
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO users (user_id, handle, token_hash) VALUES (%s, %s, %s)",
+                    [(r, f"br_{uuid.uuid4().hex[:20]}", hash_token(t)) for r, t in tokens.items()],
+                )
+        reference = ReferenceModel()
+        for event in pop.follows + pop.tweets:
+            reference.apply(event)
+
+        app = create_app(settings)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               access_log=False, lifespan="on", server_header=False))
+        task = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn exited before starting")
+                await asyncio.sleep(0.05)
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                health = (await client.get("/healthz")).json()
+                # Warm up (fills caches, emits the readers' user_active) and check correctness.
+                for members in pop.groups.values():
+                    for r in members:
+                        resp = await client.get(f"/v1/users/{r}/timelines/home?limit={LIMIT}",
+                                                headers={"Authorization": f"Bearer {tokens[r]}"})
+                        assert resp.status_code == 200, resp.text
+                    r = members[0]
+                    resp = await client.get(f"/v1/users/{r}/timelines/home?limit={LIMIT}",
+                                            headers={"Authorization": f"Bearer {tokens[r]}"})
+                    got = [int(t["tweet_id"]) for t in resp.json()["data"]]
+                    if got != reference.home_timeline(r, LIMIT):
+                        raise SystemExit(f"reader {r}: first page differs from the reference")
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                loop = asyncio.get_running_loop()
+                for concurrency in args.concurrency:
+                    for name, celebs in GROUPS.items():
+                        members = pop.groups[celebs]
+                        targets = [
+                            (f"/v1/users/{r}/timelines/home?limit={LIMIT}", {"Authorization": f"Bearer {tokens[r]}"},
+                             f"{settings.redis_prefix}home:{r}" if name == "cache_miss" else None)
+                            for r in members
+                        ]
+                        expected = EXPECTED_SOURCE[name]
+                        # A short unmeasured run first (connections, warm caches), then the measured one.
+                        await loop.run_in_executor(pool, load_in_process, base, settings.redis_url, targets,
+                                                   min(200, args.requests), concurrency, expected)
+                        before = _counters(app)
+                        outcome = await loop.run_in_executor(pool, load_in_process, base, settings.redis_url,
+                                                             targets, args.requests, concurrency, expected)
+                        after = _counters(app)
+                        key = f"{name}@c{concurrency}"
+                        results[key] = summarize(name, celebs, outcome, args.requests, concurrency)
+                        results[key]["per_read"] = {
+                            k: round((after[k] - before[k]) / max(1, outcome["statuses"].get(200, 0)), 2)
+                            for k in after
+                        }
+                        lat = results[key]["latency_ms"]
+                        print(f"{key:<14} {results[key]['throughput_rps']:>8} req/s  p50 {lat['p50']} ms  "
+                              f"p99 {lat['p99']} ms  p999 {lat['p999']} ms  problems {results[key]['problems']}")
+        finally:
+            server.should_exit = True
+            await task
+    finally:
+        await teardown(settings, list(tokens))
+        shutil.rmtree(workdir / "faust", ignore_errors=True)  # the worker's log stays
+
+    return {
+        "benchmark": "read_home_timeline",
+        "timestamp": stamp,
+        "mode": "uvicorn in-process (loopback, free port); load generator in a separate process (raw keep-alive HTTP/1.1)",
+        "limit": LIMIT,
+        "population": {
+            "readers_per_group": args.readers, "normal_authors": args.normal, "tweets_per_normal_author": args.tweets,
+            "celebrities": CELEBRITIES, "tweets_per_celebrity": CELEB_TWEETS, "celebrity_threshold": args.threshold,
+            "follows_per_reader": FOLLOWS_PER_READER, "timeline_entries_per_reader": FOLLOWS_PER_READER * args.tweets,
+            "events": len(pop.follows) + len(pop.tweets),
+        },
+        "world_build_s": round(build_s, 1),
+        "scenarios": results,
+        "health": health,
+        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+
+
+def _counters(app: Any) -> dict[str, float]:
+    """The app's own read counters: Cassandra queries and Redis round trips of home reads."""
+    registry = app.state.metrics.registry
+    return {
+        "cassandra_queries": registry.get_sample_value("timeline_store_queries_total", {"timeline": "home"}) or 0.0,
+        "redis_round_trips": registry.get_sample_value("timeline_redis_round_trips_total", {"timeline": "home"})
+        or 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.read_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="measured requests per scenario")
+    parser.add_argument("--concurrency", default="1,8",
+                        help="requests in flight; a comma-separated list measures each scenario at each")
+    parser.add_argument("--readers", type=int, default=20, help="readers per group")
+    parser.add_argument("--normal", type=int, default=60, help="normal authors")
+    parser.add_argument("--tweets", type=int, default=25, help="tweets per normal author")
+    parser.add_argument("--threshold", type=int, default=25, help="celebrity threshold (followers)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/read-<ts>.json)")
+    args = parser.parse_args(argv)
+    try:
+        args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    except ValueError:
+        parser.error("--concurrency must be integers separated by commas")
+    if min(args.requests, args.readers, args.tweets, *args.concurrency) < 1:
+        parser.error("--requests, --concurrency, --readers and --tweets must be >= 1")
+    if args.normal < FOLLOWS_PER_READER or args.readers * 3 * FOLLOWS_PER_READER // args.normal >= args.threshold - 2:
+        parser.error("normal authors would get too many followers (they must stay below the celebrity threshold)")
+
+    result = asyncio.run(run(args))
+    out = args.out or RESULTS / f"read-{result['timestamp']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    bad = [s for s in result["scenarios"].values() if s["problems"] or s["ok"] != s["requests"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
