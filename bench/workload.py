@@ -94,7 +94,7 @@ def generate(
         tid = ids.next_id()
         posted.append((tid, author))
         ev({"type": "tweet_posted", "tweet_id": tid, "author_id": author,
-            "text": f"tweet {tid} by {author} #{rng.randint(0, 999)}", "created_at": clock()})
+            "text": f"note #{rng.randint(0, 999)} from user {author - USER_BASE}", "created_at": clock()})
 
     active = [u for u in w.users if u not in w.inactive]
     for i in range(tweets):

@@ -22,7 +22,7 @@ from bench.workload import generate, produce
 from ops.lag import wait_caught_up
 from ops.schema import apply_cassandra, cassandra_cluster, create_topics
 from ops.worker import Worker
-from policies.reference import reference_home_timelines
+from policies.reference import ReferenceModel
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
 from sinks.reader import HomeTimelineReader
@@ -47,7 +47,7 @@ async def show(reader: HomeTimelineReader, user_id: int, label: str, limit: int 
     print(f"\n  user {user_id} ({label}) - served from {page.source}")
     for t in page.tweets:
         how = "rebuilt" if page.source == "rebuilt" else ("pulled" if t.tweet_id in page.pulled else "pushed")
-        print(f"    {t.tweet_id}  by {t.author_id}  [{how:7}]  {t.text[:40]}")
+        print(f"    {t.tweet_id}  by {t.author_id}  [{how:7}]  {t.text[:48]}")
     if not page.tweets:
         print("    (follows no one with tweets)")
 
@@ -74,14 +74,21 @@ async def run(args: argparse.Namespace) -> int:
         reader = HomeTimelineReader(settings, store, RedisTimelines(
             redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s))
         try:
-            fans = [u for u in workload.users if u not in workload.inactive][:2]
-            await show(reader, fans[0], "active")
-            await show(reader, fans[1], "active")
+            model = ReferenceModel()
+            for event in workload.events:
+                model.apply(event)
+            active = [u for u in workload.users if u not in workload.inactive]
+            celebs = set(workload.celebrities[1:])  # [0] crosses the threshold both ways
+            await show(reader, active[0], "active")
+            for user_id in [u for u in active[1:] if model.following(u) & celebs][:20]:
+                if (await reader.page(user_id, limit=6)).pulled:
+                    await show(reader, user_id, "active, follows a celebrity")
+                    break
             if workload.returning:
-                await show(reader, workload.returning[0], "came back after 30+ days")
+                await show(reader, workload.returning[0], "came back after 30+ days; its timeline was rebuilt on return")
             if len(workload.inactive) > len(workload.returning):
                 await show(reader, workload.inactive[-1], "still inactive")
-            expected = reference_home_timelines(workload.events)
+            expected = model.home_timelines()
             bad = 0
             for user_id, want in expected.items():
                 if await reader.all_ids(user_id, page_size=50) != want:
