@@ -19,6 +19,28 @@ CREATE TABLE IF NOT EXISTS tweets (
   PRIMARY KEY (tweet_id)
 ) PARTITION BY RANGE (tweet_id);
 CREATE TABLE IF NOT EXISTS tweets_default PARTITION OF tweets DEFAULT;
+
+-- Monthly partitions, 2023-01 .. 2028-12. A Snowflake id starts with the milliseconds
+-- since the Twitter epoch (1288834974657), shifted left by 22 bits, so a month is a
+-- contiguous id range. A month whose rows already sit in the default partition is
+-- left there (PostgreSQL refuses to carve a partition out of a non-empty range).
+DO $$
+DECLARE
+  month date;
+  lo bigint;
+  hi bigint;
+  name text;
+BEGIN
+  FOR month IN SELECT generate_series('2023-01-01'::date, '2028-12-01'::date, interval '1 month')::date LOOP
+    name := 'tweets_' || to_char(month, 'YYYY_MM');
+    lo := ((extract(epoch FROM month)::bigint * 1000) - 1288834974657) << 22;
+    hi := ((extract(epoch FROM (month + interval '1 month'))::bigint * 1000) - 1288834974657) << 22;
+    IF to_regclass(name) IS NULL
+       AND NOT EXISTS (SELECT 1 FROM tweets_default WHERE tweet_id >= lo AND tweet_id < hi) THEN
+      EXECUTE format('CREATE TABLE %I PARTITION OF tweets FOR VALUES FROM (%s) TO (%s)', name, lo, hi);
+    END IF;
+  END LOOP;
+END $$;
 CREATE INDEX IF NOT EXISTS tweets_author_id_tweet_id ON tweets (author_id, tweet_id DESC);
 
 CREATE TABLE IF NOT EXISTS follows (

@@ -1,0 +1,55 @@
+"""docker-compose.yml wires the same servers and processes, with the settings the code reads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+# What every process needs to reach the servers and apply the design's policies.
+REQUIRED_ENV = {
+    "TL_KAFKA_BOOTSTRAP", "TL_CASSANDRA_HOSTS", "TL_CASSANDRA_PORT", "TL_CASSANDRA_KEYSPACE",
+    "TL_REDIS_URL", "TL_POSTGRES_DSN", "TL_TOPIC_PARTITIONS", "TL_CELEBRITY_THRESHOLD",
+    "TL_INACTIVE_AFTER_MS", "TL_TIMELINE_CAP", "TL_TIMELINE_TTL_S",
+}
+APPS = ("setup", "worker", "post-service", "query-service")
+
+
+def test_the_four_servers_at_the_versions_the_project_runs() -> None:
+    assert SERVICES["kafka"]["image"] == "apache/kafka:3.9.2"
+    assert SERVICES["cassandra"]["image"].startswith("cassandra:5.0")
+    assert SERVICES["redis"]["image"].startswith("redis:")
+    assert SERVICES["postgres"]["image"] == "postgres:15"
+
+
+def test_every_app_gets_every_required_setting() -> None:
+    for name in APPS:
+        env = SERVICES[name]["environment"]
+        assert REQUIRED_ENV <= set(env), f"{name} lacks {sorted(REQUIRED_ENV - set(env))}"
+
+
+def test_every_variable_in_the_file_is_one_the_code_reads() -> None:
+    known = set(Settings.env_vars().values())
+    for name in APPS:
+        unknown = set(SERVICES[name]["environment"]) - known
+        assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
+
+
+def test_apps_point_at_the_compose_servers() -> None:
+    env = SERVICES["worker"]["environment"]
+    assert env["TL_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["TL_CASSANDRA_HOSTS"] == "cassandra"
+    assert env["TL_REDIS_URL"].startswith("redis://redis:")
+    assert "@postgres:5432/" in env["TL_POSTGRES_DSN"]
+    # the environment parses into Settings as-is
+    Settings.from_env({k: str(v) for k, v in env.items()})
+
+
+def test_processes_run_the_real_entry_points() -> None:
+    assert SERVICES["worker"]["command"][:5] == ["python", "-m", "faust", "-A", "faust_app"]
+    assert "api.post_service" in SERVICES["post-service"]["command"]
+    assert "api.query_service" in SERVICES["query-service"]["command"]
