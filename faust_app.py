@@ -7,13 +7,16 @@ Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
 """
 from __future__ import annotations
 
-import faust
-
+from faust_handover import HandoverSafeApp, SeekThenResumeTableManager
 from settings import get_settings
 
 settings = get_settings()
 
-app = faust.App(
+# HandoverSafeApp and SeekThenResumeTableManager are faust.App and its table
+# manager with the partition hand-over after a rebalance fixed (see
+# faust_handover.py): without them a worker that takes partitions over can
+# strand or skip messages.
+app = HandoverSafeApp(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     store=settings.faust_store,
@@ -36,4 +39,5 @@ app = faust.App(
     web_port=settings.faust_web_port,
     web_enabled=True,
     table_standby_replicas=0,
+    TableManager=SeekThenResumeTableManager,
 )
