@@ -70,7 +70,7 @@ from bench import ceilings as ceilings_mod  # noqa: E402
 from bench.graph import Graph, TweetFactory, generate, sample_followers, scaled_spec  # noqa: E402
 from bench.post_bench import percentile  # noqa: E402
 from bench.profile_worker import ProfiledWorker, summarize_session  # noqa: E402
-from bench.sysstats import CpuWindow, ProcessSet, machine  # noqa: E402
+from bench.sysstats import CpuWindow, ProcessSet, machine, pid_listening_on  # noqa: E402
 from bench.workload import KEY_OF, TOPIC_OF, produce, topic_name  # noqa: E402
 from ops.lag import pipeline_topics  # noqa: E402
 from ops.schema import apply_cassandra, apply_postgres, cassandra_cluster, create_topics_async  # noqa: E402
@@ -539,7 +539,8 @@ class Bench:
         single = {"worker": self.worker.proc.pid, "bench (load generator)": os.getpid()}
         tree = {}
         for svc in services(self.base):
-            pid = svc.our_pid()
+            # Servers started by another checkout (reused) have no pid file here.
+            pid = svc.our_pid() or pid_listening_on(svc.port)
             if pid is None:
                 continue
             if svc.name == "postgres":

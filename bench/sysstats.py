@@ -174,3 +174,33 @@ class CpuWindow:
                 if v - self.threads_before.get(k, 0.0) >= 0.05
             }
         return self.result
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The pid of the process with a listening TCP socket on ``port`` (any address), if visible."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                        inodes.add(parts[9])
+        except (OSError, StopIteration):
+            continue
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
