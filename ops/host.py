@@ -233,8 +233,13 @@ proc = subprocess.Popen(
     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
     user=spec["user"], group=spec["user"], extra_groups=[] if spec["user"] else None,
 )
-print(proc.pid, flush=True)
-os._exit(0)
+try:  # an exit in the first moments is reported with its status, not as a pid
+    rc = proc.wait(timeout=spec["grace"])
+except subprocess.TimeoutExpired:
+    print(proc.pid, flush=True)
+    os._exit(0)
+print(f"exited at once with status {rc}", file=sys.stderr, flush=True)
+os._exit(3)
 """
 
 
@@ -244,8 +249,12 @@ def spawn(
     cwd: Path,
     env: dict[str, str] | None = None,
     user: str | None = None,
+    grace: float = 0.3,
 ) -> int:
-    """Start a server in its own session, output appended to ``log_file``; returns its pid."""
+    """Start a server in its own session, output appended to ``log_file``; returns its pid.
+
+    A server that exits within ``grace`` seconds raises HostError with its exit status
+    (a negative status is the signal that killed it)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     spec = {
         "argv": [str(a) for a in argv],
@@ -253,6 +262,7 @@ def spawn(
         "cwd": str(cwd),
         "env": env if env is not None else dict(os.environ),
         "user": user,
+        "grace": grace,
     }
     proc = subprocess.run(
         [sys.executable, "-c", _LAUNCHER],

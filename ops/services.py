@@ -158,6 +158,20 @@ class Service:
             return None
         return pid if pid_alive(pid, self.marker) else None
 
+    def describe_lost_pid(self) -> str:
+        """Why our_pid() no longer finds the server: gone, or running as something else."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return f"no pid file {self.pid_file}"
+        proc = Path(f"/proc/{pid}")
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except (OSError, IndexError):
+            return f"pid {pid} is gone"
+        return f"pid {pid} is in state {state}, command line {cmdline!r}, not {self.marker!r}"
+
     def port_taken(self) -> bool:
         try:
             with socket.create_connection((self.host, self.port), timeout=1):
@@ -565,6 +579,7 @@ class Redis(Service):
             shutil.which("redis-server") or "redis-server",
             "--port", str(self.port), "--bind", self.host, "--protected-mode", "yes",
             "--dir", str(STATE / "redis"), "--daemonize", "no", "--logfile", "",
+            "--set-proc-title", "no",  # keep --dir in the command line: our_pid() checks it
             "--save", "", "--appendonly", "no",  # a cache: nothing to persist
         ]
 
@@ -767,17 +782,30 @@ def _start_or_reuse(svc: Service) -> Outcome | float:
 def _wait(svc: Service, began: float) -> Outcome:
     deadline = began + svc.start_timeout
     last_error: Exception | None = None
+    retried = False
     while time.monotonic() < deadline:
         try:
             svc.ready(timeout=5.0)
             took = time.monotonic() - began
             setup = f", setup {svc.setup_seconds:.1f}s" if svc.setup_seconds >= 0.5 else ""
-            return Outcome(svc.name, svc.address, True, f"started in {took:.1f}s{setup}")
+            again = " on the second attempt" if retried else ""
+            return Outcome(svc.name, svc.address, True, f"started in {took:.1f}s{setup}{again}")
         except Exception as exc:  # noqa: BLE001 - not up yet
             last_error = exc
         if svc.our_pid() is None:
-            return Outcome(svc.name, svc.address, False,
-                           "process exited during start-up", svc.log_tail())
+            gone = f"process exited during start-up ({svc.describe_lost_pid()})"
+            if retried:
+                return Outcome(svc.name, svc.address, False, gone, svc.log_tail())
+            retried = True  # once: a server can lose a race for its port or a file
+            logging.getLogger(__name__).warning("%s: %s; starting it again", svc.name, gone)
+            time.sleep(1.0)
+            try:
+                svc.start()
+            except Exception as exc:  # noqa: BLE001 - reported with the log
+                return Outcome(svc.name, svc.address, False,
+                               f"{gone}; could not start again: {exc}", svc.log_tail())
+            deadline = time.monotonic() + svc.start_timeout
+            continue
         time.sleep(0.25)
     return Outcome(svc.name, svc.address, False,
                    f"not answering after {svc.start_timeout:.0f}s: {last_error}", svc.log_tail())
