@@ -17,20 +17,7 @@ from policies.partitioning import partition_for_id
 from schemas import UserActive, encode_key
 from tables.edges import entity_key
 from tables.graph import following_edges, recipients
-from tests.unit.agent_doubles import (  # noqa: F401  (fixtures)
-    Journal,
-    first,
-    journal,
-    last,
-    AgentDriver,
-    Msg,
-    SentLog,
-    SimulatedCrash,
-    faust_test_app,
-    msg_for,
-    sent,
-    sinks,
-)
+from tests.unit.agent_doubles import AgentDriver, Journal, Msg, SentLog, SimulatedCrash, first, last, msg_for
 
 ACTIVITY, DELIVERIES = settings.topic_activity, settings.topic_deliveries
 P = settings.topic_partitions

@@ -18,20 +18,16 @@ from policies.partitioning import partition_for_id
 from schemas import TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed
 from tables.edges import entity_key
 from tables.graph import authors, follower_edges
-from tests.unit.agent_doubles import (  # noqa: F401  (fixtures)
-    Journal,
-    first,
-    journal,
-    last,
+from tests.unit.agent_doubles import (
     AgentDriver,
+    Journal,
     Msg,
     SentLog,
     SimulatedCrash,
-    faust_test_app,
+    first,
     id_on_other_partition,
+    last,
     msg_for,
-    sent,
-    sinks,
 )
 
 TWEETS, FOLLOWS = settings.topic_tweets, settings.topic_follows

@@ -12,7 +12,7 @@ import agents.projection as projection_mod
 from agents.projection import DELETE_TWEET, FOLLOW, INSERT_TWEET, UNFOLLOW, statements, write_batch
 from faust_app import settings
 from schemas import TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed
-from tests.unit.agent_doubles import Msg, faust_test_app, msg_for, put_messages, wait_for_batch  # noqa: F401
+from tests.unit.agent_doubles import Msg, msg_for, put_messages, wait_for_batch
 
 MS = 1_700_000_000_123
 AT = datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=timezone.utc)
