@@ -28,7 +28,6 @@ from agents.outbox import Outbox
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.activity import is_active
-from policies.partitioning import partition_for_id
 from policies.rebuild import AuthorTweets, plan_rebuild
 from policies.timeline import backfill_window
 from schemas import ACTIVITY_EVENTS, ContractError, UserActive, decode
@@ -259,10 +258,7 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
         try:
             if msg.topic == settings.topic_activity:
                 payload: Any = decode(msg.value, ACTIVITY_EVENTS)
-                expected = partition_for_id(payload.user_id, settings.topic_partitions)
-                if expected != msg.partition:
-                    topic = app.topic(msg.topic, key_serializer="raw", value_serializer="raw")
-                    outbox.reroute(topic, event, expected)
+                if outbox.reroute_if_misplaced(app, event, payload.user_id):
                     continue
             else:
                 payload = decode_ops(msg.value)

@@ -63,12 +63,8 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
         except ContractError as exc:
             outbox.dead_letter(dead_letters_topic, event, exc.reason, STAGE)
             continue
-        expected = partition_for_id(typed.key, settings.topic_partitions)
-        if expected != msg.partition:
-            # A producer used another partitioner (e.g. librdkafka's default):
-            # the event would miss its author's edges, so move it where they are.
-            topic = app.topic(msg.topic, key_serializer="raw", value_serializer="raw")
-            outbox.reroute(topic, event, expected)
+        # On the wrong partition the event would miss its author's edges: move it where they are.
+        if outbox.reroute_if_misplaced(app, event, typed.key):
             continue
         good.append((event, typed))
     return good

@@ -34,6 +34,20 @@ class Outbox:
         """Send a message that arrived on the wrong partition to the right one of its topic."""
         self.messages.append((topic, event.message.key, event.message.value, partition))
 
+    def reroute_if_misplaced(self, app: Any, event: Any, key_id: int) -> bool:
+        """Re-send ``event`` to the partition of ``key_id`` if it arrived on another one.
+
+        True when it was re-sent: the caller must not process it where it landed. A
+        producer that used another partitioner (e.g. librdkafka's default) would
+        otherwise have the event miss the state kept on its key's partition.
+        """
+        expected = partition_for_id(key_id, self.partitions)
+        if expected == event.message.partition:
+            return False
+        topic = app.topic(event.message.topic, key_serializer="raw", value_serializer="raw")
+        self.reroute(topic, event, expected)
+        return True
+
     def deliver(self, recipient: int, op: dict) -> None:
         self.deliver_to_partition(partition_for_id(recipient, self.partitions), op)
 
