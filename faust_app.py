@@ -7,6 +7,7 @@ Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
 """
 from __future__ import annotations
 
+from agents import metrics
 from faust_handover import HandoverSafeApp, SeekThenResumeTableManager
 from settings import get_settings
 
@@ -41,3 +42,8 @@ app = HandoverSafeApp(
     table_standby_replicas=0,
     TableManager=SeekThenResumeTableManager,
 )
+
+# GET /metrics on the worker's web server: Faust's sensor metrics and the pipeline's
+# (agents/metrics.py); ops/monitoring/ has the dashboard and alert rules.
+metrics.install(app, [settings.topic_tweets, settings.topic_follows, settings.topic_activity,
+                     settings.topic_deliveries])

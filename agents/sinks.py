@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 from redis.asyncio import Redis
 
+from agents.metrics import SINK_RETRIES, SINK_SECONDS
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_timeline import RedisTimelines
@@ -64,13 +66,17 @@ async def with_retry(what: str, fn: Callable[[], Awaitable[T]], *, max_delay: fl
     """
     delay = 0.1
     attempt = 0
+    started = time.perf_counter()
     while True:
         try:
-            return await fn()
+            result = await fn()
+            SINK_SECONDS.labels(what).observe(time.perf_counter() - started)
+            return result
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - logged and retried
             attempt += 1
+            SINK_RETRIES.labels(what).inc()
             log.warning("%s failed (attempt %d): %r; retrying in %.1fs", what, attempt, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)

@@ -1,0 +1,148 @@
+"""Prometheus metrics of the stream worker.
+
+Served by the worker's own web server at ``GET /metrics`` (``TL_FAUST_WEB_PORT``,
+6066 by default), next to Faust's sensor metrics (``faust_*``: messages and events
+in, event runtime, sends, commit latency, rebalances). The ones below are the
+pipeline's; ``ops/monitoring/`` has the dashboard and alert rules built on them.
+
+* ``timeline_fanout_lag_seconds``: from a tweet's ``created_at`` (its acceptance by the
+  Post service, or the producer's clock) to its rows being written in Cassandra and
+  Redis by stage 2; one observation per tweet per recipient batch. During a replay it
+  measures the age of the replayed tweets, so alert on it only for a live pipeline.
+* ``timeline_deliveries_total{outcome}``: timeline rows stage 2 wrote or skipped:
+  ``pushed`` (a new tweet, to an active follower), ``skipped_inactive`` (a follower
+  inactive past the limit: not written, rebuilt when they return), ``removed`` (a
+  delete or an unfollow), ``backfilled`` (a follow, or an author leaving celebrity
+  status), ``rebuilt`` (a returning user's timeline).
+* ``timeline_fanout_tweets_total{plan}``: tweets stage 1 planned: ``pushed`` or
+  ``pulled`` (a celebrity's tweet, merged at read time).
+* ``timeline_batch_seconds{stage}`` and ``timeline_batch_events{stage}``: the time and
+  size of each agent batch (``fanout``, ``deliver``, ``projection``).
+* ``timeline_sink_seconds{what}`` and ``timeline_sink_retries_total{what}``: store
+  operations by name, and retries while a store is unavailable.
+* ``timeline_consumer_lag_messages{topic,partition}``: for the partitions this worker
+  owns now, the log end minus the committed position (messages not processed yet).
+* ``timeline_dead_letters_total{topic,stage}``: events sent to the dead-letter topic.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500)
+
+FANOUT_LAG = Histogram(
+    "timeline_fanout_lag_seconds",
+    "Tweet created_at to its timeline rows written in Cassandra and Redis (stage 2)",
+    buckets=LAG_BUCKETS,
+)
+DELIVERIES = Counter(
+    "timeline_deliveries_total", "Timeline rows written or skipped by stage 2, by outcome", ["outcome"]
+)
+FANOUT_TWEETS = Counter(
+    "timeline_fanout_tweets_total", "Tweets planned by stage 1: pushed to followers or pulled at read time",
+    ["plan"],
+)
+BATCH_SECONDS = Histogram(
+    "timeline_batch_seconds", "Time to process one agent batch, writes included", ["stage"], buckets=BATCH_BUCKETS
+)
+BATCH_EVENTS = Histogram(
+    "timeline_batch_events", "Events in one agent batch", ["stage"], buckets=SIZE_BUCKETS
+)
+SINK_SECONDS = Histogram(
+    "timeline_sink_seconds", "Store operations of the agents, retries included", ["what"], buckets=BATCH_BUCKETS
+)
+SINK_RETRIES = Counter(
+    "timeline_sink_retries_total", "Store operations retried because a store failed", ["what"]
+)
+
+OUTCOMES = ("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt")
+for _outcome in OUTCOMES:  # present from the start, so rate() sees the first increment
+    DELIVERIES.labels(_outcome)
+for _plan in ("pushed", "pulled"):
+    FANOUT_TWEETS.labels(_plan)
+
+
+def observe_fanout_lag(created_at_ms: Iterable[int], now_ms: int | None = None) -> None:
+    now = time.time() * 1000 if now_ms is None else now_ms
+    for created in created_at_ms:
+        FANOUT_LAG.observe(max(0.0, (now - created) / 1000))
+
+
+def count_deliveries(counts: dict[str, int]) -> None:
+    for outcome, n in counts.items():
+        if n:
+            DELIVERIES.labels(outcome).inc(n)
+
+
+class BatchTimer:
+    """``with BatchTimer("deliver", len(events)):`` records a batch's size and duration."""
+
+    def __init__(self, stage: str, events: int) -> None:
+        self.stage = stage
+        BATCH_EVENTS.labels(stage).observe(events)
+
+    def __enter__(self) -> "BatchTimer":
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - self.started)
+
+
+def consumer_lag(consumer: Any, topics: frozenset[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> messages between the committed position and the log end, for
+    the partitions of ``topics`` that ``consumer`` (a Faust consumer) owns and has seen
+    the end of. (Faust's committed offset is Kafka's: the next offset to read.)"""
+    out: dict[tuple[str, int], int] = {}
+    committed = getattr(consumer, "_committed_offset", {})
+    for tp in consumer.assignment():
+        if tp.topic not in topics:  # changelogs are written, not consumed, by their owner
+            continue
+        try:
+            end = consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not fetched yet, or the partition was just revoked
+            continue
+        if end is None:
+            continue
+        done = committed.get(tp)
+        out[(tp.topic, tp.partition)] = max(0, end - (done or 0))
+    return out
+
+
+class ConsumerLagCollector(Collector):
+    """``timeline_consumer_lag_messages``, computed at scrape time from the live assignment
+    (so partitions handed to another worker stop being reported here)."""
+
+    def __init__(self, app: Any, topics: Iterable[str]) -> None:
+        self.app = app
+        self.topics = frozenset(topics)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "timeline_consumer_lag_messages",
+            "Messages between the committed position and the log end, per owned partition",
+            labels=["topic", "partition"],
+        )
+        try:
+            lag = consumer_lag(self.app.consumer, self.topics)
+        except Exception:  # noqa: BLE001 - no consumer yet (starting, or a test app)
+            lag = {}
+        for (topic, partition), n in sorted(lag.items()):
+            family.add_metric([topic, str(partition)], n)
+        yield family
+
+
+def install(app: Any, topics: Iterable[str]) -> None:
+    """Faust's sensor metrics (``faust_*``) and ours, at ``GET /metrics`` of the worker;
+    ``topics`` are the source topics whose consumer lag is reported."""
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
+    REGISTRY.register(ConsumerLagCollector(app, topics))
