@@ -24,6 +24,7 @@ from faust.streams import current_event
 
 import orjson
 
+from agents.metrics import BatchTimer, count_deliveries, observe_fanout_lag
 from agents.outbox import Outbox
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
@@ -69,6 +70,9 @@ class RecipientBatch:
         self.invalidate: set[int] = set()
         # user -> the last event that changed state still to be written by apply()
         self.pending: dict[int, Any] = {}
+        # For the metrics, once apply() is done: rows by outcome, created_at of added tweets.
+        self.counts: dict[str, int] = dict.fromkeys(("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt"), 0)
+        self.created_at: list[int] = []
 
     # --- state ----------------------------------------------------------------
     def state(self, user_id: int) -> dict:
@@ -113,14 +117,19 @@ class RecipientBatch:
     # --- ops --------------------------------------------------------------------
     def add(self, op: dict) -> None:
         tweet_id, author_id, at = op["tweet_id"], op["author_id"], op["created_at"]
+        self.created_at.append(at)
         for user_id in op["to"]:
             rec = self.state(user_id)
-            if self.accepts(user_id, rec, at) and tweet_id > rec["floor"]:
+            if not self.accepts(user_id, rec, at):
+                self.counts["skipped_inactive"] += 1
+            elif tweet_id > rec["floor"]:
                 self.rows[(user_id, tweet_id)] = (True, author_id)
+                self.counts["pushed"] += 1
 
     def remove(self, op: dict) -> None:
         for user_id in op["to"]:
             self.rows[(user_id, op["tweet_id"])] = (False, op["author_id"])
+        self.counts["removed"] += len(op["to"])
 
     async def on_activity(self, ev: UserActive) -> None:
         rec = self.state(ev.user_id)
@@ -149,6 +158,7 @@ class RecipientBatch:
         rows = await self.read("author_tl_above", (followee, rec["floor"], settings.timeline_cap * 4))
         for row in rows:
             self.rows[(user_id, row.tweet_id)] = (False, followee)
+        self.counts["removed"] += len(rows)
 
     async def backfill(self, op: dict) -> None:
         """An author left celebrity status: add what they posted while pulled."""
@@ -169,6 +179,7 @@ class RecipientBatch:
             # Overrides an earlier removal in this batch (an unfollow, then a refollow).
             if tweet_id > max(rec["floor"], above):
                 self.rows[(user_id, tweet_id)] = (True, author_id)
+                self.counts["backfilled"] += 1
 
     async def rebuild(self, user_id: int, rec: dict) -> None:
         """Rebuild a returning user's timeline from their followees' author timelines."""
@@ -189,6 +200,7 @@ class RecipientBatch:
         await self.read("clear_user_tl", (user_id,))
         for tweet_id, author_id in rebuilt.entries:
             self.rows[(user_id, tweet_id)] = (True, author_id)
+        self.counts["rebuilt"] += len(rebuilt.entries)
         rec["stale"] = False
         rec["rebuild_pending"] = True  # until apply() wrote it: a replay rebuilds again
         rec["floor"] = rebuilt.floor
@@ -281,6 +293,8 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                 outbox.dead_letter(dead_letters_topic, event, f"processing error: {exc!r}", STAGE)
     await batch.apply()
     batch.confirm()
+    count_deliveries(batch.counts)
+    observe_fanout_lag(batch.created_at)
     await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
 
 
@@ -288,4 +302,5 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 async def deliver(stream: Any) -> None:
     sinks = await get_sinks(settings)
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        await process_recipient_batch(sinks, events)
+        with BatchTimer(STAGE, len(events)):
+            await process_recipient_batch(sinks, events)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from faust.streams import current_event
 
+from agents.metrics import FANOUT_TWEETS, BatchTimer
 from agents.outbox import Outbox
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
@@ -167,7 +168,9 @@ class AuthorBatch:
     def on_tweet(self, ev: TweetPosted) -> None:
         author = _author(ev.author_id)
         if author["celebrity"] and ev.tweet_id > author["since"]:
+            FANOUT_TWEETS.labels("pulled").inc()
             return  # pulled at read time
+        FANOUT_TWEETS.labels("pushed").inc()
         # Ids <= since were pushed before the promotion: a replayed batch (the
         # table already promoted) must push them again, as its deliveries may be lost.
         followers = iter_edges(follower_edges, ev.author_id)
@@ -255,4 +258,5 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 async def fanout(stream: Any) -> None:
     sinks = await get_sinks(settings)
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        await process_author_batch(sinks, events)
+        with BatchTimer(STAGE, len(events)):
+            await process_author_batch(sinks, events)

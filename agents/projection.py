@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
+from agents.metrics import BatchTimer
 from agents.sinks import with_retry
 from faust_app import app, settings
 from schemas import ALL_EVENTS, ContractError, TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed, decode
@@ -84,12 +85,13 @@ async def get_pool() -> AsyncConnectionPool:
 async def project_to_postgres(stream: Any) -> None:
     pool = await get_pool()
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        typed = []
-        for event in events:
-            try:
-                typed.append(decode(event.message.value, ALL_EVENTS))
-            except ContractError:
-                continue  # dead-lettered by the fanout stage
-        stmts = statements(typed)
-        if stmts:
-            await with_retry("postgres projection", lambda: write_batch(pool, stmts))
+        with BatchTimer("projection", len(events)):
+            typed = []
+            for event in events:
+                try:
+                    typed.append(decode(event.message.value, ALL_EVENTS))
+                except ContractError:
+                    continue  # dead-lettered by the fanout stage
+            stmts = statements(typed)
+            if stmts:
+                await with_retry("postgres projection", lambda: write_batch(pool, stmts))
