@@ -124,12 +124,20 @@ class ConsumerLagCollector(Collector):
         self.app = app
         self.topics = frozenset(topics)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
             "timeline_consumer_lag_messages",
             "Messages between the committed position and the log end, per owned partition",
             labels=["topic", "partition"],
         )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """For registration: without it the registry would collect() at import time."""
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
         try:
             lag = consumer_lag(self.app.consumer, self.topics)
         except Exception:  # noqa: BLE001 - no consumer yet (starting, or a test app)

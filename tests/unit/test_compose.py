@@ -53,3 +53,19 @@ def test_processes_run_the_real_entry_points() -> None:
     assert SERVICES["worker"]["command"][:5] == ["python", "-m", "faust", "-A", "faust_app"]
     assert "api.post_service" in SERVICES["post-service"]["command"]
     assert "api.query_service" in SERVICES["query-service"]["command"]
+
+
+def test_prometheus_scrapes_every_process_where_it_serves_metrics() -> None:
+    prom = yaml.safe_load((ROOT / "ops" / "monitoring" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in prom["scrape_configs"]}
+    worker_env = SERVICES["worker"]["environment"]
+    assert targets["timeline-worker"] == f"worker:{worker_env['TL_FAUST_WEB_PORT']}"
+    assert "--web-bind" in SERVICES["worker"]["command"], "the worker's web server must not be loopback-only"
+    for job, service in (("timeline-post", "post-service"), ("timeline-query", "query-service")):
+        command = SERVICES[service]["command"]
+        assert targets[job] == f"{service}:{command[command.index('--port') + 1]}"
+        assert command[command.index("--host") + 1] == "0.0.0.0"
+    mounts = [v.split(":")[0] for v in SERVICES["prometheus"]["volumes"] + SERVICES["grafana"]["volumes"]]
+    for mount in mounts:
+        assert (ROOT / mount).exists(), mount
+    assert prom["rule_files"] == ["/etc/prometheus/alerts.yml"]
