@@ -44,28 +44,26 @@ Run: ``python -m api.post_service [--host 127.0.0.1] [--port 8081]``.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
-import orjson
 import psycopg
 import redis.exceptions
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
-from api import errors
 from api.auth import authenticate, hash_token, new_token
-from api.body import BodyLimitMiddleware, parse_id, read_json
+from api.body import parse_id, read_json
+from api.common import build_app, health_response, json_response, serve
 from api.deps import Resources, get_resources, install_dependency_errors
 from api.errors import Problem
 from api.idempotency import MAX_KEY_CHARS, IdempotencySlot, Record, fingerprint
 from api.kafka import KafkaUnavailable
-from api.metrics import Metrics, MetricsMiddleware
+from api.metrics import Metrics
 from policies.ratelimit import retry_after_header
 from policies.snowflake import snowflake_timestamp_ms
 from policies.text import TextRuleError, validate_handle, validate_tweet_text
@@ -74,7 +72,6 @@ from settings import Settings, get_settings
 
 log = logging.getLogger("api.post_service")
 
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
 OWNER_TTL_S = 90 * 24 * 3600
 USER_CACHE_MAX = 100_000
@@ -100,10 +97,6 @@ class FollowIn(_Strict):
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
 def now_ms() -> int:
@@ -189,7 +182,7 @@ async def sign_up(request: Request) -> Response:
                           slug="handle-taken") from None
         raise
     request.app.state.known_users.add(user_id)
-    return _json({"user_id": str(user_id), "handle": handle, "token": token}, 201)
+    return json_response({"user_id": str(user_id), "handle": handle, "token": token}, 201)
 
 
 @router.post("/v1/tweets", status_code=201)
@@ -264,7 +257,7 @@ async def _rate_limit(res: Resources, user_id: int) -> None:
 
 
 def _tweet_response(tweet_id: int, author_id: int, created: int, text: str, *, replayed: bool = False) -> Response:
-    return _json(
+    return json_response(
         {"tweet_id": str(tweet_id), "author_id": str(author_id), "text": text, "created_at": iso_utc(created)},
         201,
         headers={"Idempotent-Replayed": "true"} if replayed else None,
@@ -350,7 +343,7 @@ async def follow(request: Request, user_id: str) -> Response:
     body = await read_json(request, FollowIn, res.settings.max_body_bytes)
     target = await _follow_target(request, body.target_user_id, caller)
     await _emit(res, res.settings.topic_follows, UserFollowed(follower_id=caller, followee_id=target, at=now_ms()))
-    return _json({"following": True})
+    return json_response({"following": True})
 
 
 @router.delete("/v1/users/{user_id}/following/{target_user_id}")
@@ -360,24 +353,12 @@ async def unfollow(request: Request, user_id: str, target_user_id: str) -> Respo
     _check_caller(user_id, caller)
     target = await _follow_target(request, target_user_id, caller)
     await _emit(res, res.settings.topic_follows, UserUnfollowed(follower_id=caller, followee_id=target, at=now_ms()))
-    return _json({"following": False})
+    return json_response({"following": False})
 
 
 @router.get("/healthz")
 async def healthz(request: Request) -> Response:
-    checks = await get_resources(request).health()
-    down = sorted(name for name, check in checks.items() if not check.get("ok"))
-    if down:
-        return errors.problem_response(
-            503, f"degraded: {', '.join(down)} unavailable", slug="unhealthy", checks=checks,
-            headers={"Retry-After": "5"},
-        )
-    return _json({"status": "ok", "checks": checks})
-
-
-@router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    return request.app.state.metrics.response()
+    return health_response(await get_resources(request).health())
 
 
 # --- app -------------------------------------------------------------------------------
@@ -404,39 +385,22 @@ def create_app(
 ) -> FastAPI:
     """The Post service as an ASGI app. Its lifespan opens (and closes) the connections."""
     settings = settings or get_settings()
-    app = FastAPI(
+    return build_app(
         title="Home timeline - Post service",
-        version="1",
+        settings=settings,
         lifespan=lifespan,
-        redirect_slashes=False,
-        docs_url=None,
-        redoc_url=None,
+        router=router,
+        metrics=Metrics(),
+        error_handlers=[install_dependency_errors],
+        kafka_timeout_s=kafka_timeout_s,
+        instance=instance,
+        known_users=set(),
     )
-    app.state.settings = settings
-    app.state.kafka_timeout_s = kafka_timeout_s
-    app.state.instance = instance
-    app.state.metrics = Metrics()
-    app.state.known_users = set()
-    app.router.redirect_slashes = False
-    errors.install(app)
-    install_dependency_errors(app)
-    app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m api.post_service", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level,
-                proxy_headers=False, server_header=False)
+    serve(create_app, prog="python -m api.post_service", description=__doc__.splitlines()[0],
+          default_port=DEFAULT_PORT, argv=argv)
 
 
 if __name__ == "__main__":

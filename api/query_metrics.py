@@ -12,29 +12,17 @@ can build many apps in one process). Exposed at ``GET /metrics``.
 """
 from __future__ import annotations
 
-import time
+from prometheus_client import Counter, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
+from api.common import HttpMetrics
 from sinks.reader import ReadStats
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-class QueryMetrics:
+class QueryMetrics(HttpMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "query_http_requests_total", "HTTP requests by route template, method and status",
-            ["method", "route", "status"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "query_http_request_seconds", "HTTP request latency by route template",
-            ["method", "route"], buckets=_BUCKETS, registry=self.registry,
-        )
+        super().__init__("query", buckets=_BUCKETS)
         self.read_latency = Histogram(
             "timeline_read_seconds", "Timeline read latency (reader, hydration, handles) by timeline and source",
             ["timeline", "source"], buckets=_BUCKETS, registry=self.registry,
@@ -68,34 +56,3 @@ class QueryMetrics:
             self.store_queries.labels(timeline).inc(stats.cassandra_queries)
         if stats.redis_round_trips:
             self.redis_round_trips.labels(timeline).inc(stats.redis_round_trips)
-
-    def response(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class QueryMetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: QueryMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

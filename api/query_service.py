@@ -29,43 +29,36 @@ Run: ``python -m api.query_service [--host 127.0.0.1] [--port 8082]``.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-import orjson
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
-from api import errors
 from api.auth import authenticate
-from api.body import BodyLimitMiddleware, parse_id
+from api.body import parse_id
+from api.common import build_app, health_response, json_response, serve
 from api.deps import install_dependency_errors
 from api.errors import Problem
 from api.query_deps import QueryResources, get_query_resources, install_cassandra_errors
-from api.query_metrics import QueryMetrics, QueryMetricsMiddleware
+from api.query_metrics import QueryMetrics
 from api.query_params import parse_cursor, parse_limit, render_page
 from settings import Settings, get_settings
 from sinks.reader import Page
 
 log = logging.getLogger("api.query_service")
 
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8082
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
 async def _page_response(res: QueryResources, timeline: str, page: Page, started: float) -> Response:
     handles = await res.handles.lookup(t.author_id for t in page.tweets)
     body = render_page(page.tweets, handles, page.next_below, page.source)
     res.metrics.observe_read(timeline, page.source, time.perf_counter() - started, page.stats)
-    return _json(body)
+    return json_response(body)
 
 
 router = APIRouter()
@@ -106,19 +99,7 @@ async def user_tweets(request: Request, user_id: str) -> Response:
 
 @router.get("/healthz")
 async def healthz(request: Request) -> Response:
-    checks = await get_query_resources(request).health()
-    down = sorted(name for name, check in checks.items() if not check.get("ok") and check.get("required"))
-    if down:
-        return errors.problem_response(
-            503, f"degraded: {', '.join(down)} unavailable", slug="unhealthy", checks=checks,
-            headers={"Retry-After": "5"},
-        )
-    return _json({"status": "ok", "checks": checks})
-
-
-@router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    return request.app.state.metrics.response()
+    return health_response(await get_query_resources(request).health())
 
 
 # --- app -------------------------------------------------------------------------------
@@ -138,37 +119,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The query service as an ASGI app. Its lifespan opens (and closes) the connections."""
     settings = settings or get_settings()
-    app = FastAPI(
+    return build_app(
         title="Home timeline - query service",
-        version="1",
+        settings=settings,
         lifespan=lifespan,
-        redirect_slashes=False,
-        docs_url=None,
-        redoc_url=None,
+        router=router,
+        metrics=QueryMetrics(),
+        error_handlers=[install_dependency_errors, install_cassandra_errors],
     )
-    app.state.settings = settings
-    app.state.metrics = QueryMetrics()
-    app.router.redirect_slashes = False
-    errors.install(app)
-    install_dependency_errors(app)
-    install_cassandra_errors(app)
-    app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(QueryMetricsMiddleware, metrics=app.state.metrics)
-    return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m api.query_service", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level,
-                proxy_headers=False, server_header=False)
+    serve(create_app, prog="python -m api.query_service", description=__doc__.splitlines()[0],
+          default_port=DEFAULT_PORT, argv=argv)
 
 
 if __name__ == "__main__":

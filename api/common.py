@@ -1,0 +1,167 @@
+"""What the Post service and the query service share: the app skeleton, HTTP metrics,
+the ``/healthz`` and ``/metrics`` answers, and the command-line entry point.
+
+Each service keeps its routes, its resources and its own metrics class (a subclass of
+:class:`HttpMetrics` named after the service: ``post_http_*`` or ``query_http_*``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any, AsyncContextManager, Callable, Iterable, Sequence
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from api.body import BodyLimitMiddleware
+from settings import Settings, get_settings
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+class HttpMetrics:
+    """Prometheus metrics on a registry of their own (one per app, so tests can build many
+    apps in one process), exposed at ``GET /metrics``:
+    ``<service>_http_requests_total{method,route,status}`` and
+    ``<service>_http_request_seconds{method,route}``. Subclasses add their own."""
+
+    def __init__(self, service: str, buckets: Sequence[float]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            f"{service}_http_requests_total",
+            "HTTP requests by route template, method and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{service}_http_request_seconds",
+            "HTTP request latency by route template",
+            ["method", "route"],
+            buckets=tuple(buckets),
+            registry=self.registry,
+        )
+
+    def response(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request and its latency by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def health_response(checks: dict[str, dict[str, Any]]) -> Response:
+    """200 with every check, or 503 naming the failed checks that are required (a check
+    without a ``required`` flag is required)."""
+    down = sorted(name for name, check in checks.items() if not check.get("ok") and check.get("required", True))
+    if down:
+        return errors.problem_response(
+            503, f"degraded: {', '.join(down)} unavailable", slug="unhealthy", checks=checks,
+            headers={"Retry-After": "5"},
+        )
+    return json_response({"status": "ok", "checks": checks})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return request.app.state.metrics.response()
+
+
+# --- the app and its entry point -----------------------------------------------------------
+
+
+def build_app(
+    *,
+    title: str,
+    settings: Settings,
+    lifespan: Callable[[FastAPI], AsyncContextManager[None]],
+    router: APIRouter,
+    metrics: HttpMetrics,
+    error_handlers: Iterable[Callable[[FastAPI], None]] = (),
+    **state: Any,
+) -> FastAPI:
+    """A service's ASGI app: its routes plus ``GET /metrics``, problem-details errors (and
+    ``error_handlers``, each installing more), the body size limit and the HTTP metrics.
+    ``settings``, ``metrics`` and ``state`` are kept on ``app.state`` for the lifespan."""
+    app = FastAPI(
+        title=title,
+        version="1",
+        lifespan=lifespan,
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    for name, value in state.items():
+        setattr(app.state, name, value)
+    app.router.redirect_slashes = False
+    errors.install(app)
+    for install in error_handlers:
+        install(app)
+    app.include_router(router)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def serve(
+    create_app: Callable[[Settings], FastAPI],
+    *,
+    prog: str,
+    description: str,
+    default_port: int,
+    argv: list[str] | None = None,
+) -> None:
+    """Parse ``--host``, ``--port`` and ``--log-level`` and run the app under uvicorn."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level,
+                proxy_headers=False, server_header=False)
