@@ -54,7 +54,7 @@ from redis.asyncio.client import Pipeline
 from policies.timeline import merge_desc
 from settings import Settings
 from sinks.cassandra import CassandraStore
-from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, member, parse_member
+from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, drop_and_bump, member, parse_member
 from sinks.redis_tweets import RedisTweets
 
 MAX_ID = 2**63 - 1
@@ -240,15 +240,7 @@ class RedisFollowing:
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
         """Drop cached lists and bump their versions (after ``following`` changed in Cassandra)."""
-        user_ids = list(user_ids)
-        if not user_ids:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.delete(self.key(user_id))
-                pipe.incr(self.version_key(user_id))
-                pipe.expire(self.version_key(user_id), self.ttl_s)
-            await pipe.execute()
+        await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s)
 
     async def members(self, user_id: int) -> set[int] | None:
         """The cached list; None if it is not cached."""
@@ -493,15 +485,13 @@ class HomeTimelineReader:
             return entries, done, source
         n = need + SLACK
         if view.cached and view.cache_short_at != cursor:
-            key = self.timelines.key(user_id)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrevrangebylex(key, lex_below(cursor), "-", start=0, num=n + 1)
-                pipe.zrange(key, 0, 0)
-                window, lowest = await pipe.execute()
+            # n + 1 entries: one more than a chunk tells whether the region goes on.
+            cached = await self.timelines.read(user_id, below=None if cursor >= MAX_ID else cursor, limit=n + 1)
             stats.redis_round_trips += 1
             # Still cached, with the same floor: the window is good (else ask Cassandra).
-            if lowest and parse_member(lowest[0]) == (SENTINEL_ID, view.floor):
-                chunk = usable_chunk(cursor, window_entries(window, view.floor), view.whole, need, "cache")
+            if cached is not None and cached.floor == view.floor:
+                entries = [e for e in cached.entries if e[0] > view.floor]
+                chunk = usable_chunk(cursor, entries, view.whole, need, "cache")
                 if chunk is not None:
                     return chunk[1], chunk[2], chunk[3]
         rows = await self._cql(stats, "user_tl_below", (user_id, cursor, view.floor, n))

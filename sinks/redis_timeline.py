@@ -78,6 +78,21 @@ def parse_member(raw: bytes | str) -> tuple[int, int]:
     return int(tid), int(aid)
 
 
+async def drop_and_bump(redis: Redis, keys: Iterable[tuple[str, str]], ttl_s: int) -> None:
+    """Delete cached keys and bump their version counters (which expire after ``ttl_s``),
+    one pipeline for all: ``keys`` are (cached key, version key) pairs. A reader that
+    saw the old version will not refill the key with what it read before."""
+    keys = list(keys)
+    if not keys:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, version_key in keys:
+            pipe.delete(key)
+            pipe.incr(version_key)
+            pipe.expire(version_key, ttl_s)
+        await pipe.execute()
+
+
 @dataclass(frozen=True)
 class CachedTimeline:
     entries: list[tuple[int, int]]  # (tweet_id, author_id), newest first
@@ -132,15 +147,7 @@ class RedisTimelines:
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
         """Drop cached timelines (after a rebuild or a floor change) and bump versions."""
-        user_ids = list(user_ids)
-        if not user_ids:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.delete(self.key(user_id))
-                pipe.incr(self.version_key(user_id))
-                pipe.expire(self.version_key(user_id), self.ttl_s)
-            await pipe.execute()
+        await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s)
 
     async def version(self, user_id: int) -> str:
         raw = await self.redis.get(self.version_key(user_id))
