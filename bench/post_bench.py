@@ -26,8 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import statistics
 import sys
 import time
 import uuid
@@ -46,23 +44,11 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 
 from api.post_service import create_app  # noqa: E402
+# percentile: bench/run.py imports it from here.
+from bench.http_load import RawConnection, latency_ms, percentile, uvicorn_server  # noqa: E402,F401
 from settings import Settings, get_settings  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = (len(sorted_values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
 def scratch_settings(base: Settings, prefix: str, partitions: int) -> Settings:
@@ -88,25 +74,9 @@ async def service(settings: Settings, mode: str, concurrency: int) -> AsyncItera
                 yield c
         return
 
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                       lifespan="on", server_header=False)
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("uvicorn exited before starting")
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=timeout) as c:
+    async with uvicorn_server(app) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as c:
             yield c
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def load(
@@ -146,49 +116,6 @@ async def load(
     return latencies, dict(statuses), dict(errors), time.perf_counter() - began
 
 
-class RawConnection:
-    """A minimal HTTP/1.1 keep-alive client: httpx's pool costs more CPU per request than the
-    service itself at high concurrency, which would make the benchmark measure the client."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post_json(self, path: str, body: bytes, headers: dict[str, str]) -> int:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        head = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Content-Type: application/json",
-                f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
-        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        length = 0
-        close = False
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-            elif name.strip().lower() == "connection" and value.strip().lower() == "close":
-                close = True
-        if length:
-            await self.reader.readexactly(length)
-        if close:
-            await self.close()
-        return status
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            try:
-                await self.writer.wait_closed()
-            except OSError:
-                pass
-            self.reader = self.writer = None
-
-
 async def load_raw(
     base_url: str, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int
 ) -> tuple[list[float], dict[int, int], dict[str, int], float]:
@@ -203,7 +130,7 @@ async def load_raw(
         body = json.dumps({"text": f"bench tweet {i} \u2713"}, ensure_ascii=False).encode()
         started = time.perf_counter()
         try:
-            status = await conn.post_json("/v1/tweets", body, auths[i % len(auths)])
+            status, _ = await conn.request("POST", "/v1/tweets", auths[i % len(auths)], body)
             statuses[status] += 1
             if status == 201:
                 latencies.append(time.perf_counter() - started)
@@ -273,15 +200,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if args.topics == "scratch" and not args.keep_topics:
             try:
-                from aiokafka.admin import AIOKafkaAdminClient
+                from ops.schema import delete_topics_async
 
-                admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-                await admin.start()
-                try:
-                    await admin.delete_topics([settings.topic_tweets, settings.topic_follows, settings.topic_activity,
-                                               settings.topic_deliveries, settings.topic_dead_letters])
-                finally:
-                    await admin.close()
+                await delete_topics_async(settings)
             except Exception as exc:  # noqa: BLE001
                 print(f"warning: could not delete scratch topics: {exc}", file=sys.stderr)
 
@@ -305,13 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "transport_errors": dict(errors),
         "throughput_rps": round(ok / elapsed, 1) if elapsed else None,
-        "latency_ms": {
-            "p50": round(percentile(ordered, 0.50) * 1000, 2),
-            "p90": round(percentile(ordered, 0.90) * 1000, 2),
-            "p99": round(percentile(ordered, 0.99) * 1000, 2),
-            "max": round(ordered[-1] * 1000, 2) if ordered else None,
-            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
-        },
+        "latency_ms": latency_ms(ordered),
         "health": health,
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
     }

@@ -44,7 +44,6 @@ import os
 import platform
 import secrets
 import shutil
-import statistics
 import sys
 import time
 import uuid
@@ -64,10 +63,10 @@ from redis.asyncio import Redis  # noqa: E402
 
 from api.auth import hash_token, new_token  # noqa: E402
 from api.query_service import create_app  # noqa: E402
-from bench.post_bench import free_port, percentile  # noqa: E402
+from bench.http_load import RawConnection, latency_ms, uvicorn_server  # noqa: E402
 from bench.workload import produce  # noqa: E402
 from ops.lag import wait_caught_up  # noqa: E402
-from ops.schema import apply_cassandra, cassandra_cluster, create_topics_async  # noqa: E402
+from ops.schema import apply_cassandra, cassandra_cluster, create_topics_async, delete_topics_async  # noqa: E402
 from ops.worker import Worker  # noqa: E402
 from policies.reference import ReferenceModel  # noqa: E402
 from policies.snowflake import SnowflakeGenerator  # noqa: E402
@@ -150,41 +149,6 @@ class Population:
 # --- load generator (separate process) -----------------------------------------------------------
 
 
-class RawConnection:
-    """Minimal HTTP/1.1 keep-alive GET client: httpx costs more CPU per request than the service."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        head = [f"GET {path} HTTP/1.1", f"Host: {self.host}:{self.port}", *(f"{k}: {v}" for k, v in headers.items())]
-        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        body = await self.reader.readexactly(length) if length else b""
-        return status, body
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            try:
-                await self.writer.wait_closed()
-            except OSError:
-                pass
-            self.reader = self.writer = None
-
-
 async def load(
     base_url: str, redis_url: str, targets: list[tuple[str, dict[str, str], str | None]],
     requests: int, concurrency: int, expected_source: str,
@@ -205,7 +169,7 @@ async def load(
                 await redis.delete(drop_key)
             started = time.perf_counter()
             try:
-                status, body = await conn.get(path, headers)
+                status, body = await conn.request("GET", path, headers)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 problems[type(exc).__name__] += 1
                 await conn.close()
@@ -237,10 +201,6 @@ def load_in_process(*args: Any) -> dict[str, Any]:
 def summarize(name: str, celebs: int, outcome: dict[str, Any], requests: int, concurrency: int) -> dict[str, Any]:
     ordered = sorted(outcome["latencies"])
     ok = outcome["statuses"].get(200, 0)
-
-    def ms(q: float) -> float:
-        return round(percentile(ordered, q) * 1000, 2)
-
     return {
         "scenario": name,
         "celebrities_followed": celebs,
@@ -251,11 +211,7 @@ def summarize(name: str, celebs: int, outcome: dict[str, Any], requests: int, co
         "problems": outcome["problems"],
         "elapsed_s": round(outcome["elapsed"], 3),
         "throughput_rps": round(ok / outcome["elapsed"], 1) if outcome["elapsed"] else None,
-        "latency_ms": {
-            "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99), "p999": ms(0.999),
-            "max": round(ordered[-1] * 1000, 2) if ordered else None,
-            "mean": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
-        },
+        "latency_ms": latency_ms(ordered, (0.50, 0.90, 0.99, 0.999)),
     }
 
 
@@ -279,7 +235,6 @@ async def build_world(settings: Settings, pop: Population, workdir: Path) -> flo
 
 
 async def teardown(settings: Settings, accounts: list[int]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
     import psycopg
 
     redis = Redis.from_url(settings.redis_url)
@@ -300,18 +255,11 @@ async def teardown(settings: Settings, accounts: list[int]) -> None:
             cluster.shutdown()
 
     await asyncio.to_thread(drop_keyspace)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([settings.topic_tweets, settings.topic_follows, settings.topic_activity,
-                                   settings.topic_deliveries, settings.topic_dead_letters])
-    finally:
-        await admin.close()
+    await delete_topics_async(settings)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import psycopg
-    import uvicorn
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     tag = f"{stamp.lower()}_{uuid.uuid4().hex[:6]}"
@@ -335,17 +283,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             reference.apply(event)
 
         app = create_app(settings)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                               access_log=False, lifespan="on", server_header=False))
-        task = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before starting")
-                await asyncio.sleep(0.05)
-            base = f"http://127.0.0.1:{port}"
+        async with uvicorn_server(app) as base:
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
                 health = (await client.get("/healthz")).json()
                 # Warm up (fills caches, emits the readers' user_active) and check correctness.
@@ -388,9 +326,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         lat = results[key]["latency_ms"]
                         print(f"{key:<14} {results[key]['throughput_rps']:>8} req/s  p50 {lat['p50']} ms  "
                               f"p99 {lat['p99']} ms  p999 {lat['p999']} ms  problems {results[key]['problems']}")
-        finally:
-            server.should_exit = True
-            await task
     finally:
         await teardown(settings, list(tokens))
         shutil.rmtree(workdir / "faust", ignore_errors=True)  # the worker's log stays

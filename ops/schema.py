@@ -200,6 +200,19 @@ async def create_topics_async(
         await admin.close()
 
 
+async def delete_topics_async(settings: Settings) -> None:
+    """Delete the service's topics: for the scratch namespaces of tests and benchmarks, never
+    the real log."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([spec.name for spec in topic_specs(settings)])
+    finally:
+        await admin.close()
+
+
 async def _reconcile_existing(admin: Any, specs: list[TopicSpec]) -> dict[str, str]:
     described = await admin.describe_topics([s.name for s in specs])
     have = {t["topic"]: len(t["partitions"]) for t in described}

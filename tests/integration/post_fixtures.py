@@ -17,12 +17,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from api.errors import PROBLEM_JSON
 from api.post_service import create_app
-from ops.schema import create_topics_async
+from ops.schema import create_topics_async, delete_topics_async as delete_topics
 from schemas.events import decode
 from settings import Settings, get_settings
 
@@ -42,18 +41,6 @@ def topic_settings(base: Settings, prefix: str) -> Settings:
         topic_dead_letters=f"{prefix}dead-letters",
         topic_partitions=PARTITIONS,
     )
-
-
-async def delete_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(
-            [settings.topic_tweets, settings.topic_follows, settings.topic_activity,
-             settings.topic_deliveries, settings.topic_dead_letters]
-        )
-    finally:
-        await admin.close()
 
 
 @pytest_asyncio.fixture(scope="module")

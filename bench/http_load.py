@@ -1,0 +1,107 @@
+"""What the HTTP benchmarks (``bench/post_bench.py``, ``bench/read_bench.py``) share: a free
+loopback port, an app under uvicorn in this process, percentiles and latency summaries,
+and a minimal keep-alive HTTP/1.1 client for the load generator."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Sequence
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = (len(sorted_values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def latency_ms(ordered: list[float], quantiles: Sequence[float] = (0.50, 0.90, 0.99)) -> dict[str, float | None]:
+    """Percentiles (``p50``, ``p90``, ``p99``, ``p999`` for 0.999 ...), max and mean of sorted
+    latencies in seconds, in milliseconds."""
+    out: dict[str, float | None] = {
+        "p" + format(q * 100, "g").replace(".", ""): round(percentile(ordered, q) * 1000, 2) for q in quantiles
+    }
+    out["max"] = round(ordered[-1] * 1000, 2) if ordered else None
+    out["mean"] = round(statistics.fmean(ordered) * 1000, 2) if ordered else None
+    return out
+
+
+@asynccontextmanager
+async def uvicorn_server(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` under uvicorn on a free loopback port in this event loop; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                       lifespan="on", server_header=False)
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn exited before starting")
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class RawConnection:
+    """A minimal HTTP/1.1 keep-alive client: httpx's pool costs more CPU per request than the
+    services themselves at high concurrency, which would make a benchmark measure the client."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """(status, body) of one request; the connection is opened on first use and closed
+        when the server says ``Connection: close``."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        if body is not None:
+            head += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + (body or b""))
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+            elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        data = await self.reader.readexactly(length) if length else b""
+        if close:
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.reader = self.writer = None
