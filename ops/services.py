@@ -468,6 +468,13 @@ auto_snapshot: false
 snapshot_before_compaction: false
 incremental_backups: false
 compaction_throughput: 64MiB/s
+# Writes go as UNLOGGED batches (sinks/cassandra.py: up to 32 rows, about 16 KiB,
+# one batch per replica set), which by design span as many partitions as rows:
+# warn only above what the client sends (defaults: 10 partitions, 5 KiB), fail at
+# the default 50 KiB. See docs/operations.md, "Batched Cassandra writes".
+unlogged_batch_across_partitions_warn_threshold: 64
+batch_size_warn_threshold: 32KiB
+batch_size_fail_threshold: 50KiB
 """
 
 

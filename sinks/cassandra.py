@@ -1,27 +1,61 @@
-"""Cassandra adapter: asyncio bridge, prepared statements, bounded concurrency.
+"""Cassandra adapter: asyncio bridge, prepared statements, batched writes.
 
 cassandra-driver has no native asyncio: ``execute_async`` returns a
 ``ResponseFuture`` whose callbacks run on the driver's event-loop thread, so
 results are handed to the asyncio loop with ``loop.call_soon_threadsafe``.
-Every statement here is prepared once, and ``execute_many`` keeps at most
-``concurrency`` requests in flight.
+Every statement here is prepared once.
+
+``execute_many`` sends its writes as UNLOGGED batches of at most
+``batch_size`` statements (and about ``batch_bytes`` bytes), at most
+``batch_concurrency`` batches in flight: one driver request (and one
+coordinator round) per batch instead of per row, which is what the driver's
+I/O thread and the server spend most of their CPU on. A batch spans at most
+as many partitions, and about half as many bytes, as the server's batch
+warnings allow (read from ``system_views.settings`` when the store opens):
+each warning would cost a log line in the server and one in the driver per
+request. ``plan_batches`` (pure)
+decides which statements share a batch:
+
+* only statements whose partitions live on the same replicas (one group per
+  replica set; with a single host, one group), so a batch never makes its
+  coordinator fan out to other nodes;
+* never two statements on the same row: statements of one batch share one
+  write timestamp, and with equal timestamps a tombstone beats an insert
+  whatever their order. Rows are known from ``ROW_KEYS``; a statement that is
+  not listed there (a partition delete, a bench-only statement) is sent alone
+  and ends the open batches, so everything after it is written after it.
+
+Statements and batches are submitted in input order and the driver stamps each
+request with a client-side, monotonic timestamp, so within one call a later
+statement still wins over an earlier one on the same row, as it did unbatched.
 """
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Hashable, Iterable, Sequence, TypeVar
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.policies import RoundRobinPolicy
-from cassandra.query import PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from settings import Settings
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "ops" / "schema.cql"
+T = TypeVar("T")
+
+# Batching defaults (CassandraStore fields). Cassandra warns about unlogged
+# batches over more than `unlogged_batch_across_partitions_warn_threshold`
+# partitions and over `batch_size_warn_threshold` bytes, and rejects batches
+# over `batch_size_fail_threshold` (50 KiB by default): ops/services.py sets
+# the warnings above these limits, see docs/operations.md.
+BATCH_SIZE = 32  # statements per batch
+BATCH_BYTES = 16 * 1024  # estimated payload per batch (values + per-statement overhead)
+BATCH_CONCURRENCY = 8  # batches in flight per execute_many call
+STATEMENT_OVERHEAD_BYTES = 24  # a rough per-row cost on top of the values (timestamps, flags)
 
 
 def connect(settings: Settings, *, keyspace: str | None = None) -> tuple[Cluster, Session]:
@@ -68,13 +102,124 @@ def _resolve(fut: asyncio.Future, rows: Any, exc: BaseException | None) -> None:
         fut.set_result(rows)
 
 
+def estimate_bytes(params: Sequence[Any]) -> int:
+    """A rough size of one statement's mutation, to keep batches far below the server's limits."""
+    size = STATEMENT_OVERHEAD_BYTES
+    for value in params:
+        if isinstance(value, str):
+            size += len(value) if value.isascii() else len(value.encode())
+        elif isinstance(value, (bytes, bytearray)):
+            size += len(value)
+        elif value is not None:
+            size += 8
+    return size
+
+
+def plan_batches(
+    items: Sequence[T],
+    *,
+    max_statements: int,
+    max_bytes: int,
+    row_of: Callable[[T], tuple | None],
+    size_of: Callable[[T], int],
+    group_of: Callable[[T], Hashable] | None = None,
+    max_partitions: int | None = None,
+) -> list[list[T]]:
+    """Cut ``items`` into batches, in the order the batches were opened.
+
+    * A batch holds items of one group (``group_of``: e.g. the replica set of
+      the item's partition; ``None``: one group for all), at most
+      ``max_statements`` items, at most ``max_partitions`` distinct partitions
+      (a row key's first two fields, table and partition key) and at most
+      ``max_bytes`` (by ``size_of``; an item larger than that travels alone).
+    * No batch holds two items with the same ``row_of`` key: the later item
+      closes the open batch of its group and opens a new one (rows of one key
+      are always in one group, so the earlier item's batch comes first).
+    * An item whose ``row_of`` is ``None`` is not batchable: it closes every
+      open batch and becomes a batch of its own, so whatever came before it
+      is submitted before it and whatever comes after, after it.
+
+    Items keep their input order within each batch; a batch appears at the
+    position where it was opened, so an item never lands in a batch that is
+    submitted before the batch of an earlier item on the same row.
+    """
+    if max_statements < 1:
+        raise ValueError(f"max_statements must be >= 1, got {max_statements}")
+    if max_partitions is None:
+        max_partitions = max_statements
+    if max_partitions < 1:
+        raise ValueError(f"max_partitions must be >= 1, got {max_partitions}")
+    out: list[list[T]] = []
+    # group -> [batch (also referenced from out), its rows, its partitions, its bytes]
+    open_: dict[Hashable, list] = {}
+    for item in items:
+        row = row_of(item)
+        if row is None:
+            open_.clear()
+            out.append([item])
+            continue
+        group = group_of(item) if group_of is not None else None
+        size = size_of(item)
+        partition = row[:2]
+        current = open_.get(group)
+        if current is not None:
+            batch, rows, partitions, used = current
+            if (
+                len(batch) >= max_statements
+                or row in rows
+                or used + size > max_bytes
+                or (partition not in partitions and len(partitions) >= max_partitions)
+            ):
+                current = None
+        if current is None:
+            current = open_[group] = [[], set(), set(), 0]
+            out.append(current[0])
+        current[0].append(item)
+        current[1].add(row)
+        current[2].add(partition)
+        current[3] += size
+    return out
+
+
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def parse_bytes(value: str) -> int | None:
+    """A Cassandra data storage setting ("5KiB", "50KiB", "1MiB", "512B") in bytes; None if unreadable."""
+    value = (value or "").strip()
+    for unit in ("KiB", "MiB", "GiB", "B"):
+        if value.endswith(unit) and value[: -len(unit)].strip().isdigit():
+            return int(value[: -len(unit)]) * _UNITS[unit]
+    return None
+
+
+def batch_limits(server: dict[str, str], *, batch_size: int, batch_bytes: int) -> tuple[int, int]:
+    """(partitions per batch, bytes per batch) that stay below the server's batch warnings.
+
+    ``server`` maps setting names to values as ``system_views.settings`` shows
+    them; a missing or unreadable one counts as Cassandra's default (10
+    partitions, 5 KiB). Our byte estimate is rough, so half the server's
+    figure is used.
+    """
+    try:
+        partitions = int(server.get("unlogged_batch_across_partitions_warn_threshold", "10"))
+    except ValueError:
+        partitions = 10
+    warn = parse_bytes(server.get("batch_size_warn_threshold", "")) or 5 * 1024
+    return max(1, min(batch_size, partitions)), max(1024, min(batch_bytes, warn // 2))
+
+
 @dataclass
 class CassandraStore:
     """The project's Cassandra statements, prepared once per session."""
 
     session: Session
     keyspace: str
-    concurrency: int = 64
+    concurrency: int = 64  # requests in flight when statements go one by one
+    batch_size: int = BATCH_SIZE  # statements per UNLOGGED batch; 1 = no batching
+    batch_bytes: int = BATCH_BYTES
+    batch_concurrency: int = BATCH_CONCURRENCY  # batches in flight
+    batch_partitions: int = BATCH_SIZE  # distinct partitions per batch (see configure_batches)
     _stmts: dict[str, PreparedStatement] = field(default_factory=dict)
 
     QUERIES = {
@@ -107,13 +252,50 @@ class CassandraStore:
         ),
         "ping": "SELECT release_version FROM system.local",
     }
+    # The row each write touches: (table, indexes of its primary key values in
+    # the parameters, the partition key first: every table here has a one-column
+    # partition key). Only these statements are batched; any other statement
+    # (e.g. clear_user_tl, a partition delete) is sent alone, see plan_batches.
+    ROW_KEYS: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {
+        "insert_tweet": ("tweets", (0,)),
+        "mark_deleted": ("tweets", (1,)),
+        "insert_author_tl": ("author_timeline", (0, 1)),
+        "delete_author_tl": ("author_timeline", (0, 1)),
+        "insert_user_tl": ("user_timeline", (0, 1)),
+        "delete_user_tl": ("user_timeline", (0, 1)),
+        "set_meta": ("timeline_meta", (0,)),
+        "set_stale": ("timeline_meta", (1,)),
+        "set_floor": ("timeline_meta", (1,)),
+        "insert_following": ("following", (0, 1)),
+        "delete_following": ("following", (0, 1)),
+        "set_author_status": ("author_status", (0,)),
+    }
 
     @classmethod
-    def open(cls, settings: Settings, *, concurrency: int = 64) -> "CassandraStore":
+    def open(cls, settings: Settings, *, concurrency: int = 64, batch_size: int = BATCH_SIZE) -> "CassandraStore":
         _, session = connect(settings)
-        store = cls(session=session, keyspace=settings.cassandra_keyspace, concurrency=concurrency)
+        store = cls(session=session, keyspace=settings.cassandra_keyspace, concurrency=concurrency,
+                    batch_size=batch_size)
         store.prepare()
+        store.configure_batches()
         return store
+
+    BATCH_SETTINGS = ("unlogged_batch_across_partitions_warn_threshold", "batch_size_warn_threshold")
+
+    def configure_batches(self) -> None:
+        """Fit batches under the server's batch warnings (each warning is a log line in the server
+        and, per request, in the driver): read them from ``system_views.settings``."""
+        server: dict[str, str] = {}
+        try:
+            for name in self.BATCH_SETTINGS:
+                row = self.session.execute("SELECT value FROM system_views.settings WHERE name = %s", (name,)).one()
+                if row is not None and row.value is not None:
+                    server[name] = row.value
+        except Exception:  # noqa: BLE001 - an older server: assume its defaults
+            server = {}
+        self.batch_partitions, self.batch_bytes = batch_limits(
+            server, batch_size=self.batch_size, batch_bytes=self.batch_bytes
+        )
 
     def prepare(self) -> None:
         for name, cql in self.QUERIES.items():
@@ -128,19 +310,93 @@ class CassandraStore:
         return list(rows) if rows is not None else []
 
     async def execute_many(self, items: Iterable[tuple[str, Sequence[Any]]]) -> None:
-        """Run many writes, at most ``concurrency`` in flight; raise the first error.
+        """Run many writes as UNLOGGED batches (see the module doc); raise the first error.
 
-        Uses the driver's own ``execute_concurrent`` (callback-chained on its I/O
-        thread) from a worker thread: one thread hop per call instead of one
-        asyncio task and future per statement.
+        Plans the batches and runs the driver's own ``execute_concurrent``
+        (callback-chained on its I/O thread) in a worker thread: one thread hop
+        per call instead of one asyncio task and future per request.
+        ``batch_size`` 1 sends the statements one by one, at most
+        ``concurrency`` in flight.
         """
-        statements = [(self._stmts[name], params) for name, params in items]
-        if not statements:
-            return
-        await asyncio.to_thread(
-            execute_concurrent, self.session, statements,
-            concurrency=self.concurrency, raise_on_first_error=True, results_generator=False,
-        )
+        items = list(items)
+        if items:
+            await asyncio.to_thread(self._execute_many, items)
+
+    def _execute_many(self, items: list[tuple[str, Sequence[Any]]]) -> None:
+        if self.batch_size <= 1:
+            requests: list[tuple[Any, Any]] = [(self._stmts[name], params) for name, params in items]
+            concurrency = self.concurrency
+        else:
+            requests, concurrency = self._batched(items)
+        execute_concurrent(self.session, requests, concurrency=concurrency, raise_on_first_error=True,
+                           results_generator=False)
+
+    def _row_of(self, item: tuple[str, Sequence[Any]]) -> tuple | None:
+        """(table, partition key, clustering key...) of the row a write touches; None: not batchable."""
+        name, params = item
+        key = self.ROW_KEYS.get(name)
+        if key is None:
+            return None
+        table, idx = key
+        if len(idx) == 1:
+            return (table, params[idx[0]])
+        return (table, *(params[i] for i in idx))
+
+    @staticmethod
+    def _size_of(item: tuple[str, Sequence[Any]]) -> int:
+        return estimate_bytes(item[1])
+
+    def _replica_group(self) -> Callable[[Any], Hashable] | None:
+        """None (one group) with a single host; else the replica set of a bound statement's partition."""
+        metadata = self.session.cluster.metadata
+        if len(metadata.all_hosts()) <= 1:
+            return None
+        cache: dict[bytes, Hashable] = {}
+        keyspace = self.keyspace
+
+        def group(bound: Any) -> Hashable:
+            routing_key = bound.routing_key
+            found = cache.get(routing_key)
+            if found is None:
+                replicas = metadata.get_replicas(keyspace, routing_key) if routing_key is not None else []
+                found = cache[routing_key] = frozenset(h.host_id for h in replicas)
+            return found
+
+        return group
+
+    def _batched(self, items: list[tuple[str, Sequence[Any]]]) -> tuple[list[tuple[Any, Any]], int]:
+        stmts = self._stmts
+        replica_group = self._replica_group()
+        if replica_group is None:  # single host: any statements may share a batch
+            plan = plan_batches(items, max_statements=self.batch_size, max_bytes=self.batch_bytes,
+                                max_partitions=self.batch_partitions, row_of=self._row_of, size_of=self._size_of)
+            requests: list[tuple[Any, Any]] = []
+            for batch in plan:
+                if len(batch) == 1:
+                    name, params = batch[0]
+                    requests.append((stmts[name], params))
+                    continue
+                bs = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for name, params in batch:
+                    bs.add(stmts[name], params)
+                requests.append((bs, None))
+        else:
+            # Bind first: the routing key (partition) decides the replica set.
+            bound = [(item, stmts[item[0]].bind(item[1])) for item in items]
+            plan = plan_batches(bound, max_statements=self.batch_size, max_bytes=self.batch_bytes,
+                                max_partitions=self.batch_partitions, row_of=lambda b: self._row_of(b[0]),
+                                size_of=lambda b: self._size_of(b[0]), group_of=lambda b: replica_group(b[1]))
+            requests = []
+            for batch in plan:
+                if len(batch) == 1:
+                    requests.append((batch[0][1], None))
+                    continue
+                bs = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for _, statement in batch:
+                    bs.add(statement)
+                requests.append((bs, None))
+        batched = any(isinstance(r[0], BatchStatement) for r in requests)
+        return requests, (self.batch_concurrency if batched else self.concurrency)
 
     async def query_many(self, name: str, params_list: Sequence[Sequence[Any]]) -> list[list]:
         """Run the same read for many parameter sets concurrently; results in input order."""
