@@ -73,10 +73,21 @@ class RecipientBatch:
         # For the metrics, once apply() is done: rows by outcome, created_at of added tweets.
         self.counts: dict[str, int] = dict.fromkeys(("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt"), 0)
         self.created_at: list[int] = []
+        # user -> a private copy of their ``recipients`` row as of the last read or
+        # save in this batch: a recipient of many ops in one batch is read (a RocksDB
+        # get and a JSON decode) once. Only this batch writes the rows meanwhile
+        # (the agent runs with concurrency=1), and save() keeps the copy current.
+        self._recs: dict[int, dict] = {}
 
     # --- state ----------------------------------------------------------------
+    def _stored(self, user_id: int) -> dict:
+        rec = self._recs.get(user_id)
+        if rec is None:
+            rec = self._recs[user_id] = dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
+        return rec
+
     def state(self, user_id: int) -> dict:
-        rec = dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
+        rec = dict(self._stored(user_id))
         if rec.get("mirror_pending") and user_id not in self.meta:
             # A run of this batch changed it and died before apply(): mirror again.
             self.meta[user_id] = rec
@@ -91,6 +102,7 @@ class RecipientBatch:
             self.invalidate.add(user_id)
             self.pending[user_id] = current_event()
         recipients[entity_key(user_id)] = rec
+        self._recs[user_id] = dict(rec)
 
     def confirm(self) -> None:
         """After apply(): the mirrored state and rebuilds are written; clear their flags."""

@@ -210,6 +210,39 @@ async def test_a_user_returning_mid_batch_gets_the_skipped_tweets_back(
     ]
 
 
+async def test_a_batch_reads_each_recipient_once_and_sees_its_own_changes(
+    driver: AgentDriver, sinks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    u1, u2 = users_on_one_partition(2, start=1500)
+    await driver.run([active(u1, T0), active(u2, T0)])
+    reads: list[bytes] = []
+    real_get = recipients.get
+
+    def counting_get(key: bytes, default: Any = None) -> Any:
+        reads.append(key)
+        return real_get(key, default)
+
+    monkeypatch.setattr(recipients, "get", counting_get)
+    # u2 goes stale at the second add (31 days idle), so the third add skips u2 only
+    await driver.run([
+        ops_msg(add(80, [u1, u2], created_at=T0 + DAY)),
+        active(u1, T0 + 30 * DAY),
+        ops_msg(add(81, [u1, u2], created_at=T0 + 31 * DAY)),
+        ops_msg(add(82, [u1, u2], created_at=T0 + 2 * DAY)),
+    ])
+    assert timeline_writes(sinks) == [
+        ("insert_user_tl", (u1, 80, A)),
+        ("insert_user_tl", (u2, 80, A)),
+        ("insert_user_tl", (u1, 81, A)),
+        ("insert_user_tl", (u1, 82, A)),
+    ]
+    assert rec(u1) == {"active_at": T0 + 30 * DAY, "stale": False, "floor": 0}
+    assert rec(u2) == {"active_at": T0, "stale": True, "floor": 0}
+    assert meta_writes(sinks) == [(u2, 0, True)]
+    # one read each while the ops ran; u2's flag is cleared after apply() with one more
+    assert reads == [entity_key(u1), entity_key(u2), entity_key(u2)]
+
+
 async def test_activity_of_an_active_user_only_moves_active_at(driver: AgentDriver, sinks: Any) -> None:
     user = 1004
     await driver.run([active(user, T0)])
