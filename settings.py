@@ -120,6 +120,30 @@ class Settings:
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
+    def isolated(self, namespace: str, tag: str, workdir: str | os.PathLike[str], **overrides: Any) -> "Settings":
+        """These settings moved into a world of their own on the same servers, for tests and
+        benchmarks: topics ``<namespace>-<kind>-<tag>`` with 4 partitions, Cassandra keyspace
+        and PostgreSQL schema ``<namespace>_<tag>`` (dashes as underscores), Redis prefix
+        ``<namespace>:<tag>:``, Faust app id (the consumer group) ``<namespace>-<tag>`` and
+        RocksDB folder ``<workdir>/faust``. ``overrides`` replace any of these or other fields.
+        Creating the topics, keyspace and schema is the caller's business (``ops.schema``)."""
+        ident = f"{namespace}_{tag}".replace("-", "_")
+        values: dict[str, Any] = dict(
+            topic_tweets=f"{namespace}-tweets-{tag}",
+            topic_follows=f"{namespace}-follows-{tag}",
+            topic_activity=f"{namespace}-activity-{tag}",
+            topic_deliveries=f"{namespace}-deliveries-{tag}",
+            topic_dead_letters=f"{namespace}-dead-{tag}",
+            topic_partitions=4,
+            cassandra_keyspace=ident,
+            postgres_schema=ident,
+            redis_prefix=f"{namespace}:{tag}:",
+            app_id=f"{namespace}-{tag}",
+            faust_datadir=os.path.join(os.fspath(workdir), "faust"),
+        )
+        values.update(overrides)
+        return self.replace(**values)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

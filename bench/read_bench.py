@@ -85,20 +85,10 @@ LIMIT = 50
 
 
 def bench_settings(base: Settings, tag: str, threshold: int, workdir: Path) -> Settings:
-    return base.replace(
-        topic_tweets=f"bench-read-{tag}-tweets",
-        topic_follows=f"bench-read-{tag}-follows",
-        topic_activity=f"bench-read-{tag}-activity",
-        topic_deliveries=f"bench-read-{tag}-deliveries",
-        topic_dead_letters=f"bench-read-{tag}-dead",
-        topic_partitions=8,
-        cassandra_keyspace=f"bench_read_{tag}",
-        redis_prefix=f"bench:read:{tag}:",
-        app_id=f"bench-read-{tag}",
-        faust_datadir=str(workdir / "faust"),
-        celebrity_threshold=threshold,
-        celebrity_hysteresis=2,
-    )
+    """A namespace of its own (``Settings.isolated``), except PostgreSQL: the readers' accounts
+    go to the base schema's ``users`` and are deleted by ``teardown``."""
+    return base.isolated("bench-read", tag, workdir, topic_partitions=8, postgres_schema=base.postgres_schema,
+                         celebrity_threshold=threshold, celebrity_hysteresis=2)
 
 
 class Population:

@@ -25,22 +25,9 @@ from sinks.redis_timeline import RedisTimelines
 
 
 def isolated_settings(tmp_path: Path, **overrides) -> Settings:
-    tag = uuid.uuid4().hex[:10]
-    base = dict(
-        topic_tweets=f"it-tweets-{tag}",
-        topic_follows=f"it-follows-{tag}",
-        topic_activity=f"it-activity-{tag}",
-        topic_deliveries=f"it-deliveries-{tag}",
-        topic_dead_letters=f"it-dead-{tag}",
-        topic_partitions=4,
-        cassandra_keyspace=f"it_{tag}",
-        postgres_schema=f"it_{tag}",
-        redis_prefix=f"it:{tag}:",
-        app_id=f"it-{tag}",
-        faust_datadir=str(tmp_path / "faust"),
-    )
-    base.update(overrides)
-    return get_settings().replace(**base)
+    """The environment's settings in a namespace of their own (``Settings.isolated``): ``it-*``
+    topics with 4 partitions, keyspace and schema ``it_<tag>``, Redis prefix ``it:<tag>:``."""
+    return get_settings().isolated("it", uuid.uuid4().hex[:10], tmp_path, **overrides)
 
 
 def provision(settings: Settings) -> None:
