@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from typing import Any, AsyncContextManager, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
@@ -110,11 +111,20 @@ async def metrics_endpoint(request: Request) -> Response:
 # --- the app and its entry point -----------------------------------------------------------
 
 
+class ServiceResources(Protocol):
+    """The connections a service holds for its lifetime (``api.deps.Resources``,
+    ``api.query_deps.QueryResources``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 def build_app(
     *,
     title: str,
     settings: Settings,
-    lifespan: Callable[[FastAPI], AsyncContextManager[None]],
+    resources: Callable[[FastAPI], ServiceResources],
     router: APIRouter,
     metrics: HttpMetrics,
     error_handlers: Iterable[Callable[[FastAPI], None]] = (),
@@ -122,7 +132,20 @@ def build_app(
 ) -> FastAPI:
     """A service's ASGI app: its routes plus ``GET /metrics``, problem-details errors (and
     ``error_handlers``, each installing more), the body size limit and the HTTP metrics.
-    ``settings``, ``metrics`` and ``state`` are kept on ``app.state`` for the lifespan."""
+    ``settings``, ``metrics`` and ``state`` are kept on ``app.state``. The lifespan creates
+    the resources with ``resources(app)``, starts them, keeps them on
+    ``app.state.resources`` and stops them at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        res = resources(app)
+        await res.start()
+        app.state.resources = res
+        try:
+            yield
+        finally:
+            await res.stop()
+
     app = FastAPI(
         title=title,
         version="1",

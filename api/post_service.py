@@ -46,9 +46,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
 import psycopg
 import redis.exceptions
@@ -364,20 +363,13 @@ async def healthz(request: Request) -> Response:
 # --- app -------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    res = Resources.create(
+def _resources(app: FastAPI) -> Resources:
+    return Resources.create(
         app.state.settings,
         kafka_timeout_s=app.state.kafka_timeout_s,
         instance=app.state.instance,
         metrics=app.state.metrics,
     )
-    await res.start()
-    app.state.resources = res
-    try:
-        yield
-    finally:
-        await res.stop()
 
 
 def create_app(
@@ -388,7 +380,7 @@ def create_app(
     return build_app(
         title="Home timeline - Post service",
         settings=settings,
-        lifespan=lifespan,
+        resources=_resources,
         router=router,
         metrics=Metrics(),
         error_handlers=[install_dependency_errors],

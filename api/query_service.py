@@ -32,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
@@ -105,15 +103,8 @@ async def healthz(request: Request) -> Response:
 # --- app -------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    res = QueryResources.create(app.state.settings, metrics=app.state.metrics)
-    await res.start()
-    app.state.resources = res
-    try:
-        yield
-    finally:
-        await res.stop()
+def _resources(app: FastAPI) -> QueryResources:
+    return QueryResources.create(app.state.settings, metrics=app.state.metrics)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -122,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return build_app(
         title="Home timeline - query service",
         settings=settings,
-        lifespan=lifespan,
+        resources=_resources,
         router=router,
         metrics=QueryMetrics(),
         error_handlers=[install_dependency_errors, install_cassandra_errors],
