@@ -120,6 +120,19 @@ class Settings:
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
+    def with_topic_prefix(self, prefix: str, partitions: int) -> "Settings":
+        """Scratch topics ``<prefix>tweets``, ``<prefix>follows``, ``<prefix>user-activity``,
+        ``<prefix>timeline-deliveries``, ``<prefix>dead-letters`` with ``partitions`` each;
+        the stores stay as they are."""
+        return self.replace(
+            topic_tweets=f"{prefix}tweets",
+            topic_follows=f"{prefix}follows",
+            topic_activity=f"{prefix}user-activity",
+            topic_deliveries=f"{prefix}timeline-deliveries",
+            topic_dead_letters=f"{prefix}dead-letters",
+            topic_partitions=partitions,
+        )
+
     def isolated(self, namespace: str, tag: str, workdir: str | os.PathLike[str], **overrides: Any) -> "Settings":
         """These settings moved into a world of their own on the same servers, for tests and
         benchmarks: topics ``<namespace>-<kind>-<tag>`` with 4 partitions, Cassandra keyspace

@@ -51,17 +51,6 @@ from settings import Settings, get_settings  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 
 
-def scratch_settings(base: Settings, prefix: str, partitions: int) -> Settings:
-    return base.replace(
-        topic_tweets=f"{prefix}tweets",
-        topic_follows=f"{prefix}follows",
-        topic_activity=f"{prefix}user-activity",
-        topic_deliveries=f"{prefix}timeline-deliveries",
-        topic_dead_letters=f"{prefix}dead-letters",
-        topic_partitions=partitions,
-    )
-
-
 @asynccontextmanager
 async def service(settings: Settings, mode: str, concurrency: int) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
@@ -170,7 +159,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.topics == "scratch":
         from ops.schema import create_topics_async
 
-        settings = scratch_settings(base, f"bench-{stamp.lower()}-{uuid.uuid4().hex[:6]}-", args.partitions)
+        settings = base.with_topic_prefix(f"bench-{stamp.lower()}-{uuid.uuid4().hex[:6]}-", args.partitions)
         await create_topics_async(settings, partitions=args.partitions)
     settings = settings.replace(post_rate_burst=10**9, post_rate_per_s=10**9)
 

@@ -32,21 +32,10 @@ def unique_handle(prefix: str = "t") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
-def topic_settings(base: Settings, prefix: str) -> Settings:
-    return base.replace(
-        topic_tweets=f"{prefix}tweets",
-        topic_follows=f"{prefix}follows",
-        topic_activity=f"{prefix}user-activity",
-        topic_deliveries=f"{prefix}timeline-deliveries",
-        topic_dead_letters=f"{prefix}dead-letters",
-        topic_partitions=PARTITIONS,
-    )
-
-
 @pytest_asyncio.fixture(scope="module")
 async def post_settings(services: Any) -> AsyncIterator[Settings]:
     prefix = f"it-post-{uuid.uuid4().hex[:10]}-"
-    settings = topic_settings(get_settings(), prefix)
+    settings = get_settings().with_topic_prefix(prefix, PARTITIONS)
     await create_topics_async(settings, partitions=PARTITIONS)
     yield settings
     try:

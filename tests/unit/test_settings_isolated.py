@@ -1,4 +1,4 @@
-"""``Settings.isolated``: the namespace tests and benchmarks run in on the shared servers."""
+"""``Settings.isolated`` and ``with_topic_prefix``: the namespaces tests and benchmarks run in on the shared servers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,3 +28,14 @@ def test_overrides_win_and_other_fields_are_kept(tmp_path: Path) -> None:
     s = base.isolated("it", "x", tmp_path, topic_partitions=8, postgres_schema="public", celebrity_hysteresis=2)
     assert (s.topic_partitions, s.postgres_schema, s.celebrity_threshold, s.celebrity_hysteresis) == (8, "public", 50, 2)
     assert s.kafka_bootstrap == base.kafka_bootstrap and s.redis_url == base.redis_url
+
+
+def test_a_topic_prefix_moves_only_the_topics() -> None:
+    base = Settings()
+    s = base.with_topic_prefix("bench-x-", 8)
+    assert (s.topic_tweets, s.topic_follows, s.topic_activity, s.topic_deliveries, s.topic_dead_letters) == (
+        "bench-x-tweets", "bench-x-follows", "bench-x-user-activity", "bench-x-timeline-deliveries",
+        "bench-x-dead-letters")
+    assert s.topic_partitions == 8
+    assert (s.cassandra_keyspace, s.postgres_schema, s.redis_prefix, s.app_id) == (
+        base.cassandra_keyspace, base.postgres_schema, base.redis_prefix, base.app_id)
