@@ -66,7 +66,7 @@ from api.query_service import create_app  # noqa: E402
 from bench.http_load import RawConnection, latency_ms, uvicorn_server  # noqa: E402
 from bench.workload import produce  # noqa: E402
 from ops.lag import wait_caught_up  # noqa: E402
-from ops.schema import apply_cassandra, cassandra_cluster, create_topics_async, delete_topics_async  # noqa: E402
+from ops.schema import apply_cassandra, create_topics_async, drop_namespace  # noqa: E402
 from ops.worker import Worker  # noqa: E402
 from policies.reference import ReferenceModel  # noqa: E402
 from policies.snowflake import SnowflakeGenerator  # noqa: E402
@@ -227,25 +227,9 @@ async def build_world(settings: Settings, pop: Population, workdir: Path) -> flo
 async def teardown(settings: Settings, accounts: list[int]) -> None:
     import psycopg
 
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await redis.unlink(*keys[i : i + 1000])
-    finally:
-        await redis.aclose()
     async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True, **settings.postgres_kwargs()) as conn:
         await conn.execute("DELETE FROM users WHERE user_id = ANY(%s)", (accounts,))
-
-    def drop_keyspace() -> None:
-        cluster = cassandra_cluster(settings)
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=60)
-        finally:
-            cluster.shutdown()
-
-    await asyncio.to_thread(drop_keyspace)
-    await delete_topics_async(settings)
+    await drop_namespace(settings)  # its users live in the base schema: that one stays
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

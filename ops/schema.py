@@ -225,3 +225,66 @@ async def _reconcile_existing(admin: Any, specs: list[TopicSpec]) -> dict[str, s
             else f"exists with {count} partitions (wanted {spec.partitions})"
         )
     return outcome
+
+
+async def drop_namespace(settings: Settings, *, postgres_schema: bool = True) -> dict[str, Any]:
+    """Remove what a test or benchmark namespace (``Settings.isolated``) left on the servers:
+    its topics and Faust's (changelogs, named after the app id), its Redis keys, Cassandra
+    keyspace and, unless told otherwise, PostgreSQL schema. Refuses the service's real
+    names. Best effort per server; returns what was removed and any error."""
+    real = Settings()
+    if (settings.cassandra_keyspace == real.cassandra_keyspace or settings.redis_prefix == real.redis_prefix
+            or settings.app_id == real.app_id or settings.topic_tweets == real.topic_tweets):
+        raise ValueError("drop_namespace is for isolated namespaces, not the service's own names")
+    done: dict[str, Any] = {}
+    try:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            ours = {spec.name for spec in topic_specs(settings)}
+            names = [t for t in await admin.list_topics() if t in ours or t.startswith(f"{settings.app_id}-")]
+            if names:
+                await admin.delete_topics(names)
+            done["kafka_topics_deleted"] = len(names)
+        finally:
+            await admin.close()
+    except Exception as exc:  # noqa: BLE001 - clean what we can
+        done["kafka_error"] = repr(exc)
+    try:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=2000)]
+            for i in range(0, len(keys), 1000):
+                await redis.unlink(*keys[i:i + 1000])
+            done["redis_keys_deleted"] = len(keys)
+        finally:
+            await redis.aclose()
+    except Exception as exc:  # noqa: BLE001
+        done["redis_error"] = repr(exc)
+
+    def cassandra() -> None:
+        cluster = cassandra_cluster(settings)
+        try:
+            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=120)
+        finally:
+            cluster.shutdown()
+
+    try:
+        await asyncio.to_thread(cassandra)
+        done["cassandra_keyspace_dropped"] = settings.cassandra_keyspace
+    except Exception as exc:  # noqa: BLE001
+        done["cassandra_error"] = repr(exc)
+    if postgres_schema and settings.postgres_schema != real.postgres_schema:
+        try:
+            import psycopg
+
+            async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True) as conn:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {settings.postgres_schema} CASCADE")
+            done["postgres_schema_dropped"] = settings.postgres_schema
+        except Exception as exc:  # noqa: BLE001
+            done["postgres_error"] = repr(exc)
+    return done

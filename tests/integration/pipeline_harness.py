@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import httpx
-import psycopg
 from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
 from api.query_service import create_app
-from ops.schema import apply_cassandra, apply_postgres, cassandra_cluster, create_topics, run_sync
+from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace, run_sync
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
 from sinks.reader import HomeTimelineReader
@@ -36,47 +35,10 @@ def provision(settings: Settings) -> None:
     create_topics(settings, settings.topic_partitions)
 
 
-async def _drop_topics(settings: Settings) -> None:
-    """The world's topics, and Faust's own (changelogs, named after the app id)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        ours = {settings.topic_tweets, settings.topic_follows, settings.topic_activity,
-                settings.topic_deliveries, settings.topic_dead_letters}
-        topics = [t for t in await admin.list_topics() if t in ours or t.startswith(f"{settings.app_id}-")]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
-async def _drop_redis(settings: Settings) -> None:
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await redis.unlink(*keys[i:i + 1000])
-    finally:
-        await redis.aclose()
-
-
 def drop(settings: Settings) -> None:
     """Remove everything an isolated world left in the four servers."""
-    try:
-        run_sync(_drop_topics(settings))
-    except Exception:  # noqa: BLE001 - best effort: leftover test topics are harmless
-        pass
-    run_sync(_drop_redis(settings))
-    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {settings.postgres_schema} CASCADE")
-    cluster = cassandra_cluster(settings)
-    try:
-        session = cluster.connect()
-        session.execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=60)
-    finally:
-        cluster.shutdown()
+    done = run_sync(drop_namespace(settings))
+    assert not [k for k in done if k.endswith("_error")], done
 
 
 @asynccontextmanager

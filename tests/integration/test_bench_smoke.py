@@ -133,3 +133,23 @@ async def test_small_benchmark_reports_every_section(tmp_path: Path, services: S
 
     with psycopg.connect(services.postgres_dsn) as conn:
         assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (f"bench_{tag}",)).fetchone() is None
+
+
+def test_many_followers_benchmark_at_a_small_size(tmp_path: Path, services: Settings) -> None:
+    """``bench.million_followers`` end to end at 12,000 followers (over the 10,000 threshold):
+    the star becomes a celebrity, its later tweet is not pushed, sampled timelines match."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.million_followers", "--followers", "12000", "--sample", "10",
+         "--partitions", "4", "--out-dir", str(tmp_path), "--timeout", "400"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    (report_file,) = tmp_path.glob("million-followers-*.json")
+    report = json.loads(report_file.read_text())
+    checks = report["checks"]
+    assert report["ok"] and checks["expected_celebrity"] and checks["star_status"]["celebrity"]
+    assert checks["star_status"]["followers"] == 12000 - 10
+    assert checks["t1_rows_in_sampled_user_timelines"] == 0 and checks["timelines_differing_from_reference"] == {}
+    assert [c["follows"] for c in report["checkpoints"]] == [1200, 12000]
+    assert all(c["changelog_bytes_per_follow"] > 0 for c in report["checkpoints"])
+    assert not [k for k in report["cleanup"] if k.endswith("_error")], report["cleanup"]

@@ -39,3 +39,15 @@ def test_a_topic_prefix_moves_only_the_topics() -> None:
     assert s.topic_partitions == 8
     assert (s.cassandra_keyspace, s.postgres_schema, s.redis_prefix, s.app_id) == (
         base.cassandra_keyspace, base.postgres_schema, base.redis_prefix, base.app_id)
+
+
+async def test_drop_namespace_refuses_the_service_own_names() -> None:
+    import pytest
+
+    from ops.schema import drop_namespace
+    from settings import Settings
+
+    with pytest.raises(ValueError, match="isolated namespaces"):
+        await drop_namespace(Settings())
+    with pytest.raises(ValueError):
+        await drop_namespace(Settings().replace(topic_tweets="x"))  # keyspace, prefix, app id still real
