@@ -78,6 +78,10 @@ class Settings:
     # Token bucket per user: a burst allowance, refilled at a sustained rate.
     post_rate_burst: int = _env("TL_POST_RATE_BURST", 50, int)
     post_rate_per_s: float = _env("TL_POST_RATE_PER_S", 0.5, float)
+    # Reads (query service), per reader: home timelines per user, author timelines per
+    # user or, without a token, per client address.
+    read_rate_burst: int = _env("TL_READ_RATE_BURST", 300, int)
+    read_rate_per_s: float = _env("TL_READ_RATE_PER_S", 5.0, float)
     snowflake_worker_id: int = _env("TL_SNOWFLAKE_WORKER_ID", -1, int)
     snowflake_epoch_ms: int = _env("TL_SNOWFLAKE_EPOCH_MS", 1288834974657, int)
     # Cap on request bodies, bytes.

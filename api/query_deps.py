@@ -32,6 +32,7 @@ from api.errors import problem_response
 from api.kafka import KafkaGateway
 from api.query_handles import ActivityTracker, HandleCache
 from api.query_metrics import QueryMetrics
+from api.ratelimit import RedisTokenBucket
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.reader import HomeTimelineReader, RedisFollowing
@@ -116,6 +117,7 @@ class QueryResources:
     following: RedisFollowing
     handles: HandleCache
     activity: ActivityTracker
+    limiter: RedisTokenBucket
     # token hash -> (user id, expires at monotonic): used by api.auth
     token_cache: dict[bytes, tuple[int, float]] = field(default_factory=dict)
     _reader: HomeTimelineReader | None = None
@@ -141,6 +143,8 @@ class QueryResources:
             handles=HandleCache(rds, _connections(pg), metrics, prefix=settings.redis_prefix),
             activity=ActivityTracker(rds, kafka, metrics, topic=settings.topic_activity,
                                      prefix=settings.redis_prefix),
+            limiter=RedisTokenBucket(rds, burst=settings.read_rate_burst, rate_per_s=settings.read_rate_per_s,
+                                     prefix=f"{settings.redis_prefix}ratelimit:read:"),
         )
         return res
 

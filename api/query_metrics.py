@@ -8,6 +8,7 @@ can build many apps in one process). Exposed at ``GET /metrics``.
   ``tweet`` (bodies) or ``handle``; ``result`` is ``hit`` or ``miss``
 * ``timeline_store_queries_total{timeline}``: Cassandra queries made by reads
 * ``timeline_redis_round_trips_total{timeline}``: Redis round trips made by the reader
+* ``query_rate_limited_total{timeline}``: reads refused with 429 by the per-reader rate limit
 * ``timeline_activity_events_total{result}``: ``user_active`` emitted, throttled or failed
 """
 from __future__ import annotations
@@ -36,6 +37,10 @@ class QueryMetrics(HttpMetrics):
         )
         self.redis_round_trips = Counter(
             "timeline_redis_round_trips_total", "Redis round trips made by the reader", ["timeline"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "query_rate_limited_total", "Reads refused with 429 by the per-reader rate limit", ["timeline"],
             registry=self.registry,
         )
         self.activity = Counter(

@@ -23,7 +23,10 @@ outside producers); ``created_at`` is ISO-8601 UTC.
 Reading a home timeline counts as activity: at most once per 5 minutes per user a
 ``user_active`` event goes to the activity topic, so stage 2 resumes deliveries (and
 rebuilds a stale timeline). Errors are RFC 9457 problem details (``api.errors``);
-authentication is the Post service's bearer tokens (``api.auth``).
+authentication is the Post service's bearer tokens (``api.auth``). Reads are
+rate-limited per reader (a token bucket in Redis, shared by every process:
+``TL_READ_RATE_BURST`` reads at once, refilled at ``TL_READ_RATE_PER_S``; anonymous
+author-timeline reads per client address): over it, 429 with ``Retry-After``.
 
 Run: ``python -m api.query_service [--host 127.0.0.1] [--port 8082]``.
 """
@@ -33,6 +36,7 @@ import asyncio
 import logging
 import time
 
+import redis.exceptions
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
@@ -44,6 +48,7 @@ from api.errors import Problem
 from api.query_deps import QueryResources, get_query_resources, install_cassandra_errors
 from api.query_metrics import QueryMetrics
 from api.query_params import parse_cursor, parse_limit, render_page
+from policies.ratelimit import retry_after_header
 from settings import Settings, get_settings
 from sinks.reader import Page
 
@@ -76,6 +81,7 @@ async def home_timeline(request: Request, user_id: str) -> Response:
     limit = parse_limit(request.query_params)
     below = parse_cursor(request.query_params)
     started = time.perf_counter()
+    await _rate_limit(res, "home", f"user:{caller}")
     reader = res.reader()
     # The activity mark (one Redis command) overlaps the read.
     page, _ = await asyncio.gather(reader.page(owner, limit=limit, below=below), res.activity.touch(owner))
@@ -85,14 +91,37 @@ async def home_timeline(request: Request, user_id: str) -> Response:
 @router.get("/v1/users/{user_id}/tweets")
 async def user_tweets(request: Request, user_id: str) -> Response:
     res = get_query_resources(request)
+    caller = None
     if request.headers.get("authorization") is not None:
-        await authenticate(request)  # optional, but a token that is sent must be valid
+        caller = await authenticate(request)  # optional, but a token that is sent must be valid
     author = parse_id(user_id, "user_id")
     limit = parse_limit(request.query_params)
     below = parse_cursor(request.query_params)
     started = time.perf_counter()
+    client = request.client.host if request.client else "unknown"
+    await _rate_limit(res, "author", f"user:{caller}" if caller is not None else f"addr:{client}")
     page = await res.reader().author_page(author, limit=limit, below=below)
     return await _page_response(res, "author", page, started)
+
+
+async def _rate_limit(res: QueryResources, timeline: str, subject: str) -> None:
+    """429 once the reader's token bucket is empty. Fails open: with Redis unreachable the
+    read goes on (and degrades as the reader does), it is not refused."""
+    try:
+        result = await res.limiter.take(subject)
+    except redis.exceptions.RedisError as exc:
+        log.warning("read rate limit unavailable: %s", exc)
+        return
+    if not result.allowed:
+        res.metrics.rate_limited.labels(timeline).inc()
+        wait = retry_after_header(result.retry_after_s)
+        settings = res.settings
+        raise Problem(
+            429,
+            f"rate limit exceeded: at most {settings.read_rate_burst} reads at once, refilled at "
+            f"{settings.read_rate_per_s:g} per second; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 @router.get("/healthz")

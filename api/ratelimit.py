@@ -62,7 +62,8 @@ return {allowed, ts, us, string.format('%.17g', retry)}
 class RedisTokenBucket:
     def __init__(self, redis: Redis, *, burst: float, rate_per_s: float, prefix: str = KEY_PREFIX) -> None:
         if not burst > 0 or not rate_per_s > 0:
-            raise ValueError("TL_POST_RATE_BURST and TL_POST_RATE_PER_S must be > 0")
+            raise ValueError(f"a rate limit needs burst > 0 and rate > 0, got burst={burst}, rate={rate_per_s}"
+                             " (TL_POST_RATE_* or TL_READ_RATE_*)")
         self.burst = burst
         self.rate_per_s = rate_per_s
         self.prefix = prefix

@@ -552,6 +552,30 @@ async def test_bad_requests_are_problems(world: World):
     assert_problem(await world.client.post(home, headers=alice.auth), 405, "not allowed")
 
 
+async def test_reads_are_rate_limited_per_reader(world: World):
+    reader, other = await world.user(), await world.user()
+    limited = create_app(world.settings.replace(read_rate_burst=2, read_rate_per_s=0.01))
+    async with limited.router.lifespan_context(limited):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=limited), base_url="http://query") as client:
+            def home(user: User) -> Any:
+                return client.get(f"/v1/users/{user.user_id}/timelines/home", headers=user.auth)
+
+            assert [(await home(reader)).status_code for _ in range(2)] == [200, 200]
+            resp = await home(reader)
+            assert_problem(resp, 429, "at most 2 reads at once, refilled at 0.01 per second")
+            assert 1 <= int(resp.headers["retry-after"]) <= 100
+            assert (await home(other)).status_code == 200, "the limit is per reader"
+
+            public = f"/v1/users/{reader.user_id}/tweets"
+            assert [(await client.get(public)).status_code for _ in range(3)] == [200, 200, 429], (
+                "anonymous reads are limited per client address"
+            )
+            assert (await client.get(public, headers=other.auth)).status_code == 200, "a reader has their own"
+            registry = limited.state.metrics.registry
+            assert registry.get_sample_value("query_rate_limited_total", {"timeline": "home"}) == 1
+            assert registry.get_sample_value("query_rate_limited_total", {"timeline": "author"}) == 1
+
+
 async def test_health_and_metrics(world: World):
     resp = await world.client.get("/healthz")
     assert resp.status_code == 200, resp.text
