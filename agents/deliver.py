@@ -71,6 +71,9 @@ class RecipientBatch:
         # user -> the last event that changed state still to be written by apply()
         self.pending: dict[int, Any] = {}
         # For the metrics, once apply() is done: rows by outcome, created_at of added tweets.
+        # Author timelines read by this message's ops (see prefetch): author -> ids, newest first.
+        self._newest: dict[int, list[int]] = {}
+        self._removable: dict[int, list[int]] = {}
         self.counts: dict[str, int] = dict.fromkeys(("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt"), 0)
         self.created_at: list[int] = []
         # user -> a private copy of their ``recipients`` row as of the last read or
@@ -167,10 +170,14 @@ class RecipientBatch:
             del following_edges[edge_key(user_id, followee)]
         self.following[(user_id, followee)] = None
         rec = self.state(user_id)
-        rows = await self.read("author_tl_above", (followee, rec["floor"], settings.timeline_cap * 4))
-        for row in rows:
-            self.rows[(user_id, row.tweet_id)] = (False, followee)
-        self.counts["removed"] += len(rows)
+        if followee not in self._removable:
+            await self.prefetch([op])
+        # The newest cap*4 of the author's tweets, those above the floor: exactly what
+        # "tweet_id > floor LIMIT cap*4" returns (the ids above any floor are the newest ones).
+        removable = [t for t in self._removable[followee] if t > rec["floor"]]
+        for tweet_id in removable:
+            self.rows[(user_id, tweet_id)] = (False, followee)
+        self.counts["removed"] += len(removable)
 
     async def backfill(self, op: dict) -> None:
         """An author left celebrity status: add what they posted while pulled."""
@@ -181,8 +188,9 @@ class RecipientBatch:
 
     async def backfill_user(self, user_id: int, rec: dict, author_id: int, *, above: int) -> None:
         limit = settings.backfill_limit
-        rows = await self.read("author_tl_below", (author_id, MAX_ID, limit + 1))
-        ids = [r.tweet_id for r in rows]
+        if author_id not in self._newest:
+            await self.prefetch([{"op": "follow", "followee": author_id}])
+        ids = self._newest[author_id]
         window = backfill_window(ids, limit, truncated=len(ids) > limit)
         if window.floor_candidate is not None and window.floor_candidate > rec["floor"]:
             rec["floor"] = window.floor_candidate
@@ -218,10 +226,32 @@ class RecipientBatch:
         rec["floor"] = rebuilt.floor
         self.save(user_id, rec, mirror=True)
 
+    async def prefetch(self, ops: Sequence[dict]) -> None:
+        """Read, concurrently and once per author, the author timelines that the follows,
+        backfills (newest ``backfill_limit + 1``) and unfollows (newest ``timeline_cap * 4``)
+        of one delivery message need. Valid for that message only: stage 1 stored every
+        tweet it fanned out before publishing the message, so a read made for any op of
+        the message sees at least what that op needs; a later message may need newer ones."""
+        newest = sorted({op["followee"] for op in ops if op["op"] == "follow"}
+                        | {op["author"] for op in ops if op["op"] == "backfill"})
+        removable = sorted({op["followee"] for op in ops if op["op"] == "unfollow"})
+        store = self.sinks.cassandra
+        if newest:
+            params = [(a, MAX_ID, settings.backfill_limit + 1) for a in newest]
+            rows = await with_retry("backfill reads", lambda: store.query_many("author_tl_below", params))
+            self._newest.update({a: [r.tweet_id for r in found] for a, found in zip(newest, rows)})
+        if removable:
+            params = [(a, 0, settings.timeline_cap * 4) for a in removable]
+            rows = await with_retry("unfollow reads", lambda: store.query_many("author_tl_above", params))
+            self._removable.update({a: [r.tweet_id for r in found] for a, found in zip(removable, rows)})
+
     async def handle(self, payload: Any) -> None:
         if isinstance(payload, UserActive):
             await self.on_activity(payload)
             return
+        self._newest.clear()
+        self._removable.clear()
+        await self.prefetch(payload)
         for op in payload:
             kind = op["op"]
             if kind == "add":

@@ -121,6 +121,9 @@ class FakeCassandra:
         return out
 
     # helpers for assertions
+    def user_tl_rows(self) -> list[tuple[int, int]]:
+        return sorted((u, t) for u, rows in self.user_tl.items() for t in rows)
+
     def writes(self) -> list[tuple[str, tuple]]:
         return [w for batch in self.write_batches for w in batch]
 

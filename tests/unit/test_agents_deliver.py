@@ -286,6 +286,27 @@ async def test_follow_backfills_the_authors_newest_tweets(driver: AgentDriver, s
     assert sorted(following_edges.data.keys()) == [b"%d:%d" % (few, A), b"%d:%d" % (many, B)]
 
 
+async def test_one_message_reads_each_author_timeline_once(
+    driver: AgentDriver, sinks: Any, small_limits: Any
+) -> None:
+    """Many followers of one account in a message (a popular account being followed, a
+    demotion backfill): one read of its timeline for all of them, not one per follower."""
+    fans = users_on_one_partition(4, start=3000)
+    leaver = fans.pop()
+    sinks.cassandra.seed_author_timeline(A, [5, 6, 7, 8, 9])  # 5 > limit 3: floor 6
+    await driver.run([ops_msg(follow(leaver, A))])
+    sinks.cassandra.calls.clear()
+    await driver.run([ops_msg(*(follow(f, A) for f in fans), unfollow(leaver, A), follow(fans[0], B))])
+    assert sinks.cassandra.reads("author_tl_below") == [
+        ("author_tl_below", (A, 2**63 - 1, 4)), ("author_tl_below", (B, 2**63 - 1, 4)),
+    ]
+    assert sinks.cassandra.reads("author_tl_above") == [("author_tl_above", (A, 0, 3 * 4))]
+    for fan in fans:
+        assert {t for (u, t) in sinks.cassandra.user_tl_rows() if u == fan} == {7, 8, 9}
+        assert rec(fan)["floor"] == 6
+    assert [t for (u, t) in sinks.cassandra.user_tl_rows() if u == leaver] == [], "floor 6: 7, 8, 9 removed"
+
+
 async def test_follow_by_an_inactive_user_marks_stale_instead_of_backfilling(
     driver: AgentDriver, sinks: Any
 ) -> None:
