@@ -146,6 +146,16 @@ class AuthorBatch:
 
     def _apply_celebrity_rule(self, author_id: int, author: dict) -> None:
         change = RULE.transition(author["celebrity"], author["followers"])
+        if change is not None:
+            # Decide on the exact count: the edges and the counts are in two changelog
+            # topics, so after a crash a replay can find an edge whose count was lost (or
+            # the reverse) and the running count drifts. A transition is rare; counting
+            # the author's edges (one prefix scan of the local store) makes it exact.
+            exact = sum(1 for _ in iter_edges(follower_edges, author_id))
+            if exact != author["followers"]:
+                log.warning("author %d: follower count %d corrected to %d", author_id, author["followers"], exact)
+                author["followers"] = exact
+                change = RULE.transition(author["celebrity"], exact)
         if change == "promoted":
             author["celebrity"] = True
             author["backfill_pending"] = False
