@@ -73,7 +73,7 @@ from bench.profile_worker import ProfiledWorker, summarize_session  # noqa: E402
 from bench.sysstats import CpuWindow, ProcessSet, machine, pid_listening_on  # noqa: E402
 from bench.workload import KEY_OF, TOPIC_OF, produce, topic_name  # noqa: E402
 from ops.lag import pipeline_topics  # noqa: E402
-from ops.schema import apply_cassandra, apply_postgres, cassandra_cluster, create_topics_async  # noqa: E402
+from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace  # noqa: E402
 from schemas import encode_key  # noqa: E402
 from settings import Settings, get_settings  # noqa: E402
 from sinks.cassandra import CassandraStore  # noqa: E402
@@ -135,22 +135,13 @@ def lat_ms(values_s: Iterable[float]) -> dict[str, Any]:
 
 def bench_settings(base: Settings, tag: str, workdir: Path, partitions: int, threshold: int,
                    hysteresis: int) -> Settings:
-    return base.replace(
-        topic_tweets=f"bench-{tag}-tweets",
-        topic_follows=f"bench-{tag}-follows",
-        topic_activity=f"bench-{tag}-activity",
-        topic_deliveries=f"bench-{tag}-deliveries",
-        topic_dead_letters=f"bench-{tag}-dead",
-        topic_partitions=partitions,
-        cassandra_keyspace=f"bench_{tag}",
-        redis_prefix=f"bench:{tag}:",
-        app_id=f"bench-{tag}",
-        faust_datadir=str(workdir / "faust"),
-        postgres_schema=f"bench_{tag}",
-        celebrity_threshold=threshold,
-        celebrity_hysteresis=hysteresis,
-        post_rate_burst=10**9,
-        post_rate_per_s=1e9,
+    """The run's own namespace (``Settings.isolated``: topics ``bench-<kind>-<tag>``, keyspace
+    and schema ``bench_<tag>``, consumer group ``bench-<tag>``), the benchmark's celebrity
+    numbers, and rate limits out of the way (their Redis round trips are still made)."""
+    return base.isolated(
+        "bench", tag, workdir, topic_partitions=partitions,
+        celebrity_threshold=threshold, celebrity_hysteresis=hysteresis,
+        post_rate_burst=10**9, post_rate_per_s=1e9, read_rate_burst=10**9, read_rate_per_s=1e9,
     )
 
 
@@ -160,53 +151,9 @@ async def provision(settings: Settings) -> None:
     await create_topics_async(settings, partitions=settings.topic_partitions)
 
 
-async def cleanup(settings: Settings, base: Settings, schema: str, tag: str) -> dict[str, Any]:
+async def cleanup(settings: Settings) -> dict[str, Any]:
     """Remove every trace of the run from the servers; returns what was removed."""
-    import psycopg
-
-    done: dict[str, Any] = {}
-    try:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=60_000)
-        await admin.start()
-        try:
-            topics = [t for t in await admin.list_topics() if t.startswith(f"bench-{tag}-")]
-            if topics:
-                await admin.delete_topics(topics)
-            done["kafka_topics_deleted"] = len(topics)
-        finally:
-            await admin.close()
-    except Exception as exc:  # noqa: BLE001 - clean what we can
-        done["kafka_error"] = repr(exc)
-    try:
-        redis = Redis.from_url(settings.redis_url)
-        try:
-            keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=2000)]
-            for i in range(0, len(keys), 1000):
-                await redis.unlink(*keys[i:i + 1000])
-            done["redis_keys_deleted"] = len(keys)
-        finally:
-            await redis.aclose()
-    except Exception as exc:  # noqa: BLE001
-        done["redis_error"] = repr(exc)
-
-    def drop_keyspace() -> None:
-        cluster = cassandra_cluster(settings)
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=120)
-        finally:
-            cluster.shutdown()
-
-    try:
-        await asyncio.to_thread(drop_keyspace)
-        done["cassandra_keyspace_dropped"] = settings.cassandra_keyspace
-    except Exception as exc:  # noqa: BLE001
-        done["cassandra_error"] = repr(exc)
-    try:
-        async with await psycopg.AsyncConnection.connect(base.postgres_dsn, autocommit=True) as conn:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        done["postgres_schema_dropped"] = schema
-    except Exception as exc:  # noqa: BLE001
-        done["postgres_error"] = repr(exc)
+    done = await drop_namespace(settings)
     done["note"] = "the consumer group bench-<tag> is left to Kafka's offset retention (aiokafka cannot delete groups)"
     return done
 
@@ -378,7 +325,6 @@ class Bench:
         self.cfg = SCALES[args.scale]
         self.stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.tag = f"{self.stamp.lower()[:15]}{uuid.uuid4().hex[:4]}"
-        self.schema = f"bench_{self.tag}"
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-run-{self.tag}-"))
         self.base = get_settings()
         spec, hysteresis = scaled_spec(args.scale)
@@ -448,7 +394,7 @@ class Bench:
             await self.stop_worker()
             if self.monitor is not None:
                 await self.monitor.stop()
-            self.report["cleanup"] = await cleanup(self.settings, self.base, self.schema, self.tag)
+            self.report["cleanup"] = await cleanup(self.settings)
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.report["meta"]["duration_s"] = round(time.monotonic() - began, 1)
         self.report["meta"]["phase_s"] = self.phase_times
