@@ -1211,11 +1211,14 @@ def evaluate_targets(r: dict) -> list[dict]:
     add("fanout deliveries/s", rate, f">= {goal:,}", None if rate is None else rate >= goal,
         "" if rate is None else f"{rate / goal:.0%} of the target ({'+' if rate >= goal else ''}{rate - goal:,.0f}/s)")
     redis_ceiling = _get(r, "ceilings", "redis", "zadd_per_s")
-    cass_ceiling = _get(r, "ceilings", "cassandra", "inserts_per_s")
+    # The pipeline writes Cassandra in UNLOGGED batches: hold it against batched inserts of the
+    # same rows (the one-by-one figure, the first definition, is in section 6 too).
+    cass_ceiling = _get(r, "ceilings", "cassandra", "batched_inserts_per_s") or _get(
+        r, "ceilings", "cassandra", "inserts_per_s")
     if rate is not None and redis_ceiling and cass_ceiling:
         slower = min(redis_ceiling, cass_ceiling)
         share = rate / slower
-        which = "Cassandra inserts" if cass_ceiling <= redis_ceiling else "Redis ZADD"
+        which = "Cassandra batched inserts" if cass_ceiling <= redis_ceiling else "Redis ZADD"
         add("fanout vs slower raw store ceiling", round(share, 3), ">= 0.5", share >= 0.5,
             f"{rate:,.0f} / {slower:,.0f} ({which}/s)")
     else:
@@ -1431,6 +1434,13 @@ def render_md(r: dict) -> str:
           f"concurrency {c['cassandra']['best_concurrency']}; by concurrency "
           f"{c['cassandra']['inserts_per_s_by_concurrency']}) | {c['cassandra']['inserts_per_s']:,} | "
           f"{rate} deliveries/s | {share(rate, c['cassandra']['inserts_per_s'])} |")
+        if c["cassandra"].get("batched_inserts_per_s"):
+            b = c["cassandra"]["batched"]
+            w(f"| Cassandra prepared inserts in UNLOGGED batches, as the pipeline writes them (up to "
+              f"{b['statements_per_batch']} statements, {b['partitions_per_batch']} partitions and "
+              f"{b['bytes_per_batch']:,} B per batch, {b['batches_in_flight']} in flight) | "
+              f"{c['cassandra']['batched_inserts_per_s']:,} | {rate} deliveries/s | "
+              f"{share(rate, c['cassandra']['batched_inserts_per_s'])} |")
         w(f"| aiokafka consume ({c['kafka']['messages']:,} msgs of {c['kafka']['message_bytes']} B, "
           f"{c['kafka']['consume_mb_per_s']} MB/s) | {c['kafka']['consume_msgs_per_s']:,} | "
           f"{consumed} msgs/s | {share(consumed, c['kafka']['consume_msgs_per_s'])} |")
