@@ -1,4 +1,4 @@
-"""The Faust application: the app object and its settings, nothing else.
+"""The Faust application: the app object, its settings and its ``GET /metrics``.
 
 Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
 ``app`` from here; a worker finds them by autodiscovery:

@@ -70,10 +70,10 @@ class RecipientBatch:
         self.invalidate: set[int] = set()
         # user -> the last event that changed state still to be written by apply()
         self.pending: dict[int, Any] = {}
-        # For the metrics, once apply() is done: rows by outcome, created_at of added tweets.
         # Author timelines read by this message's ops (see prefetch): author -> ids, newest first.
         self._newest: dict[int, list[int]] = {}
         self._removable: dict[int, list[int]] = {}
+        # For the metrics, once apply() is done: rows by outcome, created_at of added tweets.
         self.counts: dict[str, int] = dict.fromkeys(("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt"), 0)
         self.created_at: list[int] = []
         # user -> a private copy of their ``recipients`` row as of the last read or
