@@ -26,7 +26,8 @@ rebuilds a stale timeline). Errors are RFC 9457 problem details (``api.errors``)
 authentication is the Post service's bearer tokens (``api.auth``). Reads are
 rate-limited per reader (a token bucket in Redis, shared by every process:
 ``TL_READ_RATE_BURST`` reads at once, refilled at ``TL_READ_RATE_PER_S``; anonymous
-author-timeline reads per client address): over it, 429 with ``Retry-After``.
+author-timeline reads per client address, so behind a proxy they share the proxy's
+address - forwarded headers are not trusted): over it, 429 with ``Retry-After``.
 
 Run: ``python -m api.query_service [--host 127.0.0.1] [--port 8082]``.
 """
