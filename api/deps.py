@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import psycopg
 import psycopg.errors
@@ -106,33 +106,46 @@ class Resources:
             yield conn
 
     async def health(self) -> dict[str, dict[str, Any]]:
-        async def pg() -> dict[str, Any]:
-            async with self.pg_conn() as conn:
-                await conn.execute("SELECT 1")
-            return {"ok": True}
-
-        async def rds() -> dict[str, Any]:
-            await self.redis.ping()
-            return {"ok": True}
-
-        async def guarded(name: str, coro: Any) -> tuple[str, dict[str, Any]]:
-            started = time.perf_counter()
-            try:
-                result = await asyncio.wait_for(coro, 4.0)
-            except (Exception, asyncio.TimeoutError) as exc:
-                result = {"ok": False, "error": _describe(exc)}
-            result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            return name, result
-
         checks = dict(
             await asyncio.gather(
-                guarded("postgres", pg()),
-                guarded("redis", rds()),
-                guarded("kafka", self.kafka.state()),
+                probe("postgres", postgres_ok(self.pg_conn)),
+                probe("redis", redis_ok(self.redis)),
+                probe("kafka", self.kafka.state()),
             )
         )
         checks["snowflake"] = self.ids.state()
         return checks
+
+
+# --- /healthz checks, shared with the query service -----------------------------------
+
+HEALTH_TIMEOUT_S = 4.0
+
+
+async def postgres_ok(pg_conn: Callable[[], AbstractAsyncContextManager[Any]]) -> dict[str, Any]:
+    async with pg_conn() as conn:
+        await conn.execute("SELECT 1")
+    return {"ok": True}
+
+
+async def redis_ok(redis: Redis) -> dict[str, Any]:
+    await redis.ping()
+    return {"ok": True}
+
+
+async def probe(name: str, check: Awaitable[dict[str, Any]], *, required: bool | None = None
+                ) -> tuple[str, dict[str, Any]]:
+    """``(name, result)`` of one dependency check, within HEALTH_TIMEOUT_S; a failure is
+    ``{"ok": False, "error": ...}``. ``required`` (when given) and the latency are added."""
+    started = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(check, HEALTH_TIMEOUT_S)
+    except (Exception, asyncio.TimeoutError) as exc:
+        result = {"ok": False, "error": _describe(exc)}
+    if required is not None:
+        result["required"] = required
+    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return name, result
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -27,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from starlette.responses import Response
 
-from api.deps import PG_TIMEOUT_S, REDIS_TIMEOUT_S, _describe
+from api.deps import PG_TIMEOUT_S, REDIS_TIMEOUT_S, _describe, postgres_ok, probe, redis_ok
 from api.errors import problem_response
 from api.kafka import KafkaGateway
 from api.query_handles import ActivityTracker, HandleCache
@@ -42,7 +41,6 @@ from sinks.redis_tweets import RedisTweets
 log = logging.getLogger(__name__)
 
 CASSANDRA_RETRY_S = 5.0
-HEALTH_TIMEOUT_S = 4.0
 
 
 def _connections(pool: AsyncConnectionPool) -> Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]:
@@ -171,36 +169,17 @@ class QueryResources:
         return self._reader
 
     async def health(self) -> dict[str, dict[str, Any]]:
-        async def pg() -> dict[str, Any]:
-            async with self.pg_conn() as conn:
-                await conn.execute("SELECT 1")
-            return {"ok": True}
-
-        async def rds() -> dict[str, Any]:
-            await self.redis.ping()
-            return {"ok": True}
-
         async def cql() -> dict[str, Any]:
             rows = await self.cassandra.get().execute("ping")
             return {"ok": True, "version": rows[0].release_version if rows else None}
 
-        async def guarded(name: str, coro: Any, required: bool) -> tuple[str, dict[str, Any]]:
-            started = time.perf_counter()
-            try:
-                result = await asyncio.wait_for(coro, HEALTH_TIMEOUT_S)
-            except (Exception, asyncio.TimeoutError) as exc:
-                result = {"ok": False, "error": _describe(exc)}
-            result["required"] = required
-            result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            return name, result
-
         return dict(
             await asyncio.gather(
-                guarded("postgres", pg(), True),
-                guarded("redis", rds(), True),
-                guarded("cassandra", cql(), True),
+                probe("postgres", postgres_ok(self.pg_conn), required=True),
+                probe("redis", redis_ok(self.redis), required=True),
+                probe("cassandra", cql(), required=True),
                 # Only user_active events need Kafka: reads work without it.
-                guarded("kafka", self.kafka.state(), False),
+                probe("kafka", self.kafka.state(), required=False),
             )
         )
 
