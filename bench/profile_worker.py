@@ -20,17 +20,15 @@ each thread used since the last sample to the stack it is in now
 from __future__ import annotations
 
 import json
-import os
 import re
 import runpy
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from ops.worker import ROOT, Worker, settings_env
+from ops.worker import Worker
 
 START = signal.SIGRTMIN + 3
 STOP = signal.SIGRTMIN + 4
@@ -143,17 +141,8 @@ class ProfiledWorker(Worker):
         super().__init__(settings, log_path, **kw)
         self.prefix = prefix
 
-    def start(self) -> "ProfiledWorker":
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
-        env["TL_FAUST_WEB_PORT"] = str(self.web_port)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.profile_worker", str(self.prefix), "-A", "faust_app", "worker",
-             "-l", "warn", "--web-port", str(self.web_port), "--web-host", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        return self
+    def launcher(self) -> list[str]:
+        return ["-m", "bench.profile_worker", str(self.prefix)]
 
     def profile_start(self) -> None:
         self.proc.send_signal(START)

@@ -39,13 +39,18 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
+    def launcher(self) -> list[str]:
+        """What runs ``faust``'s command line: the ``faust`` module itself."""
+        return ["-m", "faust"]
+
     def start(self) -> "Worker":
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         env["TL_FAUST_WEB_PORT"] = str(self.web_port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "faust_app", "worker", "-l", os.environ.get("TL_WORKER_LOG_LEVEL", "warn"),
+            [sys.executable, *self.launcher(), "-A", "faust_app", "worker",
+             "-l", os.environ.get("TL_WORKER_LOG_LEVEL", "warn"),
              "--web-port", str(self.web_port), "--web-host", "127.0.0.1"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
