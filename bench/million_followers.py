@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from bench.workload import produce
 from ops.host import STATE
-from ops.lag import consumer_lag
+from ops.lag import wait_caught_up
 from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace
 from ops.worker import Worker
-from schemas import encode_key
 from settings import Settings, get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,62 +86,31 @@ def topic_bytes(settings: Settings, prefix: str) -> int:
 
 
 async def publish(settings: Settings, events: Any, *, total: int, label: str) -> float:
-    """Send events (dicts) to their topics, awaiting acks in bulk; returns events/s."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024)
-    await producer.start()
+    """Send events to their topics (``bench.workload.produce``); returns events/s."""
     began = time.monotonic()
-    pending: list[asyncio.Future] = []
-    sent = 0
-    try:
-        for event in events:
-            if event["type"] in ("followed", "unfollowed"):
-                topic, key = settings.topic_follows, event["followee_id"]
-            else:
-                topic, key = settings.topic_tweets, event["author_id"]
-            pending.append(await producer.send(topic, orjson.dumps(event), key=encode_key(key)))
-            sent += 1
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-                print(f"\r{label}: published {sent:,}/{total:,}", end="", flush=True)
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    sent = await produce(settings, events, progress=lambda n: print(
+        f"\r{label}: published {n:,}/{total:,}", end="", flush=True))
     took = time.monotonic() - began
     print(f"\r{label}: published {sent:,} in {took:.1f}s ({sent / took:,.0f}/s)")
     return sent / took if took else 0.0
 
 
 async def catch_up(settings: Settings, worker: Worker, *, label: str, timeout: float) -> float:
-    """Wait for zero lag twice in a row; prints progress with the rate and an ETA."""
+    """``ops.lag.wait_caught_up``, printing the lag with the rate and an ETA."""
     began = time.monotonic()
-    first_lag: int | None = None
-    zero_since: float | None = None
-    while time.monotonic() - began < timeout:
-        worker.check()
-        try:
-            lag = sum((await consumer_lag(settings)).values())
-        except Exception:  # noqa: BLE001 - the group coordinator may still be loading
-            await asyncio.sleep(1)
-            continue
-        first_lag = lag if first_lag is None else max(first_lag, lag)
+    most = 0
+
+    def show(lag: int) -> None:
+        nonlocal most
+        most = max(most, lag)
         elapsed = time.monotonic() - began
-        done = (first_lag - lag) if first_lag else 0
-        rate = done / elapsed if elapsed > 0 else 0
+        rate = (most - lag) / elapsed if elapsed > 0 else 0
         eta = f"{lag / rate:,.0f}s" if rate > 0 else "?"
         print(f"\r{label}: lag {lag:>9,}  {rate:,.0f} msg/s  ETA {eta}      ", end="", flush=True)
-        if lag == 0:
-            if zero_since is None:
-                zero_since = time.monotonic()
-            elif time.monotonic() - zero_since >= 2.0:
-                took = time.monotonic() - began
-                print(f"\r{label}: caught up in {took:.1f}s{' ' * 40}")
-                return took
-        else:
-            zero_since = None
-        await asyncio.sleep(2.0)
-    raise TimeoutError(f"{label}: still behind after {timeout:.0f}s")
+
+    took = await wait_caught_up(settings, timeout=timeout, check=worker.check, progress=show)
+    print(f"\r{label}: caught up in {took:.1f}s{' ' * 40}")
+    return took
 
 
 def follow_events(first: int, last: int) -> Any:

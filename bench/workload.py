@@ -7,9 +7,10 @@ who go inactive and come back, and a few poison messages.
 """
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -157,8 +158,13 @@ def topic_name(settings: Settings, kind: str) -> str:
             "user-activity": settings.topic_activity}[kind]
 
 
-async def produce(settings: Settings, events: Iterable[dict], poison: Iterable[tuple] = ()) -> int:
-    """Publish events (keyed per the contract) and poison messages; returns the count."""
+async def produce(
+    settings: Settings, events: Iterable[dict], poison: Iterable[tuple] = (),
+    progress: Callable[[int], None] | None = None, chunk: int = 20_000,
+) -> int:
+    """Publish events (keyed per the contract) and poison messages; returns the count.
+    Acks are awaited ``chunk`` sends at a time (so a long iterator is not all in memory);
+    ``progress`` gets the count sent after each chunk."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
         linger_ms=5, max_batch_size=256 * 1024,
@@ -174,6 +180,11 @@ async def produce(settings: Settings, events: Iterable[dict], poison: Iterable[t
                 key=encode_key(event[KEY_OF[kind]]),
             ))
             n += 1
+            if len(futures) >= chunk:
+                await asyncio.gather(*futures)
+                futures.clear()
+                if progress is not None:
+                    progress(n)
         for kind, key, value in poison:
             futures.append(await producer.send(topic_name(settings, kind), value, key=key))
             n += 1

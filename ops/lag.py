@@ -47,12 +47,13 @@ async def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) 
 
 async def wait_caught_up(
     settings: Settings, *, timeout: float = 300.0, settle: float = 2.0,
-    check: Callable[[], None] | None = None,
+    check: Callable[[], None] | None = None, progress: Callable[[int], None] | None = None,
 ) -> float:
     """Wait until the group has no lag on every pipeline topic, twice ``settle`` seconds apart.
 
     Deliveries are produced by the first stage while it works, so zero lag must
-    hold on two checks in a row. Returns the seconds waited; raises TimeoutError.
+    hold on two checks in a row. ``progress`` gets the total lag of every check.
+    Returns the seconds waited; raises TimeoutError.
     """
     began = time.monotonic()
     zero_since: float | None = None
@@ -66,6 +67,8 @@ async def wait_caught_up(
             last = {"error": repr(exc)}  # type: ignore[dict-item]
             await asyncio.sleep(1.0)
             continue
+        if progress is not None:
+            progress(sum(last.values()))
         if sum(last.values()) == 0:
             if zero_since is None:
                 zero_since = time.monotonic()
