@@ -74,6 +74,19 @@ class Settings:
     backfill_limit: int = _env("TL_BACKFILL_LIMIT", 800, int)
     tweet_max_chars: int = _env("TL_TWEET_MAX_CHARS", 280, int)
 
+    # --- the event contract and what the worker produces (schemas/, agents/) ---
+    # Largest event value accepted on a source topic, bytes; larger ones are dead-lettered.
+    event_max_bytes: int = _env("TL_EVENT_MAX_BYTES", 64 * 1024, int)
+    # How deep a producer's extra fields may nest objects and arrays.
+    event_max_depth: int = _env("TL_EVENT_MAX_DEPTH", 8, int)
+    # Largest delivery message stage 1 publishes, bytes (a batch is split to fit): well
+    # under the producer's max request (1 MiB) and the broker's message.max.bytes.
+    delivery_max_bytes: int = _env("TL_DELIVERY_MAX_BYTES", 256 * 1024, int)
+    # This many events in a row failing with the same unexpected error is a systemic
+    # fault (a bug or a broken store), not bad input: the worker stops instead of
+    # dead-lettering the stream.
+    systemic_error_streak: int = _env("TL_SYSTEMIC_ERROR_STREAK", 20, int)
+
     # --- HTTP services -------------------------------------------------------
     # Token bucket per user: a burst allowance, refilled at a sustained rate.
     post_rate_burst: int = _env("TL_POST_RATE_BURST", 50, int)
@@ -97,6 +110,12 @@ class Settings:
             raise ValueError("TL_POSTGRES_SCHEMA must be letters, digits and underscores")
         if self.topic_partitions < 1:
             raise ValueError("TL_TOPIC_PARTITIONS must be >= 1")
+        if not 1024 <= self.event_max_bytes <= 512 * 1024:
+            raise ValueError("TL_EVENT_MAX_BYTES must be in 1024..524288")
+        if not 16 * 1024 <= self.delivery_max_bytes <= 900 * 1024:
+            raise ValueError("TL_DELIVERY_MAX_BYTES must be in 16384..921600 (the producer's limit is 1 MiB)")
+        if self.event_max_depth < 1 or self.systemic_error_streak < 1 or self.tweet_max_chars < 1:
+            raise ValueError("TL_EVENT_MAX_DEPTH, TL_SYSTEMIC_ERROR_STREAK and TL_TWEET_MAX_CHARS must be >= 1")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":

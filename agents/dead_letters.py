@@ -6,6 +6,7 @@ its offset is committed), counted, and the stream moves on.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from typing import Any
@@ -20,11 +21,30 @@ DEAD_LETTERS = Counter(
 )
 
 
+# A dead-letter record is bounded whatever the input (a few KiB at most), so it can always
+# be published: the bad message itself stays on its topic at topic/partition/offset.
+VALUE_HEAD_BYTES = 512
+KEY_HEAD_BYTES = 128
+REASON_CHARS = 1000
+
+
+def _as_bytes(raw: Any) -> bytes | None:
+    if raw is None or isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")
+    return bytes(raw)
+
+
 def dead_letter_record(event: Any, reason: str, stage: str) -> bytes:
-    """The JSON value published to the dead-letter topic for one bad message."""
+    """The JSON value published to the dead-letter topic for one bad message: where it is on
+    the log, why it was refused, and a bounded view of it (under 8 KiB whatever the input: JSON escapes a control byte in 6)."""
     msg = event.message
-    value = msg.value if isinstance(msg.value, (bytes, type(None))) else bytes(msg.value)
-    key = msg.key if isinstance(msg.key, (bytes, type(None))) else bytes(msg.key)
+    value = _as_bytes(msg.value)
+    key = _as_bytes(msg.key)
+    head = value[:VALUE_HEAD_BYTES] if value is not None else None
+    if len(reason) > REASON_CHARS:
+        reason = reason[: REASON_CHARS - 3] + "..."
     return orjson.dumps(
         {
             "reason": reason,
@@ -32,9 +52,13 @@ def dead_letter_record(event: Any, reason: str, stage: str) -> bytes:
             "topic": msg.topic,
             "partition": msg.partition,
             "offset": msg.offset,
-            "key": key.decode("utf-8", "replace") if key is not None else None,
-            "value": value.decode("utf-8", "replace") if value is not None else None,
-            "value_b64": base64.b64encode(value).decode() if value is not None else None,
+            "key": key[:KEY_HEAD_BYTES].decode("utf-8", "replace") if key is not None else None,
+            "key_len": len(key) if key is not None else None,
+            "value_len": len(value) if value is not None else None,
+            "value_sha256": hashlib.sha256(value).hexdigest() if value is not None else None,
+            "value_head": head.decode("utf-8", "replace") if head is not None else None,
+            "value_head_b64": base64.b64encode(head).decode() if head is not None else None,
+            "value_truncated": value is not None and len(value) > VALUE_HEAD_BYTES,
             "at": int(time.time() * 1000),
         }
     )

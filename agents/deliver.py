@@ -22,16 +22,17 @@ from typing import Any, Sequence
 
 from faust.streams import current_event
 
-import orjson
-
+from agents.failures import Isolator, guard
 from agents.metrics import BatchTimer, count_deliveries, observe_fanout_lag
-from agents.outbox import Outbox
+from agents.outbox import Outbox, publish_dead_letter
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.activity import is_active
 from policies.rebuild import AuthorTweets, plan_rebuild
 from policies.timeline import backfill_window
-from schemas import ACTIVITY_EVENTS, ContractError, UserActive, decode
+from policies.partitioning import partition_for_id
+from schemas import ACTIVITY_EVENTS, ContractError, Limits, UserActive, decode
+from schemas.deliveries import decode_ops
 from sinks.reader import RedisFollowing
 from streams.topics import dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
@@ -43,19 +44,11 @@ BATCH_MAX = 500
 BATCH_WITHIN_S = 0.05
 MAX_ID = 2**63 - 1
 NEW_RECIPIENT = {"active_at": None, "stale": False, "floor": 0}
-OPS = {"add", "remove", "follow", "unfollow", "backfill"}
-
-
-def decode_ops(raw: bytes | None) -> list[dict]:
-    """The ops of one delivery message, or ContractError."""
-    try:
-        body = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError as exc:
-        raise ContractError(f"delivery is not JSON: {exc}") from None
-    ops = body.get("ops") if isinstance(body, dict) else None
-    if not isinstance(ops, list) or not all(isinstance(o, dict) and o.get("op") in OPS for o in ops):
-        raise ContractError("delivery must be {\"ops\": [...]} with known op names")
-    return ops
+LIMITS = Limits.from_settings(settings)
+ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
+# A delivery message is at most settings.delivery_max_bytes when stage 1 writes it; older
+# versions wrote up to the broker's limit, so reading accepts anything the broker held.
+DELIVERY_READ_MAX_BYTES = 4 * 1024 * 1024
 
 
 class RecipientBatch:
@@ -311,11 +304,16 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
         msg = event.message
         try:
             if msg.topic == settings.topic_activity:
-                payload: Any = decode(msg.value, ACTIVITY_EVENTS)
+                payload: Any = decode(msg.value, ACTIVITY_EVENTS, LIMITS)
                 if outbox.reroute_if_misplaced(app, event, payload.user_id):
                     continue
             else:
-                payload = decode_ops(msg.value)
+                partition = msg.partition
+                payload = decode_ops(
+                    msg.value,
+                    lambda user_id: partition_for_id(user_id, settings.topic_partitions) == partition,
+                    DELIVERY_READ_MAX_BYTES,
+                )
         except ContractError as exc:
             outbox.dead_letter(dead_letters_topic, event, exc.reason, STAGE)
             continue
@@ -332,7 +330,10 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                 await batch.handle(payload)
             except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
                 log.exception("delivery failed for %r", payload)
-                outbox.dead_letter(dead_letters_topic, event, f"processing error: {exc!r}", STAGE)
+                # SystemicFault (a misconfiguration, or the same error on many events) escapes.
+                outbox.dead_letter(dead_letters_topic, event, ISOLATOR.event_failed(exc), STAGE)
+            else:
+                ISOLATOR.event_succeeded()
     await batch.apply()
     batch.confirm()
     count_deliveries(batch.counts)
@@ -342,7 +343,12 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 
 @app.agent(recipient_events, concurrency=1)
 async def deliver(stream: Any) -> None:
-    sinks = await get_sinks(settings)
-    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        with BatchTimer(STAGE, len(events)):
-            await process_recipient_batch(sinks, events)
+    async with guard(STAGE):
+        sinks = await get_sinks(settings)
+
+        async def dead_letter(event: Any, reason: str) -> None:
+            await publish_dead_letter(dead_letters_topic, event, reason, STAGE, settings.topic_partitions)
+
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            with BatchTimer(STAGE, len(events)):
+                await ISOLATOR.run(events, lambda part: process_recipient_batch(sinks, part), dead_letter)

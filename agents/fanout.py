@@ -21,8 +21,9 @@ from typing import Any, Sequence
 
 from faust.streams import current_event
 
+from agents.failures import Isolator, guard
 from agents.metrics import FANOUT_TWEETS, BatchTimer
-from agents.outbox import Outbox
+from agents.outbox import Outbox, publish_dead_letter
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
@@ -32,6 +33,7 @@ from schemas import (
     FOLLOW_EVENTS,
     TWEET_EVENTS,
     ContractError,
+    Limits,
     TweetDeleted,
     TweetPosted,
     UserFollowed,
@@ -48,6 +50,8 @@ BATCH_MAX = 500
 BATCH_WITHIN_S = 0.05
 RULE = CelebrityRule(settings.celebrity_threshold, settings.celebrity_hysteresis)
 NEW_AUTHOR = {"followers": 0, "celebrity": False, "since": 0, "last_pushed": 0}
+LIMITS = Limits.from_settings(settings)
+ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
 
 
 def _allowed(topic: str) -> dict[str, type]:
@@ -60,7 +64,7 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
     for event in events:
         msg = event.message
         try:
-            typed = decode(msg.value, _allowed(msg.topic))
+            typed = decode(msg.value, _allowed(msg.topic), LIMITS)
         except ContractError as exc:
             outbox.dead_letter(dead_letters_topic, event, exc.reason, STAGE)
             continue
@@ -243,8 +247,12 @@ async def publish_author_status(sinks: Sinks, batch: AuthorBatch) -> None:
     await with_retry("celebrity set", update_redis)
 
 
+def new_outbox() -> Outbox:
+    return Outbox(settings.topic_partitions, settings.delivery_max_bytes)
+
+
 async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
-    outbox = Outbox(settings.topic_partitions)
+    outbox = new_outbox()
     good = decode_batch(events, outbox)
     await write_tweets(sinks, [typed for _, typed in good])
     batch = AuthorBatch(outbox)
@@ -254,7 +262,10 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                 batch.handle(typed)
             except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
                 log.exception("fanout failed for %r", typed)
-                outbox.dead_letter(dead_letters_topic, event, f"processing error: {exc!r}", STAGE)
+                # SystemicFault (a misconfiguration, or the same error on many events) escapes.
+                outbox.dead_letter(dead_letters_topic, event, ISOLATOR.event_failed(exc), STAGE)
+            else:
+                ISOLATOR.event_succeeded()
     await publish_author_status(sinks, batch)
     await with_retry("publish deliveries", lambda: outbox.flush(deliveries_topic))
     for author_id, event in batch.backfills.items():
@@ -266,7 +277,12 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 
 @app.agent(author_events, concurrency=1)
 async def fanout(stream: Any) -> None:
-    sinks = await get_sinks(settings)
-    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        with BatchTimer(STAGE, len(events)):
-            await process_author_batch(sinks, events)
+    async with guard(STAGE):
+        sinks = await get_sinks(settings)
+
+        async def dead_letter(event: Any, reason: str) -> None:
+            await publish_dead_letter(dead_letters_topic, event, reason, STAGE, settings.topic_partitions)
+
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            with BatchTimer(STAGE, len(events)):
+                await ISOLATOR.run(events, lambda part: process_author_batch(sinks, part), dead_letter)

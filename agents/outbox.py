@@ -5,11 +5,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from agents.dead_letters import count_dead_letter, dead_letter_record
 from policies.partitioning import partition_for_id
 from schemas import encode_key
+from schemas.deliveries import encode_messages
+
+DEFAULT_DELIVERY_MAX_BYTES = 256 * 1024
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Outbox:
     """
 
     partitions: int
+    # Largest delivery message (settings.delivery_max_bytes): a partition's ops are split to fit.
+    max_delivery_bytes: int = DEFAULT_DELIVERY_MAX_BYTES
     messages: list[tuple[Any, bytes | None, bytes, int | None]] = field(default_factory=list)
     # destination partition -> ordered delivery ops
     deliveries: dict[int, list[dict]] = field(default_factory=dict)
@@ -62,12 +65,21 @@ class Outbox:
         for topic, key, value, partition in self.messages:
             futures.append(await topic.send(key=key, value=value, partition=partition, force=True))
         for partition in sorted(self.deliveries):
-            value = orjson.dumps({"ops": self.deliveries[partition]})
             key = encode_key(partition)
-            futures.append(
-                await deliveries_topic.send(key=key, value=value, partition=partition, force=True)
-            )
+            for value in encode_messages(self.deliveries[partition], self.max_delivery_bytes):
+                futures.append(
+                    await deliveries_topic.send(key=key, value=value, partition=partition, force=True)
+                )
         if futures:
             await asyncio.gather(*futures)
         self.messages.clear()
         self.deliveries.clear()
+
+
+async def publish_dead_letter(topic: Any, event: Any, reason: str, stage: str, partitions: int) -> None:
+    """Publish one dead letter now and wait for its ack (an event isolated by ``agents/failures``)."""
+    from agents.sinks import with_retry  # agents.sinks opens stores; imported where needed
+
+    outbox = Outbox(partitions)
+    outbox.dead_letter(topic, event, reason, stage)
+    await with_retry("publish dead letters", lambda: outbox.flush(topic))

@@ -2,8 +2,11 @@
 
 Idempotent: a tweet insert ignores a row that exists, a delete only sets
 ``deleted_at``, a follow is an upsert and an unfollow a delete, so replaying the
-log (or a batch after a crash) leaves the same rows. Bad events are dead-lettered
-by the fanout stage, which reads the same topics; here they are skipped.
+log (or a batch after a crash) leaves the same rows. Events that break the contract
+are dead-lettered by the fanout stage, which reads the same topics; here they are
+skipped. An event PostgreSQL refuses (a permanent error) is isolated and
+dead-lettered here (stage ``projection``, ``agents/failures.py``); while PostgreSQL
+is unreachable the batch waits.
 """
 from __future__ import annotations
 
@@ -14,15 +17,20 @@ from typing import Any, Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
+from agents.failures import Isolator, guard
 from agents.metrics import BatchTimer
+from agents.outbox import publish_dead_letter
 from agents.sinks import with_retry
 from faust_app import app, settings
-from schemas import ALL_EVENTS, ContractError, TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed, decode
-from streams.topics import projection_events
+from schemas import ALL_EVENTS, ContractError, Limits, TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed, decode
+from streams.topics import dead_letters_topic, projection_events
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.1
+STAGE = "projection"
+LIMITS = Limits.from_settings(settings)
+ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
 
 INSERT_TWEET = (
     "INSERT INTO tweets (tweet_id, author_id, text, created_at) VALUES (%s, %s, %s, %s) "
@@ -81,17 +89,26 @@ async def get_pool() -> AsyncConnectionPool:
     return _pool
 
 
+async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[Any]) -> None:
+    typed = []
+    for event in events:
+        try:
+            typed.append(decode(event.message.value, ALL_EVENTS, LIMITS))
+        except ContractError:
+            continue  # dead-lettered by the fanout stage
+    stmts = statements(typed)
+    if stmts:
+        await with_retry("postgres projection", lambda: write_batch(pool, stmts))
+
+
 @app.agent(projection_events, concurrency=1)
 async def project_to_postgres(stream: Any) -> None:
-    pool = await get_pool()
-    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-        with BatchTimer("projection", len(events)):
-            typed = []
-            for event in events:
-                try:
-                    typed.append(decode(event.message.value, ALL_EVENTS))
-                except ContractError:
-                    continue  # dead-lettered by the fanout stage
-            stmts = statements(typed)
-            if stmts:
-                await with_retry("postgres projection", lambda: write_batch(pool, stmts))
+    async with guard(STAGE):
+        pool = await get_pool()
+
+        async def dead_letter(event: Any, reason: str) -> None:
+            await publish_dead_letter(dead_letters_topic, event, reason, STAGE, settings.topic_partitions)
+
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            with BatchTimer(STAGE, len(events)):
+                await ISOLATOR.run(events, lambda part: process_projection_batch(pool, part), dead_letter)

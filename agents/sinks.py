@@ -9,6 +9,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from redis.asyncio import Redis
 
+from agents.failures import backoff_retry
 from agents.metrics import SINK_RETRIES, SINK_SECONDS
 from settings import Settings
 from sinks.cassandra import CassandraStore
@@ -58,25 +59,20 @@ async def get_sinks(settings: Settings) -> Sinks:
 
 
 async def with_retry(what: str, fn: Callable[[], Awaitable[T]], *, max_delay: float = 5.0) -> T:
-    """Retry a store operation until it succeeds.
+    """Run a store operation, retrying while its errors are transient.
 
     A store that is down must not make the worker skip or lose events: the batch
     waits (and Kafka holds the rest) until the store answers again. Every write
-    is idempotent, so repeating a half-applied step is harmless.
+    is idempotent, so repeating a half-applied step is harmless. An error that
+    retrying cannot fix (a store refusing the data, a missing table) is raised at
+    once, for ``agents/failures.py`` to dead-letter the event or stop the worker.
     """
-    delay = 0.1
-    attempt = 0
     started = time.perf_counter()
-    while True:
-        try:
-            result = await fn()
-            SINK_SECONDS.labels(what).observe(time.perf_counter() - started)
-            return result
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - logged and retried
-            attempt += 1
-            SINK_RETRIES.labels(what).inc()
-            log.warning("%s failed (attempt %d): %r; retrying in %.1fs", what, attempt, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
+
+    def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
+        SINK_RETRIES.labels(what).inc()
+        log.warning("%s failed (attempt %d): %r; retrying in %.1fs", what, attempt, exc, delay)
+
+    result = await backoff_retry(what, fn, max_delay=max_delay, on_retry=on_retry)
+    SINK_SECONDS.labels(what).observe(time.perf_counter() - started)
+    return result

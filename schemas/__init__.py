@@ -5,6 +5,8 @@ from schemas.events import (  # noqa: F401
     FOLLOW_EVENTS,
     TWEET_EVENTS,
     ContractError,
+    DEFAULT_LIMITS,
+    Limits,
     Event,
     TweetDeleted,
     TweetPosted,

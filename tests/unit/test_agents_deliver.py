@@ -511,10 +511,11 @@ async def test_bad_deliveries_are_dead_lettered_and_misrouted_activity_is_rerout
 
     reasons = {d["offset"]: d["reason"] for d in sent.dead_letters()}
     assert sorted(reasons) == [0, 1, 3, 4]  # 2 is the misrouted activity, 5 the good delivery
-    assert reasons[0].startswith("delivery is not JSON")
-    assert reasons[1] == 'delivery must be {"ops": [...]} with known op names'
-    assert reasons[3] == "processing error: KeyError('to')"
-    assert reasons[4] == "field 'user_id' must be a positive 64-bit integer, got 0"
+    assert reasons[0].startswith("delivery is not valid UTF-8 JSON")
+    assert reasons[1].startswith("op 0 has no known 'op' name")
+    # Checked at decode now: a malformed op never reaches the tables or the stores.
+    assert reasons[3] == "op 0 (add) is missing field 'to'"
+    assert reasons[4] == "field 'user_id' must be an id in 1..9223372036854775807, got 0"
     assert {d["stage"] for d in sent.dead_letters()} == {"deliver"}
     assert [(s.key, s.value, s.partition) for s in sent.on(ACTIVITY)] == [(misrouted.key, misrouted.value, p)]
     assert rec(user) is None or rec(user)["active_at"] is None, "the misrouted activity was not applied"
