@@ -44,9 +44,10 @@ ISOLATED = Counter(
 DeadLetter = Callable[[Any, str], Awaitable[None]]
 
 
-def retrying_now() -> list[str]:
-    """Store operations waiting on a transient error right now (for the health check)."""
-    return sorted(what for what, since in _retrying.items())
+def retrying_now() -> list[dict]:
+    """Store operations waiting on a transient error right now, and for how long (the health check)."""
+    now = time.monotonic()
+    return [{"what": what, "seconds": round(now - since, 1)} for what, since in sorted(_retrying.items())]
 
 
 _retrying: dict[str, float] = {}

@@ -23,6 +23,12 @@ pipeline's; ``ops/monitoring/`` has the dashboard and alert rules built on them.
 * ``timeline_consumer_lag_messages{topic,partition}``: for the partitions this worker
   owns now, the log end minus the committed position (messages not processed yet).
 * ``timeline_dead_letters_total{topic,stage}``: events sent to the dead-letter topic.
+* ``timeline_errors_total{stage,kind}``: errors by kind (``transient``: retried;
+  ``permanent``: the event is dead-lettered; ``systemic``: the worker stops),
+  ``timeline_store_retrying{what}`` (1 while a store operation waits on a transient
+  error) and ``timeline_isolated_events_total{stage}`` (events a store refused),
+  from ``agents/failures.py``. ``GET /healthz`` answers 503 ``waiting_for_stores``
+  while any store operation is retrying.
 """
 from __future__ import annotations
 
@@ -152,5 +158,15 @@ def install(app: Any, topics: Iterable[str]) -> None:
     ``topics`` are the source topics whose consumer lag is reported."""
     from faust.sensors.prometheus import setup_prometheus_sensors
 
+    from agents.failures import retrying_now
+
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
     REGISTRY.register(ConsumerLagCollector(app, topics))
+
+    @app.page("/healthz")
+    async def healthz(view: Any, request: Any) -> Any:
+        """200 ``{"status": "ok"}``; 503 ``waiting_for_stores`` with the store operations
+        retrying a transient error and for how long (the worker is alive and will resume)."""
+        waiting = retrying_now()
+        body = {"status": "waiting_for_stores" if waiting else "ok", "retrying": waiting}
+        return view.json(body, status=503 if waiting else 200)
