@@ -225,26 +225,17 @@ class _Ref:
 
 
 async def publish_author_status(sinks: Sinks, batch: AuthorBatch) -> None:
-    writes = [
-        ("set_author_status", (a, s["followers"], s["celebrity"], s["since"]))
-        for a, s in batch.status_writes.items()
-    ]
+    """Every touched author's status, then the celebrity set: Cassandra (durable) first, then
+    the Redis cache of it. Written for every touched author, not only on a transition, so a
+    replay after a crash repairs a row or a cache that missed an update."""
+    writes = []
+    for a, s in batch.status_writes.items():
+        writes.append(("set_author_status", (a, s["followers"], s["celebrity"], s["since"])))
+        writes.append(("insert_celebrity" if s["celebrity"] else "delete_celebrity", (0, a)))
     await with_retry("author status", lambda: sinks.cassandra.execute_many(writes))
-    if not batch.status_writes:
-        return
-
-    async def update_redis() -> None:
-        # Written for every touched author, not only on a transition, so a
-        # replay after a crash repairs a set that missed an update.
-        async with sinks.redis.pipeline(transaction=False) as pipe:
-            for author_id, status in batch.status_writes.items():
-                if status["celebrity"]:
-                    pipe.sadd(sinks.celebrities_key(), author_id)
-                else:
-                    pipe.srem(sinks.celebrities_key(), author_id)
-            await pipe.execute()
-
-    await with_retry("celebrity set", update_redis)
+    if batch.status_writes:
+        changes = [(a, bool(s["celebrity"])) for a, s in batch.status_writes.items()]
+        await with_retry("celebrity set", lambda: sinks.celebrities.update(changes))
 
 
 def new_outbox() -> Outbox:

@@ -13,6 +13,7 @@ from agents.failures import backoff_retry
 from agents.metrics import SINK_RETRIES, SINK_SECONDS
 from settings import Settings
 from sinks.cassandra import CassandraStore
+from sinks.redis_celebrities import RedisCelebrities
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import RedisTweets
 
@@ -27,6 +28,7 @@ class Sinks:
     redis: Redis
     timelines: RedisTimelines
     tweets: RedisTweets
+    celebrities: RedisCelebrities
 
     @classmethod
     async def open(cls, settings: Settings) -> "Sinks":
@@ -36,10 +38,9 @@ class Sinks:
             redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s
         )
         tweets = RedisTweets(redis, prefix=settings.redis_prefix)
-        return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines, tweets=tweets)
-
-    def celebrities_key(self) -> str:
-        return f"{self.settings.redis_prefix}celebrities"
+        celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix)
+        return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines, tweets=tweets,
+                   celebrities=celebrities)
 
     async def close(self) -> None:
         await self.redis.aclose()

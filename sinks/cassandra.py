@@ -244,6 +244,10 @@ class CassandraStore:
         "set_author_status": "INSERT INTO {ks}.author_status (author_id, followers, celebrity, celebrity_since) VALUES (?, ?, ?, ?)",
         "get_author_status": "SELECT followers, celebrity, celebrity_since FROM {ks}.author_status WHERE author_id = ?",
         "all_celebrities": "SELECT author_id, celebrity FROM {ks}.author_status",
+        # The durable set of celebrities (sinks/redis_celebrities.py caches it): bucket 0.
+        "insert_celebrity": "INSERT INTO {ks}.celebrities (bucket, author_id) VALUES (?, ?)",
+        "delete_celebrity": "DELETE FROM {ks}.celebrities WHERE bucket = ? AND author_id = ?",
+        "list_celebrities": "SELECT author_id FROM {ks}.celebrities WHERE bucket = ?",
         # Read path (sinks/reader.py): one query for many tweets / many authors.
         "get_tweets": "SELECT tweet_id, author_id, text, created_at, deleted_at FROM {ks}.tweets WHERE tweet_id IN ?",
         "authors_tl_below": (
@@ -269,6 +273,8 @@ class CassandraStore:
         "insert_following": ("following", (0, 1)),
         "delete_following": ("following", (0, 1)),
         "set_author_status": ("author_status", (0,)),
+        "insert_celebrity": ("celebrities", (0, 1)),
+        "delete_celebrity": ("celebrities", (0, 1)),
     }
 
     @classmethod
@@ -308,6 +314,12 @@ class CassandraStore:
         loop = asyncio.get_running_loop()
         rows = await _bridge(self.session.execute_async(self._stmts[name], params), loop)
         return list(rows) if rows is not None else []
+
+    async def execute_all(self, name: str, params: Sequence[Any] = ()) -> list:
+        """Every row of a query, all pages (``execute`` returns the first page only): in a
+        worker thread, for the rare reads that can exceed one page."""
+        stmt = self._stmts[name]
+        return await asyncio.to_thread(lambda: list(self.session.execute(stmt, params)))
 
     async def execute_many(self, items: Iterable[tuple[str, Sequence[Any]]]) -> None:
         """Run many writes as UNLOGGED batches (see the module doc); raise the first error.

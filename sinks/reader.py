@@ -44,19 +44,23 @@ than ``cap`` entries holds all of it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
 
+import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from policies.timeline import merge_desc
 from settings import Settings
 from sinks.cassandra import CassandraStore
-from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, drop_and_bump, member, parse_member
+from sinks.redis_celebrities import RedisCelebrities
+from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, drop_and_bump, member, parse_member, version_token
 from sinks.redis_tweets import RedisTweets
 
+log = logging.getLogger(__name__)
 MAX_ID = 2**63 - 1
 # Extra entries asked for per chunk, so a few deleted tweets do not cost another round.
 SLACK = 5
@@ -70,13 +74,27 @@ PULL_MIN = 4
 FOLLOWING_SENTINEL = b"0"
 
 # The first round trip of a read, atomic so that its parts agree with each other.
-# KEYS: timeline, timeline version, following set, following version, celebrity set.
-# ARGV: upper ZREVRANGEBYLEX bound of the window, window size.
+# KEYS: timeline, timeline version, following set, following version, celebrity set,
+# celebrity set version.
+# ARGV: upper ZREVRANGEBYLEX bound of the window, window size, a fresh version token,
+# version ttl.
 # Returns: window, lowest member (the sentinel), timeline size, timeline version,
 # following set size, per window member whether its author is followed, the
-# followed celebrities, following version. Only the window's authors are looked up,
-# so the cost does not grow with the number of followees.
+# followed celebrities, following version, whether the celebrity set is loaded (it
+# holds '0'), its version. Only the window's authors are looked up, so the cost does
+# not grow with the number of followees.
+#
+# A version key that does not exist is created here with the reader's token: a fill
+# compares the version it saw with the one it finds, and "absent" cannot be a version,
+# since a key evicted or expired after a writer bumped it would be absent again (and the
+# fill would install what was read before that write).
 _OPEN = """
+local function version(key)
+  local v = redis.call('GET', key)
+  if v then return v end
+  redis.call('SET', key, ARGV[3], 'EX', ARGV[4])
+  return ARGV[3]
+end
 local window = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, tonumber(ARGV[2]))
 local lowest = redis.call('ZRANGE', KEYS[1], 0, 0)
 local size = redis.call('ZCARD', KEYS[1])
@@ -89,15 +107,18 @@ if following > 0 then
   end
   celebs = redis.call('SINTER', KEYS[3], KEYS[5])
 end
-return {window, lowest, size, redis.call('GET', KEYS[2]) or '', following, flags, celebs,
-        redis.call('GET', KEYS[4]) or ''}
+local loaded = redis.call('SISMEMBER', KEYS[5], '0')
+local home_v = version(KEYS[2])
+local following_v = version(KEYS[4])
+local celebs_v = ''
+if loaded == 0 then celebs_v = version(KEYS[6]) end
+return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v}
 """
 
-# KEYS: following set, version. ARGV: expected version ('' = none), ttl, then members.
+# KEYS: following set, version. ARGV: expected version, ttl, then members.
 _FOLLOWING_FILL = """
 local v = redis.call('GET', KEYS[2])
-if v == false then v = '' end
-if v ~= ARGV[1] then return 0 end
+if v == false or v ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -203,6 +224,7 @@ class ReadStats:
     following_cache: str | None = None  # "hit" or "miss"
     tweet_cache_hits: int = 0
     tweet_cache_misses: int = 0
+    cache_bypassed: bool = False  # Redis failed: the page was read from Cassandra alone
 
 
 @dataclass
@@ -235,9 +257,6 @@ class RedisFollowing:
     def version_key(self, user_id: int) -> str:
         return f"{self.prefix}followingv:{user_id}"
 
-    def celebrities_key(self) -> str:
-        return f"{self.prefix}celebrities"
-
     async def invalidate(self, user_ids: Iterable[int]) -> None:
         """Drop cached lists and bump their versions (after ``following`` changed in Cassandra)."""
         await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s)
@@ -249,7 +268,8 @@ class RedisFollowing:
 
     async def check(self, user_id: int, authors: Sequence[int]) -> set[int] | None:
         """Which of ``authors`` the user follows; None if the list is not cached."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # MULTI/EXEC: the list cannot be evicted between the two commands.
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.exists(self.key(user_id))
             pipe.smismember(self.key(user_id), list(authors))
             exists, flags = await pipe.execute()
@@ -305,6 +325,7 @@ class HomeTimelineReader:
         self.following_cache = following or RedisFollowing(
             self.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s
         )
+        self.celebrity_cache = RedisCelebrities(self.redis, prefix=settings.redis_prefix)
         self._open_script = self.redis.register_script(_OPEN)
 
     # --- stores ---------------------------------------------------------------------
@@ -334,13 +355,17 @@ class HomeTimelineReader:
             sources.append(Source(kept, kept[-1] if len(kept) == limit else None))
         return sources
 
-    async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None) -> dict[int, Tweet]:
-        """Bodies of the live tweets among ``ids``: Redis first, one Cassandra query for the rest."""
+    async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None, *, cache: bool = True) -> dict[int, Tweet]:
+        """Bodies of the live tweets among ``ids``: Redis first, one Cassandra query for the rest
+        (Cassandra alone when ``cache`` is False)."""
         stats = stats if stats is not None else ReadStats()
         if not ids:
             return {}
-        cached = await self.tweets.read(ids)
-        stats.redis_round_trips += 1
+        if cache:
+            cached = await self.tweets.read(ids)
+            stats.redis_round_trips += 1
+        else:
+            cached = dict.fromkeys(ids)
         out: dict[int, Tweet] = {}
         misses: list[int] = []
         for tweet_id, tweet in cached.items():
@@ -360,7 +385,7 @@ class HomeTimelineReader:
                     deleted.append((r.tweet_id, r.deleted_at))
                 elif r.author_id is not None and r.text is not None:
                     out[r.tweet_id] = Tweet(r.tweet_id, r.author_id, r.text, r.created_at or 0)
-            if posted or deleted:
+            if cache and (posted or deleted):
                 # A delete only sets a field of the hash, so this write cannot undo one.
                 await self.tweets.write(posted, deleted)
                 stats.redis_round_trips += 1
@@ -368,15 +393,37 @@ class HomeTimelineReader:
 
     # --- the user's view ---------------------------------------------------------------
 
+    async def _open_store(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> _View:
+        """The user's view from Cassandra alone (Redis failed): following list, celebrities,
+        meta and the newest rows, concurrently; nothing is cached."""
+        following, celebrities, meta, rows = await asyncio.gather(
+            self.cassandra.execute_all("get_following", (user_id,)),
+            self.cassandra.execute_all("list_celebrities", (0,)),
+            self._cql(stats, "get_meta", (user_id,)),
+            self._cql(stats, "user_tl_below", (user_id, MAX_ID, 0, self.timelines.cap)),
+        )
+        stats.cassandra_queries += 2
+        followees = frozenset(r.followee_id for r in following)
+        view = _View(len(followees), sorted(followees.intersection(r.author_id for r in celebrities)),
+                     (meta[0].floor or 0) if meta else 0, bool(meta[0].stale) if meta else False,
+                     cached=False, whole=False, followees=followees)
+        if not view.stale:
+            entries = [(r.tweet_id, r.author_id) for r in rows if r.tweet_id > view.floor]
+            below = [e for e in entries if e[0] < cursor]
+            view.first = usable_chunk(cursor, below, len(entries) < self.timelines.cap, need, "store")
+        return view
+
     async def _open(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> _View:
         """One Redis call for the timeline window and the following facts; Cassandra for misses."""
         n = need + SLACK
         following = self.following_cache
+        celebrity_cache = self.celebrity_cache
         keys = [self.timelines.key(user_id), self.timelines.version_key(user_id),
-                following.key(user_id), following.version_key(user_id), following.celebrities_key()]
-        window, lowest, card, home_version, followee_card, flags, celebs, following_version = (
-            await self._open_script(keys=keys, args=[lex_below(cursor), n + 1])
-        )
+                following.key(user_id), following.version_key(user_id),
+                celebrity_cache.key(), celebrity_cache.version_key()]
+        (window, lowest, card, home_version, followee_card, flags, celebs, following_version,
+         celebs_loaded, celebs_version) = await self._open_script(
+            keys=keys, args=[lex_below(cursor), n + 1, version_token(), self.timelines.ttl_s])
         stats.redis_round_trips += 1
 
         view = _View(max(0, followee_card - 1), [], 0, False, cached=False, whole=False)
@@ -399,6 +446,10 @@ class HomeTimelineReader:
             view.celebrities = sorted(int(c) for c in celebs if int(c) != 0)
 
         reads: dict[str, Any] = {}
+        if not celebs_loaded:
+            # The celebrity set was lost (restart, flush, eviction): Cassandra has it.
+            stats.cassandra_queries += 1
+            reads["celebrities"] = self.cassandra.execute_all("list_celebrities", (0,))
         if not following_hit:
             reads["following"] = self._cql(stats, "get_following", (user_id,))
         if not view.cached:
@@ -408,6 +459,9 @@ class HomeTimelineReader:
         if not reads:
             return view
         results = dict(zip(reads, await asyncio.gather(*reads.values())))
+        every_celebrity: list[int] | None = None
+        if not celebs_loaded:
+            every_celebrity = sorted(r.author_id for r in results["celebrities"])
 
         fill_timeline = None
         if not view.cached:
@@ -431,16 +485,38 @@ class HomeTimelineReader:
         if following_hit and view.first is not None:
             checked = sorted({a for _, a in view.first[1]})
         check = self.following_cache.check(user_id, checked) if checked else None
-        calls = {"timeline": fill_timeline, "following": fill_following, "check": check}
+        fill_celebrities = check_celebrities = None
+        if every_celebrity is not None:
+            fill_celebrities = self.celebrity_cache.fill(_decode(celebs_version), every_celebrity)
+            if following_hit and every_celebrity:
+                check_celebrities = self.following_cache.check(user_id, every_celebrity)
+        calls = {"timeline": fill_timeline, "following": fill_following, "check": check,
+                 "celebrities": fill_celebrities, "followed_celebrities": check_celebrities}
         calls = {k: c for k, c in calls.items() if c is not None}
         if calls:
             done = dict(zip(calls, await asyncio.gather(*calls.values())))
             stats.redis_round_trips += 1  # concurrent: one round trip of latency
             if "following" in done:
-                view.celebrities = done["following"]
+                if done["following"] is None and every_celebrity is None:
+                    # The celebrity set went missing after the first round trip: Cassandra.
+                    every_celebrity = sorted(r.author_id for r in
+                                             await self.cassandra.execute_all("list_celebrities", (0,)))
+                    stats.cassandra_queries += 1
+                view.celebrities = done["following"] or []
             found = done.get("check")
             if found is not None:  # None: the list was dropped meanwhile; _followed reloads it
                 view.follows.update((a, a in found) for a in checked)
+        if every_celebrity is not None:
+            # The set was not loaded: what the script and the fill said about it is void.
+            if view.followees is not None:
+                view.celebrities = sorted(view.followees.intersection(every_celebrity))
+            elif every_celebrity:
+                followed = done.get("followed_celebrities")
+                if followed is None:  # the cached list was dropped meanwhile
+                    followed = await self._followees(user_id, view, stats)
+                view.celebrities = sorted(followed.intersection(every_celebrity))
+            else:
+                view.celebrities = []
         return view
 
     async def _followed(self, user_id: int, view: _View, authors: set[int], stats: ReadStats) -> set[int]:
@@ -466,14 +542,18 @@ class HomeTimelineReader:
             view.followees = frozenset(cached)
         return view.followees
 
-    async def _fill_following(self, user_id: int, seen_version: str, followees: list[int]) -> list[int]:
-        """Cache the list (version-checked) and return the celebrities in it: one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+    async def _fill_following(self, user_id: int, seen_version: str, followees: list[int]) -> list[int] | None:
+        """Cache the list (version-checked) and return the celebrities in it: one round trip.
+        None when the celebrity set is not loaded (it may have been evicted since the read began)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
             await self.following_cache.queue_fill(pipe, user_id, seen_version, followees)
+            pipe.sismember(self.celebrity_cache.key(), "0")
             if followees:
-                pipe.smismember(self.following_cache.celebrities_key(), followees)
+                pipe.smismember(self.celebrity_cache.key(), followees)
             results = await pipe.execute()
-        flags = results[1] if followees else []
+        if not results[1]:
+            return None
+        flags = results[2] if followees else []
         return [a for a, flag in zip(followees, flags) if flag]
 
     async def _materialized(
@@ -509,11 +589,25 @@ class HomeTimelineReader:
     # --- pages -------------------------------------------------------------------------
 
     async def page(self, user_id: int, *, limit: int, below: int | None = None) -> Page:
+        """One page of the home timeline. Redis is a cache: if it fails (down, out of memory,
+        a timeout) the page is read again from Cassandra alone, with the same answer."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        try:
+            return await self._page(user_id, limit, below, cache=True)
+        except redis.exceptions.RedisError as exc:
+            log.warning("home timeline of %d read without Redis: %r", user_id, exc)
+            page = await self._page(user_id, limit, below, cache=False)
+            page.stats.cache_bypassed = True
+            return page
+
+    async def _page(self, user_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
-        view = await self._open(user_id, cursor, limit, stats)
+        if cache:
+            view = await self._open(user_id, cursor, limit, stats)
+        else:
+            view = await self._open_store(user_id, cursor, limit, stats)
         phase = "pull" if view.stale else "materialized"
         source = "rebuilt" if view.stale else ""
         out: list[Tweet] = []
@@ -551,7 +645,7 @@ class HomeTimelineReader:
             done_upto = 0
             while done_upto < len(candidates) and len(out) < limit:
                 chunk = candidates[done_upto : done_upto + (limit - len(out)) + SLACK]
-                bodies = await self.hydrate(chunk, stats)
+                bodies = await self.hydrate(chunk, stats, cache=cache)
                 for tweet_id in chunk:
                     done_upto += 1
                     cursor = tweet_id
@@ -590,9 +684,19 @@ class HomeTimelineReader:
             below = page.next_below
 
     async def author_page(self, author_id: int, *, limit: int, below: int | None = None) -> Page:
-        """An author's own tweets, newest first (``author_timeline``), deleted ones dropped."""
+        """An author's own tweets, newest first (``author_timeline``), deleted ones dropped;
+        from Cassandra alone if Redis fails."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        try:
+            return await self._author_page(author_id, limit, below, cache=True)
+        except redis.exceptions.RedisError as exc:
+            log.warning("author timeline of %d read without Redis: %r", author_id, exc)
+            page = await self._author_page(author_id, limit, below, cache=False)
+            page.stats.cache_bypassed = True
+            return page
+
+    async def _author_page(self, author_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
         out: list[Tweet] = []
@@ -601,7 +705,7 @@ class HomeTimelineReader:
             n = limit - len(out) + SLACK
             rows = await self._cql(stats, "author_tl_below", (author_id, cursor, n))
             ids = [r.tweet_id for r in rows]
-            bodies = await self.hydrate(ids, stats)
+            bodies = await self.hydrate(ids, stats, cache=cache)
             consumed = 0
             for tweet_id in ids:
                 consumed += 1

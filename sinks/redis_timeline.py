@@ -12,7 +12,7 @@ Rules that keep the cache equal to Cassandra under at-least-once delivery:
 
 * a key that exists holds the newest ``cap`` entries of the Cassandra timeline;
 * a delivery only touches a key that exists (it never recreates a half-full one),
-  and always bumps the per-user version counter;
+  and always bumps the per-user version (a fresh token, see ``version_token``);
 * a reader that missed fills the key from Cassandra only if the version it saw
   before reading Cassandra is unchanged (no delivery raced with its read).
 
@@ -21,6 +21,9 @@ write can be replayed.
 """
 from __future__ import annotations
 
+import itertools
+import os
+import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -29,43 +32,50 @@ from redis.asyncio import Redis
 SENTINEL_ID = 0
 _PAD = 19
 
-# KEYS: timeline, version. ARGV: cap, version_ttl, then members to add.
+# KEYS: timeline, version. ARGV: cap, version_ttl, new version token, then members to add.
 _PUSH = """
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 3, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 local n = redis.call('ZCARD', KEYS[1])
 local cap = tonumber(ARGV[1])
 if n > cap + 1 then redis.call('ZREMRANGEBYRANK', KEYS[1], 1, n - cap - 1) end
 return 1
 """
 
-# KEYS: timeline, version. ARGV: version_ttl, cap, then members to remove.
+# KEYS: timeline, version. ARGV: version_ttl, cap, new version token, then members to remove.
 # A full window (cap entries) that loses an entry no longer holds the newest
 # cap entries of the timeline (the next older one is only in Cassandra), and a
 # window below cap would pass for the whole timeline: drop the key instead.
 _UNPUSH = """
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = redis.call('ZCARD', KEYS[1]) - 1
 local removed = 0
-for i = 3, #ARGV do removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) end
+for i = 4, #ARGV do removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) end
 if removed > 0 and n >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: timeline, version. ARGV: expected version ('' = none), ttl, then members (sentinel first).
+# KEYS: timeline, version. ARGV: expected version, ttl, then members (sentinel first).
+# A missing version never matches (see sinks/reader.py: a reader creates it before reading).
 _FILL = """
 local v = redis.call('GET', KEYS[2])
-if v == false then v = '' end
-if v ~= ARGV[1] then return 0 end
+if v == false or v ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+
+
+_counter = itertools.count()
+
+
+def version_token() -> str:
+    """A version value that no earlier bump of any process produced (time, process,
+    sequence): unlike a counter, it cannot come back after the key was lost."""
+    return f"{time.time_ns()}-{os.getpid()}-{next(_counter)}"
 
 
 def member(tweet_id: int, author_id: int) -> str:
@@ -79,17 +89,21 @@ def parse_member(raw: bytes | str) -> tuple[int, int]:
 
 
 async def drop_and_bump(redis: Redis, keys: Iterable[tuple[str, str]], ttl_s: int) -> None:
-    """Delete cached keys and bump their version counters (which expire after ``ttl_s``),
-    one pipeline for all: ``keys`` are (cached key, version key) pairs. A reader that
-    saw the old version will not refill the key with what it read before."""
+    """Delete cached keys and bump their versions (which expire after ``ttl_s``), one
+    pipeline for all: ``keys`` are (cached key, version key) pairs. A reader that saw the
+    old version will not refill the key with what it read before.
+
+    A bump sets a fresh token (``version_token``), never increments a counter: after a
+    flush a counter would start again and could come back to a value a reader saw before
+    the flush, and that reader would then install what it read before a write."""
     keys = list(keys)
     if not keys:
         return
+    token = version_token()
     async with redis.pipeline(transaction=False) as pipe:
         for key, version_key in keys:
             pipe.delete(key)
-            pipe.incr(version_key)
-            pipe.expire(version_key, ttl_s)
+            pipe.set(version_key, token, ex=ttl_s)
         await pipe.execute()
 
 
@@ -122,12 +136,13 @@ class RedisTimelines:
         """Add entries to the timelines that are cached; one pipeline for all users."""
         if not adds:
             return
+        token = version_token()
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id, entries in adds.items():
                 members = [member(t, a) for t, a in entries]
                 await self._push(
                     keys=[self.key(user_id), self.version_key(user_id)],
-                    args=[self.cap, self.ttl_s, *members],
+                    args=[self.cap, self.ttl_s, token, *members],
                     client=pipe,
                 )
             await pipe.execute()
@@ -135,12 +150,13 @@ class RedisTimelines:
     async def unpush_many(self, removes: dict[int, Sequence[tuple[int, int]]]) -> None:
         if not removes:
             return
+        token = version_token()
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id, entries in removes.items():
                 members = [member(t, a) for t, a in entries]
                 await self._unpush(
                     keys=[self.key(user_id), self.version_key(user_id)],
-                    args=[self.ttl_s, self.cap, *members],
+                    args=[self.ttl_s, self.cap, token, *members],
                     client=pipe,
                 )
             await pipe.execute()
@@ -166,7 +182,8 @@ class RedisTimelines:
         """Entries with tweet_id < below, newest first; None when the timeline is not cached."""
         key = self.key(user_id)
         hi = "+" if below is None else f"({below:0{_PAD}d}"
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # MULTI/EXEC: the key cannot be evicted or replaced between the three commands.
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrevrangebylex(key, hi, "-", start=0, num=limit + 1)
             pipe.zrange(key, 0, 0)
             pipe.zcard(key)

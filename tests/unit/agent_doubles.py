@@ -76,6 +76,7 @@ class FakeCassandra:
         self.meta: dict[int, tuple[int, bool]] = {}  # user -> (floor, stale)
         self.following: dict[tuple[int, int], int] = {}
         self.author_status: dict[int, tuple[int, bool, int]] = {}
+        self.celebrities: set[int] = set()
         self.crash_on_next_write = False  # the next execute_many raises SimulatedCrash, writing nothing
 
     # seeding
@@ -165,6 +166,10 @@ class FakeCassandra:
             self.following.pop((p[0], p[1]), None)
         elif name == "set_author_status":
             self.author_status[p[0]] = (p[1], p[2], p[3])
+        elif name == "insert_celebrity":
+            self.celebrities.add(p[1])
+        elif name == "delete_celebrity":
+            self.celebrities.discard(p[1])
         else:  # pragma: no cover - a statement the agents are not expected to use
             raise AssertionError(f"FakeCassandra does not model {name!r}")
         return []
@@ -202,6 +207,9 @@ class FakePipeline:
     def incr(self, key: str) -> "FakePipeline":
         return self._queue("incr", key)
 
+    def set(self, key: str, value: Any, ex: int | None = None) -> "FakePipeline":
+        return self._queue("set", key, value, ex)
+
     def expire(self, key: str, seconds: int) -> "FakePipeline":
         return self._queue("expire", key, seconds)
 
@@ -229,6 +237,7 @@ class FakeRedis:
         self.journal = journal if journal is not None else []
         self.sets: dict[str, set] = {}
         self.counters: dict[str, int] = {}
+        self.values: dict[str, Any] = {}
         self.ttls: dict[str, int] = {}
         self.executed: list[tuple[Any, ...]] = []
         self.scripts: list[FakeScript] = []
@@ -253,10 +262,17 @@ class FakeRedis:
             members.discard(member)
             return int(present)
         if op == "delete":
-            found = key in self.sets or key in self.counters
+            found = key in self.sets or key in self.counters or key in self.values
             self.sets.pop(key, None)
             self.counters.pop(key, None)
+            self.values.pop(key, None)
             return int(found)
+        if op == "set":
+            value, ex = args
+            self.values[key] = value
+            if ex is not None:
+                self.ttls[key] = ex
+            return True
         if op == "incr":
             self.counters[key] = self.counters.get(key, 0) + 1
             return self.counters[key]
@@ -320,14 +336,28 @@ class FakeTweets:
         self.journal.append(("tweets", "write", self.writes[-1]))
 
 
+class FakeCelebrities:
+    """``RedisCelebrities.update`` over a set (the cache loaded from the start)."""
+
+    def __init__(self, journal: Journal | None = None) -> None:
+        self.journal = journal if journal is not None else []
+        self.members: set[int] = set()
+
+    async def update(self, changes: Iterable[tuple[int, bool]]) -> None:
+        for author_id, celebrity in changes:
+            (self.members.add if celebrity else self.members.discard)(author_id)
+            self.journal.append(("celebrities", "add" if celebrity else "remove", author_id))
+
+
 def make_sinks(s: Any = settings, journal: Journal | None = None) -> Sinks:
-    """The real ``Sinks`` container holding fakes (so ``celebrities_key`` is the real one)."""
+    """The real ``Sinks`` container holding fakes."""
     return Sinks(
         settings=s,
         cassandra=FakeCassandra(journal),  # type: ignore[arg-type]
         redis=FakeRedis(journal),  # type: ignore[arg-type]
         timelines=FakeTimelines(journal),  # type: ignore[arg-type]
         tweets=FakeTweets(journal),  # type: ignore[arg-type]
+        celebrities=FakeCelebrities(journal),  # type: ignore[arg-type]
     )
 
 

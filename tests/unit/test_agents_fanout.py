@@ -173,7 +173,7 @@ async def test_celebrity_tweet_is_not_pushed(
     assert status["celebrity"] is True and status["followers"] == 3
     assert status["since"] == 100, "pulled from the first tweet after the last pushed one"
     assert sinks.cassandra.author_status[AUTHOR] == (3, True, 100)
-    assert sinks.redis.sets[sinks.celebrities_key()] == {AUTHOR}
+    assert sinks.celebrities.members == {AUTHOR} == sinks.cassandra.celebrities
     assert recipients_of(sent, "add", 100) == Counter({21: 1}), "pushed while not a celebrity"
     sent.clear()
 
@@ -198,7 +198,7 @@ async def test_promotion_and_demotion_use_hysteresis_and_demotion_queues_a_backf
     await driver.run([unfollow(f3)])  # 2: inside the hysteresis band, stays a celebrity
     assert author_row()["celebrity"] is True
     assert sent.delivery_ops("backfill") == []
-    assert sinks.redis.sets[sinks.celebrities_key()] == {AUTHOR}
+    assert sinks.celebrities.members == {AUTHOR} == sinks.cassandra.celebrities
     sent.clear()
 
     await driver.run([unfollow(f2)])  # 1 < threshold - hysteresis: demoted
@@ -207,7 +207,7 @@ async def test_promotion_and_demotion_use_hysteresis_and_demotion_queues_a_backf
     assert status["backfill_pending"] is False, "cleared once the backfill was published"
     backfills = sent.delivery_ops("backfill")
     assert backfills == [(part(f1), {"op": "backfill", "author": AUTHOR, "above": 200, "to": [f1]})]
-    assert sinks.redis.sets[sinks.celebrities_key()] == set()
+    assert sinks.celebrities.members == set() == sinks.cassandra.celebrities
     assert sinks.cassandra.author_status[AUTHOR] == (1, False, 200)
     # the unfollow reaches the follower's partition in the same publish
     assert [op["follower"] for _, op in sent.delivery_ops("unfollow")] == [f2]
@@ -295,7 +295,8 @@ async def test_post_and_delete_in_one_batch_store_the_delete_last(
     driver: AgentDriver, sinks: Any, sent: SentLog
 ) -> None:
     await driver.run([follow(71), tweet(700), delete(700)])
-    names = [name for name, _ in sinks.cassandra.writes() if name != "set_author_status"]
+    names = [name for name, _ in sinks.cassandra.writes()
+             if name not in ("set_author_status", "insert_celebrity", "delete_celebrity")]
     assert names == ["insert_tweet", "insert_author_tl", "mark_deleted", "delete_author_tl"]
     assert AUTHOR not in sinks.cassandra.author_tl or 700 not in sinks.cassandra.author_tl[AUTHOR]
     ops = [op["op"] for _, op in sent.delivery_ops() if op.get("tweet_id") == 700]
