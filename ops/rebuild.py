@@ -39,7 +39,7 @@ from ops.verify import Report, source_topics, verify
 from ops.worker import Worker
 from settings import Settings, get_settings
 
-TABLES = ("follower-edges", "authors", "following-edges", "recipients")
+TABLES = ("follower-edges", "authors", "early-deletes", "following-edges", "recipients")
 CASSANDRA_TABLES = ("tweets", "author_timeline", "user_timeline", "timeline_meta", "following", "author_status")
 REDIS_PATTERNS = ("home:*", "homev:*", "tweet:*", "celebrities")
 
