@@ -82,7 +82,7 @@ def truncate_cassandra(settings: Settings) -> None:
 
 def truncate_postgres(settings: Settings) -> None:
     with psycopg.connect(settings.postgres_dsn, autocommit=True, **settings.postgres_kwargs()) as conn:
-        conn.execute("TRUNCATE tweets, follows")
+        conn.execute("TRUNCATE tweets, tweet_early_deletes, follows")
 
 
 async def reset_kafka_state(settings: Settings) -> None:
