@@ -12,9 +12,17 @@ In a throw-away keyspace (``Settings.isolated("bench", ...)``, dropped at the en
 * ``read rows (projection)``: ``read_tweets`` of the N ids (IN queries of 100 ids), what
   the PostgreSQL projection adds per batch.
 
-Measured 2025, dev single-node Cassandra 5.0.9 on 2 cores shared with Kafka, Redis,
-PostgreSQL and other developers' tests (so +-30 %), N=2000, concurrency 32, best of 3:
-see the numbers quoted in ``sinks/cassandra.py`` (``claim_tweets``) and the report.
+Measured on the dev single-node Cassandra 5.0.9 (``paxos_variant: v1``), 2 cores shared
+with Kafka, Redis, PostgreSQL and other people's tests (load average 4-10, so very noisy),
+N=2000, concurrency 32, four runs of three (wall s; Cassandra CPU per 1,000 rows):
+
+    batched insert          0.34-1.03 s   75-100 ms
+    LWT claim (new)         1.57-9.31 s   1,015-1,375 ms
+    LWT claim (replay)      2.00-10.2 s   970-1,935 ms
+    read rows (projection)  0.08-0.65 s   40-90 ms
+
+Concurrency 8 / 64 / 128: LWT claims 2.6-9.1 / 2.2-2.8 / 3.2-4.2 s, ~1 s CPU per 1,000
+each time: the server's CPU is the limit, not the number in flight.
 """
 from __future__ import annotations
 

@@ -58,9 +58,9 @@ BATCH_BYTES = 16 * 1024  # estimated payload per batch (values + per-statement o
 BATCH_CONCURRENCY = 8  # batches in flight per execute_many call
 # Lightweight transactions in flight per claim_tweets call. An LWT is a Paxos round
 # (four round trips to the replicas instead of one write) and cannot share a batch
-# with other partitions' rows, so claims go one by one, this many at a time.
-# Measured on the dev single-node Cassandra 5.0 (2 shared cores), 2,000 tweets:
-# see claim_tweets.
+# with other partitions' rows, so claims go one by one, this many at a time. 8, 32,
+# 64 and 128 gave the same throughput within the noise (the server's CPU is the
+# limit, see claim_tweets); 32 keeps a 500-tweet batch to ~16 rounds.
 LWT_CONCURRENCY = 32
 STATEMENT_OVERHEAD_BYTES = 24  # a rough per-row cost on top of the values (timestamps, flags)
 
@@ -425,10 +425,17 @@ class CassandraStore:
         one by one, ``lwt_concurrency`` in flight: an LWT may not share a batch with
         other partitions' rows.
 
-        The cost, measured (``bench/lwt_cost.py``, 2,000 new tweets, dev single-node
-        Cassandra 5.0 on 2 cores shared with Kafka, Redis and PostgreSQL): see the
-        numbers in that file's docstring; a replayed claim (the row exists, not applied)
-        costs about as much as a new one.
+        The cost, measured with ``python -m bench.lwt_cost`` (N=2,000 tweets, 32 in
+        flight, dev single-node Cassandra 5.0.9 with ``paxos_variant: v1``, 2 cores
+        shared with Kafka, Redis, PostgreSQL and other people's tests, load average
+        4-10, four runs of three): claims of new ids 1.6-9.3 s (~200-1,300/s) and
+        ~1.0-1.4 s of Cassandra CPU per 1,000 claims, against 0.34-1.03 s
+        (~2,000-5,900/s) and 75-100 ms of CPU per 1,000 for today's batched plain
+        inserts: 10-14x the server CPU per tweet. A replayed claim (not applied, the
+        row returned) costs the same. At the benchmark's ~230 tweets/s (75 deliveries
+        per tweet, 5.6-7.5 ms of Cassandra CPU in batched rows) that is ~15-25 % more
+        Cassandra CPU per tweet. ``paxos_variant: v2`` (Cassandra 4.1+) needs fewer
+        round trips per LWT; not measured here (a server setting).
         """
         posts = list(posts)
         if not posts:

@@ -17,9 +17,13 @@ from redis.asyncio import Redis
 
 from bench.workload import produce
 from ops.lag import wait_caught_up
+from ops.schema import apply_cassandra
 from ops.worker import Worker
+from policies.first_wins import Post, StoredTweet, post_verdict
 from policies.partitioning import partition_for_id
 from policies.reference import reference_home_timelines
+from schemas import TweetPosted
+from sinks.cassandra import CassandraStore
 from tests.integration.pipeline_harness import drop, isolated_settings, provision, reader_for
 from tests.integration.test_pipeline_correctness import read_dead_letters
 
@@ -156,4 +160,26 @@ async def test_reposts_and_foreign_deletes_change_nothing_and_are_dead_lettered(
         assert all(letter["stage"] == "fanout" and letter["key"] == str(b) for letter in letters)
     finally:
         worker.stop()
+        drop(settings)
+
+
+async def test_claim_tweets_against_the_real_cassandra(tmp_path):
+    """``CassandraStore.claim_tweets``: the LWT claim, a replay, a conflict, an older worker's placeholder."""
+    settings = isolated_settings(tmp_path)
+    apply_cassandra(settings)
+    store = await asyncio.to_thread(CassandraStore.open, settings)
+    try:
+        ks = settings.cassandra_keyspace
+        await asyncio.to_thread(store.session.execute, f"UPDATE {ks}.tweets SET deleted_at = 77 WHERE tweet_id = 3")
+        got = await store.claim_tweets([(1, 10, "one", NOW), (2, 10, "two", NOW), (3, 10, "three", NOW)])
+        assert got == [StoredTweet(1, 10, "one", NOW), StoredTweet(2, 10, "two", NOW),
+                       StoredTweet(3, 10, "three", NOW, 77)], "the placeholder is claimed, its mark kept"
+        again = await store.claim_tweets([(1, 10, "one", NOW), (2, 11, "hijack", NOW + 1), (4, 12, "four", NOW)])
+        assert again == [StoredTweet(1, 10, "one", NOW), StoredTweet(2, 10, "two", NOW), StoredTweet(4, 12, "four", NOW)]
+        assert post_verdict(again[0], TweetPosted(1, 10, "one", NOW)) is Post.SAME
+        assert post_verdict(again[1], TweetPosted(2, 11, "hijack", NOW + 1)) is Post.CONFLICT
+        assert await store.read_tweets([2, 3, 5], chunk=2) == {
+            2: StoredTweet(2, 10, "two", NOW), 3: StoredTweet(3, 10, "three", NOW, 77)}
+    finally:
+        await asyncio.to_thread(store.close)
         drop(settings)
