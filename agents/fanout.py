@@ -4,7 +4,9 @@ Consumes ``tweets`` (keyed by author) and ``follows`` (keyed by followee)
 together, so an author's tweets and follower edges meet in one partition and
 are processed in log order. A batch is handled in three steps:
 
-1. store the batch's tweets (bodies and author timelines) and deletes;
+1. store the batch's tweets (bodies and author timelines) and deletes: a post
+   claims its tweet id (the first post of an id wins, globally), a delete counts
+   only by the tweet's author; the rest is dead-lettered (``write_tweets``);
 2. walk the events in order: update the edge and author tables, ask the pure
    policies what to deliver, and queue delivery ops keyed by recipient;
 3. publish the delivery batches (one message per destination partition) and
@@ -17,7 +19,8 @@ follower from the author timeline it sees every tweet fanned out before it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from faust.streams import current_event
 
@@ -28,6 +31,15 @@ from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
 from policies.fanout import plan_fanout, plan_removal
+from policies.first_wins import (
+    Delete,
+    Post,
+    StoredTweet,
+    delete_verdict,
+    not_author_reason,
+    post_verdict,
+    taken_reason,
+)
 from policies.partitioning import partition_for_id
 from schemas import (
     FOLLOW_EVENTS,
@@ -42,7 +54,7 @@ from schemas import (
 )
 from streams.topics import author_events, dead_letters_topic, deliveries_topic
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
-from tables.graph import authors, follower_edges
+from tables.graph import authors, early_deletes, follower_edges
 
 log = logging.getLogger(__name__)
 STAGE = "fanout"
@@ -75,28 +87,130 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
     return good
 
 
-def store_tweets(typed: Sequence[Any]) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
-    """Cassandra writes for the batch's tweets: inserts, then deletes (applied after: a delete wins)."""
-    inserts: list[tuple[str, tuple]] = []
-    deletes: list[tuple[str, tuple]] = []
-    for ev in typed:
+@dataclass
+class TweetVerdicts:
+    """Step 1's decisions for a batch's posts and deletes (``policies/first_wins.py``)."""
+
+    accepted: list[tuple[Any, Any]] = field(default_factory=list)  # (event, typed) for step 2, in order
+    rejected: list[tuple[Any, str]] = field(default_factory=list)  # (event, reason): dead letters
+    posted: list[TweetPosted] = field(default_factory=list)  # stored and cached (hidden ones included)
+    pushed: list[TweetPosted] = field(default_factory=list)  # go into the author timeline
+    deletes: list[TweetDeleted] = field(default_factory=list)  # applied (an early one as its post arrives)
+    early: list[tuple[Any, TweetDeleted]] = field(default_factory=list)  # kept aside (early_deletes)
+    consumed: list[tuple[Any, TweetPosted]] = field(default_factory=list)  # early deletes now applied
+
+
+def judge_tweets(
+    good: Sequence[tuple[Any, Any]],
+    stored: dict[int, StoredTweet],
+    early_delete_at: Callable[[Any, int, int], int | None],
+) -> TweetVerdicts:
+    """Who keeps a tweet id, whose deletes count, what step 2 still sees. No I/O.
+
+    ``stored``: the row of every posted id (after this batch's claims) and of every
+    deleted id that has one. ``early_delete_at(event, author, tweet)``: the author's
+    early delete of the tweet kept aside, if any. A post of an id held by another
+    tweet and a delete by anyone but the tweet's author are rejected; an accepted
+    post whose tweet is deleted (stored mark, the author's early delete, or a delete
+    earlier in this batch) is stored but not pushed.
+    """
+    v = TweetVerdicts()
+    deleted_here: set[int] = set()  # ids with an applied delete earlier in the batch
+    for event, ev in good:
         if isinstance(ev, TweetPosted):
-            inserts.append(("insert_tweet", (ev.tweet_id, ev.author_id, ev.text, ev.created_at)))
-            inserts.append(("insert_author_tl", (ev.author_id, ev.tweet_id)))
+            row = stored[ev.tweet_id]
+            if post_verdict(row, ev) is not Post.SAME:
+                v.rejected.append((event, taken_reason(row, ev)))
+                continue
+            v.posted.append(ev)
+            if ev.tweet_id in deleted_here:
+                continue  # deleted earlier in this batch: nothing to push
+            early = early_delete_at(event, ev.author_id, ev.tweet_id)
+            if early is not None:
+                v.consumed.append((event, ev))
+                if not row.deleted_at:
+                    v.deletes.append(TweetDeleted(ev.tweet_id, ev.author_id, early))
+            if early is not None or row.deleted_at:
+                deleted_here.add(ev.tweet_id)
+                continue  # stored as deleted: nothing to push
+            v.pushed.append(ev)
+            v.accepted.append((event, ev))
         elif isinstance(ev, TweetDeleted):
-            deletes.append(("mark_deleted", (max(ev.deleted_at, 1), ev.tweet_id)))
-            deletes.append(("delete_author_tl", (ev.author_id, ev.tweet_id)))
+            verdict = delete_verdict(stored.get(ev.tweet_id), ev)
+            if verdict is Delete.NOT_AUTHOR:
+                v.rejected.append((event, not_author_reason(stored[ev.tweet_id], ev)))
+            elif verdict is Delete.EARLY:
+                v.early.append((event, ev))  # nothing was stored or pushed: nothing to remove yet
+            else:
+                deleted_here.add(ev.tweet_id)
+                v.deletes.append(ev)
+                v.accepted.append((event, ev))
+        else:
+            v.accepted.append((event, ev))
+    return v
+
+
+def store_tweets(v: TweetVerdicts) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+    """Cassandra writes after the claims: author timelines, then deletes (applied after: a delete wins)."""
+    inserts = [("insert_author_tl", (ev.author_id, ev.tweet_id)) for ev in v.pushed]
+    deletes: list[tuple[str, tuple]] = []
+    for ev in v.deletes:
+        deletes.append(("mark_deleted", (max(ev.deleted_at, 1), ev.tweet_id)))
+        deletes.append(("delete_author_tl", (ev.author_id, ev.tweet_id)))
     return inserts, deletes
 
 
-async def write_tweets(sinks: Sinks, typed: Sequence[Any]) -> None:
-    inserts, deletes = store_tweets(typed)
+def _early_delete_at(event: Any, author_id: int, tweet_id: int) -> int | None:
+    with event_scope(event):
+        raw = early_deletes.get(edge_key(author_id, tweet_id))
+    return int(raw) if raw is not None else None
+
+
+async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]], outbox: Outbox) -> list[tuple[Any, Any]]:
+    """Step 1: claim the batch's tweet ids, store tweets and deletes; the events step 2 must process.
+
+    Posts claim their id with a Cassandra lightweight transaction (``claim_tweets``):
+    tweets of different authors are processed on different partitions and workers,
+    so only the store can say which post of an id came first. Deletes are checked
+    against the stored author by a plain read (``read_tweets``), not a conditional
+    ``UPDATE ... IF author_id = ?``: a row's author is written once, by the claim, and
+    never changes, so a read cannot go stale before the update, and one read for the
+    batch costs less than a Paxos round per delete. Rejected events are dead-lettered.
+    """
+    posts = {}
+    for _, ev in good:
+        if isinstance(ev, TweetPosted):
+            posts.setdefault(ev.tweet_id, ev)  # the batch's first post of an id claims it
+    deleted_ids = {ev.tweet_id for _, ev in good if isinstance(ev, TweetDeleted)}
+    if not posts and not deleted_ids:
+        return list(good)
+    claims = [(ev.tweet_id, ev.author_id, ev.text, ev.created_at) for ev in posts.values()]
+    rows = await with_retry("claim tweets", lambda: sinks.cassandra.claim_tweets(claims))
+    stored = {row.tweet_id: row for row in rows}
+    unknown = deleted_ids - stored.keys()
+    if unknown:
+        stored.update(await with_retry("read deleted tweets", lambda: sinks.cassandra.read_tweets(unknown)))
+    v = judge_tweets(good, stored, _early_delete_at)
+    for event, reason in v.rejected:
+        outbox.dead_letter(dead_letters_topic, event, reason, STAGE)
+    inserts, deletes = store_tweets(v)
     await with_retry("store tweets", lambda: sinks.cassandra.execute_many(inserts))
     await with_retry("store deletes", lambda: sinks.cassandra.execute_many(deletes))
-    posted = [(e.tweet_id, e.author_id, e.text, e.created_at) for e in typed if isinstance(e, TweetPosted)]
-    deleted = [(e.tweet_id, max(e.deleted_at, 1)) for e in typed if isinstance(e, TweetDeleted)]
+    posted = [(e.tweet_id, e.author_id, e.text, e.created_at) for e in v.posted]
+    deleted = [(e.tweet_id, max(e.deleted_at, 1)) for e in v.deletes]
     if posted or deleted:
         await with_retry("cache tweets", lambda: sinks.tweets.write(posted, deleted))
+    # Table changes last: a crash before them replays the batch with the same outcome
+    # (an early delete applied above is then found as the stored deleted_at).
+    for event, ev in v.early:
+        with event_scope(event):
+            key = edge_key(ev.author_id, ev.tweet_id)
+            if early_deletes.get(key) is None:  # the first delete's time wins, as in the stores
+                early_deletes[key] = b"%d" % max(ev.deleted_at, 1)
+    for event, ev in v.consumed:
+        with event_scope(event):
+            early_deletes.pop(edge_key(ev.author_id, ev.tweet_id), None)
+    return v.accepted
 
 
 def _author(author_id: int) -> dict:
@@ -245,7 +359,7 @@ def new_outbox() -> Outbox:
 async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
     outbox = new_outbox()
     good = decode_batch(events, outbox)
-    await write_tweets(sinks, [typed for _, typed in good])
+    good = await write_tweets(sinks, good, outbox)
     batch = AuthorBatch(outbox)
     for event, typed in good:
         with event_scope(event):

@@ -39,7 +39,7 @@ from ops.verify import Report, source_topics, verify
 from ops.worker import Worker
 from settings import Settings, get_settings
 
-TABLES = ("follower-edges", "authors", "following-edges", "recipients")
+TABLES = ("follower-edges", "authors", "early-deletes", "following-edges", "recipients")
 CASSANDRA_TABLES = ("tweets", "author_timeline", "user_timeline", "timeline_meta", "following", "author_status")
 REDIS_PATTERNS = ("home:*", "homev:*", "tweet:*", "celebrities")
 
@@ -82,7 +82,7 @@ def truncate_cassandra(settings: Settings) -> None:
 
 def truncate_postgres(settings: Settings) -> None:
     with psycopg.connect(settings.postgres_dsn, autocommit=True, **settings.postgres_kwargs()) as conn:
-        conn.execute("TRUNCATE tweets, follows")
+        conn.execute("TRUNCATE tweets, tweet_early_deletes, follows")
 
 
 async def reset_kafka_state(settings: Settings) -> None:

@@ -43,6 +43,16 @@ BEGIN
 END $$;
 CREATE INDEX IF NOT EXISTS tweets_author_id_tweet_id ON tweets (author_id, tweet_id DESC);
 
+-- A tweet_deleted that came before any post of its id, kept per (tweet, author): only that
+-- author's post of the id picks it up (agents/projection.py), so a delete by anyone else
+-- never hides a tweet. One row per early delete; rare.
+CREATE TABLE IF NOT EXISTS tweet_early_deletes (
+  tweet_id    bigint NOT NULL,
+  author_id   bigint NOT NULL,
+  deleted_at  timestamptz NOT NULL,
+  PRIMARY KEY (tweet_id, author_id)
+);
+
 CREATE TABLE IF NOT EXISTS follows (
   follower_id bigint NOT NULL,
   followee_id bigint NOT NULL,

@@ -6,10 +6,13 @@ follows *now*, where
 * "follows now" is the last ``followed``/``unfollowed`` event of the pair in log
   order (follows are keyed by followee, so per-pair order is the log order);
   self-follows are ignored;
-* a tweet is live unless a ``tweet_deleted`` with its id appears anywhere in the
-  log, before or after the post (deletes match by ``tweet_id``, as reads do when
-  hydrating from the tweets table);
-* a repeated ``tweet_posted`` id counts once (the first one in log order wins).
+* a repeated ``tweet_posted`` id counts once (the first one in log order wins;
+  across partitions the pipeline's "first" is the first one it claims, see
+  ``policies/first_wins.py``, so a test with conflicting posts of one id by two
+  authors must not depend on which wins);
+* a tweet is live unless a ``tweet_deleted`` with its id *and its author* (the
+  first post's) appears anywhere in the log, before or after the post; a delete
+  naming anyone else is dead-lettered by the pipeline and hides nothing.
 
 Celebrity status, activity, caps and floors are implementation strategies and
 do not appear here: the reference is the full, unbounded answer a read must
@@ -33,7 +36,7 @@ class ReferenceModel:
     def __init__(self, validate: bool = True) -> None:
         self._follows: dict[int, set[int]] = {}  # follower -> followees (current)
         self._tweets: dict[int, int] = {}  # tweet_id -> author_id
-        self._deleted: set[int] = set()
+        self._deleted: set[tuple[int, int]] = set()  # (tweet_id, author_id) of every delete
         self._users: set[int] = set()
         self._validate = validate
 
@@ -56,7 +59,7 @@ class ReferenceModel:
             self._tweets.setdefault(tweet_id, author_id)
         elif kind == "tweet_deleted":
             self._users.add(get("author_id"))
-            self._deleted.add(get("tweet_id"))
+            self._deleted.add((get("tweet_id"), get("author_id")))
         elif kind in ("followed", "unfollowed"):
             follower, followee = get("follower_id"), get("followee_id")
             if follower == followee:
@@ -83,7 +86,7 @@ class ReferenceModel:
         by_author: dict[int, list[int]] = {}
         deleted = self._deleted
         for tweet_id, author_id in self._tweets.items():
-            if tweet_id not in deleted:
+            if (tweet_id, author_id) not in deleted:
                 by_author.setdefault(author_id, []).append(tweet_id)
         return by_author
 
@@ -96,7 +99,7 @@ class ReferenceModel:
         followees = self._follows.get(user_id, set())
         deleted = self._deleted
         ids = sorted(
-            (t for t, a in self._tweets.items() if a in followees and t not in deleted), reverse=True
+            (t for t, a in self._tweets.items() if a in followees and (t, a) not in deleted), reverse=True
         )
         return ids if limit is None else ids[:limit]
 

@@ -3,6 +3,10 @@
 Fanout stage (partitioned like ``tweets`` and ``follows``: by author/followee):
   * ``follower_edges``: ``b"<followee>:<follower>" -> b"<at>"``
   * ``authors``: ``b"<author>" -> {"followers": n, "celebrity": bool, "since": tweet id}``
+  * ``early_deletes``: ``b"<author>:<tweet>" -> b"<deleted_at>"``, a ``tweet_deleted`` that
+    came before any post of its id was stored; applied when that author's post of the id
+    arrives (same key, so same partition, in log order), never to another author's
+    (``policies/first_wins.py``). Rows stay small and few: one per early delete.
 
 Delivery stage (partitioned like ``user-activity``: by recipient):
   * ``following_edges``: ``b"<follower>:<followee>" -> b"<at>"``
@@ -24,5 +28,6 @@ _JSON = dict(key_type=bytes)  # "raw" keys, "json" values (the default)
 
 follower_edges = app.Table("follower-edges", **_RAW)
 authors = app.Table("authors", **_JSON)
+early_deletes = app.Table("early-deletes", **_RAW)
 following_edges = app.Table("following-edges", **_RAW)
 recipients = app.Table("recipients", **_JSON)

@@ -35,12 +35,13 @@ app.conf.store = "memory://"
 
 import agents.sinks as agent_sinks  # noqa: E402  (after the store is switched)
 from agents.sinks import Sinks  # noqa: E402
+from policies.first_wins import StoredTweet  # noqa: E402
 from policies.partitioning import partition_for_id  # noqa: E402
 from schemas import encode, encode_key  # noqa: E402
 from sinks.cassandra import CassandraStore  # noqa: E402
-from tables.graph import authors, follower_edges, following_edges, recipients  # noqa: E402
+from tables.graph import authors, early_deletes, follower_edges, following_edges, recipients  # noqa: E402
 
-TABLES = (follower_edges, authors, following_edges, recipients)
+TABLES = (follower_edges, authors, early_deletes, following_edges, recipients)
 # One list shared by every double of a test: (store, what, detail) in the order things
 # happened, for assertions such as "Cassandra before Redis" or "stored before published".
 Journal = list
@@ -59,7 +60,7 @@ class TweetRow(NamedTuple):
 
 
 class FakeCassandra:
-    """``CassandraStore.execute/execute_many/query_many`` over dicts.
+    """``CassandraStore.execute/execute_many/query_many/claim_tweets/read_tweets`` over dicts.
 
     Every statement name must be one of ``CassandraStore.QUERIES`` and carry as
     many parameters as the CQL has ``?`` markers, so a typo in an agent fails here
@@ -111,6 +112,34 @@ class FakeCassandra:
             self.calls.append(("execute_many", name, params))
             self.journal.append(("cassandra", name, params))
             self._run(name, params)
+
+    async def claim_tweets(self, posts: Sequence[tuple[int, int, str, int]]) -> list[StoredTweet]:
+        """``INSERT ... IF NOT EXISTS`` per post (a placeholder row is claimed, keeping its mark);
+        recorded as one write batch of ``claim_tweet`` statements."""
+        batch = [("claim_tweet", self.check("claim_tweet", p)) for p in posts]
+        assert len({p[0] for _, p in batch}) == len(batch), "claim_tweets takes distinct ids"
+        self.write_batches.append(batch)
+        out = []
+        for name, (tweet_id, author_id, text, created_at) in batch:
+            self.calls.append(("claim_tweets", name, (tweet_id, author_id, text, created_at)))
+            self.journal.append(("cassandra", name, (tweet_id, author_id, text, created_at)))
+            row = self.tweets.setdefault(tweet_id, {})
+            if row.get("author_id") is None:
+                row.update(author_id=author_id, text=text, created_at=created_at)
+            out.append(self.stored(tweet_id))
+        return out
+
+    async def read_tweets(self, tweet_ids: Iterable[int]) -> dict[int, StoredTweet]:
+        ids = sorted(set(tweet_ids))
+        params = self.check("get_tweets", (ids,))
+        self.calls.append(("read_tweets", "get_tweets", params))
+        self.journal.append(("cassandra", "get_tweets", params))
+        return {t: self.stored(t) for t in ids if t in self.tweets}
+
+    def stored(self, tweet_id: int) -> StoredTweet:
+        row = self.tweets[tweet_id]
+        return StoredTweet(tweet_id, row.get("author_id"), row.get("text"), row.get("created_at"),
+                           row.get("deleted_at"))
 
     async def query_many(self, name: str, params_list: Sequence[Sequence[Any]]) -> list[list]:
         out = []

@@ -11,6 +11,7 @@ import pytest
 import agents.projection as projection_mod
 from agents.projection import DELETE_TWEET, FOLLOW, INSERT_TWEET, UNFOLLOW, statements, write_batch
 from faust_app import settings
+from policies.first_wins import StoredTweet
 from schemas import TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed
 from tests.unit.agent_doubles import Msg, msg_for, put_messages, wait_for_batch
 
@@ -26,9 +27,9 @@ def test_each_event_maps_to_its_statement_in_log_order() -> None:
         UserUnfollowed(2, 1, MS + 1),
     ]
     assert statements(events) == [
-        (INSERT_TWEET, (10, 1, "héllo", AT)),
+        (INSERT_TWEET, (10, 1, "héllo", AT, 10, 1)),
         (FOLLOW, (2, 1, AT)),
-        (DELETE_TWEET, (10, 1, AT, AT)),
+        (DELETE_TWEET, (AT, 10, 1, 10, 1, AT, 10)),
         (UNFOLLOW, (2, 1)),
     ]
 
@@ -42,7 +43,7 @@ def test_timestamps_are_utc_with_milliseconds() -> None:
     [(_, params)] = statements([TweetPosted(1, 2, "x", 0)])
     assert params[3] == datetime(1970, 1, 1, tzinfo=timezone.utc)
     [(_, params)] = statements([TweetDeleted(1, 2, MS)])
-    assert params[2].tzinfo is timezone.utc and params[2].microsecond == 123000
+    assert params[0].tzinfo is timezone.utc and params[0].microsecond == 123000
 
 
 @pytest.mark.parametrize("sql", [INSERT_TWEET, DELETE_TWEET, FOLLOW, UNFOLLOW], ids=["insert", "delete", "follow", "unfollow"])
@@ -57,12 +58,37 @@ def test_placeholders_match_the_parameters(sql: str) -> None:
     assert got == sql and sql.count("%s") == len(params)
 
 
+def test_statements_follow_the_fanout_stages_verdicts() -> None:
+    """Cassandra's row (claimed by the fanout stage) is the first post: others are left out."""
+    stored = {10: StoredTweet(10, 1, "first", MS), 11: StoredTweet(11, None, None, None, MS)}
+    events = [
+        TweetPosted(10, 1, "first", MS),  # the stored tweet (a replay): written, ON CONFLICT keeps it
+        TweetPosted(10, 2, "hijack", MS),  # another author
+        TweetPosted(10, 1, "edited", MS),  # another text
+        TweetDeleted(10, 2, MS),  # not the author
+        TweetDeleted(10, 1, MS),  # the author
+        TweetPosted(11, 3, "x", MS),  # a placeholder row is not a verdict
+        TweetPosted(12, 4, "y", MS),  # not claimed yet: PostgreSQL's first wins
+        TweetDeleted(13, 5, MS),  # no row anywhere: kept aside for author 5
+    ]
+    assert [(sql, params[:3]) for sql, params in statements(events, stored)] == [
+        (INSERT_TWEET, (10, 1, "first")),
+        (DELETE_TWEET, (AT, 10, 1)),
+        (INSERT_TWEET, (11, 3, "x")),
+        (INSERT_TWEET, (12, 4, "y")),
+        (DELETE_TWEET, (AT, 13, 5)),
+    ]
+    assert len(statements(events)) == len(events), "without verdicts, PostgreSQL decides alone"
+
+
 def test_statements_are_replay_safe() -> None:
     """What makes a replayed batch leave the same rows (the SQL itself runs in integration tests)."""
     assert "ON CONFLICT (tweet_id) DO NOTHING" in INSERT_TWEET
-    # a delete before its tweet leaves a placeholder the insert does not overwrite,
-    # and the first deleted_at wins over a replayed delete
-    assert "ON CONFLICT (tweet_id) DO UPDATE SET deleted_at = COALESCE(tweets.deleted_at, EXCLUDED.deleted_at)" in DELETE_TWEET
+    # a delete marks only its author's row, and the first deleted_at wins over a replayed delete;
+    # a delete before its tweet is kept aside per (tweet, author), once
+    assert "SET deleted_at = COALESCE(tweets.deleted_at, %s) WHERE tweet_id = %s AND author_id = %s" in DELETE_TWEET
+    assert "ON CONFLICT (tweet_id, author_id) DO NOTHING" in DELETE_TWEET
+    assert "FROM tweet_early_deletes WHERE tweet_id = %s AND author_id = %s" in INSERT_TWEET
     assert "ON CONFLICT (follower_id, followee_id) DO NOTHING" in FOLLOW
     assert UNFOLLOW.startswith("DELETE FROM follows WHERE")
 
@@ -117,7 +143,7 @@ async def test_write_batch_runs_the_statements_in_one_transaction() -> None:
 
 
 async def test_agent_projects_good_events_and_skips_bad_ones(
-    faust_test_app: Any, monkeypatch: pytest.MonkeyPatch
+    faust_test_app: Any, sinks: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = FakePool()
     written: list[list] = []
@@ -145,7 +171,8 @@ async def test_agent_projects_good_events_and_skips_bad_ones(
         await put_messages(tc, messages)
         await wait_for_batch(tc, done)
     assert written == [[
-        (INSERT_TWEET, (10, 1, "a", AT)),
+        (INSERT_TWEET, (10, 1, "a", AT, 10, 1)),
         (FOLLOW, (2, 1, AT)),
-        (DELETE_TWEET, (10, 1, AT, AT)),
+        (DELETE_TWEET, (AT, 10, 1, 10, 1, AT, 10)),
     ]]
+    assert sinks.cassandra.reads("get_tweets") == [("get_tweets", ([10],))], "the fanout's verdicts, one read"

@@ -28,6 +28,16 @@ def active(user, at=0):
     return {"type": "user_active", "user_id": user, "at": at}
 
 
+def test_a_delete_counts_only_by_the_first_posts_author():
+    events = [follow(1, 2), follow(1, 3), delete(11, 3), post(10, 2), post(11, 2), post(10, 3, "hijack"),
+              delete(10, 3), post(12, 2), delete(12, 2)]
+    # 10: the repost by 3 loses and 3's delete is not the author's; 11: 3's early delete is not
+    # the author's; 12: deleted by its author
+    assert reference_home_timeline(events, 1) == [11, 10]
+    assert reference_home_timeline(events + [delete(11, 2)], 1) == [10]
+    assert reference_home_timeline([delete(11, 2)] + events, 1) == [10], "early, by the author: hidden"
+
+
 def test_basic_follow_newest_first():
     events = [follow(1, 2), post(10, 2), post(30, 2), post(20, 3), follow(1, 3)]
     assert reference_home_timelines(events) == {1: [30, 20, 10], 2: [], 3: []}
@@ -146,7 +156,7 @@ def oracle(events):
             first_author.setdefault(e["tweet_id"], e["author_id"])
         elif k == "tweet_deleted":
             users.add(e["author_id"])
-            deleted.add(e["tweet_id"])
+            deleted.add((e["tweet_id"], e["author_id"]))
         elif k in ("followed", "unfollowed"):
             if e["follower_id"] == e["followee_id"]:
                 continue
@@ -159,7 +169,7 @@ def oracle(events):
         ids = [
             t
             for t, a in first_author.items()
-            if t not in deleted and last_follow_kind.get((u, a)) == "followed"
+            if (t, a) not in deleted and last_follow_kind.get((u, a)) == "followed"
         ]
         out[u] = sorted(ids, reverse=True)
     return out
