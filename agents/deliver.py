@@ -31,10 +31,10 @@ from policies.activity import is_active
 from policies.rebuild import AuthorTweets, plan_rebuild
 from policies.timeline import backfill_window
 from policies.partitioning import partition_for_id
-from schemas import ACTIVITY_EVENTS, ContractError, Limits, UserActive, decode
+from schemas import ContractError, Limits, UserActive, decode
 from schemas.deliveries import decode_ops
 from sinks.reader import RedisFollowing
-from streams.topics import dead_letters_topic, recipient_events
+from streams.topics import EVENTS_ON, dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import following_edges, recipients
 
@@ -46,9 +46,6 @@ MAX_ID = 2**63 - 1
 NEW_RECIPIENT = {"active_at": None, "stale": False, "floor": 0}
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
-# A delivery message is at most settings.delivery_max_bytes when stage 1 writes it; older
-# versions wrote up to the broker's limit, so reading accepts anything the broker held.
-DELIVERY_READ_MAX_BYTES = 4 * 1024 * 1024
 
 
 class RecipientBatch:
@@ -304,7 +301,7 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
         msg = event.message
         try:
             if msg.topic == settings.topic_activity:
-                payload: Any = decode(msg.value, ACTIVITY_EVENTS, LIMITS)
+                payload: Any = decode(msg.value, EVENTS_ON[msg.topic], LIMITS)
                 if outbox.reroute_if_misplaced(app, event, payload.user_id):
                     continue
             else:
@@ -312,7 +309,7 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
                 payload = decode_ops(
                     msg.value,
                     lambda user_id: partition_for_id(user_id, settings.topic_partitions) == partition,
-                    DELIVERY_READ_MAX_BYTES,
+                    settings.delivery_max_bytes,
                 )
         except ContractError as exc:
             outbox.dead_letter(dead_letters_topic, event, exc.reason, STAGE)

@@ -42,8 +42,6 @@ from policies.first_wins import (
 )
 from policies.partitioning import partition_for_id
 from schemas import (
-    FOLLOW_EVENTS,
-    TWEET_EVENTS,
     ContractError,
     Limits,
     TweetDeleted,
@@ -52,7 +50,7 @@ from schemas import (
     UserUnfollowed,
     decode,
 )
-from streams.topics import author_events, dead_letters_topic, deliveries_topic
+from streams.topics import EVENTS_ON, author_events, dead_letters_topic, deliveries_topic
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import authors, early_deletes, follower_edges
 
@@ -66,17 +64,13 @@ LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
 
 
-def _allowed(topic: str) -> dict[str, type]:
-    return TWEET_EVENTS if topic == settings.topic_tweets else FOLLOW_EVENTS
-
-
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:
     """Typed events of the batch; bad ones go to the dead-letter topic, misrouted ones are re-sent."""
     good = []
     for event in events:
         msg = event.message
         try:
-            typed = decode(msg.value, _allowed(msg.topic), LIMITS)
+            typed = decode(msg.value, EVENTS_ON[msg.topic], LIMITS)
         except ContractError as exc:
             outbox.dead_letter(dead_letters_topic, event, exc.reason, STAGE)
             continue

@@ -44,8 +44,8 @@ from agents.outbox import publish_dead_letter
 from agents.sinks import get_sinks, with_retry
 from faust_app import app, settings
 from policies.first_wins import Delete, Post, StoredTweet, delete_verdict, post_verdict
-from schemas import ALL_EVENTS, ContractError, Limits, TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed, decode
-from streams.topics import dead_letters_topic, projection_events
+from schemas import ContractError, Limits, TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed, decode
+from streams.topics import EVENTS_ON, dead_letters_topic, projection_events
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 1000
@@ -142,7 +142,7 @@ async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[A
     typed = []
     for event in events:
         try:
-            typed.append(decode(event.message.value, ALL_EVENTS, LIMITS))
+            typed.append(decode(event.message.value, EVENTS_ON[event.message.topic], LIMITS))
         except ContractError:
             continue  # dead-lettered by the fanout stage
     stmts = statements(typed, await claimed_tweets(typed))

@@ -88,7 +88,27 @@ def decode_ops(raw: bytes | None, owns: Callable[[int], bool], max_bytes: int) -
     ops = body.get("ops") if isinstance(body, dict) else None
     if not isinstance(ops, list) or not ops:
         raise ContractError('delivery must be {"ops": [...]} with at least one op')
-    return [_check_op(i, op, owns) for i, op in enumerate(ops)]
+    checked = [_check_op(i, op, owns) for i, op in enumerate(ops)]
+    _check_no_duplicate_members(raw, checked)
+    return checked
+
+
+def _check_no_duplicate_members(raw: bytes, ops: list[dict]) -> None:
+    """A member given twice in one object is ambiguous (parsers keep the first or the last).
+
+    Stage 1's messages hold no strings but op names, so every quoted field name in the raw
+    bytes is a member name: each must occur exactly as often as the parsed objects have it.
+    Cheap (a byte count per name) even for the largest message.
+    """
+    if raw.count(b'"ops"') != 1:
+        raise ContractError("member 'ops' appears more than once (ambiguous)")
+    counts: dict[str, int] = {}
+    for op in ops:
+        for name in op:
+            counts[name] = counts.get(name, 0) + 1
+    for name, n in counts.items():
+        if raw.count(b'"%s"' % name.encode("utf-8", "surrogatepass")) != n:
+            raise ContractError(f"member {name!r} appears more than once in an op, or as a string value (ambiguous)")
 
 
 _HEAD = b'{"ops":['

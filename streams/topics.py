@@ -15,6 +15,7 @@ aiokafka's default partitioner).
 from __future__ import annotations
 
 from faust_app import app, settings
+from schemas import ACTIVITY_EVENTS, FOLLOW_EVENTS, TWEET_EVENTS
 
 _RAW = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
@@ -30,3 +31,11 @@ dead_letters_topic = app.topic(settings.topic_dead_letters, partitions=1, **_RAW
 author_events = app.topic(settings.topic_tweets, settings.topic_follows, **_RAW)
 recipient_events = app.topic(settings.topic_activity, settings.topic_deliveries, **_RAW)
 projection_events = app.topic(settings.topic_tweets, settings.topic_follows, **_RAW)
+
+# The event types each source topic carries (docs/events.md); anything else on it is a
+# contract violation.
+EVENTS_ON: dict[str, dict[str, type]] = {
+    settings.topic_tweets: TWEET_EVENTS,
+    settings.topic_follows: FOLLOW_EVENTS,
+    settings.topic_activity: ACTIVITY_EVENTS,
+}
