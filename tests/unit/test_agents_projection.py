@@ -1,4 +1,4 @@
-"""The PostgreSQL projection (``agents.projection``): its pure ``statements()`` and the agent
+"""The PostgreSQL projection (``agents.projection``, ``sinks.postgres``): ``statements()`` and the agent
 run through ``agent.test_context()`` with a recording stand-in for the connection pool."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import agents.projection as projection_mod
-from agents.projection import DELETE_TWEET, FOLLOW, INSERT_TWEET, UNFOLLOW, statements, write_batch
+from sinks.postgres import DELETE_TWEET, FOLLOW, INSERT_TWEET, UNFOLLOW, statements, write_batch
 from faust_app import settings
 from policies.first_wins import StoredTweet
 from schemas import TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed
