@@ -33,7 +33,6 @@ from policies.timeline import backfill_window
 from policies.partitioning import partition_for_id
 from schemas import ContractError, Limits, UserActive, decode
 from schemas.deliveries import decode_ops
-from sinks.reader import RedisFollowing
 from streams.topics import EVENTS_ON, dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import following_edges, recipients
@@ -290,9 +289,8 @@ class RecipientBatch:
         await with_retry("redis unpush", lambda: timelines.unpush_many(removes))
         await with_retry("redis invalidate", lambda: timelines.invalidate(self.invalidate))
         if self.following:  # cached following lists (sinks/reader.py): dropped after Cassandra
-            cache = RedisFollowing(self.sinks.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s)
             changed = {user_id for user_id, _ in self.following}
-            await with_retry("redis following", lambda: cache.invalidate(changed))
+            await with_retry("redis following", lambda: self.sinks.following.invalidate(changed))
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:

@@ -14,6 +14,7 @@ from agents.metrics import SINK_RETRIES, SINK_SECONDS
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
+from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import RedisTweets
 
@@ -29,6 +30,7 @@ class Sinks:
     timelines: RedisTimelines
     tweets: RedisTweets
     celebrities: RedisCelebrities
+    following: RedisFollowing
 
     @classmethod
     async def open(cls, settings: Settings) -> "Sinks":
@@ -39,8 +41,9 @@ class Sinks:
         )
         tweets = RedisTweets(redis, prefix=settings.redis_prefix)
         celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix)
+        following = RedisFollowing(redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s)
         return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines, tweets=tweets,
-                   celebrities=celebrities)
+                   celebrities=celebrities, following=following)
 
     async def close(self) -> None:
         await self.redis.aclose()

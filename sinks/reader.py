@@ -51,13 +51,13 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import redis.exceptions
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from policies.timeline import merge_desc
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
-from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, drop_and_bump, member, parse_member, version_token
+from sinks.redis_following import RedisFollowing
+from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, member, parse_member, version_token
 from sinks.redis_tweets import RedisTweets
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,6 @@ CASSANDRA_PAGE_ROWS = 5000
 PULL_GROUP_MAX = 100
 # Fewest ids asked per author in the first round of a pull.
 PULL_MIN = 4
-# Member of every cached following set: an empty list is cached too.
-FOLLOWING_SENTINEL = b"0"
 
 # The first round trip of a read, atomic so that its parts agree with each other.
 # KEYS: timeline, timeline version, following set, following version, celebrity set,
@@ -114,17 +112,6 @@ local celebs_v = ''
 if loaded == 0 then celebs_v = version(KEYS[6]) end
 return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v}
 """
-
-# KEYS: following set, version. ARGV: expected version, ttl, then members.
-_FOLLOWING_FILL = """
-local v = redis.call('GET', KEYS[2])
-if v == false or v ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-for i = 3, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
 
 # --- pure helpers --------------------------------------------------------------------
 
@@ -234,53 +221,6 @@ class Page:
     source: str  # "cache", "store" or "rebuilt"
     pulled: set[int] = field(default_factory=set)  # tweet ids that came from pulls
     stats: ReadStats = field(default_factory=ReadStats)
-
-
-class RedisFollowing:
-    """Following lists cached in Redis: ``<prefix>following:<user>``, a set of followee ids.
-
-    Same rules as cached timelines: the writer (stage 2) bumps
-    ``<prefix>followingv:<user>`` and drops the set after it wrote Cassandra; a
-    reader fills the set only if the version it saw before reading Cassandra is
-    unchanged. The set always holds ``0`` so that an empty list is cached too.
-    """
-
-    def __init__(self, redis: Redis, *, prefix: str, ttl_s: int = 3600) -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self.ttl_s = ttl_s
-        self._fill = redis.register_script(_FOLLOWING_FILL)
-
-    def key(self, user_id: int) -> str:
-        return f"{self.prefix}following:{user_id}"
-
-    def version_key(self, user_id: int) -> str:
-        return f"{self.prefix}followingv:{user_id}"
-
-    async def invalidate(self, user_ids: Iterable[int]) -> None:
-        """Drop cached lists and bump their versions (after ``following`` changed in Cassandra)."""
-        await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s)
-
-    async def members(self, user_id: int) -> set[int] | None:
-        """The cached list; None if it is not cached."""
-        raw = await self.redis.smembers(self.key(user_id))
-        return {int(m) for m in raw} - {0} if raw else None
-
-    async def check(self, user_id: int, authors: Sequence[int]) -> set[int] | None:
-        """Which of ``authors`` the user follows; None if the list is not cached."""
-        # MULTI/EXEC: the list cannot be evicted between the two commands.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.exists(self.key(user_id))
-            pipe.smismember(self.key(user_id), list(authors))
-            exists, flags = await pipe.execute()
-        return {a for a, f in zip(authors, flags) if f} if exists else None
-
-    async def queue_fill(self, pipe: Pipeline, user_id: int, seen_version: str, followees: Sequence[int]) -> None:
-        await self._fill(
-            keys=[self.key(user_id), self.version_key(user_id)],
-            args=[seen_version, self.ttl_s, FOLLOWING_SENTINEL, *followees],
-            client=pipe,
-        )
 
 
 @dataclass

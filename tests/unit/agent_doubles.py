@@ -39,6 +39,7 @@ from policies.first_wins import StoredTweet  # noqa: E402
 from policies.partitioning import partition_for_id  # noqa: E402
 from schemas import encode, encode_key  # noqa: E402
 from sinks.cassandra import CassandraStore  # noqa: E402
+from sinks.redis_following import RedisFollowing  # noqa: E402
 from tables.graph import authors, early_deletes, follower_edges, following_edges, recipients  # noqa: E402
 
 TABLES = (follower_edges, authors, early_deletes, following_edges, recipients)
@@ -380,13 +381,15 @@ class FakeCelebrities:
 
 def make_sinks(s: Any = settings, journal: Journal | None = None) -> Sinks:
     """The real ``Sinks`` container holding fakes."""
+    redis = FakeRedis(journal)
     return Sinks(
         settings=s,
         cassandra=FakeCassandra(journal),  # type: ignore[arg-type]
-        redis=FakeRedis(journal),  # type: ignore[arg-type]
+        redis=redis,  # type: ignore[arg-type]
         timelines=FakeTimelines(journal),  # type: ignore[arg-type]
         tweets=FakeTweets(journal),  # type: ignore[arg-type]
         celebrities=FakeCelebrities(journal),  # type: ignore[arg-type]
+        following=RedisFollowing(redis, prefix=s.redis_prefix, ttl_s=s.timeline_ttl_s),  # type: ignore[arg-type]
     )
 
 
