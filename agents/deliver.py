@@ -16,6 +16,7 @@ Every write is keyed by (user, tweet id): replaying a batch changes nothing.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Sequence
@@ -115,9 +116,6 @@ class RecipientBatch:
         self.save(user_id, rec, mirror=True)
         return False
 
-    async def read(self, name: str, params: tuple) -> list:
-        return await with_retry(name, lambda: self.sinks.cassandra.execute(name, params))
-
     # --- ops --------------------------------------------------------------------
     def add(self, op: dict) -> None:
         tweet_id, author_id, at = op["tweet_id"], op["author_id"], op["created_at"]
@@ -160,7 +158,7 @@ class RecipientBatch:
         self.following[(user_id, followee)] = None
         rec = self.state(user_id)
         if followee not in self._removable:
-            await self.prefetch([op])
+            await self.prefetch_removable([followee])
         # The newest cap*4 of the author's tweets, those above the floor: exactly what
         # "tweet_id > floor LIMIT cap*4" returns (the ids above any floor are the newest ones).
         removable = [t for t in self._removable[followee] if t > rec["floor"]]
@@ -178,7 +176,7 @@ class RecipientBatch:
     async def backfill_user(self, user_id: int, rec: dict, author_id: int, *, above: int) -> None:
         limit = settings.backfill_limit
         if author_id not in self._newest:
-            await self.prefetch([{"op": "follow", "followee": author_id}])
+            await self.prefetch_newest([author_id])
         ids = self._newest[author_id]
         window = backfill_window(ids, limit, truncated=len(ids) > limit)
         if window.floor_candidate is not None and window.floor_candidate > rec["floor"]:
@@ -206,7 +204,8 @@ class RecipientBatch:
         # Earlier writes of this batch for the user are superseded by the rebuild.
         for key in [k for k in self.rows if k[0] == user_id]:
             del self.rows[key]
-        await self.read("clear_user_tl", (user_id,))
+        store = self.sinks.cassandra
+        await with_retry("clear timeline", lambda: store.execute("clear_user_tl", (user_id,)))
         for tweet_id, author_id in rebuilt.entries:
             self.rows[(user_id, tweet_id)] = (True, author_id)
         self.counts["rebuilt"] += len(rebuilt.entries)
@@ -224,15 +223,23 @@ class RecipientBatch:
         newest = sorted({op["followee"] for op in ops if op["op"] == "follow"}
                         | {op["author"] for op in ops if op["op"] == "backfill"})
         removable = sorted({op["followee"] for op in ops if op["op"] == "unfollow"})
-        store = self.sinks.cassandra
-        if newest:
-            params = [(a, MAX_ID, settings.backfill_limit + 1) for a in newest]
+        await asyncio.gather(self.prefetch_newest(newest), self.prefetch_removable(removable))
+
+    async def prefetch_newest(self, authors: Sequence[int]) -> None:
+        """The newest ``backfill_limit + 1`` tweet ids of each author (follows, backfills)."""
+        if authors:
+            params = [(a, MAX_ID, settings.backfill_limit + 1) for a in authors]
+            store = self.sinks.cassandra
             rows = await with_retry("backfill reads", lambda: store.query_many("author_tl_below", params))
-            self._newest.update({a: [r.tweet_id for r in found] for a, found in zip(newest, rows)})
-        if removable:
-            params = [(a, 0, settings.timeline_cap * 4) for a in removable]
+            self._newest.update({a: [r.tweet_id for r in found] for a, found in zip(authors, rows)})
+
+    async def prefetch_removable(self, authors: Sequence[int]) -> None:
+        """The newest ``timeline_cap * 4`` tweet ids of each author (unfollows)."""
+        if authors:
+            params = [(a, 0, settings.timeline_cap * 4) for a in authors]
+            store = self.sinks.cassandra
             rows = await with_retry("unfollow reads", lambda: store.query_many("author_tl_above", params))
-            self._removable.update({a: [r.tweet_id for r in found] for a, found in zip(removable, rows)})
+            self._removable.update({a: [r.tweet_id for r in found] for a, found in zip(authors, rows)})
 
     async def handle(self, payload: Any) -> None:
         if isinstance(payload, UserActive):
