@@ -34,6 +34,7 @@ from policies.timeline import backfill_window
 from policies.partitioning import partition_for_id
 from schemas import ContractError, Limits, UserActive, decode
 from schemas.deliveries import decode_ops
+from schemas.events import INT64_MAX as MAX_ID
 from streams.topics import EVENTS_ON, dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import following_edges, recipients
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 STAGE = "deliver"
 BATCH_MAX = 500
 BATCH_WITHIN_S = 0.05
-MAX_ID = 2**63 - 1
 NEW_RECIPIENT = {"active_at": None, "stale": False, "floor": 0}
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)

@@ -23,8 +23,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import Problem, describe_errors, json_type_name, problem_response
+from schemas.events import INT64_MAX
 
-INT64_MAX = 2**63 - 1
 _ID_RE = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
 
 M = TypeVar("M", bound=BaseModel)

@@ -1,15 +1,16 @@
 """Materialized home-timeline rules (pure; the Cassandra/Redis code applies the results).
 
-A materialized timeline is a set of ``Entry(tweet_id, author_id)`` plus a ``floor``
+A materialized timeline is a set of (tweet_id, author_id) entries plus a ``floor``
 tweet id. Invariant: for every *pushed* author the user follows, every tweet of
 that author with ``tweet_id > floor`` is in the timeline. Below the floor the
 timeline may be incomplete, so reads must pull from the authors' own timelines.
 
-* Trimming to ``cap`` raises the floor to the newest dropped id.
-* Ids ``<= floor`` are never added (and existing ones are dropped): they are
-  outside the complete window and served by pulls.
+* Ids ``<= floor`` are never added: they are outside the complete window and
+  served by pulls (``agents/deliver.py``).
 * Following an author adds their newest ``limit`` tweets; if they have more,
-  the floor rises to just below the oldest one added.
+  the floor rises to just below the oldest one added (``backfill_window``).
+* The Redis copy keeps the newest ``TL_TIMELINE_CAP`` entries of the Cassandra
+  timeline (``sinks/redis_timeline.py``, in its push script); Cassandra keeps all.
 
 Cursors are opaque strings meaning "ids strictly below N", so tweets arriving
 after page 1 was served never shift page 2.
@@ -23,67 +24,12 @@ import heapq
 import struct
 from typing import Iterable, NamedTuple
 
-DEFAULT_CAP = 800
-INT64_MAX = 2**63 - 1
-
-
-class Entry(NamedTuple):
-    tweet_id: int
-    author_id: int
-
-
-class TimelineUpdate(NamedTuple):
-    kept: list[Entry]  # the whole timeline after the change, newest first
-    dropped_ids: list[int]  # ids (existing or offered) not kept, newest first; delete the stored ones
-    floor: int  # the new floor, >= the old one
+from schemas.events import INT64_MAX
 
 
 class Backfill(NamedTuple):
     ids_to_add: list[int]  # newest first
     floor_candidate: int | None  # raise the floor to at least this; None = no change needed
-
-
-def apply_add(
-    entries_sorted_desc: Iterable[tuple[int, int]],
-    new_entries: Iterable[tuple[int, int]],
-    cap: int = DEFAULT_CAP,
-    floor: int = 0,
-) -> TimelineUpdate:
-    """Add ``new_entries`` ((tweet_id, author_id) pairs), dedupe, keep the newest ``cap``.
-
-    New ids ``<= floor`` are ignored; existing ones ``<= floor`` are dropped.
-    ``new floor = max(floor, max(dropped_ids))``. On a duplicate id the existing
-    entry wins. Input order does not matter.
-    """
-    if cap < 1:
-        raise ValueError(f"cap must be >= 1, got {cap}")
-    by_id: dict[int, int] = {}
-    below: list[int] = []
-    for tweet_id, author_id in entries_sorted_desc:
-        if tweet_id <= floor:
-            below.append(tweet_id)
-        elif tweet_id not in by_id:
-            by_id[tweet_id] = author_id
-    for tweet_id, author_id in new_entries:
-        if tweet_id > floor and tweet_id not in by_id:
-            by_id[tweet_id] = author_id
-    ordered = sorted(by_id, reverse=True)
-    kept = [Entry(tweet_id, by_id[tweet_id]) for tweet_id in ordered[:cap]]
-    trimmed = ordered[cap:]
-    new_floor = max(floor, trimmed[0]) if trimmed else floor
-    dropped = trimmed + sorted(set(below), reverse=True)
-    return TimelineUpdate(kept, dropped, new_floor)
-
-
-def apply_remove(entries: Iterable[tuple[int, int]], tweet_ids: Iterable[int]) -> list[Entry]:
-    """The entries without ``tweet_ids`` (deleted tweets). The floor is unchanged."""
-    gone = set(tweet_ids)
-    return [Entry(t, a) for t, a in entries if t not in gone]
-
-
-def remove_author(entries: Iterable[tuple[int, int]], author_id: int) -> list[Entry]:
-    """The entries without ``author_id``'s tweets (after an unfollow). The floor is unchanged."""
-    return [Entry(t, a) for t, a in entries if a != author_id]
 
 
 def backfill_window(author_recent_ids_desc: Iterable[int], limit: int, truncated: bool) -> Backfill:
@@ -106,23 +52,6 @@ def backfill_window(author_recent_ids_desc: Iterable[int], limit: int, truncated
     if ids:
         return Backfill([], ids[0])
     raise ValueError("truncated=True with no ids: the floor cannot be placed above unknown tweets")
-
-
-def apply_backfill(
-    entries_sorted_desc: Iterable[tuple[int, int]],
-    author_id: int,
-    author_recent_ids_desc: Iterable[int],
-    *,
-    limit: int,
-    truncated: bool,
-    cap: int = DEFAULT_CAP,
-    floor: int = 0,
-) -> TimelineUpdate:
-    """``backfill_window`` then ``apply_add`` with the floor raised first (the right order)."""
-    window = backfill_window(author_recent_ids_desc, limit, truncated)
-    if window.floor_candidate is not None:
-        floor = max(floor, window.floor_candidate)
-    return apply_add(entries_sorted_desc, ((t, author_id) for t in window.ids_to_add), cap, floor)
 
 
 def merge_desc(*iterables_desc: Iterable[int], limit: int | None, below: int | None = None) -> list[int]:

@@ -53,6 +53,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from policies.timeline import merge_desc
+from schemas.events import INT64_MAX as MAX_ID
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
@@ -61,7 +62,6 @@ from sinks.redis_timeline import SENTINEL_ID, RedisTimelines, member, parse_memb
 from sinks.redis_tweets import RedisTweets
 
 log = logging.getLogger(__name__)
-MAX_ID = 2**63 - 1
 # Extra entries asked for per chunk, so a few deleted tweets do not cost another round.
 SLACK = 5
 # The driver's default fetch size: one IN query must fit in one result page.

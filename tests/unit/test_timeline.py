@@ -8,106 +8,11 @@ from hypothesis import strategies as st
 from policies.timeline import (
     INT64_MAX,
     CursorError,
-    Entry,
-    apply_add,
-    apply_backfill,
-    apply_remove,
     backfill_window,
     decode_cursor,
     encode_cursor,
     merge_desc,
-    remove_author,
 )
-
-
-def E(*ids, author=1):
-    return [Entry(i, author) for i in ids]
-
-
-# --- apply_add -------------------------------------------------------------------
-
-def test_add_into_empty_timeline():
-    kept, dropped, floor = apply_add([], E(5, 9, 7), cap=10, floor=0)
-    assert kept == E(9, 7, 5)
-    assert dropped == [] and floor == 0
-
-
-def test_add_dedupes_existing_and_within_batch():
-    kept, dropped, floor = apply_add([Entry(9, 1), Entry(5, 1)], [Entry(9, 2), Entry(6, 3), Entry(6, 3)], cap=10)
-    assert kept == [Entry(9, 1), Entry(6, 3), Entry(5, 1)]  # the existing entry wins
-    assert dropped == [] and floor == 0
-
-
-def test_trim_raises_floor_to_newest_dropped():
-    kept, dropped, floor = apply_add(E(50, 40, 30), E(45, 35), cap=3, floor=10)
-    assert [e.tweet_id for e in kept] == [50, 45, 40]
-    assert dropped == [35, 30]
-    assert floor == 35
-
-
-def test_new_ids_at_or_below_floor_are_ignored():
-    kept, dropped, floor = apply_add(E(50), E(20, 19, 60), cap=5, floor=20)
-    assert [e.tweet_id for e in kept] == [60, 50]
-    assert dropped == [] and floor == 20
-
-
-def test_existing_entries_at_or_below_floor_are_dropped_without_moving_floor():
-    kept, dropped, floor = apply_add(E(50, 20, 10), [], cap=5, floor=20)
-    assert [e.tweet_id for e in kept] == [50]
-    assert dropped == [20, 10]
-    assert floor == 20
-
-
-def test_new_id_older_than_full_window_is_dropped_and_floor_covers_it():
-    kept, dropped, floor = apply_add(E(50, 40), E(5), cap=2, floor=0)
-    assert [e.tweet_id for e in kept] == [50, 40]
-    assert dropped == [5] and floor == 5
-
-
-def test_unsorted_existing_input_is_tolerated():
-    kept, _, _ = apply_add(E(3, 9, 6), [], cap=10)
-    assert [e.tweet_id for e in kept] == [9, 6, 3]
-
-
-def test_bad_cap():
-    with pytest.raises(ValueError):
-        apply_add([], [], cap=0)
-
-
-batches = st.lists(
-    st.lists(st.tuples(st.integers(1, 300), st.integers(1, 5)), max_size=15), min_size=1, max_size=12
-)
-
-
-@settings(max_examples=300)
-@given(batches=batches, cap=st.integers(1, 20), start_floor=st.integers(0, 50))
-def test_completeness_invariant_over_any_delivery_history(batches, cap, start_floor):
-    """Every delivered id above the final floor is in the timeline; the timeline is the newest <= cap."""
-    timeline: list[Entry] = []
-    floor = start_floor
-    delivered: dict[int, int] = {}
-    for batch in batches:
-        before_floor = floor
-        timeline, dropped, floor = apply_add(timeline, batch, cap=cap, floor=floor)
-        for t, a in batch:
-            delivered.setdefault(t, a)
-        assert floor >= before_floor
-        assert len(timeline) <= cap
-        ids = [e.tweet_id for e in timeline]
-        assert ids == sorted(set(ids), reverse=True)
-        assert all(t > floor for t in ids)
-        assert not set(dropped) & set(ids)
-        if dropped:
-            assert floor == max(before_floor, max(dropped))
-    expected = sorted((t for t in delivered if t > floor), reverse=True)
-    assert [e.tweet_id for e in timeline] == expected
-    assert all(delivered[e.tweet_id] == e.author_id for e in timeline)
-
-
-def test_apply_remove_and_remove_author():
-    entries = [Entry(9, 1), Entry(8, 2), Entry(7, 1), Entry(6, 3)]
-    assert apply_remove(entries, [8, 100]) == [Entry(9, 1), Entry(7, 1), Entry(6, 3)]
-    assert remove_author(entries, 1) == [Entry(8, 2), Entry(6, 3)]
 
 
 # --- backfill ----------------------------------------------------------------------
@@ -142,41 +47,6 @@ def test_backfill_truncated_without_ids_is_an_error():
         backfill_window([], limit=10, truncated=True)
     with pytest.raises(ValueError):
         backfill_window([1], limit=-1, truncated=False)
-
-
-def test_apply_backfill_raises_floor_before_adding():
-    existing = [Entry(100, 2), Entry(15, 2), Entry(5, 2)]
-    kept, dropped, floor = apply_backfill(existing, 1, [90, 40, 20], limit=2, truncated=False, cap=10, floor=0)
-    assert floor == 39
-    assert kept == [Entry(100, 2), Entry(90, 1), Entry(40, 1)]
-    assert dropped == [15, 5]
-
-
-@settings(max_examples=300)
-@given(
-    existing=st.sets(st.integers(1, 400), max_size=20),
-    author_ids=st.sets(st.integers(401, 800), max_size=40),
-    limit=st.integers(0, 30),
-    cap=st.integers(1, 40),
-    shown=st.integers(0, 40),
-    floor=st.integers(0, 100),
-)
-def test_backfill_keeps_window_complete(existing, author_ids, limit, cap, shown, floor):
-    """After following, every tweet of the new author above the floor is present, and so is every
-    earlier entry above the floor (the old author's window stays complete)."""
-    existing_entries = [Entry(t, 2) for t in sorted(existing, reverse=True) if t > floor]
-    recent = sorted(author_ids, reverse=True)[:shown]
-    truncated = len(author_ids) > shown
-    if truncated and not recent:
-        return  # contradictory input, rejected (see test above)
-    kept, dropped, new_floor = apply_backfill(
-        existing_entries, 1, recent, limit=limit, truncated=truncated, cap=cap, floor=floor
-    )
-    ids = {e.tweet_id for e in kept}
-    assert new_floor >= floor
-    assert {t for t in author_ids if t > new_floor} <= ids
-    assert {e.tweet_id for e in existing_entries if e.tweet_id > new_floor} <= ids
-    assert len(kept) <= cap
 
 
 # --- merge_desc ----------------------------------------------------------------------
