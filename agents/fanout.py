@@ -30,7 +30,7 @@ from agents.outbox import Outbox, publish_dead_letter
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
-from policies.fanout import plan_fanout, plan_removal
+from policies.fanout import is_pulled, plan_fanout, plan_recipients, plan_removal
 from policies.first_wins import (
     Delete,
     Post,
@@ -280,37 +280,36 @@ class AuthorBatch:
             # replay re-sends a backfill whose messages may have been lost.
             author["backfill_pending"] = True
 
+    @staticmethod
+    def followers(author_id: int) -> list[int]:
+        """The author's followers, read from the local edge table (one prefix scan)."""
+        return list(iter_edges(follower_edges, author_id))
+
     def _queue_backfill(self, author_id: int, author: dict) -> None:
-        followers = list(iter_edges(follower_edges, author_id))
         op = {"op": "backfill", "author": author_id, "above": author["since"]}
-        for batch in plan_fanout(_Ref(0, author_id), followers, False, self.partition_of):
-            self.outbox.deliver_to_partition(batch.partition, {**op, "to": list(batch.recipients)})
+        for partition, recipients in plan_recipients(self.followers(author_id), author_id, self.partition_of):
+            self.outbox.deliver_to_partition(partition, {**op, "to": list(recipients)})
         self.backfills[author_id] = current_event()
 
     def on_tweet(self, ev: TweetPosted) -> None:
         author = _author(ev.author_id)
-        if author["celebrity"] and ev.tweet_id > author["since"]:
-            FANOUT_TWEETS.labels("pulled").inc()
-            return  # pulled at read time
-        FANOUT_TWEETS.labels("pushed").inc()
-        # Ids <= since were pushed before the promotion: a replayed batch (the
-        # table already promoted) must push them again, as its deliveries may be lost.
-        followers = iter_edges(follower_edges, ev.author_id)
-        for batch in plan_fanout(ev, followers, False, self.partition_of):
+        pulled = is_pulled(author["celebrity"], author["since"], ev.tweet_id)
+        FANOUT_TWEETS.labels("pulled" if pulled else "pushed").inc()
+        followers = [] if pulled else self.followers(ev.author_id)
+        for batch in plan_fanout(ev, followers, pulled, self.partition_of):
             self.outbox.deliver_to_partition(
                 batch.partition,
                 _delivery_op("add", ev.tweet_id, ev.author_id, ev.created_at, batch.recipients),
             )
-        if ev.tweet_id > author["last_pushed"]:
+        if not pulled and ev.tweet_id > author["last_pushed"]:
             author["last_pushed"] = ev.tweet_id
             authors[entity_key(ev.author_id)] = author
 
     def on_delete(self, ev: TweetDeleted) -> None:
         author = _author(ev.author_id)
-        if author["celebrity"] and ev.tweet_id > author["since"]:
+        if is_pulled(author["celebrity"], author["since"], ev.tweet_id):
             return  # never pushed; reads drop deleted tweets anyway
-        followers = iter_edges(follower_edges, ev.author_id)
-        for batch in plan_removal(ev, followers, self.partition_of):
+        for batch in plan_removal(ev, self.followers(ev.author_id), self.partition_of):
             self.outbox.deliver_to_partition(
                 batch.partition,
                 _delivery_op("remove", ev.tweet_id, ev.author_id, 0, batch.recipients),
@@ -323,13 +322,6 @@ class AuthorBatch:
             self.on_delete(ev)
         else:
             self.on_follow_change(ev)
-
-
-class _Ref:
-    __slots__ = ("tweet_id", "author_id")
-
-    def __init__(self, tweet_id: int, author_id: int) -> None:
-        self.tweet_id, self.author_id = tweet_id, author_id
 
 
 async def publish_author_status(sinks: Sinks, batch: AuthorBatch) -> None:

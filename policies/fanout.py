@@ -42,16 +42,24 @@ class DeliveryBatch:
     op: Op = "add"
 
 
-def _plan(
-    tweet: TweetLike,
+def is_pulled(celebrity: bool, since: int, tweet_id: int) -> bool:
+    """Whether a tweet is pulled at read time instead of pushed: a celebrity's tweets after
+    ``since`` (the last one pushed before the promotion). Ids at or below ``since`` were
+    pushed, and a replayed batch (the author already promoted) must push them again, as
+    its deliveries may be lost. The same rule decides whether a delete must be pushed."""
+    return celebrity and tweet_id > since
+
+
+def plan_recipients(
     followers: Iterable[int],
+    author_id: int,
     partition_for: Callable[[int], int],
-    batch_size: int,
-    op: Op,
-) -> list[DeliveryBatch]:
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[tuple[int, tuple[int, ...]]]:
+    """``(partition, recipients)`` groups of an author's followers (the author left out),
+    partitions ascending, recipients ascending, at most ``batch_size`` per group."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tweet_id, author_id = tweet.tweet_id, tweet.author_id
     recipients = set(followers)
     recipients.discard(author_id)  # an author never receives their own tweet
     groups: dict[int, list[int]] = {}
@@ -62,30 +70,42 @@ def _plan(
             groups[partition] = [user_id]
         else:
             group.append(user_id)
-    batches: list[DeliveryBatch] = []
+    out: list[tuple[int, tuple[int, ...]]] = []
     for partition in sorted(groups):
         if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
             raise ValueError(f"partition_for returned {partition!r}, expected an int >= 0")
         members = sorted(groups[partition])
         for start in range(0, len(members), batch_size):
-            batches.append(
-                DeliveryBatch(partition, tuple(members[start : start + batch_size]), tweet_id, author_id, op)
-            )
-    return batches
+            out.append((partition, tuple(members[start : start + batch_size])))
+    return out
+
+
+def _plan(
+    tweet: TweetLike,
+    followers: Iterable[int],
+    partition_for: Callable[[int], int],
+    batch_size: int,
+    op: Op,
+) -> list[DeliveryBatch]:
+    return [
+        DeliveryBatch(partition, recipients, tweet.tweet_id, tweet.author_id, op)
+        for partition, recipients in plan_recipients(followers, tweet.author_id, partition_for, batch_size)
+    ]
 
 
 def plan_fanout(
     tweet: TweetLike,
     followers: Iterable[int],
-    celebrity: bool,
+    pulled: bool,
     partition_for: Callable[[int], int],
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[DeliveryBatch]:
-    """Batches (op="add") delivering ``tweet`` to its author's followers; [] for a celebrity.
+    """Batches (op="add") delivering ``tweet`` to its author's followers; [] for a tweet that
+    is pulled at read time (``is_pulled``: a celebrity's).
 
     ``followers`` is consumed once; duplicates and the author themself are dropped.
     """
-    if celebrity:
+    if pulled:
         return []
     return _plan(tweet, followers, partition_for, batch_size, "add")
 

@@ -17,11 +17,11 @@ def mod(n):
 
 
 def test_celebrity_gets_no_batches():
-    assert plan_fanout(TWEET, range(1, 10_000), celebrity=True, partition_for=mod(4)) == []
+    assert plan_fanout(TWEET, range(1, 10_000), pulled=True, partition_for=mod(4)) == []
 
 
 def test_groups_by_partition_and_sorts():
-    batches = plan_fanout(TWEET, [10, 3, 5, 8, 1], celebrity=False, partition_for=mod(2))
+    batches = plan_fanout(TWEET, [10, 3, 5, 8, 1], pulled=False, partition_for=mod(2))
     assert batches == [
         DeliveryBatch(0, (8, 10), 9001, 7, "add"),
         DeliveryBatch(1, (1, 3, 5), 9001, 7, "add"),
@@ -29,7 +29,7 @@ def test_groups_by_partition_and_sorts():
 
 
 def test_chunking_to_batch_size():
-    batches = plan_fanout(TWEET, range(100, 111), celebrity=False, partition_for=lambda u: 0, batch_size=4)
+    batches = plan_fanout(TWEET, range(100, 111), pulled=False, partition_for=lambda u: 0, batch_size=4)
     assert [b.recipients for b in batches] == [
         (100, 101, 102, 103),
         (104, 105, 106, 107),
@@ -39,18 +39,18 @@ def test_chunking_to_batch_size():
 
 
 def test_author_and_duplicates_dropped():
-    batches = plan_fanout(TWEET, [7, 1, 1, 2, 7, 2], celebrity=False, partition_for=lambda u: 3)
+    batches = plan_fanout(TWEET, [7, 1, 1, 2, 7, 2], pulled=False, partition_for=lambda u: 3)
     assert batches == [DeliveryBatch(3, (1, 2), 9001, 7, "add")]
 
 
 def test_no_followers_no_batches():
-    assert plan_fanout(TWEET, [], celebrity=False, partition_for=mod(4)) == []
-    assert plan_fanout(TWEET, [7], celebrity=False, partition_for=mod(4)) == []
+    assert plan_fanout(TWEET, [], pulled=False, partition_for=mod(4)) == []
+    assert plan_fanout(TWEET, [7], pulled=False, partition_for=mod(4)) == []
 
 
 def test_generator_followers_and_typed_event():
     event = TweetPosted(tweet_id=5, author_id=1, text="hi", created_at=0)
-    batches = plan_fanout(event, (u for u in range(2, 6)), celebrity=False, partition_for=mod(2))
+    batches = plan_fanout(event, (u for u in range(2, 6)), pulled=False, partition_for=mod(2))
     assert sorted(u for b in batches for u in b.recipients) == [2, 3, 4, 5]
     assert all(b.tweet_id == 5 and b.author_id == 1 for b in batches)
 
@@ -63,13 +63,13 @@ def test_removal_has_op_remove_and_ignores_celebrity_status():
 @pytest.mark.parametrize("bad", [0, -1])
 def test_bad_batch_size(bad):
     with pytest.raises(ValueError):
-        plan_fanout(TWEET, [1], celebrity=False, partition_for=mod(2), batch_size=bad)
+        plan_fanout(TWEET, [1], pulled=False, partition_for=mod(2), batch_size=bad)
 
 
 @pytest.mark.parametrize("bad", [-1, "0", None, True])
 def test_bad_partition_function_result(bad):
     with pytest.raises(ValueError):
-        plan_fanout(TWEET, [1], celebrity=False, partition_for=lambda u: bad)
+        plan_fanout(TWEET, [1], pulled=False, partition_for=lambda u: bad)
 
 
 def test_delivery_batch_is_frozen():
@@ -148,3 +148,17 @@ def test_ten_thousand_followers_is_fast():
     elapsed = time.perf_counter() - start
     assert sum(len(b.recipients) for b in batches) == 10_000
     assert elapsed < 2.0  # ~30 ms typical; generous for loaded CI machines
+
+
+def test_is_pulled_only_after_the_promotion_point():
+    from policies.fanout import is_pulled
+
+    assert not is_pulled(False, 0, 10)
+    assert not is_pulled(True, 10, 10), "pushed before the promotion: pushed again on a replay"
+    assert is_pulled(True, 10, 11)
+
+
+def test_plan_recipients_groups_and_leaves_the_author_out():
+    from policies.fanout import plan_recipients
+
+    assert plan_recipients([5, 1, 4, 2, 7, 7], 7, lambda u: u % 2, batch_size=2) == [(0, (2, 4)), (1, (1, 5))]
