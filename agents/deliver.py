@@ -33,7 +33,7 @@ from policies.rebuild import AuthorTweets, plan_rebuild
 from policies.timeline import backfill_window
 from policies.partitioning import partition_for_id
 from schemas import ContractError, Limits, UserActive, decode
-from schemas.deliveries import decode_ops
+from schemas.deliveries import Add, Backfill, DeliveryOp, Follow, Remove, Unfollow, decode_ops
 from schemas.events import INT64_MAX as MAX_ID
 from streams.topics import EVENTS_ON, dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
@@ -117,10 +117,10 @@ class RecipientBatch:
         return False
 
     # --- ops --------------------------------------------------------------------
-    def add(self, op: dict) -> None:
-        tweet_id, author_id, at = op["tweet_id"], op["author_id"], op["created_at"]
+    def add(self, op: Add) -> None:
+        tweet_id, author_id, at = op.tweet_id, op.author_id, op.created_at
         self.created_at.append(at)
-        for user_id in op["to"]:
+        for user_id in op.to:
             rec = self.state(user_id)
             if not self.accepts(user_id, rec, at):
                 self.counts["skipped_inactive"] += 1
@@ -128,10 +128,10 @@ class RecipientBatch:
                 self.rows[(user_id, tweet_id)] = (True, author_id)
                 self.counts["pushed"] += 1
 
-    def remove(self, op: dict) -> None:
-        for user_id in op["to"]:
-            self.rows[(user_id, op["tweet_id"])] = (False, op["author_id"])
-        self.counts["removed"] += len(op["to"])
+    def remove(self, op: Remove) -> None:
+        for user_id in op.to:
+            self.rows[(user_id, op.tweet_id)] = (False, op.author_id)
+        self.counts["removed"] += len(op.to)
 
     async def on_activity(self, ev: UserActive) -> None:
         rec = self.state(ev.user_id)
@@ -143,16 +143,16 @@ class RecipientBatch:
             await self.rebuild(ev.user_id, rec)
         self.save(ev.user_id, rec, mirror=False)
 
-    async def follow(self, op: dict) -> None:
-        user_id, followee = op["follower"], op["followee"]
-        following_edges[edge_key(user_id, followee)] = b"%d" % op["at"]
-        self.following[(user_id, followee)] = op["at"]
+    async def follow(self, op: Follow) -> None:
+        user_id, followee = op.follower, op.followee
+        following_edges[edge_key(user_id, followee)] = b"%d" % op.at
+        self.following[(user_id, followee)] = op.at
         rec = self.state(user_id)
-        if self.accepts(user_id, rec, op["at"]):
+        if self.accepts(user_id, rec, op.at):
             await self.backfill_user(user_id, rec, followee, above=0)
 
-    async def unfollow(self, op: dict) -> None:
-        user_id, followee = op["follower"], op["followee"]
+    async def unfollow(self, op: Unfollow) -> None:
+        user_id, followee = op.follower, op.followee
         if following_edges.get(edge_key(user_id, followee)) is not None:
             del following_edges[edge_key(user_id, followee)]
         self.following[(user_id, followee)] = None
@@ -166,12 +166,12 @@ class RecipientBatch:
             self.rows[(user_id, tweet_id)] = (False, followee)
         self.counts["removed"] += len(removable)
 
-    async def backfill(self, op: dict) -> None:
+    async def backfill(self, op: Backfill) -> None:
         """An author left celebrity status: add what they posted while pulled."""
-        for user_id in op["to"]:
+        for user_id in op.to:
             rec = self.state(user_id)
             if not rec["stale"]:
-                await self.backfill_user(user_id, rec, op["author"], above=op["above"])
+                await self.backfill_user(user_id, rec, op.author, above=op.above)
 
     async def backfill_user(self, user_id: int, rec: dict, author_id: int, *, above: int) -> None:
         limit = settings.backfill_limit
@@ -214,15 +214,15 @@ class RecipientBatch:
         rec["floor"] = rebuilt.floor
         self.save(user_id, rec, mirror=True)
 
-    async def prefetch(self, ops: Sequence[dict]) -> None:
+    async def prefetch(self, ops: Sequence[DeliveryOp]) -> None:
         """Read, concurrently and once per author, the author timelines that the follows,
         backfills (newest ``backfill_limit + 1``) and unfollows (newest ``timeline_cap * 4``)
         of one delivery message need. Valid for that message only: stage 1 stored every
         tweet it fanned out before publishing the message, so a read made for any op of
         the message sees at least what that op needs; a later message may need newer ones."""
-        newest = sorted({op["followee"] for op in ops if op["op"] == "follow"}
-                        | {op["author"] for op in ops if op["op"] == "backfill"})
-        removable = sorted({op["followee"] for op in ops if op["op"] == "unfollow"})
+        newest = sorted({op.followee for op in ops if isinstance(op, Follow)}
+                        | {op.author for op in ops if isinstance(op, Backfill)})
+        removable = sorted({op.followee for op in ops if isinstance(op, Unfollow)})
         await asyncio.gather(self.prefetch_newest(newest), self.prefetch_removable(removable))
 
     async def prefetch_newest(self, authors: Sequence[int]) -> None:
@@ -249,17 +249,18 @@ class RecipientBatch:
         self._removable.clear()
         await self.prefetch(payload)
         for op in payload:
-            kind = op["op"]
-            if kind == "add":
+            if isinstance(op, Add):
                 self.add(op)
-            elif kind == "remove":
+            elif isinstance(op, Remove):
                 self.remove(op)
-            elif kind == "follow":
+            elif isinstance(op, Follow):
                 await self.follow(op)
-            elif kind == "unfollow":
+            elif isinstance(op, Unfollow):
                 await self.unfollow(op)
-            else:
+            elif isinstance(op, Backfill):
                 await self.backfill(op)
+            else:  # pragma: no cover - decode_ops returns only these
+                raise TypeError(f"unknown delivery op {op!r}")
 
     # --- writes -----------------------------------------------------------------
     def cassandra_writes(self) -> list[tuple[str, tuple]]:

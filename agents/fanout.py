@@ -50,6 +50,7 @@ from schemas import (
     UserUnfollowed,
     decode,
 )
+from schemas.deliveries import Add, Backfill, Follow, Remove, Unfollow
 from streams.topics import EVENTS_ON, author_events, dead_letters_topic, deliveries_topic
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import authors, early_deletes, follower_edges
@@ -211,10 +212,6 @@ def _author(author_id: int) -> dict:
     return dict(authors.get(entity_key(author_id)) or NEW_AUTHOR)
 
 
-def _delivery_op(op: str, tweet_id: int, author_id: int, created_at: int, to: Sequence[int]) -> dict:
-    return {"op": op, "tweet_id": tweet_id, "author_id": author_id, "created_at": created_at, "to": list(to)}
-
-
 class AuthorBatch:
     """Step 2 for one batch: table updates and the delivery ops they imply."""
 
@@ -246,15 +243,8 @@ class AuthorBatch:
         # The follower's side (following list, backfill or removal) is the
         # delivery stage's job, in the follower's partition. Sent even for a
         # duplicate event: the delivery stage is idempotent too.
-        self.outbox.deliver(
-            ev.follower_id,
-            {
-                "op": "follow" if following else "unfollow",
-                "follower": ev.follower_id,
-                "followee": ev.followee_id,
-                "at": ev.at,
-            },
-        )
+        change = Follow if following else Unfollow
+        self.outbox.deliver(ev.follower_id, change(ev.follower_id, ev.followee_id, ev.at))
 
     def _apply_celebrity_rule(self, author_id: int, author: dict) -> None:
         change = RULE.transition(author["celebrity"], author["followers"])
@@ -286,9 +276,8 @@ class AuthorBatch:
         return list(iter_edges(follower_edges, author_id))
 
     def _queue_backfill(self, author_id: int, author: dict) -> None:
-        op = {"op": "backfill", "author": author_id, "above": author["since"]}
         for partition, recipients in plan_recipients(self.followers(author_id), author_id, self.partition_of):
-            self.outbox.deliver_to_partition(partition, {**op, "to": list(recipients)})
+            self.outbox.deliver_to_partition(partition, Backfill(author_id, author["since"], recipients))
         self.backfills[author_id] = current_event()
 
     def on_tweet(self, ev: TweetPosted) -> None:
@@ -299,7 +288,7 @@ class AuthorBatch:
         for batch in plan_fanout(ev, followers, pulled, self.partition_of):
             self.outbox.deliver_to_partition(
                 batch.partition,
-                _delivery_op("add", ev.tweet_id, ev.author_id, ev.created_at, batch.recipients),
+                Add(ev.tweet_id, ev.author_id, ev.created_at, batch.recipients),
             )
         if not pulled and ev.tweet_id > author["last_pushed"]:
             author["last_pushed"] = ev.tweet_id
@@ -312,7 +301,7 @@ class AuthorBatch:
         for batch in plan_removal(ev, self.followers(ev.author_id), self.partition_of):
             self.outbox.deliver_to_partition(
                 batch.partition,
-                _delivery_op("remove", ev.tweet_id, ev.author_id, 0, batch.recipients),
+                Remove(ev.tweet_id, ev.author_id, batch.recipients),
             )
 
     def handle(self, ev: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from agents.dead_letters import count_dead_letter, dead_letter_record
 from policies.partitioning import partition_for_id
 from schemas import encode_key
-from schemas.deliveries import encode_messages
+from schemas.deliveries import DeliveryOp, encode_messages
 
 DEFAULT_DELIVERY_MAX_BYTES = 256 * 1024
 
@@ -27,7 +27,7 @@ class Outbox:
     max_delivery_bytes: int = DEFAULT_DELIVERY_MAX_BYTES
     messages: list[tuple[Any, bytes | None, bytes, int | None]] = field(default_factory=list)
     # destination partition -> ordered delivery ops
-    deliveries: dict[int, list[dict]] = field(default_factory=dict)
+    deliveries: dict[int, list[DeliveryOp]] = field(default_factory=dict)
 
     def dead_letter(self, topic: Any, event: Any, reason: str, stage: str) -> None:
         count_dead_letter(event, reason, stage)
@@ -51,10 +51,10 @@ class Outbox:
         self.reroute(topic, event, expected)
         return True
 
-    def deliver(self, recipient: int, op: dict) -> None:
+    def deliver(self, recipient: int, op: DeliveryOp) -> None:
         self.deliver_to_partition(partition_for_id(recipient, self.partitions), op)
 
-    def deliver_to_partition(self, partition: int, op: dict) -> None:
+    def deliver_to_partition(self, partition: int, op: DeliveryOp) -> None:
         self.deliveries.setdefault(partition, []).append(op)
 
     def __len__(self) -> int:

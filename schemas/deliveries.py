@@ -1,7 +1,7 @@
 """The contract of ``timeline-deliveries``, stage 1's messages to stage 2.
 
-A delivery message is ``{"ops": [op, ...]}``, published to the partition of its
-recipients (``policies/partitioning.py``). The topic is internal, but anything that
+A delivery message is ``{"ops": [op, ...]}`` (typed here as :data:`DeliveryOp`),
+published to the partition of its recipients (``policies/partitioning.py``). The topic is internal, but anything that
 can write to Kafka can write to it, so stage 2 checks every op as strictly as an
 event from a source topic: a message that breaks this contract is dead-lettered
 whole, before any of its ops touches a table or a store.
@@ -20,13 +20,80 @@ batch can exceed the producer's or the broker's size limit.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Sequence, Union
 
 import orjson
 
 from schemas.events import ContractError, check_id, check_time
 
 MAX_RECIPIENTS_PER_OP = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Add:
+    """Put a tweet in the timelines of ``to`` (a push)."""
+
+    OP: ClassVar[str] = "add"
+    tweet_id: int
+    author_id: int
+    created_at: int
+    to: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """Take a deleted tweet out of the timelines of ``to``."""
+
+    OP: ClassVar[str] = "remove"
+    tweet_id: int
+    author_id: int
+    to: tuple[int, ...]
+    created_at: int = 0  # on the wire for the older readers' sake; not read
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """``follower`` follows ``followee`` now: their following list, and a backfill."""
+
+    OP: ClassVar[str] = "follow"
+    follower: int
+    followee: int
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unfollow:
+    """``follower`` stopped following ``followee``: their following list, and a removal."""
+
+    OP: ClassVar[str] = "unfollow"
+    follower: int
+    followee: int
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """``author`` left celebrity status: add to ``to`` what they posted after ``above``."""
+
+    OP: ClassVar[str] = "backfill"
+    author: int
+    above: int
+    to: tuple[int, ...]
+
+
+DeliveryOp = Union[Add, Remove, Follow, Unfollow, Backfill]
+OP_TYPES: dict[str, type] = {c.OP: c for c in (Add, Remove, Follow, Unfollow, Backfill)}
+
+
+def op_to_dict(op: DeliveryOp) -> dict[str, Any]:
+    """The wire form of one op: ``{"op": name, **fields}``, recipients as a list."""
+    out: dict[str, Any] = {"op": op.OP}
+    for f in dataclasses.fields(op):
+        value = getattr(op, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 _ID = "id"
 _TIME = "time"
@@ -41,7 +108,7 @@ OP_FIELDS: dict[str, dict[str, str]] = {
 }
 
 
-def _check_op(i: int, op: Any, owns: Callable[[int], bool]) -> dict:
+def _check_op(i: int, op: Any, owns: Callable[[int], bool]) -> DeliveryOp:
     if not isinstance(op, dict):
         raise ContractError(f"op {i} must be an object")
     kind = op.get("op")
@@ -71,10 +138,11 @@ def _check_op(i: int, op: Any, owns: Callable[[int], bool]) -> dict:
             raise ContractError(f"op {i} ({kind}): follower == followee")
         if not owns(op["follower"]):
             raise ContractError(f"op {i} ({kind}): follower {op['follower']} is not on this partition")
-    return op
+    cls = OP_TYPES[kind]
+    return cls(**{name: tuple(op[name]) if name == "to" else op[name] for name in spec})
 
 
-def decode_ops(raw: bytes | None, owns: Callable[[int], bool], max_bytes: int) -> list[dict]:
+def decode_ops(raw: bytes | None, owns: Callable[[int], bool], max_bytes: int) -> list[DeliveryOp]:
     """The ops of one delivery message, checked; ``owns(user)`` says whether a recipient belongs
     to the message's partition. Raises ContractError."""
     if raw is None:
@@ -89,7 +157,7 @@ def decode_ops(raw: bytes | None, owns: Callable[[int], bool], max_bytes: int) -
     if not isinstance(ops, list) or not ops:
         raise ContractError('delivery must be {"ops": [...]} with at least one op')
     checked = [_check_op(i, op, owns) for i, op in enumerate(ops)]
-    _check_no_duplicate_members(raw, checked)
+    _check_no_duplicate_members(raw, ops)
     return checked
 
 
@@ -116,7 +184,7 @@ _TAIL = b"]}"
 
 
 def _split_op(op: dict, max_bytes: int) -> Iterator[bytes]:
-    """An op whose encoding is over ``max_bytes``, as several ops over parts of its ``to``."""
+    """An op (wire form) whose encoding is over ``max_bytes``, as several ops over parts of its ``to``."""
     recipients = op["to"]
     base = len(orjson.dumps({**op, "to": []})) + len(_HEAD) + len(_TAIL)
     room = max_bytes - base
@@ -133,14 +201,15 @@ def _split_op(op: dict, max_bytes: int) -> Iterator[bytes]:
         yield orjson.dumps({**op, "to": part})
 
 
-def encode_messages(ops: Sequence[dict], max_bytes: int) -> list[bytes]:
+def encode_messages(ops: Sequence[DeliveryOp], max_bytes: int) -> list[bytes]:
     """The ops of one partition as delivery messages of at most ``max_bytes`` each, in order."""
     if max_bytes < 1024:
         raise ValueError("max_bytes must be >= 1024")
     messages: list[bytes] = []
     parts: list[bytes] = []
     size = len(_HEAD) + len(_TAIL)
-    for op in ops:
+    for typed in ops:
+        op = op_to_dict(typed)
         encoded = orjson.dumps(op)
         pieces = [encoded]
         if len(encoded) + len(_HEAD) + len(_TAIL) > max_bytes:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from schemas import ContractError
-from schemas.deliveries import decode_ops, encode_messages
+from schemas.deliveries import OP_TYPES, decode_ops, encode_messages, op_to_dict
 
 EVEN = lambda user_id: user_id % 2 == 0  # noqa: E731 - "this partition owns even users"
 
@@ -19,11 +19,22 @@ def msg(*ops: dict) -> bytes:
     return orjson.dumps({"ops": list(ops)})
 
 
+def typed(op: dict):
+    """The typed form of a wire op (what decode_ops returns)."""
+    cls = OP_TYPES[op["op"]]
+    return cls(**{k: tuple(v) if k == "to" else v for k, v in op.items() if k != "op"})
+
+
+def wire(messages: list[bytes], limit: int) -> list[dict]:
+    return [op_to_dict(op) for m in messages for op in decode_ops(m, EVEN, limit)]
+
+
 def test_valid_ops_decode():
     ops = [add(1, [2, 4]), {"op": "remove", "tweet_id": 1, "author_id": 7, "created_at": 0, "to": [2]},
            {"op": "follow", "follower": 2, "followee": 9, "at": 5}, {"op": "unfollow", "follower": 4, "followee": 9, "at": 6},
            {"op": "backfill", "author": 9, "above": 0, "to": [6]}]
-    assert decode_ops(msg(*ops), EVEN, 1 << 20) == ops
+    assert decode_ops(msg(*ops), EVEN, 1 << 20) == [typed(op) for op in ops]
+    assert [op_to_dict(op) for op in decode_ops(msg(*ops), EVEN, 1 << 20)] == ops
 
 
 @pytest.mark.parametrize("value, reason", [
@@ -52,16 +63,16 @@ def test_a_batch_too_large_for_one_message_is_split_in_order():
     # 500 tweets by 10,000-follower authors over 64 partitions: ~156 recipients per op here.
     recipients = [10**17 + 2 * i for i in range(156)]
     ops = [add(10**18 + i, recipients) for i in range(500)]
-    messages = encode_messages(ops, 256 * 1024)
+    messages = encode_messages([typed(op) for op in ops], 256 * 1024)
     assert len(messages) > 1 and all(len(m) <= 256 * 1024 for m in messages)
-    assert [op for m in messages for op in decode_ops(m, EVEN, 256 * 1024)] == ops
+    assert wire(messages, 256 * 1024) == ops
 
 
 def test_one_op_larger_than_the_limit_is_split_by_recipients():
     recipients = list(range(2, 200_002, 2))  # 100,000 recipients, ~700 KB as one op
-    messages = encode_messages([add(1, recipients), add(2, [4])], 64 * 1024)
+    messages = encode_messages([typed(add(1, recipients)), typed(add(2, [4]))], 64 * 1024)
     assert all(len(m) <= 64 * 1024 for m in messages)
-    decoded = [op for m in messages for op in decode_ops(m, EVEN, 64 * 1024)]
+    decoded = wire(messages, 64 * 1024)
     assert [r for op in decoded if op["tweet_id"] == 1 for r in op["to"]] == recipients
     assert decoded[-1] == add(2, [4])
 
@@ -73,9 +84,9 @@ def test_one_op_larger_than_the_limit_is_split_by_recipients():
        st.integers(1024, 8192))
 def test_split_messages_keep_every_op_and_fit(ops_spec, limit):
     ops = [add(t, to) for t, to in ops_spec]
-    messages = encode_messages(ops, limit)
+    messages = encode_messages([typed(op) for op in ops], limit)
     assert all(len(m) <= limit for m in messages)
-    decoded = [op for m in messages for op in decode_ops(m, EVEN, limit)]
+    decoded = wire(messages, limit)
     # Same ops in the same order once the parts of a split op (consecutive, same tweet) are joined.
     joined: list[dict] = []
     for op in decoded:
