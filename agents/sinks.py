@@ -36,9 +36,7 @@ class Sinks:
     async def open(cls, settings: Settings) -> "Sinks":
         cassandra = await asyncio.to_thread(CassandraStore.open, settings)
         redis = Redis.from_url(settings.redis_url)
-        timelines = RedisTimelines(
-            redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s
-        )
+        timelines = RedisTimelines.from_settings(redis, settings)
         tweets = RedisTweets(redis, prefix=settings.redis_prefix)
         celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix)
         following = RedisFollowing(redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s)

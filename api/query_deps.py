@@ -131,8 +131,7 @@ class QueryResources:
             health_check_interval=30,
         )
         kafka = KafkaGateway(settings, timeout_s=kafka_timeout_s)
-        timelines = RedisTimelines(rds, prefix=settings.redis_prefix, cap=settings.timeline_cap,
-                                   ttl_s=settings.timeline_ttl_s)
+        timelines = RedisTimelines.from_settings(rds, settings)
         res = cls(
             settings=settings, pg=pg, redis=rds, kafka=kafka, cassandra=CassandraConnector(settings),
             metrics=metrics, timelines=timelines,

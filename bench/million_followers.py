@@ -145,8 +145,7 @@ async def verify(settings: Settings, n: int, unfollowed: list[int], sample: list
         for user in sample:
             rows = await store.execute("user_tl_below", (user, T1 + 1, T1 - 1, 5))
             pushed_t1.extend(r.tweet_id for r in rows)
-        timelines = RedisTimelines(redis, prefix=settings.redis_prefix, cap=settings.timeline_cap,
-                                   ttl_s=settings.timeline_ttl_s)
+        timelines = RedisTimelines.from_settings(redis, settings)
         reader = HomeTimelineReader(settings, store, timelines)
         wrong = {}
         for user in sample + unfollowed:

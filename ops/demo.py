@@ -71,8 +71,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"==> pipeline caught up {waited:.1f}s after publishing")
         store = await asyncio.to_thread(CassandraStore.open, settings)
         redis = Redis.from_url(settings.redis_url)
-        reader = HomeTimelineReader(settings, store, RedisTimelines(
-            redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s))
+        reader = HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings))
         try:
             model = ReferenceModel()
             for event in workload.events:

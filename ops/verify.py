@@ -98,8 +98,7 @@ async def verify(settings: Settings, *, sample: int | None = None, seed: int = 0
     if own:
         store = await asyncio.to_thread(CassandraStore.open, settings)
         redis = Redis.from_url(settings.redis_url)
-        reader = HomeTimelineReader(settings, store, RedisTimelines(
-            redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s))
+        reader = HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings))
     report = Report(users=len(users))
     try:
         for user_id in users:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Hashable, Iterable, Sequence, TypeVar
 
 from cassandra import ConsistencyLevel
@@ -45,7 +44,6 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 from policies.first_wins import StoredTweet
 from settings import Settings
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "ops" / "schema.cql"
 T = TypeVar("T")
 
 # Batching defaults (CassandraStore fields). Cassandra warns about unlogged
@@ -79,12 +77,6 @@ def connect(settings: Settings, *, keyspace: str | None = None) -> tuple[Cluster
     )
     session = cluster.connect(keyspace)
     return cluster, session
-
-
-def schema_statements(keyspace: str) -> list[str]:
-    text = SCHEMA_FILE.read_text().format(keyspace=keyspace)
-    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def _bridge(rf: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future:

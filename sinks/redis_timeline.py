@@ -25,9 +25,12 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from redis.asyncio import Redis
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 SENTINEL_ID = 0
 _PAD = 19
@@ -125,6 +128,11 @@ class RedisTimelines:
         self._push = redis.register_script(_PUSH)
         self._unpush = redis.register_script(_UNPUSH)
         self._fill = redis.register_script(_FILL)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: "Settings") -> "RedisTimelines":
+        """The cached timelines of ``settings``' namespace (prefix, ``TL_TIMELINE_CAP``, ``TL_TIMELINE_TTL_S``)."""
+        return cls(redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s)
 
     def key(self, user_id: int) -> str:
         return f"{self.prefix}home:{user_id}"

@@ -47,8 +47,7 @@ async def reader_for(settings: Settings) -> AsyncIterator[HomeTimelineReader]:
 
     store = await asyncio.to_thread(CassandraStore.open, settings)
     redis = Redis.from_url(settings.redis_url)
-    timelines = RedisTimelines(redis, prefix=settings.redis_prefix, cap=settings.timeline_cap,
-                               ttl_s=settings.timeline_ttl_s)
+    timelines = RedisTimelines.from_settings(redis, settings)
     try:
         yield HomeTimelineReader(settings, store, timelines)
     finally:
