@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from agents import metrics
 from faust_handover import HandoverSafeApp, SeekThenResumeTableManager
+from schemas import source_topics
 from settings import get_settings
 
 settings = get_settings()
@@ -50,5 +51,4 @@ app = HandoverSafeApp(
 
 # GET /metrics on the worker's web server: Faust's sensor metrics and the pipeline's
 # (agents/metrics.py); ops/monitoring/ has the dashboard and alert rules.
-metrics.install(app, [settings.topic_tweets, settings.topic_follows, settings.topic_activity,
-                     settings.topic_deliveries])
+metrics.install(app, [*source_topics(settings), settings.topic_deliveries])

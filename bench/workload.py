@@ -16,7 +16,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from policies.snowflake import SnowflakeGenerator
-from schemas import encode_key
+from schemas import ALL_EVENTS, encode_key
 from settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -26,7 +26,7 @@ USER_BASE = 10**12
 @dataclass
 class Workload:
     events: list[dict] = field(default_factory=list)
-    poison: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # (topic kind, key, value)
+    poison: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # (topic setting, key, value)
     users: list[int] = field(default_factory=list)
     celebrities: list[int] = field(default_factory=list)
     inactive: list[int] = field(default_factory=list)
@@ -134,28 +134,24 @@ def generate(
     ev({"type": "tweet_deleted", "tweet_id": tid, "author_id": author, "deleted_at": clock()})
     ev({"type": "tweet_posted", "tweet_id": tid, "author_id": author, "text": "gone", "created_at": clock()})
     w.poison = [
-        ("tweets", b"1", b"{not json"),
-        ("tweets", b"2", orjson.dumps({"type": "tweet_posted", "tweet_id": "x", "author_id": 2})),
-        ("follows", b"3", orjson.dumps({"type": "followed", "follower_id": 3, "followee_id": 3, "at": 1})),
-        ("user-activity", b"4", orjson.dumps({"type": "nope"})),
-        ("tweets", None, b""),
+        ("topic_tweets", b"1", b"{not json"),
+        ("topic_tweets", b"2", orjson.dumps({"type": "tweet_posted", "tweet_id": "x", "author_id": 2})),
+        ("topic_follows", b"3", orjson.dumps({"type": "followed", "follower_id": 3, "followee_id": 3, "at": 1})),
+        ("topic_activity", b"4", orjson.dumps({"type": "nope"})),
+        ("topic_tweets", None, b""),
     ]
     return w
 
 
-TOPIC_OF = {
-    "tweet_posted": "tweets", "tweet_deleted": "tweets",
-    "followed": "follows", "unfollowed": "follows", "user_active": "user-activity",
-}
-KEY_OF = {
-    "tweet_posted": "author_id", "tweet_deleted": "author_id",
-    "followed": "followee_id", "unfollowed": "followee_id", "user_active": "user_id",
-}
+# From the event registry (schemas/events.py): event type -> the Settings field of its
+# topic, and -> the field that keys it.
+TOPIC_OF = {t: cls.TOPIC for t, cls in ALL_EVENTS.items()}
+KEY_OF = {t: cls.KEY for t, cls in ALL_EVENTS.items()}
 
 
 def topic_name(settings: Settings, kind: str) -> str:
-    return {"tweets": settings.topic_tweets, "follows": settings.topic_follows,
-            "user-activity": settings.topic_activity}[kind]
+    """The topic a Settings field (``topic_tweets``, ...) names."""
+    return getattr(settings, kind)
 
 
 async def produce(

@@ -10,11 +10,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from schemas import source_topics
 from settings import Settings
 
 
 def pipeline_topics(settings: Settings) -> list[str]:
-    return [settings.topic_tweets, settings.topic_follows, settings.topic_activity, settings.topic_deliveries]
+    return [*source_topics(settings), settings.topic_deliveries]
 
 
 async def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) -> dict[str, int]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, TypeVar
 
+from schemas import source_topics
 from settings import Settings
 
 OPS_DIR = Path(__file__).resolve().parent
@@ -136,9 +137,7 @@ def topic_specs(settings: Settings, partitions: int | None = None) -> list[Topic
     """The service's topics: the three source logs, deliveries and dead letters."""
     n = partitions or settings.topic_partitions
     return [
-        TopicSpec(settings.topic_tweets, n, INFINITE_RETENTION),
-        TopicSpec(settings.topic_follows, n, INFINITE_RETENTION),
-        TopicSpec(settings.topic_activity, n, INFINITE_RETENTION),
+        *(TopicSpec(topic, n, INFINITE_RETENTION) for topic in source_topics(settings)),
         TopicSpec(settings.topic_deliveries, n, WEEK_RETENTION),
         TopicSpec(settings.topic_dead_letters, n, WEEK_RETENTION),
     ]

@@ -33,7 +33,7 @@ from sinks.redis_timeline import RedisTimelines
 
 
 def source_topics(settings: Settings) -> list[str]:
-    return [settings.topic_tweets, settings.topic_follows, settings.topic_activity]
+    return source_topics(settings)
 
 
 async def read_log(settings: Settings, topics: Iterable[str] | None = None) -> list:

@@ -25,7 +25,9 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any, Iterable
 
-from schemas.events import ContractError, from_dict
+from schemas.events import (
+    ContractError, TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed, from_dict,
+)
 
 
 class ReferenceModel:
@@ -53,24 +55,24 @@ class ReferenceModel:
                 kind, get = event.get("type"), event.__getitem__
         else:
             kind, get = getattr(event, "TYPE", None), event.__getattribute__
-        if kind == "tweet_posted":
+        if kind == TweetPosted.TYPE:
             tweet_id, author_id = get("tweet_id"), get("author_id")
             self._users.add(author_id)
             self._tweets.setdefault(tweet_id, author_id)
-        elif kind == "tweet_deleted":
+        elif kind == TweetDeleted.TYPE:
             self._users.add(get("author_id"))
             self._deleted.add((get("tweet_id"), get("author_id")))
-        elif kind in ("followed", "unfollowed"):
+        elif kind in (UserFollowed.TYPE, UserUnfollowed.TYPE):
             follower, followee = get("follower_id"), get("followee_id")
             if follower == followee:
                 return False
             self._users.add(follower)
             self._users.add(followee)
-            if kind == "followed":
+            if kind == UserFollowed.TYPE:
                 self._follows.setdefault(follower, set()).add(followee)
             else:
                 self._follows.get(follower, set()).discard(followee)
-        elif kind == "user_active":
+        elif kind == UserActive.TYPE:
             self._users.add(get("user_id"))
         else:
             return False

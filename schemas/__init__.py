@@ -3,6 +3,7 @@ from schemas.events import (  # noqa: F401
     ACTIVITY_EVENTS,
     ALL_EVENTS,
     FOLLOW_EVENTS,
+    REGISTRY,
     TWEET_EVENTS,
     ContractError,
     DEFAULT_LIMITS,
@@ -17,6 +18,10 @@ from schemas.events import (  # noqa: F401
     decode_key,
     encode,
     encode_key,
+    events_on,
+    key_of,
+    source_topics,
+    topic_of,
     from_dict,
     to_dict,
 )

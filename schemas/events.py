@@ -64,6 +64,8 @@ class ContractError(ValueError):
 @dataclass(frozen=True, slots=True)
 class TweetPosted:
     TYPE: ClassVar[str] = "tweet_posted"
+    TOPIC: ClassVar[str] = "topic_tweets"
+    KEY: ClassVar[str] = "author_id"
     tweet_id: int
     author_id: int
     text: str
@@ -77,6 +79,8 @@ class TweetPosted:
 @dataclass(frozen=True, slots=True)
 class TweetDeleted:
     TYPE: ClassVar[str] = "tweet_deleted"
+    TOPIC: ClassVar[str] = "topic_tweets"
+    KEY: ClassVar[str] = "author_id"
     tweet_id: int
     author_id: int
     deleted_at: int
@@ -89,6 +93,8 @@ class TweetDeleted:
 @dataclass(frozen=True, slots=True)
 class UserFollowed:
     TYPE: ClassVar[str] = "followed"
+    TOPIC: ClassVar[str] = "topic_follows"
+    KEY: ClassVar[str] = "followee_id"
     follower_id: int
     followee_id: int
     at: int
@@ -101,6 +107,8 @@ class UserFollowed:
 @dataclass(frozen=True, slots=True)
 class UserUnfollowed:
     TYPE: ClassVar[str] = "unfollowed"
+    TOPIC: ClassVar[str] = "topic_follows"
+    KEY: ClassVar[str] = "followee_id"
     follower_id: int
     followee_id: int
     at: int
@@ -113,6 +121,8 @@ class UserUnfollowed:
 @dataclass(frozen=True, slots=True)
 class UserActive:
     TYPE: ClassVar[str] = "user_active"
+    TOPIC: ClassVar[str] = "topic_activity"
+    KEY: ClassVar[str] = "user_id"
     user_id: int
     at: int
 
@@ -125,10 +135,39 @@ TweetEvent = Union[TweetPosted, TweetDeleted]
 FollowEvent = Union[UserFollowed, UserUnfollowed]
 Event = Union[TweetPosted, TweetDeleted, UserFollowed, UserUnfollowed, UserActive]
 
-TWEET_EVENTS: dict[str, type] = {c.TYPE: c for c in (TweetPosted, TweetDeleted)}
-FOLLOW_EVENTS: dict[str, type] = {c.TYPE: c for c in (UserFollowed, UserUnfollowed)}
-ACTIVITY_EVENTS: dict[str, type] = {UserActive.TYPE: UserActive}
-ALL_EVENTS: dict[str, type] = {**TWEET_EVENTS, **FOLLOW_EVENTS, **ACTIVITY_EVENTS}
+# The registry: every event type, in the order of their topics. Each class declares its
+# ``TYPE`` (the JSON ``type``), its ``TOPIC`` (the name of the Settings field that names
+# its topic) and its ``KEY`` (the id field that keys it, and so picks its partition).
+# Adding an event type is one class here and the agent code that acts on it.
+REGISTRY: tuple[type, ...] = (TweetPosted, TweetDeleted, UserFollowed, UserUnfollowed, UserActive)
+ALL_EVENTS: dict[str, type] = {c.TYPE: c for c in REGISTRY}
+TWEET_EVENTS: dict[str, type] = {c.TYPE: c for c in REGISTRY if c.TOPIC == "topic_tweets"}
+FOLLOW_EVENTS: dict[str, type] = {c.TYPE: c for c in REGISTRY if c.TOPIC == "topic_follows"}
+ACTIVITY_EVENTS: dict[str, type] = {c.TYPE: c for c in REGISTRY if c.TOPIC == "topic_activity"}
+
+
+def topic_of(event: Any, settings: Any) -> str:
+    """The topic of an event, an event class or a ``type`` name, in ``settings``' namespace."""
+    cls = ALL_EVENTS[event] if isinstance(event, str) else (event if isinstance(event, type) else type(event))
+    return getattr(settings, cls.TOPIC)
+
+
+def source_topics(settings: Any) -> list[str]:
+    """The topics producers write to, in registry order, each once."""
+    return list(dict.fromkeys(getattr(settings, c.TOPIC) for c in REGISTRY))
+
+
+def events_on(settings: Any) -> dict[str, dict[str, type]]:
+    """Topic -> the event types it carries (``type`` name -> class); anything else on it breaks the contract."""
+    out: dict[str, dict[str, type]] = {}
+    for c in REGISTRY:
+        out.setdefault(getattr(settings, c.TOPIC), {})[c.TYPE] = c
+    return out
+
+
+def key_of(data: dict[str, Any]) -> int:
+    """The key id of an event given as a JSON-like dict (its class's ``KEY`` field)."""
+    return data[ALL_EVENTS[data["type"]].KEY]
 
 # Each event class's contract fields, in order.
 _FIELDS: dict[type, tuple[str, ...]] = {c: tuple(f.name for f in fields(c)) for c in ALL_EVENTS.values()}

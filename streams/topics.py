@@ -15,7 +15,7 @@ aiokafka's default partitioner).
 from __future__ import annotations
 
 from faust_app import app, settings
-from schemas import ACTIVITY_EVENTS, FOLLOW_EVENTS, TWEET_EVENTS
+from schemas import events_on
 
 _RAW = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
@@ -34,8 +34,4 @@ projection_events = app.topic(settings.topic_tweets, settings.topic_follows, **_
 
 # The event types each source topic carries (docs/events.md); anything else on it is a
 # contract violation.
-EVENTS_ON: dict[str, dict[str, type]] = {
-    settings.topic_tweets: TWEET_EVENTS,
-    settings.topic_follows: FOLLOW_EVENTS,
-    settings.topic_activity: ACTIVITY_EVENTS,
-}
+EVENTS_ON: dict[str, dict[str, type]] = events_on(settings)

@@ -109,3 +109,16 @@ def test_any_bytes_decode_or_raise_contract_error(data):
         assert exc.reason
     else:
         assert isinstance(event, TweetPosted)
+
+
+def test_the_registry_names_each_events_topic_and_key():
+    from schemas import REGISTRY, events_on, key_of, source_topics, topic_of
+
+    s = Settings().isolated("t", "x", "/tmp")
+    assert source_topics(s) == [s.topic_tweets, s.topic_follows, s.topic_activity]
+    assert topic_of("followed", s) == s.topic_follows and topic_of(TweetPosted, s) == s.topic_tweets
+    assert set(events_on(s)[s.topic_tweets]) == {"tweet_posted", "tweet_deleted"}
+    assert key_of({"type": "followed", "follower_id": 1, "followee_id": 2, "at": 0}) == 2
+    for cls in REGISTRY:
+        sample = cls(**{f: 7 if f != "text" else "x" for f in cls.__dataclass_fields__})
+        assert sample.key == getattr(sample, cls.KEY) and topic_of(sample, s) == getattr(s, cls.TOPIC)
