@@ -120,5 +120,6 @@ def test_the_registry_names_each_events_topic_and_key():
     assert set(events_on(s)[s.topic_tweets]) == {"tweet_posted", "tweet_deleted"}
     assert key_of({"type": "followed", "follower_id": 1, "followee_id": 2, "at": 0}) == 2
     for cls in REGISTRY:
-        sample = cls(**{f: 7 if f != "text" else "x" for f in cls.__dataclass_fields__})
+        import dataclasses
+        sample = cls(**{f.name: 7 if f.name != "text" else "x" for f in dataclasses.fields(cls)})
         assert sample.key == getattr(sample, cls.KEY) and topic_of(sample, s) == getattr(s, cls.TOPIC)
