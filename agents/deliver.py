@@ -23,9 +23,10 @@ from typing import Any, Sequence
 
 from faust.streams import current_event
 
-from agents.failures import Isolator, guard
-from agents.metrics import BatchTimer, count_deliveries, observe_fanout_lag
-from agents.outbox import Outbox, publish_dead_letter
+from agents.failures import Isolator
+from agents.loop import consume
+from agents.metrics import count_deliveries, observe_fanout_lag
+from agents.outbox import Outbox
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.activity import is_active
@@ -346,12 +347,6 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 
 @app.agent(recipient_events, concurrency=1)
 async def deliver(stream: Any) -> None:
-    async with guard(STAGE):
-        sinks = await get_sinks(settings)
-
-        async def dead_letter(event: Any, reason: str) -> None:
-            await publish_dead_letter(dead_letters_topic, event, reason, STAGE, settings.topic_partitions)
-
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            with BatchTimer(STAGE, len(events)):
-                await ISOLATOR.run(events, lambda part: process_recipient_batch(sinks, part), dead_letter)
+    await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_recipient_batch,
+                  batch_max=BATCH_MAX, within=BATCH_WITHIN_S,
+                  dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

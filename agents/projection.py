@@ -36,9 +36,8 @@ from typing import Any, Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
-from agents.failures import Isolator, guard
-from agents.metrics import BatchTimer
-from agents.outbox import publish_dead_letter
+from agents.failures import Isolator
+from agents.loop import consume
 from agents.sinks import get_sinks, with_retry
 from faust_app import app, settings
 from policies.first_wins import StoredTweet
@@ -87,12 +86,6 @@ async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[A
 
 @app.agent(projection_events, concurrency=1)
 async def project_to_postgres(stream: Any) -> None:
-    async with guard(STAGE):
-        pool = await get_pool()
-
-        async def dead_letter(event: Any, reason: str) -> None:
-            await publish_dead_letter(dead_letters_topic, event, reason, STAGE, settings.topic_partitions)
-
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            with BatchTimer(STAGE, len(events)):
-                await ISOLATOR.run(events, lambda part: process_projection_batch(pool, part), dead_letter)
+    await consume(stream, ISOLATOR, get_pool, process_projection_batch,
+                  batch_max=BATCH_MAX, within=BATCH_WITHIN_S,
+                  dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

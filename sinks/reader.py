@@ -47,7 +47,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Sequence
 
 import redis.exceptions
 from redis.asyncio import Redis
@@ -241,6 +241,18 @@ class _View:
     first: tuple[int, list[tuple[int, int]], bool, str] | None = None
     # The cursor at which the cached copy was seen to be too short (ask Cassandra directly).
     cache_short_at: int | None = None
+
+
+async def _cache_or_store(what: str, read: Callable[[bool], Awaitable[Page]]) -> Page:
+    """``read(cache=True)``; if Redis fails (down, out of memory, a timeout), ``read(False)``:
+    the same page from Cassandra alone. Redis is a cache, never the reason a read fails."""
+    try:
+        return await read(True)
+    except redis.exceptions.RedisError as exc:
+        log.warning("%s read without Redis: %r", what, exc)
+        page = await read(False)
+        page.stats.cache_bypassed = True
+        return page
 
 
 def _decode(raw: Any) -> str:
@@ -533,13 +545,8 @@ class HomeTimelineReader:
         a timeout) the page is read again from Cassandra alone, with the same answer."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        try:
-            return await self._page(user_id, limit, below, cache=True)
-        except redis.exceptions.RedisError as exc:
-            log.warning("home timeline of %d read without Redis: %r", user_id, exc)
-            page = await self._page(user_id, limit, below, cache=False)
-            page.stats.cache_bypassed = True
-            return page
+        return await _cache_or_store(f"home timeline of {user_id}",
+                                     lambda cache: self._page(user_id, limit, below, cache=cache))
 
     async def _page(self, user_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
         stats = ReadStats()
@@ -628,13 +635,8 @@ class HomeTimelineReader:
         from Cassandra alone if Redis fails."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        try:
-            return await self._author_page(author_id, limit, below, cache=True)
-        except redis.exceptions.RedisError as exc:
-            log.warning("author timeline of %d read without Redis: %r", author_id, exc)
-            page = await self._author_page(author_id, limit, below, cache=False)
-            page.stats.cache_bypassed = True
-            return page
+        return await _cache_or_store(f"author timeline of {author_id}",
+                                     lambda cache: self._author_page(author_id, limit, below, cache=cache))
 
     async def _author_page(self, author_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
         stats = ReadStats()

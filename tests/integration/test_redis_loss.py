@@ -19,7 +19,8 @@ from bench.workload import generate, produce
 from ops.lag import wait_caught_up
 from ops.worker import Worker, free_port
 from policies.reference import reference_home_timelines
-from tests.integration.pipeline_harness import diff_timelines, drop, isolated_settings, provision, reader_for
+from ops.schema import drop_namespace
+from tests.integration.pipeline_harness import diff_timelines, isolated_settings, provision, reader_for
 
 
 @pytest.fixture
@@ -42,19 +43,21 @@ def private_redis(tmp_path):
             if time.monotonic() > end or proc.poll() is not None:
                 raise RuntimeError("private redis-server did not start")
             time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    yield url, proc
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.mark.slow
 async def test_timelines_survive_flushes_and_eviction(tmp_path, private_redis):
+    redis_url, redis_proc = private_redis
     settings = isolated_settings(tmp_path, celebrity_threshold=20, celebrity_hysteresis=5, timeline_cap=60,
-                                 backfill_limit=25, redis_url=private_redis)
+                                 backfill_limit=25, redis_url=redis_url)
     provision(settings)
     workload = generate(31, users=120, tweets=1200, celebrity_threshold=20)
     expected = reference_home_timelines(workload.events)
-    redis = Redis.from_url(private_redis)
+    redis = Redis.from_url(redis_url)
     worker = Worker(settings, tmp_path / "worker.log").start()
     try:
         half = len(workload.events) // 2
@@ -111,9 +114,17 @@ async def test_timelines_survive_flushes_and_eviction(tmp_path, private_redis):
                 assert diffs == {}, f"under eviction: {len(diffs)} users differ: {list(diffs.items())[:3]}"
             evicted = int((await redis.info("stats"))["evicted_keys"])
             assert evicted > 100, f"only {evicted} keys were evicted: no memory pressure"
+
+            # Redis down: every read is answered from Cassandra alone, with the same answer.
+            redis_proc.kill()
+            redis_proc.wait(10)
+            diffs = await diff_timelines(reader, expected, page_size=29)
+            assert diffs == {}, f"with Redis down: {len(diffs)} users differ: {list(diffs.items())[:3]}"
         assert pulled_celebrities is not None
         assert worker.alive(), worker.log_tail()
     finally:
         worker.stop()
         await redis.aclose()
-        drop(settings)
+        # The private Redis is gone with its keys; everything else of the namespace is dropped.
+        done = await drop_namespace(settings)
+        assert not [k for k in done if k.endswith("_error") and k != "redis_error"], done

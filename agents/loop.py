@@ -1,0 +1,40 @@
+"""The loop every agent runs: batches from the stream, processed under ``agents/failures``.
+
+Concurrency stays 1 per agent (faust-streaming can commit past a message still in flight
+with more): an agent batches inside itself with ``take_events``, and a batch is acked
+only when ``process`` returned, so every store write of its events is done.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from agents.failures import Isolator, guard
+from agents.metrics import BatchTimer
+from agents.outbox import publish_dead_letter
+
+R = TypeVar("R")
+
+
+async def consume(
+    stream: Any,
+    isolator: Isolator,
+    setup: Callable[[], Awaitable[R]],
+    process: Callable[[R, Sequence[Any]], Awaitable[None]],
+    *,
+    batch_max: int,
+    within: float,
+    dead_letters_topic: Any,
+    partitions: int,
+) -> None:
+    """Open the agent's stores (``setup``), then process each batch; an event that cannot be
+    processed is dead-lettered, a systemic fault stops the worker (``agents/failures.py``)."""
+    stage = isolator.stage
+    async with guard(stage):
+        resource = await setup()
+
+        async def dead_letter(event: Any, reason: str) -> None:
+            await publish_dead_letter(dead_letters_topic, event, reason, stage, partitions)
+
+        async for events in stream.take_events(batch_max, within=within):
+            with BatchTimer(stage, len(events)):
+                await isolator.run(events, lambda part: process(resource, part), dead_letter)
