@@ -1,7 +1,7 @@
 """The following cap (``TL_MAX_FOLLOWING``) in PostgreSQL, for the Post service.
 
 Follows go to Kafka, not to a database, so the count lives in the PostgreSQL projection
-of the log (``follows``, ``agents/projection.py``), which lags the log a little. The Post
+of the log (``follows``, ``agents/projection.py`` / ``sinks/postgres.py``), which lags the log a little. The Post
 service therefore also records every follow and unfollow it accepts in
 ``follow_intents`` (one row per pair: the last decision, when) and counts the
 projection overridden by the intents of the last ``FOLLOW_INTENT_TTL_S``

@@ -70,6 +70,7 @@ class Limiter:
         self.local = LocalBuckets(burst, rate_per_s, LOCAL_MAX_SUBJECTS) if local_fallback else None
         self.clock = clock
         self._bypass_until = 0.0
+        self.last_error: str | None = None  # the last Redis failure, for logs and tests
 
     async def check(self, subject: int | str) -> None:
         now = self.clock()
@@ -79,6 +80,7 @@ class Limiter:
                 result = await self.bucket.take(subject)
             except redis.exceptions.RedisError as exc:
                 self._bypass_until = self.clock() + BYPASS_S
+                self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.warning("rate limit %r: Redis unavailable (%s); %s for %.0f s", self.name, exc,
                             "in-process buckets" if self.local is not None else "not enforced", BYPASS_S)
         if result is None:
