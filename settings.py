@@ -95,6 +95,31 @@ class Settings:
     # user or, without a token, per client address.
     read_rate_burst: int = _env("TL_READ_RATE_BURST", 300, int)
     read_rate_per_s: float = _env("TL_READ_RATE_PER_S", 5.0, float)
+    # Sign-ups per client address (there is no user yet): each one is a PostgreSQL insert and
+    # an event. 20 at once, then one every 20 s (180 an hour).
+    signup_rate_burst: int = _env("TL_SIGNUP_RATE_BURST", 20, int)
+    signup_rate_per_s: float = _env("TL_SIGNUP_RATE_PER_S", 0.05, float)
+    # Follows and unfollows together, per user: each one can copy up to TL_BACKFILL_LIMIT
+    # tweets into (or out of) a timeline. 100 at once, then one every 5 s (720 an hour).
+    follow_rate_burst: int = _env("TL_FOLLOW_RATE_BURST", 100, int)
+    follow_rate_per_s: float = _env("TL_FOLLOW_RATE_PER_S", 0.2, float)
+    # Most accounts one user may follow; a follow past it is 409 (unfollows always work).
+    max_following: int = _env("TL_MAX_FOLLOWING", 5_000, int)
+    # Bearer tokens looked up in PostgreSQL per client address, in both services: checked
+    # before the lookup, so garbage tokens cannot make PostgreSQL look up tokens at any
+    # rate. Tokens found in (or known to be missing from) the in-process caches cost
+    # nothing. Over it: 429 with Retry-After.
+    token_lookup_rate_burst: int = _env("TL_TOKEN_LOOKUP_RATE_BURST", 200, int)
+    token_lookup_rate_per_s: float = _env("TL_TOKEN_LOOKUP_RATE_PER_S", 20.0, float)
+    # In-process token caches, per service process: a valid token is remembered this long (a
+    # token removed from PostgreSQL keeps working at most this long), an unknown one too (a
+    # token added to PostgreSQL after a request was refused with it works at most this late).
+    token_cache_ttl_s: float = _env("TL_TOKEN_CACHE_TTL_S", 60.0, float)
+    token_negative_ttl_s: float = _env("TL_TOKEN_NEGATIVE_TTL_S", 60.0, float)
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma
+    # separated). Empty: the client is the TCP peer, so behind a proxy that is not listed
+    # every client shares the proxy's per-address limits.
+    trusted_proxies: tuple[str, ...] = _env("TL_TRUSTED_PROXIES", (), _tuple)
     snowflake_worker_id: int = _env("TL_SNOWFLAKE_WORKER_ID", -1, int)
     snowflake_epoch_ms: int = _env("TL_SNOWFLAKE_EPOCH_MS", 1288834974657, int)
     # Cap on request bodies, bytes.
@@ -114,6 +139,19 @@ class Settings:
             raise ValueError("TL_EVENT_MAX_BYTES must be in 1024..524288")
         if not 16 * 1024 <= self.delivery_max_bytes <= 900 * 1024:
             raise ValueError("TL_DELIVERY_MAX_BYTES must be in 16384..921600 (the producer's limit is 1 MiB)")
+        for name in ("post", "read", "signup", "follow", "token_lookup"):
+            if not getattr(self, f"{name}_rate_burst") > 0 or not getattr(self, f"{name}_rate_per_s") > 0:
+                raise ValueError(f"TL_{name.upper()}_RATE_BURST and TL_{name.upper()}_RATE_PER_S must be > 0")
+        if self.max_following < 1:
+            raise ValueError("TL_MAX_FOLLOWING must be >= 1")
+        if not self.token_cache_ttl_s > 0 or not self.token_negative_ttl_s > 0:
+            raise ValueError("TL_TOKEN_CACHE_TTL_S and TL_TOKEN_NEGATIVE_TTL_S must be > 0")
+        from policies.client_address import parse_networks
+
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ValueError(f"TL_TRUSTED_PROXIES: {exc}") from None
         if self.event_max_depth < 1 or self.systemic_error_streak < 1 or self.tweet_max_chars < 1:
             raise ValueError("TL_EVENT_MAX_DEPTH, TL_SYSTEMIC_ERROR_STREAK and TL_TWEET_MAX_CHARS must be >= 1")
 

@@ -4,24 +4,51 @@ A token is ``secrets.token_urlsafe(32)`` (256 random bits). The ``users`` table 
 ``sha256(token)`` in ``token_hash`` (unique index), so a leaked database does not leak
 tokens and a lookup is one index probe. A missing or wrong token is 401 with
 ``WWW-Authenticate: Bearer ...`` (RFC 6750).
+
+Garbage tokens cannot exhaust PostgreSQL (:class:`TokenAuthenticator`, one per service
+process, used by both services):
+
+* Tokens that are not 16-200 base64url characters are refused without any lookup.
+* Two in-process caches, bounded LRUs keyed by the token's hash: valid tokens
+  (``TOKEN_CACHE_MAX``, ``TL_TOKEN_CACHE_TTL_S``) and unknown tokens
+  (``NEGATIVE_CACHE_MAX``, ``TL_TOKEN_NEGATIVE_TTL_S``). A flood of garbage only evicts
+  garbage. A token deleted from PostgreSQL (revoked) keeps working in a process that
+  cached it for at most ``TL_TOKEN_CACHE_TTL_S`` (60 s by default).
+* Concurrent requests with the same uncached token share one lookup.
+* Every lookup that would reach PostgreSQL first takes a token from the client address's
+  bucket (``TL_TOKEN_LOOKUP_RATE_BURST`` / ``_PER_S``, ``api.limits``): past it, 429
+  with ``Retry-After``, and PostgreSQL is not asked. So PostgreSQL sees at most
+  burst + rate x seconds token lookups per client address, whatever the request rate;
+  with Redis down each process applies that bound on its own.
+
+A PostgreSQL failure is not cached (the request answers 503, the next one asks again).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
 import time
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Callable
 
 from fastapi import Request
+from redis.asyncio import Redis
 
-from api.deps import Resources, get_resources
+from api.common import HttpMetrics
 from api.errors import Problem
+from api.limits import request_address, token_lookup_limiter
+from policies.ttl_cache import TtlLru
+from settings import Settings
 
 REALM = 'Bearer realm="timeline"'
-TOKEN_CACHE_TTL_S = 60.0
 TOKEN_CACHE_MAX = 10_000
+NEGATIVE_CACHE_MAX = 50_000
 # token_urlsafe output: base64url without padding. Anything else cannot be ours.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,200}", re.ASCII)
+
+_UNKNOWN = 0  # the negative cache's value
 
 
 def new_token() -> str:
@@ -37,21 +64,75 @@ def _unauthorized(detail: str, error: str | None = None) -> Problem:
     return Problem(401, detail, headers={"WWW-Authenticate": challenge})
 
 
-async def user_for_token(res: Resources, token: str) -> int | None:
-    digest = hash_token(token)
-    now = time.monotonic()
-    hit = res.token_cache.get(digest)
-    if hit is not None and hit[1] > now:
-        return hit[0]
-    async with res.pg_conn() as conn:
-        cur = await conn.execute("SELECT user_id FROM users WHERE token_hash = %s", (digest,))
-        row = await cur.fetchone()
-    if row is None:
-        return None
-    if len(res.token_cache) >= TOKEN_CACHE_MAX:
-        res.token_cache.clear()
-    res.token_cache[digest] = (int(row[0]), now + TOKEN_CACHE_TTL_S)
-    return int(row[0])
+class TokenAuthenticator:
+    """Bearer token -> user id, with the caches, the shared lookups and the per-address
+    lookup limit of the module docstring. ``pg_conn()`` yields a PostgreSQL connection."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        pg_conn: Callable[[], AbstractAsyncContextManager[Any]],
+        metrics: HttpMetrics,
+        *,
+        on_limited: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.pg_conn = pg_conn
+        self.metrics = metrics
+        self.clock = clock
+        self.valid: TtlLru[bytes, int] = TtlLru(TOKEN_CACHE_MAX, settings.token_cache_ttl_s)
+        self.unknown: TtlLru[bytes, int] = TtlLru(NEGATIVE_CACHE_MAX, settings.token_negative_ttl_s)
+        self.limiter = token_lookup_limiter(redis, settings, metrics, on_limited)
+        self._inflight: dict[bytes, asyncio.Future[int | None]] = {}
+        self.lookups = 0  # PostgreSQL lookups made by this process
+
+    async def user_for_token(self, token: str, address: str) -> int | None:
+        """The user id of ``token``, None if PostgreSQL does not know it; 429 (Problem) if
+        ``address`` has used up its lookups."""
+        digest = hash_token(token)
+        now = self.clock()
+        user_id = self.valid.get(digest, now)
+        if user_id is not None:
+            self.metrics.authentications.labels("cached").inc()
+            return user_id
+        if self.unknown.get(digest, now) is not None:
+            self.metrics.authentications.labels("cached_unknown").inc()
+            return None
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            self.metrics.authentications.labels("joined").inc()
+            return await asyncio.shield(pending)
+        await self.limiter.check(address)
+        pending = self._inflight.get(digest)  # another request may have started it meanwhile
+        if pending is not None:
+            self.metrics.authentications.labels("joined").inc()
+            return await asyncio.shield(pending)
+        task = asyncio.get_running_loop().create_task(self._lookup(digest))
+        self._inflight[digest] = task
+        task.add_done_callback(lambda done: self._finished(digest, done))
+        return await asyncio.shield(task)
+
+    def _finished(self, digest: bytes, task: asyncio.Future[int | None]) -> None:
+        if self._inflight.get(digest) is task:
+            del self._inflight[digest]
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters got it (503), nobody else should log it
+
+    async def _lookup(self, digest: bytes) -> int | None:
+        self.lookups += 1
+        async with self.pg_conn() as conn:
+            cur = await conn.execute("SELECT user_id FROM users WHERE token_hash = %s", (digest,))
+            row = await cur.fetchone()
+        now = self.clock()
+        if row is None:
+            self.unknown.put(digest, _UNKNOWN, now)
+            self.metrics.authentications.labels("looked_up_unknown").inc()
+            return None
+        self.valid.put(digest, int(row[0]), now)
+        self.metrics.authentications.labels("looked_up").inc()
+        return int(row[0])
 
 
 async def authenticate(request: Request) -> int:
@@ -73,7 +154,8 @@ async def authenticate(request: Request) -> int:
         raise _unauthorized("Authorization header has no token after 'Bearer'", "invalid_request")
     if not _TOKEN_RE.fullmatch(token):
         raise _unauthorized("bearer token is malformed", "invalid_token")
-    user_id = await user_for_token(get_resources(request), token)
+    res = request.app.state.resources
+    user_id = await res.auth.user_for_token(token, request_address(request, res.settings))
     if user_id is None:
         raise _unauthorized("bearer token is not valid", "invalid_token")
     return user_id

@@ -33,7 +33,13 @@ class HttpMetrics:
     """Prometheus metrics on a registry of their own (one per app, so tests can build many
     apps in one process), exposed at ``GET /metrics``:
     ``<service>_http_requests_total{method,route,status}`` and
-    ``<service>_http_request_seconds{method,route}``. Subclasses add their own."""
+    ``<service>_http_request_seconds{method,route}``, and the bearer-token and rate-limit
+    counters both services share (``api.auth``, ``api.limits``):
+    ``<service>_authentications_total{outcome}`` (``cached``, ``cached_unknown``,
+    ``joined``: answered without PostgreSQL; ``looked_up``, ``looked_up_unknown``: a
+    PostgreSQL lookup; ``limited``: 429 from the per-address lookup limit) and
+    ``<service>_rate_limit_unavailable_total{limit}`` (Redis did not answer a limiter, which
+    then let the request through, or used its in-process fallback). Subclasses add their own."""
 
     def __init__(self, service: str, buckets: Sequence[float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -48,6 +54,20 @@ class HttpMetrics:
             "HTTP request latency by route template",
             ["method", "route"],
             buckets=tuple(buckets),
+            registry=self.registry,
+        )
+        self.authentications = Counter(
+            f"{service}_authentications_total",
+            "Bearer-token checks by outcome (from the caches, joined to a lookup in flight, "
+            "looked up in PostgreSQL, refused by the per-address lookup limit)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rate_limit_unavailable = Counter(
+            f"{service}_rate_limit_unavailable_total",
+            "Rate-limit checks Redis did not answer (the request went on: fail open, or the "
+            "in-process fallback bucket)",
+            ["limit"],
             registry=self.registry,
         )
 

@@ -23,10 +23,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.asyncio import Redis
 from starlette.responses import Response
 
+from api.auth import TokenAuthenticator
 from api.errors import Problem, problem_response
+from api.follow_cap import FollowCap
 from api.kafka import KafkaGateway, KafkaUnavailable
 from api.metrics import Metrics
-from api.ratelimit import RedisTokenBucket
+from api.limits import Limiter
 from api.worker_id import NoWorkerId, WorkerIdSource
 from settings import Settings
 
@@ -43,11 +45,23 @@ class Resources:
     redis: Redis
     kafka: KafkaGateway
     ids: WorkerIdSource
-    limiter: RedisTokenBucket
     metrics: Metrics
-    # token hash -> (user id, expires at monotonic); tokens are never revoked, so a
-    # short-lived positive cache only saves PostgreSQL round trips.
-    token_cache: dict[bytes, tuple[int, float]] = field(default_factory=dict)
+    # Rate limits (api.limits): tweets, follows and unfollows per user, sign-ups per address.
+    limiter: Limiter = field(init=False)
+    follow_limiter: Limiter = field(init=False)
+    signup_limiter: Limiter = field(init=False)
+    # Bearer tokens -> users, with the per-address lookup limit (api.auth).
+    auth: TokenAuthenticator = field(init=False)
+    # TL_MAX_FOLLOWING, counted in PostgreSQL (api.follow_cap).
+    follow_cap: FollowCap = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter, self.follow_limiter, self.signup_limiter = post_limiters(self.redis, self.settings, self.metrics)
+        self.auth = TokenAuthenticator(
+            self.settings, self.redis, self.pg_conn, self.metrics,
+            on_limited=lambda: self.metrics.rate_limited.labels("token_lookup").inc(),
+        )
+        self.follow_cap = FollowCap(self.pg_conn, self.settings.max_following)
 
     @classmethod
     def create(
@@ -84,9 +98,6 @@ class Resources:
                 epoch_ms=settings.snowflake_epoch_ms,
                 instance=instance,
             ),
-            limiter=RedisTokenBucket(
-                rds, burst=settings.post_rate_burst, rate_per_s=settings.post_rate_per_s
-            ),
             metrics=metrics or Metrics(),
         )
 
@@ -115,6 +126,35 @@ class Resources:
         )
         checks["snowflake"] = self.ids.state()
         return checks
+
+
+def post_limiters(redis: Redis, settings: Settings, metrics: Metrics) -> tuple[Limiter, Limiter, Limiter]:
+    """The Post service's limits: tweets per user, follows and unfollows per user, sign-ups
+    per client address. Each fails open when Redis does not answer (api.limits)."""
+
+    def counted(name: str) -> Callable[[], None]:
+        return lambda: metrics.rate_limited.labels(name).inc()
+
+    s = settings
+    posts = Limiter(
+        redis, name="post", burst=s.post_rate_burst, rate_per_s=s.post_rate_per_s, prefix="",
+        refusal=lambda wait: (f"rate limit exceeded: at most {s.post_rate_burst} tweets at once, refilled at "
+                              f"{s.post_rate_per_s:g} per second; retry in {wait} s"),
+        metrics=metrics, on_limited=counted("post"),
+    )
+    follows = Limiter(
+        redis, name="follow", burst=s.follow_rate_burst, rate_per_s=s.follow_rate_per_s, prefix=s.redis_prefix,
+        refusal=lambda wait: (f"rate limit exceeded: at most {s.follow_rate_burst} follows and unfollows at once, "
+                              f"refilled at {s.follow_rate_per_s:g} per second; retry in {wait} s"),
+        metrics=metrics, on_limited=counted("follow"),
+    )
+    signups = Limiter(
+        redis, name="signup", burst=s.signup_rate_burst, rate_per_s=s.signup_rate_per_s, prefix=s.redis_prefix,
+        refusal=lambda wait: (f"rate limit exceeded: at most {s.signup_rate_burst} sign-ups from one address at "
+                              f"once, refilled at {s.signup_rate_per_s:g} per second; retry in {wait} s"),
+        metrics=metrics, on_limited=counted("signup"),
+    )
+    return posts, follows, signups
 
 
 # --- /healthz checks, shared with the query service -----------------------------------

@@ -35,6 +35,17 @@ Semantics worth knowing:
 * Posting is rate limited per user by a token bucket in Redis (``TL_POST_RATE_BURST``,
   ``TL_POST_RATE_PER_S``): 429 with ``Retry-After``. Replays of an Idempotency-Key do
   not spend tokens.
+* Abuse limits (``api.limits``; docs/operations.md "Abuse limits"): sign-ups per client
+  address (``TL_SIGNUP_RATE_*``), follows and unfollows per user (``TL_FOLLOW_RATE_*``),
+  and bearer-token lookups in PostgreSQL per client address, checked before the lookup
+  (``TL_TOKEN_LOOKUP_RATE_*``, with negative caching of unknown tokens: ``api.auth``).
+  Each is 429 with ``Retry-After`` and a ``detail``; each fails open when Redis does not
+  answer (the token-lookup limit falls back to in-process buckets).
+* A user follows at most ``TL_MAX_FOLLOWING`` accounts (5,000): a follow of one more is
+  409 ``following-limit``; following someone already followed and unfollowing always
+  work. Counted in PostgreSQL: the ``follows`` projection plus the service's own recent
+  follow decisions, so follows the projection has not applied yet count too
+  (``api.follow_cap``). Follows and unfollows therefore need PostgreSQL (else 503).
 * Snowflake worker ids: fixed from ``TL_SNOWFLAKE_WORKER_ID`` when >= 0, else leased
   from Redis (``SET snowflake:worker:<n> <instance> NX EX 60`` for the first free
   ``n`` in 0..1023, renewed every 20 s, released on shutdown) - see ``api.worker_id``.
@@ -60,10 +71,12 @@ from api.body import parse_id, read_json
 from api.common import build_app, health_response, json_response, serve
 from api.deps import Resources, get_resources, install_dependency_errors
 from api.errors import Problem
+from api.follow_cap import FollowCap, FollowCapReached, Intent
 from api.idempotency import MAX_KEY_CHARS, IdempotencySlot, Record, fingerprint
 from api.kafka import KafkaUnavailable
+from api.limits import request_address
 from api.metrics import Metrics
-from policies.ratelimit import retry_after_header
+from policies.following import over_cap_detail
 from policies.snowflake import snowflake_timestamp_ms
 from policies.text import TextRuleError, validate_handle, validate_tweet_text
 from schemas.events import Event, TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed
@@ -164,6 +177,7 @@ async def sign_up(request: Request) -> Response:
         handle = validate_handle(body.handle)
     except TextRuleError as exc:
         raise _rule_problem("handle", exc) from None
+    await res.signup_limiter.check(request_address(request, res.settings))
     user_id = res.ids.next_id()
     token = new_token()
     try:
@@ -243,16 +257,8 @@ async def post_tweet(request: Request) -> Response:
 
 
 async def _rate_limit(res: Resources, user_id: int) -> None:
-    result = await res.limiter.take(user_id)
-    if not result.allowed:
-        res.metrics.rate_limited.inc()
-        wait = retry_after_header(result.retry_after_s)
-        raise Problem(
-            429,
-            f"rate limit exceeded: at most {res.settings.post_rate_burst} tweets at once, refilled at "
-            f"{res.settings.post_rate_per_s:g} per second; retry in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+    """429 once the user's tweet bucket is empty; fails open without Redis (api.limits)."""
+    await res.limiter.check(user_id)
 
 
 def _tweet_response(tweet_id: int, author_id: int, created: int, text: str, *, replayed: bool = False) -> Response:
@@ -326,12 +332,30 @@ def _check_caller(user_id: str, caller: int) -> None:
 
 
 async def _follow_target(request: Request, target_raw: Any, caller: int) -> int:
+    """The target of a follow or unfollow: well-formed, not the caller, within the caller's
+    follow rate limit (spent only by requests that got this far), and an existing user."""
+    res = get_resources(request)
     target = parse_id(target_raw, "target_user_id")
     if target == caller:
         raise Problem(422, "you cannot follow or unfollow yourself", slug="self-follow")
-    if not await _user_exists(get_resources(request), request.app.state.known_users, target):
+    await res.follow_limiter.check(caller)
+    if not await _user_exists(res, request.app.state.known_users, target):
         raise Problem(404, f"no user with id {target}", slug="user-not-found")
     return target
+
+
+async def _emit_follow_change(res: Resources, cap: FollowCap, intent: Intent, event: Event) -> None:
+    """Produce the event of a recorded intent; if Kafka surely did not get it, undo the intent."""
+    try:
+        await _emit(res, res.settings.topic_follows, event)
+    except KafkaUnavailable as exc:
+        if not exc.maybe_written:
+            try:
+                await cap.undo(intent)
+            except Exception as undo_exc:  # noqa: BLE001 - the 503 below is the answer either way
+                log.warning("could not undo the follow intent %s -> %s: %s", intent.follower, intent.followee,
+                            undo_exc)
+        raise
 
 
 @router.post("/v1/users/{user_id}/following")
@@ -341,7 +365,14 @@ async def follow(request: Request, user_id: str) -> Response:
     _check_caller(user_id, caller)
     body = await read_json(request, FollowIn, res.settings.max_body_bytes)
     target = await _follow_target(request, body.target_user_id, caller)
-    await _emit(res, res.settings.topic_follows, UserFollowed(follower_id=caller, followee_id=target, at=now_ms()))
+    cap = res.follow_cap
+    try:
+        intent = await cap.follow(caller, target)
+    except FollowCapReached as exc:
+        res.metrics.following_cap.inc()
+        raise Problem(409, over_cap_detail(exc.count, exc.cap), slug="following-limit",
+                      limit=exc.cap, following=exc.count) from None
+    await _emit_follow_change(res, cap, intent, UserFollowed(follower_id=caller, followee_id=target, at=now_ms()))
     return json_response({"following": True})
 
 
@@ -351,7 +382,9 @@ async def unfollow(request: Request, user_id: str, target_user_id: str) -> Respo
     caller = await authenticate(request)
     _check_caller(user_id, caller)
     target = await _follow_target(request, target_user_id, caller)
-    await _emit(res, res.settings.topic_follows, UserUnfollowed(follower_id=caller, followee_id=target, at=now_ms()))
+    cap = res.follow_cap
+    intent = await cap.unfollow(caller, target)
+    await _emit_follow_change(res, cap, intent, UserUnfollowed(follower_id=caller, followee_id=target, at=now_ms()))
     return json_response({"following": False})
 
 

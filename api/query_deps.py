@@ -7,7 +7,8 @@ the background, retried every few seconds until it answers. A request that needs
 a missing dependency answers 503 with a ``detail`` naming it.
 
 The object is kept on ``app.state.resources`` and has the two members
-:func:`api.auth.authenticate` uses (``token_cache`` and ``pg_conn``), so the Post
+:func:`api.auth.authenticate` uses (``auth``, a :class:`api.auth.TokenAuthenticator`
+with its token caches and per-address lookup limit, and ``settings``), so the Post
 service's bearer-token authentication works unchanged.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from starlette.responses import Response
 
+from api.auth import TokenAuthenticator
 from api.deps import PG_TIMEOUT_S, REDIS_TIMEOUT_S, _describe, postgres_ok, probe, redis_ok
 from api.errors import problem_response
 from api.kafka import KafkaGateway
@@ -116,8 +118,8 @@ class QueryResources:
     handles: HandleCache
     activity: ActivityTracker
     limiter: RedisTokenBucket
-    # token hash -> (user id, expires at monotonic): used by api.auth
-    token_cache: dict[bytes, tuple[int, float]] = field(default_factory=dict)
+    # bearer tokens -> users (api.auth)
+    auth: TokenAuthenticator = field(init=False)
     _reader: HomeTimelineReader | None = None
 
     @classmethod
@@ -143,6 +145,7 @@ class QueryResources:
             limiter=RedisTokenBucket(rds, burst=settings.read_rate_burst, rate_per_s=settings.read_rate_per_s,
                                      prefix=f"{settings.redis_prefix}ratelimit:read:"),
         )
+        res.auth = TokenAuthenticator(settings, rds, res.pg_conn, metrics)
         return res
 
     async def start(self) -> None:

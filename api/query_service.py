@@ -26,8 +26,13 @@ rebuilds a stale timeline). Errors are RFC 9457 problem details (``api.errors``)
 authentication is the Post service's bearer tokens (``api.auth``). Reads are
 rate-limited per reader (a token bucket in Redis, shared by every process:
 ``TL_READ_RATE_BURST`` reads at once, refilled at ``TL_READ_RATE_PER_S``; anonymous
-author-timeline reads per client address, so behind a proxy they share the proxy's
-address - forwarded headers are not trusted): over it, 429 with ``Retry-After``.
+author-timeline reads per client address): over it, 429 with ``Retry-After``. Bearer
+tokens are checked as in the Post service (``api.auth``): unknown tokens are cached
+negatively, and token lookups in PostgreSQL are limited per client address before they
+are made (``TL_TOKEN_LOOKUP_RATE_*``). The client address is the TCP peer, or behind
+proxies listed in ``TL_TRUSTED_PROXIES`` the client their ``X-Forwarded-For`` names
+(``api.limits.request_address``); behind an unlisted proxy every client shares the
+proxy's address and its per-address limits.
 
 Run: ``python -m api.query_service [--host 127.0.0.1] [--port 8082]``.
 """
@@ -46,6 +51,7 @@ from api.body import parse_id
 from api.common import build_app, health_response, json_response, serve
 from api.deps import install_dependency_errors
 from api.errors import Problem
+from api.limits import request_address
 from api.query_deps import QueryResources, get_query_resources, install_cassandra_errors
 from api.query_metrics import QueryMetrics
 from api.query_params import parse_cursor, parse_limit, render_page
@@ -99,7 +105,7 @@ async def user_tweets(request: Request, user_id: str) -> Response:
     limit = parse_limit(request.query_params)
     below = parse_cursor(request.query_params)
     started = time.perf_counter()
-    client = request.client.host if request.client else "unknown"
+    client = request_address(request, res.settings)
     await _rate_limit(res, "author", f"user:{caller}" if caller is not None else f"addr:{client}")
     page = await res.reader().author_page(author, limit=limit, below=below)
     return await _page_response(res, "author", page, started)

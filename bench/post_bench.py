@@ -9,7 +9,7 @@ latency percentiles, prints a short summary and writes JSON to
 
 By default the events go to scratch topics (``bench-<timestamp>-tweets``, ...) that are
 deleted afterwards, so the real, forever-retained log gets no benchmark tweets; pass
-``--topics real`` to post to the configured topics. The rate limit is lifted for the run
+``--topics real`` to post to the configured topics. The rate limits (tweets, sign-ups, token lookups) are lifted for the run
 (the Lua bucket still runs on every request). In uvicorn mode the load generator is a
 minimal keep-alive HTTP/1.1 client (httpx's pool would cost more CPU than the service)
 in a separate process (``--client inline`` puts it in the server's event loop); in asgi
@@ -161,7 +161,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         settings = base.with_topic_prefix(f"bench-{stamp.lower()}-{uuid.uuid4().hex[:6]}-", args.partitions)
         await create_topics_async(settings, partitions=args.partitions)
-    settings = settings.replace(post_rate_burst=10**9, post_rate_per_s=10**9)
+    settings = settings.replace(post_rate_burst=10**9, post_rate_per_s=10**9, signup_rate_burst=10**9,
+                                signup_rate_per_s=10**9, token_lookup_rate_burst=10**9,
+                                token_lookup_rate_per_s=10**9)
 
     try:
         async with service(settings, args.mode, args.concurrency) as client:

@@ -90,7 +90,8 @@ def bench_settings(base: Settings, tag: str, threshold: int, workdir: Path) -> S
     is raised out of the way (its Redis round trip is still made and measured)."""
     return base.isolated("bench-read", tag, workdir, topic_partitions=8, postgres_schema=base.postgres_schema,
                          celebrity_threshold=threshold, celebrity_hysteresis=2,
-                         read_rate_burst=10**9, read_rate_per_s=10**9)
+                         read_rate_burst=10**9, read_rate_per_s=10**9,
+                         token_lookup_rate_burst=10**9, token_lookup_rate_per_s=10**9)
 
 
 class Population:

@@ -142,6 +142,8 @@ def bench_settings(base: Settings, tag: str, workdir: Path, partitions: int, thr
         "bench", tag, workdir, topic_partitions=partitions,
         celebrity_threshold=threshold, celebrity_hysteresis=hysteresis,
         post_rate_burst=10**9, post_rate_per_s=1e9, read_rate_burst=10**9, read_rate_per_s=1e9,
+        signup_rate_burst=10**9, signup_rate_per_s=1e9, follow_rate_burst=10**9, follow_rate_per_s=1e9,
+        token_lookup_rate_burst=10**9, token_lookup_rate_per_s=1e9,
     )
 
 

@@ -60,3 +60,16 @@ CREATE TABLE IF NOT EXISTS follows (
   PRIMARY KEY (follower_id, followee_id)
 );
 CREATE INDEX IF NOT EXISTS follows_followee ON follows (followee_id, follower_id);
+
+-- The Post service's record of the follows and unfollows it accepted (the last decision per
+-- pair): the following cap (TL_MAX_FOLLOWING) counts the follows projection overridden by
+-- the intents of the last day, so a follow counts at once, before the projection has it
+-- (api/follow_cap.py, policies/following.py). Swept by the Post service after a day.
+CREATE TABLE IF NOT EXISTS follow_intents (
+  follower_id bigint NOT NULL,
+  followee_id bigint NOT NULL,
+  following   boolean NOT NULL,
+  accepted_at timestamptz NOT NULL,
+  PRIMARY KEY (follower_id, followee_id)
+);
+CREATE INDEX IF NOT EXISTS follow_intents_accepted_at ON follow_intents (accepted_at);

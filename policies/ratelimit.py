@@ -19,6 +19,7 @@ rounding so that retrying exactly ``retry_after_s`` later succeeds.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import NamedTuple
 
 EPSILON = 1e-9
@@ -74,3 +75,30 @@ def full_refill_s(burst: float, rate_per_s: float) -> int:
 def retry_after_header(retry_after_s: float) -> int:
     """Seconds for an HTTP ``Retry-After`` header (rounded up, at least 1)."""
     return max(1, math.ceil(retry_after_s))
+
+
+class LocalBuckets:
+    """Token buckets in process memory, one per subject, for when the shared (Redis) buckets
+    cannot be reached. At most ``max_subjects`` are kept; the least recently used is dropped
+    first, and a dropped bucket is a full one (which errs towards admitting, never towards
+    refusing someone who did nothing). ``now_s`` is passed in, so this stays pure."""
+
+    def __init__(self, burst: float, rate_per_s: float, max_subjects: int = 10_000) -> None:
+        _check(burst, rate_per_s, 0)
+        if max_subjects < 1:
+            raise ValueError(f"max_subjects must be >= 1, got {max_subjects}")
+        self.burst = burst
+        self.rate_per_s = rate_per_s
+        self.max_subjects = max_subjects
+        self._states: OrderedDict[str, BucketState] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def take(self, subject: str, now_s: float, cost: float = 1) -> TakeResult:
+        result = take(self._states.get(subject), now_s, self.burst, self.rate_per_s, cost)
+        self._states[subject] = result.state
+        self._states.move_to_end(subject)
+        while len(self._states) > self.max_subjects:
+            self._states.popitem(last=False)
+        return result

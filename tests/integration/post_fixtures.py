@@ -1,7 +1,8 @@
 """Fixtures and helpers for the Post service integration tests (real servers, no mocks).
 
 * ``post_settings``: settings whose five topics carry a unique per-module prefix and
-  4 partitions, created on the real broker (and deleted afterwards).
+  4 partitions, created on the real broker (and deleted afterwards); the sign-up limit
+  lifted, the Redis prefix (of the rate-limit buckets) the module's own.
 * ``post_client``: the Post service app (lifespan entered explicitly, since
   ``httpx.ASGITransport`` does not run it) behind an ``httpx.AsyncClient``.
 * ``read_topic``: every record of a topic up to its current end offsets, read back with
@@ -34,8 +35,14 @@ def unique_handle(prefix: str = "t") -> str:
 
 @pytest_asyncio.fixture(scope="module")
 async def post_settings(services: Any) -> AsyncIterator[Settings]:
-    prefix = f"it-post-{uuid.uuid4().hex[:10]}-"
-    settings = get_settings().with_topic_prefix(prefix, PARTITIONS)
+    tag = uuid.uuid4().hex[:10]
+    prefix = f"it-post-{tag}-"
+    # The module's sign-ups all come from the test client's one address: its sign-up limit
+    # is lifted (tests/integration/test_abuse_limits.py tests it). The other limits keep
+    # their defaults, their Redis keys under a prefix of the module's own.
+    settings = get_settings().with_topic_prefix(prefix, PARTITIONS).replace(
+        redis_prefix=f"it:post-{tag}:", signup_rate_burst=100_000, signup_rate_per_s=1000.0,
+    )
     await create_topics_async(settings, partitions=PARTITIONS)
     yield settings
     try:
