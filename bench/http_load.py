@@ -1,13 +1,14 @@
-"""What the HTTP benchmarks (``bench/post_bench.py``, ``bench/read_bench.py``) share: a free
-loopback port, an app under uvicorn in this process, percentiles and latency summaries,
-and a minimal keep-alive HTTP/1.1 client for the load generator."""
+"""What the HTTP benchmarks (``bench/post_bench.py``, ``bench/read_bench.py``, the benchmark's
+write-latency phase) share: a free loopback port, an app under uvicorn in this process, a
+process of its own for the load generator, and a minimal keep-alive HTTP/1.1 client for it."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import socket
-import statistics
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 
 def free_port() -> int:
@@ -16,23 +17,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = (len(sorted_values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+@contextmanager
+def load_process() -> Iterator[Callable[..., Awaitable[Any]]]:
+    """A spawned process (and so a core) of its own for a load generator, for the block;
+    yields ``run(fn, *args)``, which awaits ``fn(*args)`` (a picklable function) there."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def run(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+            return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-
-def latency_ms(ordered: list[float], quantiles: Sequence[float] = (0.50, 0.90, 0.99)) -> dict[str, float | None]:
-    """Percentiles (``p50``, ``p90``, ``p99``, ``p999`` for 0.999 ...), max and mean of sorted
-    latencies in seconds, in milliseconds."""
-    out: dict[str, float | None] = {
-        "p" + format(q * 100, "g").replace(".", ""): round(percentile(ordered, q) * 1000, 2) for q in quantiles
-    }
-    out["max"] = round(ordered[-1] * 1000, 2) if ordered else None
-    out["mean"] = round(statistics.fmean(ordered) * 1000, 2) if ordered else None
-    return out
+        yield run
 
 
 @asynccontextmanager

@@ -36,10 +36,11 @@ from typing import Any
 
 import orjson
 
+from bench.context import open_reader, provision
 from bench.workload import produce
 from ops.host import STATE
 from ops.lag import wait_caught_up
-from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace
+from ops.schema import drop_namespace
 from ops.worker import Worker
 from settings import Settings, get_settings
 
@@ -132,21 +133,13 @@ def checkpoint(settings: Settings, workdir: Path, follows: int) -> dict:
 
 
 async def verify(settings: Settings, n: int, unfollowed: list[int], sample: list[int]) -> dict:
-    from sinks.cassandra import CassandraStore
-    from sinks.reader import HomeTimelineReader
-    from sinks.redis_timeline import RedisTimelines
-    from redis.asyncio import Redis
-
-    store = await asyncio.to_thread(CassandraStore.open, settings)
-    redis = Redis.from_url(settings.redis_url)
-    try:
+    async with open_reader(settings) as reader:
+        store = reader.cassandra
         status = await store.execute("get_author_status", (STAR,))
         pushed_t1 = []
         for user in sample:
             rows = await store.execute("user_tl_below", (user, T1 + 1, T1 - 1, 5))
             pushed_t1.extend(r.tweet_id for r in rows)
-        timelines = RedisTimelines.from_settings(redis, settings)
-        reader = HomeTimelineReader(settings, store, timelines)
         wrong = {}
         for user in sample + unfollowed:
             want = [] if user in unfollowed else [T1, T0]
@@ -161,17 +154,12 @@ async def verify(settings: Settings, n: int, unfollowed: list[int], sample: list
             "sampled_timelines": len(sample) + len(unfollowed),
             "timelines_differing_from_reference": wrong,
         }
-    finally:
-        await redis.aclose()
-        await asyncio.to_thread(store.close)
 
 
 async def run(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="million-"))
     settings = get_settings().isolated("million", uuid.uuid4().hex[:8], workdir, topic_partitions=args.partitions)
-    apply_cassandra(settings)
-    apply_postgres(settings)
-    create_topics(settings, settings.topic_partitions)
+    await provision(settings)
     n = args.followers
     if args.profile:
         from bench.profile_worker import ProfiledWorker

@@ -29,25 +29,20 @@ import platform
 import sys
 import time
 import uuid
-import multiprocessing
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import httpx
+
+from api.post_service import create_app
+from bench.http_load import RawConnection, load_process, uvicorn_server
+from bench.latency import latency_ms
+from settings import Settings, get_settings
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import httpx  # noqa: E402
-
-from api.post_service import create_app  # noqa: E402
-# percentile: bench/run.py imports it from here.
-from bench.http_load import RawConnection, latency_ms, percentile, uvicorn_server  # noqa: E402,F401
-from settings import Settings, get_settings  # noqa: E402
-
 RESULTS = REPO / "bench" / "results"
 
 
@@ -66,6 +61,17 @@ async def service(settings: Settings, mode: str, concurrency: int) -> AsyncItera
     async with uvicorn_server(app) as base_url:
         async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as c:
             yield c
+
+
+async def sign_up(client: httpx.AsyncClient, prefix: str, users: int) -> list[dict[str, str]]:
+    """Sign up ``users`` users (handles ``<prefix>_<i>``); their ``Authorization`` headers."""
+    signups = await asyncio.gather(*(
+        client.post("/v1/users", json={"handle": f"{prefix}_{i}"}) for i in range(users)
+    ))
+    bad = [r for r in signups if r.status_code != 201]
+    if bad:
+        raise RuntimeError(f"signup failed: {bad[0].status_code} {bad[0].text}")
+    return [{"Authorization": f"Bearer {r.json()['token']}"} for r in signups]
 
 
 async def load(
@@ -168,22 +174,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with service(settings, args.mode, args.concurrency) as client:
             health = (await client.get("/healthz")).json()
-            run_id = uuid.uuid4().hex[:8]
-            signups = await asyncio.gather(*(
-                client.post("/v1/users", json={"handle": f"b{run_id}_{i}"}) for i in range(args.users)
-            ))
-            bad = [r for r in signups if r.status_code != 201]
-            if bad:
-                raise SystemExit(f"signup failed: {bad[0].status_code} {bad[0].text}")
-            auths = [{"Authorization": f"Bearer {r.json()['token']}"} for r in signups]
+            auths = await sign_up(client, f"b{uuid.uuid4().hex[:8]}", args.users)
             if args.mode == "uvicorn" and args.client == "process":
-                # The load generator gets a process (and so a core) of its own.
-                ctx = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                    outcome = await asyncio.get_running_loop().run_in_executor(
-                        pool, load_in_process, str(client.base_url), auths, args.requests,
-                        args.concurrency, args.warmup,
-                    )
+                with load_process() as in_process:
+                    outcome = await in_process(load_in_process, str(client.base_url), auths, args.requests,
+                                               args.concurrency, args.warmup)
             elif args.mode == "uvicorn":
                 outcome = await load_raw(str(client.base_url), auths, args.requests, args.concurrency, args.warmup)
             else:

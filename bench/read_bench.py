@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import platform
 import secrets
@@ -48,30 +47,27 @@ import sys
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from api.auth import hash_token, new_token
+from api.query_service import create_app
+from bench.http_load import RawConnection, load_process, uvicorn_server
+from bench.latency import latency_ms
+from bench.workload import produce
+from ops.lag import wait_caught_up
+from ops.schema import apply_cassandra, create_topics_async, drop_namespace
+from ops.worker import Worker
+from policies.reference import ReferenceModel
+from policies.snowflake import SnowflakeGenerator
+from settings import Settings, get_settings
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import httpx  # noqa: E402
-import orjson  # noqa: E402
-from redis.asyncio import Redis  # noqa: E402
-
-from api.auth import hash_token, new_token  # noqa: E402
-from api.query_service import create_app  # noqa: E402
-from bench.http_load import RawConnection, latency_ms, uvicorn_server  # noqa: E402
-from bench.workload import produce  # noqa: E402
-from ops.lag import wait_caught_up  # noqa: E402
-from ops.schema import apply_cassandra, create_topics_async, drop_namespace  # noqa: E402
-from ops.worker import Worker  # noqa: E402
-from policies.reference import ReferenceModel  # noqa: E402
-from policies.snowflake import SnowflakeGenerator  # noqa: E402
-from settings import Settings, get_settings  # noqa: E402
-
 RESULTS = REPO / "bench" / "results"
 CELEBRITIES = 50
 CELEB_TWEETS = 10
@@ -275,9 +271,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     got = [int(t["tweet_id"]) for t in resp.json()["data"]]
                     if got != reference.home_timeline(r, LIMIT):
                         raise SystemExit(f"reader {r}: first page differs from the reference")
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                loop = asyncio.get_running_loop()
+            with load_process() as in_process:
                 for concurrency in args.concurrency:
                     for name, celebs in GROUPS.items():
                         members = pop.groups[celebs]
@@ -288,11 +282,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         ]
                         expected = EXPECTED_SOURCE[name]
                         # A short unmeasured run first (connections, warm caches), then the measured one.
-                        await loop.run_in_executor(pool, load_in_process, base, settings.redis_url, targets,
-                                                   min(200, args.requests), concurrency, expected)
+                        await in_process(load_in_process, base, settings.redis_url, targets,
+                                         min(200, args.requests), concurrency, expected)
                         before = _counters(app)
-                        outcome = await loop.run_in_executor(pool, load_in_process, base, settings.redis_url,
-                                                             targets, args.requests, concurrency, expected)
+                        outcome = await in_process(load_in_process, base, settings.redis_url, targets,
+                                                   args.requests, concurrency, expected)
                         after = _counters(app)
                         key = f"{name}@c{concurrency}"
                         results[key] = summarize(name, celebs, outcome, args.requests, concurrency)

@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import httpx
-from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
 from api.query_service import create_app
+# reader_for(settings): the read side on a namespace's stores, closed afterwards (one helper with the benchmark's)
+from bench.context import open_reader as reader_for  # noqa: F401  (imported by the tests from here)
 from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace, run_sync
 from settings import Settings, get_settings
-from sinks.cassandra import CassandraStore
 from sinks.reader import HomeTimelineReader
-from sinks.redis_timeline import RedisTimelines
 
 
 def isolated_settings(tmp_path: Path, **overrides) -> Settings:
@@ -39,20 +38,6 @@ def drop(settings: Settings) -> None:
     """Remove everything an isolated world left in the four servers."""
     done = run_sync(drop_namespace(settings))
     assert not [k for k in done if k.endswith("_error")], done
-
-
-@asynccontextmanager
-async def reader_for(settings: Settings) -> AsyncIterator[HomeTimelineReader]:
-    import asyncio
-
-    store = await asyncio.to_thread(CassandraStore.open, settings)
-    redis = Redis.from_url(settings.redis_url)
-    timelines = RedisTimelines.from_settings(redis, settings)
-    try:
-        yield HomeTimelineReader(settings, store, timelines)
-    finally:
-        await redis.aclose()
-        await asyncio.to_thread(store.close)
 
 
 async def diff_timelines(reader: HomeTimelineReader, expected: dict[int, list[int]], *, page_size: int = 37) -> dict[int, tuple]:

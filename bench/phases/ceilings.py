@@ -1,4 +1,4 @@
-"""Raw ceilings of the stores, measured from Python on this machine (``bench/run.py``).
+"""Phase 1, ``ceilings``: raw ceilings of the stores, measured from Python on this machine.
 
 What the pipeline's figures are compared with: how fast this Python can drive
 each server with no pipeline logic in between.
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
 
+from bench.context import RunContext, log
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_timeline import RedisTimelines, member
@@ -198,8 +198,9 @@ async def kafka_ceiling(settings: Settings, *, messages: int, partitions: int, s
         await admin.close()
 
 
-async def measure_all(settings: Settings, scale: str, log: Any = print) -> dict:
-    full = scale == "full"
+async def run(ctx: RunContext) -> dict:
+    settings = ctx.settings
+    full = ctx.args.scale == "full"
     out = {}
     log("ceilings: redis")
     out["redis"] = await redis_ceiling(settings, ops=200_000 if full else 20_000)

@@ -1,0 +1,224 @@
+"""What the benchmark's phases (``bench/phases/``) share: the run's state and its tools.
+
+``RunContext`` is one run: its arguments and scale, its isolated namespace (``Settings``),
+the seeded graph, the worker, the lag monitor (``ops.lag.LagMonitor``), the report being
+built, and what one phase measures for the next ones (the fanout capacity, the readers).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from tqdm import tqdm
+
+from bench.graph import Graph, TweetFactory, scaled_spec
+from bench.profile_worker import ProfiledWorker
+from bench.sysstats import ProcessSet, pid_listening_on
+from bench.workload import KEY_OF, TOPIC_OF, produce, topic_name
+from ops.lag import CaughtUp, LagMonitor
+from ops.schema import apply_cassandra, apply_postgres, create_topics_async
+from schemas import encode_key
+from settings import Settings, get_settings
+from sinks.cassandra import CassandraStore
+from sinks.reader import HomeTimelineReader
+from sinks.redis_timeline import RedisTimelines
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCALES: dict[str, dict[str, Any]] = {
+    "small": dict(
+        partitions=4, calibrate_deliveries=1_500, throughput_s=6, lag_s=5, lag_floor_s=3, lag_loads=(0.25, 0.5), mixed_s=6,
+        profile_s=4, pg_tweets=50_000, pg_queries=60, post_users=10, post_requests=300, post_concurrency=16,
+        read_bench_args=["--requests", "80", "--concurrency", "1", "--readers", "5", "--normal", "20",
+                         "--tweets", "10"],
+        inactive_sample=100,
+    ),
+    "full": dict(
+        partitions=8, calibrate_deliveries=40_000, throughput_s=75, lag_s=45, lag_floor_s=15, lag_loads=(0.25, 0.5), mixed_s=30,
+        profile_s=20, pg_tweets=1_000_000, pg_queries=300, post_users=50, post_requests=3000,
+        post_concurrency=32,
+        read_bench_args=["--requests", "1500", "--concurrency", "1,8"],
+        inactive_sample=500,
+    ),
+}
+READ_LIMIT = 50
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def bar(**kw: Any) -> tqdm:
+    return tqdm(file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False, **kw)
+
+
+def bench_settings(base: Settings, tag: str, workdir: Path, partitions: int, threshold: int,
+                   hysteresis: int) -> Settings:
+    """The run's own namespace (``Settings.isolated``: topics ``bench-<kind>-<tag>``, keyspace
+    and schema ``bench_<tag>``, consumer group ``bench-<tag>``), the benchmark's celebrity
+    numbers, and rate limits out of the way (their Redis round trips are still made)."""
+    return base.isolated(
+        "bench", tag, workdir, topic_partitions=partitions,
+        celebrity_threshold=threshold, celebrity_hysteresis=hysteresis,
+        post_rate_burst=10**9, post_rate_per_s=1e9, read_rate_burst=10**9, read_rate_per_s=1e9,
+        signup_rate_burst=10**9, signup_rate_per_s=1e9, follow_rate_burst=10**9, follow_rate_per_s=1e9,
+        token_lookup_rate_burst=10**9, token_lookup_rate_per_s=1e9,
+    )
+
+
+async def provision(settings: Settings) -> None:
+    """The namespace's PostgreSQL schema and tables, Cassandra keyspace and Kafka topics."""
+    await asyncio.to_thread(apply_postgres, settings)  # creates the schema too
+    await asyncio.to_thread(apply_cassandra, settings)
+    await create_topics_async(settings, partitions=settings.topic_partitions)
+
+
+class Publisher:
+    """An acks=all producer that records when Kafka acknowledged each event."""
+
+    def __init__(self, settings: Settings, linger_ms: int = 0) -> None:
+        self.settings = settings
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                         enable_idempotence=True, linger_ms=linger_ms,
+                                         max_batch_size=256 * 1024)
+
+    async def start(self) -> "Publisher":
+        await self.producer.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(self, event: dict, on_ack: Callable[[float], None] | None = None) -> asyncio.Future:
+        kind = event["type"]
+        fut = await self.producer.send(topic_name(self.settings, TOPIC_OF[kind]), orjson.dumps(event),
+                                       key=encode_key(event[KEY_OF[kind]]))
+        if on_ack is not None:
+            fut.add_done_callback(lambda f: on_ack(time.time()) if not f.exception() else None)
+        return fut
+
+
+async def paced(rate: float, duration: float, fn: Callable[[int], Any]) -> int:
+    """Call ``fn(i)`` (a coroutine) at ``rate`` per second for ``duration`` s; returns the count."""
+    began = time.perf_counter()
+    i = 0
+    while True:
+        due = began + i / rate
+        if due - began >= duration:
+            return i
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await fn(i)
+        i += 1
+
+
+@asynccontextmanager
+async def open_reader(settings: Settings) -> AsyncIterator[HomeTimelineReader]:
+    """The read side on the run's stores (``reader.cassandra``, ``reader.redis``), closed afterwards."""
+    store = await asyncio.to_thread(CassandraStore.open, settings)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        yield HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings))
+    finally:
+        await redis.aclose()
+        await asyncio.to_thread(store.close)
+
+
+async def timed_page(reader: HomeTimelineReader, user_id: int, drop: bool = False) -> tuple[float, Any]:
+    """(seconds, page) of one first-page read; ``drop``: the cached timeline is deleted first (not timed)."""
+    if drop:
+        await reader.redis.delete(reader.timelines.key(user_id))
+    t = time.perf_counter()
+    page = await reader.page(user_id, limit=READ_LIMIT)
+    return time.perf_counter() - t, page
+
+
+class RunContext:
+    """One benchmark run: what every phase reads, and what a phase leaves for the next ones."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg = SCALES[args.scale]
+        self.stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.tag = f"{self.stamp.lower()[:15]}{uuid.uuid4().hex[:4]}"
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-run-{self.tag}-"))
+        self.base = get_settings()
+        self.spec, hysteresis = scaled_spec(args.scale)
+        self.settings = bench_settings(self.base, self.tag, self.workdir, self.cfg["partitions"],
+                                       self.spec.celebrity_threshold, hysteresis)
+        self.rng = random.Random(args.seed)
+        self.out_dir: Path = args.out_dir
+        self.report: dict[str, Any] = {}
+        self.graph: Graph | None = None
+        self.factory: TweetFactory | None = None
+        self.worker: ProfiledWorker | None = None
+        self.monitor: LagMonitor | None = None
+        self.capacity: float | None = None  # deliveries/s, measured by the fanout throughput phase
+        self.readers: dict[str, list[int]] | None = None  # reader groups of the in-process reads phase
+
+    def check_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.check()
+
+    async def wait_zero(self, *, timeout: float, desc: str) -> CaughtUp:
+        """Zero consumer lag for 1 s (polled every 0.25 s), with a progress bar."""
+        peak = [0]
+        with bar(desc=desc, unit="msg") as pb:
+            def show(total: int) -> None:
+                if total > peak[0]:
+                    pb.total = peak[0] = total
+                pb.n = peak[0] - total
+                pb.set_postfix(lag=total, refresh=False)
+                pb.refresh()
+
+            return await self.monitor.wait_zero(timeout=timeout, settle=1.0, interval=0.25,
+                                                check=self.check_worker, progress=show)
+
+    def draw_tweets(self, deliveries: float) -> list[int]:
+        """Authors (natural mix) whose tweets make about ``deliveries`` timeline rows."""
+        g = self.graph
+        out, total = [], 0
+        while total < deliveries:
+            a = g.authors(1, self.rng)[0]
+            out.append(a)
+            total += g.deliveries_of(a)
+        return out
+
+    async def burst(self, authors: list[int], desc: str, timeout: float = 3600) -> dict[str, Any]:
+        """Publish one tweet per author at once and wait for zero lag."""
+        t0 = time.time()
+        await produce(self.settings, (self.factory.make(a) for a in authors))
+        done = await self.wait_zero(timeout=timeout, desc=desc)
+        return {"t0": t0, "zero_at": done.zero_at, "wall_s": done.zero_at - t0,
+                "expected_deliveries": sum(self.graph.deliveries_of(a) for a in authors)}
+
+    def pids(self) -> ProcessSet:
+        """The processes whose CPU a phase reads: the worker, this process and the servers."""
+        from ops.services import services
+
+        single = {"worker": self.worker.proc.pid, "bench (load generator)": os.getpid()}
+        tree = {}
+        for svc in services(self.base):
+            # Servers started by another checkout (reused) have no pid file here.
+            pid = svc.our_pid() or pid_listening_on(svc.port)
+            if pid is None:
+                continue
+            if svc.name == "postgres":
+                tree["postgres (all backends)"] = pid
+            else:
+                single[svc.name] = pid
+        return ProcessSet(single=single, tree=tree)

@@ -1,0 +1,185 @@
+"""Phase 4, ``fanout_lag``: tweet accepted by Kafka -> visible in a follower's cached timeline.
+
+Tweets at steady rates (nearly idle, then shares of the capacity phase 3 measured); for
+each tweet, sampled followers' cached ``home:<id>`` sets are polled (ZSCORE, 10 ms) until
+the tweet is there; lag = seen - Kafka ack, by author size.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import datetime
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from bench.context import Publisher, RunContext, bar, paced
+from bench.graph import sample_followers
+from bench.latency import latency_summary
+from bench.sysstats import CpuWindow
+from sinks.redis_timeline import member
+
+
+async def run(ctx: RunContext) -> dict[str, Any]:
+    g = ctx.graph
+    cfg = ctx.cfg
+    capacity = ctx.capacity or 1000.0
+    mean_d = g.expected_deliveries_per_tweet()
+    runs = []
+    floor = await probe_stream(ctx, 2.0, cfg["lag_floor_s"], "fanout lag, 2 tweets/s")
+    floor["load"] = "2 tweets/s (nearly idle)"
+    runs.append(floor)
+    for share in cfg["lag_loads"]:
+        rate = max(1.0, share * capacity / mean_d)
+        one = await probe_stream(ctx, rate, cfg["lag_s"], f"fanout lag, {share:.0%} of capacity")
+        one["load"] = f"{share:.0%} of the burst capacity"
+        runs.append(one)
+        # Let a backlog drain before the next rate.
+        await ctx.wait_zero(timeout=900, desc="drain")
+    return {
+        "rate_basis": f"shares of the fanout capacity measured in the burst ({capacity:.0f} deliveries/s) "
+                      f"at {mean_d:.1f} deliveries per tweet; tweets one by one (acks=all, linger 0), "
+                      "authors drawn with the workload's mix",
+        "probe": "ZSCORE of the tweet's member in sampled active followers' cached home:<id> (all active "
+                 "users' timelines are cached), polled every 10 ms (longer when many probes are pending: "
+                 "at most ~10,000 ZSCORE/s); one sample per (tweet, follower); lag from the Kafka ack",
+        "runs": runs,
+    }
+
+
+async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str) -> dict[str, Any]:
+    """Tweets at ``rate``/s for ``duration`` s (natural author mix); each is probed in sampled
+    followers' cached timelines until seen. Returns samples (class, lag from ack, from created_at)."""
+    g = ctx.graph
+    settings = ctx.settings
+    probes_per_class = {"small (<100 followers)": 2, "medium (100-999)": 3}
+    samples: list[tuple[str, float, float]] = []
+    sent_at: list[tuple[float, float]] = []  # (s since the run began, lag) per sample
+    run_began = time.time()
+    pending: list[dict] = []
+    timeouts: dict[str, int] = {}
+    redis = Redis.from_url(settings.redis_url)
+    pub = await Publisher(settings).start()
+    stop = asyncio.Event()
+    rng = random.Random(ctx.args.seed + 11 + int(rate * 1000))
+    threshold = settings.celebrity_threshold
+
+    polls = [0, 0.0]  # ZSCOREs sent, the largest interval used
+
+    async def poll() -> None:
+        # At most ~10,000 ZSCOREs a second: when the pipeline falls behind and probes pile up,
+        # the poller must not take the CPU the pipeline needs (resolution degrades instead).
+        while not stop.is_set() or pending:
+            interval = max(0.01, len(pending) / 10_000)
+            polls[1] = max(polls[1], interval)
+            if pending:
+                polls[0] += len(pending)
+                batch = list(pending)
+                async with redis.pipeline(transaction=False) as pipe:
+                    for p in batch:
+                        pipe.zscore(p["key"], p["member"])
+                    scores = await pipe.execute()
+                now = time.time()
+                for p, score in zip(batch, scores):
+                    if score is not None:
+                        ack = p["ack"][0] if p["ack"][0] is not None else p["sent"]
+                        samples.append((p["cls"], max(0.0, now - ack), max(0.0, now - p["created"] / 1000)))
+                        sent_at.append((p["sent"] - run_began, now - ack))
+                        pending.remove(p)
+                    elif now - p["sent"] > 60:
+                        timeouts[p["cls"]] = timeouts.get(p["cls"], 0) + 1
+                        pending.remove(p)
+            await asyncio.sleep(interval)
+
+    async def one(i: int) -> None:
+        a = g.authors(1, rng)[0]
+        ev = ctx.factory.make(a)
+        cls = g.size_class(a, threshold)
+        ack: list[float | None] = [None]
+        sent = time.time()
+        await pub.send(ev, on_ack=lambda t: ack.__setitem__(0, t))
+        if g.celebrity[a]:
+            return
+        for f in sample_followers(g, a, probes_per_class.get(cls, 8), rng):
+            pending.append({"key": f"{settings.redis_prefix}home:{g.ids[f]}",
+                            "member": member(ev["tweet_id"], ev["author_id"]), "cls": cls,
+                            "created": ev["created_at"], "sent": sent, "ack": ack})
+
+    lag_peak = 0
+
+    async def watch() -> None:
+        nonlocal lag_peak
+        while not stop.is_set():
+            try:
+                lag_peak = max(lag_peak, sum((await ctx.monitor.lag()).values()))
+            except KafkaError:
+                pass
+            await asyncio.sleep(1.0)
+
+    window = CpuWindow(ctx.pids()).start()
+    poller = asyncio.create_task(poll())
+    watcher = asyncio.create_task(watch())
+    try:
+        with bar(desc=desc, total=int(duration), unit="s") as pb:
+            async def ticking(i: int) -> None:
+                await one(i)
+                if i % 10 == 0:
+                    pb.n = int(min(duration, i / rate))
+                    pb.refresh()
+            sent = await paced(rate, duration, ticking)
+        await pub.producer.flush()
+        stop.set()
+        await asyncio.wait_for(poller, timeout=90)
+    finally:
+        stop.set()
+        watcher.cancel()
+        poller.cancel()
+        await pub.stop()
+        await redis.aclose()
+    cpu = window.stop()
+    ctx.check_worker()
+    worst: dict[int, float] = {}
+    for at, lag in sent_at:
+        worst[int(at)] = max(worst.get(int(at), 0.0), lag)
+    worst_seconds = [{"second": k, "max_lag_ms": round(v * 1000, 1)}
+                     for k, v in sorted(worst.items(), key=lambda kv: -kv[1])[:5]]
+    worker_events = worker_log_events(ctx, run_began, time.time())
+    by_class: dict[str, Any] = {}
+    for cls in sorted({c for c, _, _ in samples} | set(timeouts)):
+        by_class[cls] = {"from_kafka_ack_ms": latency_summary(s for c, s, _ in samples if c == cls),
+                         "from_created_at_ms": latency_summary(s for c, _, s in samples if c == cls),
+                         "not_seen_within_60s": timeouts.get(cls, 0)}
+    return {"tweet_rate_per_s": round(rate, 2), "duration_s": duration, "tweets": sent,
+            "offered_deliveries_per_s": round(rate * g.expected_deliveries_per_tweet(), 1),
+            "all_pushed_authors_from_kafka_ack_ms": latency_summary(s for _, s, _ in samples),
+            "by_author_size": by_class, "peak_consumer_lag_msgs": lag_peak,
+            "zscore_polls": polls[0], "longest_poll_interval_ms": round(polls[1] * 1000, 1),
+            "worst_seconds_by_send_time": worst_seconds, "worker_log_warnings": worker_events,
+            "machine_busy_share": cpu["machine_busy_share"], "cpu_s": cpu["cpu_s"],
+            "outside_these_processes_cpu_s": cpu["outside_these_processes_cpu_s"]}
+
+
+def worker_log_events(ctx: RunContext, since: float, until: float) -> dict[str, Any]:
+    """Warnings and errors the worker logged between two wall-clock times (its log is local time)."""
+    out: dict[str, Any] = {"producer_buffer_full": 0, "lines": []}
+    if ctx.worker is None:
+        return out
+    lo = datetime.fromtimestamp(since).strftime("%Y-%m-%d %H:%M:%S")
+    hi = datetime.fromtimestamp(until + 1).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        lines = ctx.worker.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if not line.startswith("[") or not ("WARNING" in line or "ERROR" in line):
+            continue
+        stamp = line[1:20]
+        if not lo <= stamp <= hi:
+            continue
+        if "producer buffer full" in line:
+            out["producer_buffer_full"] += 1
+        elif len(out["lines"]) < 8:
+            out["lines"].append(line[:200])
+    return out

@@ -1,0 +1,112 @@
+"""The benchmark's targets, held against a run's report (its ``targets`` section)."""
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = {
+    "fanout_deliveries_per_s": 20_000,
+    "fanout_share_of_slower_store_ceiling": 0.5,
+    "lag_p99_ms_below_10k_followers": 1000.0,
+    "cache_hit_p99_ms": 5.0,
+    "cache_miss_p99_ms": 25.0,
+    "hybrid10_minus_hit_p99_ms": 5.0,
+    "pg_pull_p99_over_ours": 50.0,
+}
+
+
+def get(d: Any, *path: str) -> Any:
+    """``d[path[0]][path[1]]...``, or None where a step is missing."""
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def http_p99(report: dict, scenario: str) -> tuple[float | None, Any]:
+    """p99 of an HTTP scenario at its lowest concurrency (pure latency), and that concurrency."""
+    best = None
+    for s in (get(report, "reads_http", "scenarios") or {}).values():
+        if s.get("scenario") == scenario and s.get("latency", {}).get("p99") is not None:
+            if best is None or (s.get("concurrency") or 0) < (best.get("concurrency") or 0):
+                best = s
+    return (best["latency"]["p99"], best.get("concurrency")) if best else (None, None)
+
+
+def evaluate_targets(r: dict) -> list[dict]:
+    """One row per target: value, goal, ``met`` / ``missed`` / ``n/a`` and how the value was found."""
+    out = []
+    share_goal = TARGETS["fanout_share_of_slower_store_ceiling"]
+    lag_goal = TARGETS["lag_p99_ms_below_10k_followers"]
+    ratio_goal = TARGETS["pg_pull_p99_over_ours"]
+
+    def add(name: str, value: Any, target: Any, met: bool | None, detail: str) -> None:
+        out.append({"target": name, "value": value, "goal": target,
+                    "status": "n/a" if met is None else ("met" if met else "missed"), "detail": detail})
+
+    rate = get(r, "fanout_throughput", "deliveries_per_s")
+    goal = TARGETS["fanout_deliveries_per_s"]
+    add("fanout deliveries/s", rate, f">= {goal:,}", None if rate is None else rate >= goal,
+        "" if rate is None else f"{rate / goal:.0%} of the target ({'+' if rate >= goal else ''}{rate - goal:,.0f}/s)")
+    redis_ceiling = get(r, "ceilings", "redis", "zadd_per_s")
+    # The pipeline writes Cassandra in UNLOGGED batches: hold it against batched inserts of the
+    # same rows (the one-by-one figure, the issue's first definition, is in section 6 too).
+    cass_ceiling = get(r, "ceilings", "cassandra", "batched_inserts_per_s") or get(
+        r, "ceilings", "cassandra", "inserts_per_s")
+    if rate is not None and redis_ceiling and cass_ceiling:
+        slower = min(redis_ceiling, cass_ceiling)
+        share = rate / slower
+        which = "Cassandra batched inserts" if cass_ceiling <= redis_ceiling else "Redis ZADD"
+        add("fanout vs slower raw store ceiling", round(share, 3), f">= {share_goal:g}", share >= share_goal,
+            f"{rate:,.0f} / {slower:,.0f} ({which}/s)")
+    else:
+        add("fanout vs slower raw store ceiling", None, f">= {share_goal:g}", None, "missing figure")
+    lag_rows = 0
+    for run in get(r, "fanout_lag", "runs") or []:
+        if "capacity" not in run.get("load", ""):
+            continue
+        for cls, v in run["by_author_size"].items():
+            lag = v.get("from_kafka_ack_ms") or {}
+            p99 = lag.get("p99")
+            if p99 is not None and cls != "celebrity":
+                lag_rows += 1
+                add(f"fanout lag p99 at {run['load']} ({run['tweet_rate_per_s']} tweets/s), {cls}", p99,
+                    f"< {lag_goal:g} ms", p99 < lag_goal,
+                    f"n={lag.get('count')}, p50 {lag.get('p50')} ms, max {lag.get('max')} ms")
+    if not lag_rows:
+        add("fanout lag p99, authors < 10,000 followers", None, f"< {lag_goal:g} ms", None, "missing figure")
+    hit, hit_c = http_p99(r, "cache_hit")
+    miss, miss_c = http_p99(r, "cache_miss")
+    hyb, hyb_c = http_p99(r, "hybrid_10")
+    for name, value, goal_key, concurrency in (("HTTP cache-hit read p99", hit, "cache_hit_p99_ms", hit_c),
+                                                ("HTTP cache-miss read p99", miss, "cache_miss_p99_ms", miss_c)):
+        add(name, value, f"< {TARGETS[goal_key]:g} ms", None if value is None else value < TARGETS[goal_key],
+            f"concurrency {concurrency}")
+    hybrid_goal = TARGETS["hybrid10_minus_hit_p99_ms"]
+    if hit is not None and hyb is not None:
+        add("HTTP hybrid(10) p99 minus hit p99", round(hyb - hit, 2), f"<= {hybrid_goal:g} ms",
+            hyb - hit <= hybrid_goal, f"{hyb} - {hit} ms at concurrency {hyb_c}")
+    else:
+        add("HTTP hybrid(10) p99 minus hit p99", None, f"<= {hybrid_goal:g} ms", None, "missing figure")
+    pg = get(r, "pg_pull_baseline", "queries") or {}
+    rows = get(r, "pg_pull_baseline", "tweets_rows")
+    for ours_name, ours, pg_key in (("HTTP cache hit", hit, "join/hit"), ("HTTP hybrid(10)", hyb, "join/hybrid")):
+        pg_p99 = get(pg, pg_key, "latency", "p99")
+        if ours and pg_p99:
+            ratio = pg_p99 / ours
+            add(f"PostgreSQL pull (join) p99 / {ours_name} p99", round(ratio, 1), f">= {ratio_goal:g}x",
+                ratio >= ratio_goal,
+                f"{pg_p99} ms vs {ours} ms, {rows:,} tweets rows" if rows else f"{pg_p99} ms vs {ours} ms")
+        else:
+            add(f"PostgreSQL pull (join) p99 / {ours_name} p99", None, f">= {ratio_goal:g}x", None, "missing figure")
+    quiet = get(r, "pg_pull_baseline", "ours_in_process_same_conditions") or {}
+    for pg_key, ours_key in (("join/hit", "cache_hit"), ("join/hybrid", "hybrid"), ("join/typical", "typical_hit"),
+                             ("lateral/hit", "cache_hit"), ("lateral/hybrid", "hybrid"),
+                             ("lateral/typical", "typical_hit")):
+        pg_p99 = get(pg, pg_key, "latency", "p99")
+        ours = get(quiet, ours_key, "latency", "p99")
+        if ours and pg_p99:
+            add(f"PostgreSQL pull ({pg_key}) p99 / our in-process {ours_key} p99, same data and conditions",
+                round(pg_p99 / ours, 1), f">= {ratio_goal:g}x", pg_p99 / ours >= ratio_goal,
+                f"{pg_p99} ms vs {ours} ms")
+    return out
