@@ -75,7 +75,8 @@ async def sign_up(client: httpx.AsyncClient, prefix: str, users: int) -> list[di
 
 
 async def load(
-    client: httpx.AsyncClient, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int
+    client: httpx.AsyncClient, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int,
+    keys: str | None = None,
 ) -> tuple[list[float], dict[int, int], dict[str, int], float]:
     """Post ``requests`` tweets keeping ``concurrency`` in flight; (latencies of 201s, statuses, errors, s)."""
     latencies: list[float] = []
@@ -86,7 +87,7 @@ async def load(
         started = time.perf_counter()
         try:
             resp = await client.post("/v1/tweets", json={"text": f"bench tweet {i} \u2713"},
-                                     headers=auths[i % len(auths)])
+                                     headers=_headers(auths, i, keys))
             statuses[resp.status_code] += 1
             if resp.status_code == 201:
                 latencies.append(time.perf_counter() - started)
@@ -112,7 +113,8 @@ async def load(
 
 
 async def load_raw(
-    base_url: str, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int
+    base_url: str, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int,
+    keys: str | None = None,
 ) -> tuple[list[float], dict[int, int], dict[str, int], float]:
     """Like :func:`load`, over ``concurrency`` raw keep-alive connections."""
     url = httpx.URL(base_url)
@@ -125,7 +127,7 @@ async def load_raw(
         body = json.dumps({"text": f"bench tweet {i} \u2713"}, ensure_ascii=False).encode()
         started = time.perf_counter()
         try:
-            status, _ = await conn.request("POST", "/v1/tweets", auths[i % len(auths)], body)
+            status, _ = await conn.request("POST", "/v1/tweets", _headers(auths, i, keys), body)
             statuses[status] += 1
             if status == 201:
                 latencies.append(time.perf_counter() - started)
@@ -153,9 +155,17 @@ async def load_raw(
 
 
 def load_in_process(
-    base_url: str, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int
+    base_url: str, auths: list[dict[str, str]], requests: int, concurrency: int, warmup: int,
+    keys: str | None = None,
 ) -> tuple[list[float], dict[int, int], dict[str, int], float]:
-    return asyncio.run(load_raw(base_url, auths, requests, concurrency, warmup))
+    return asyncio.run(load_raw(base_url, auths, requests, concurrency, warmup, keys))
+
+
+def _headers(auths: list[dict[str, str]], i: int, keys: str | None) -> dict[str, str]:
+    """The i-th request's headers: a user's token and, with ``--idempotency-keys``, a key
+    of its own (``<run>-<i>``, so warm-up and measured requests never share one)."""
+    headers = auths[i % len(auths)]
+    return headers if keys is None else {**headers, "Idempotency-Key": f"{keys}-{i}"}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,15 +184,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with service(settings, args.mode, args.concurrency) as client:
             health = (await client.get("/healthz")).json()
-            auths = await sign_up(client, f"b{uuid.uuid4().hex[:8]}", args.users)
+            run_id = uuid.uuid4().hex[:8]
+            auths = await sign_up(client, f"b{run_id}", args.users)
+            keys = f"bench-{run_id}" if args.idempotency_keys else None
             if args.mode == "uvicorn" and args.client == "process":
                 with load_process() as in_process:
                     outcome = await in_process(load_in_process, str(client.base_url), auths, args.requests,
-                                               args.concurrency, args.warmup)
+                                               args.concurrency, args.warmup, keys)
             elif args.mode == "uvicorn":
-                outcome = await load_raw(str(client.base_url), auths, args.requests, args.concurrency, args.warmup)
+                outcome = await load_raw(str(client.base_url), auths, args.requests, args.concurrency, args.warmup,
+                                         keys)
             else:
-                outcome = await load(client, auths, args.requests, args.concurrency, args.warmup)
+                outcome = await load(client, auths, args.requests, args.concurrency, args.warmup, keys)
     finally:
         if args.topics == "scratch" and not args.keep_topics:
             try:
@@ -207,6 +220,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "requests": args.requests,
         "concurrency": args.concurrency,
         "warmup": args.warmup,
+        "idempotency_keys": args.idempotency_keys,
         "elapsed_s": round(elapsed, 3),
         "ok": ok,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -231,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topics", choices=["scratch", "real"], default="scratch")
     parser.add_argument("--partitions", type=int, default=8, help="partitions of scratch topics")
     parser.add_argument("--keep-topics", action="store_true")
+    parser.add_argument("--idempotency-keys", action="store_true",
+                        help="send a distinct Idempotency-Key with every tweet (measures the idempotency records)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/post-<ts>.json)")
     args = parser.parse_args(argv)
     if min(args.users, args.requests, args.concurrency) < 1 or args.warmup < 0:
