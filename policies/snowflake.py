@@ -56,6 +56,16 @@ def _check_id(snowflake_id: int) -> int:
     return snowflake_id
 
 
+class IdWindowClosed(RuntimeError):
+    """The next id's timestamp (``ms``, Unix ms) would not be below the caller's
+    ``before_ms`` limit."""
+
+    def __init__(self, ms: int, before_ms: int) -> None:
+        super().__init__(f"the next id would be at {ms} ms, not before {before_ms} ms")
+        self.ms = ms
+        self.before_ms = before_ms
+
+
 class SnowflakeGenerator:
     """Thread-safe generator of unique, strictly increasing snowflake ids.
 
@@ -69,6 +79,10 @@ class SnowflakeGenerator:
       of the wall clock by at most the borrowed ms, and the wall clock catches up.
 
     So an id is never smaller than or equal to an earlier one, whatever the clock does.
+
+    Two fences bound the ids of one holder of a worker id (``api.worker_id``):
+    :meth:`advance_past` (no id at or below a millisecond: the previous holder's) and
+    ``next_id(before_ms=...)`` (no id at or after a millisecond: where the lease ends).
     """
 
     __slots__ = ("_worker_id", "_epoch_ms", "_clock", "_last_ms", "_sequence", "_lock")
@@ -96,9 +110,27 @@ class SnowflakeGenerator:
     def epoch_ms(self) -> int:
         return self._epoch_ms
 
-    def next_id(self) -> int:
+    @property
+    def last_ms(self) -> int | None:
+        """Absolute Unix ms of the last id issued (or of the :meth:`advance_past` floor);
+        None before either."""
+        return None if self._last_ms < 0 else self._last_ms + self._epoch_ms
+
+    def advance_past(self, ms: int) -> None:
+        """Never issue an id whose timestamp is at or below Unix ms ``ms`` (no-op if the
+        generator is already past it)."""
+        floor = ms - self._epoch_ms
+        with self._lock:
+            if floor >= self._last_ms:
+                # The next id is at floor + 1 at the earliest: a clock at or behind the
+                # floor finds the sequence exhausted and borrows the next millisecond.
+                self._last_ms, self._sequence = floor, MAX_SEQUENCE
+
+    def next_id(self, before_ms: int | None = None) -> int:
         """The next id; raises ValueError if the clock is before the epoch on first
-        use, OverflowError once the 41-bit timestamp is exhausted."""
+        use, OverflowError once the 41-bit timestamp is exhausted, and
+        :class:`IdWindowClosed` (issuing nothing, changing nothing) if the id's timestamp
+        would be at or after Unix ms ``before_ms``."""
         with self._lock:
             now = int(self._clock()) - self._epoch_ms
             last, seq = self._last_ms, self._sequence
@@ -114,6 +146,8 @@ class SnowflakeGenerator:
                 )
             if last > MAX_TIMESTAMP:
                 raise OverflowError("snowflake timestamp exhausted (41 bits since the epoch)")
+            if before_ms is not None and last + self._epoch_ms >= before_ms:
+                raise IdWindowClosed(last + self._epoch_ms, before_ms)
             self._last_ms, self._sequence = last, seq
             return (last << TIMESTAMP_SHIFT) | (self._worker_id << WORKER_SHIFT) | seq
 
