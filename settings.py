@@ -121,6 +121,9 @@ class Settings:
     # every client shares the proxy's per-address limits.
     trusted_proxies: tuple[str, ...] = _env("TL_TRUSTED_PROXIES", (), _tuple)
     snowflake_worker_id: int = _env("TL_SNOWFLAKE_WORKER_ID", -1, int)
+    # Leased worker ids (PostgreSQL, api/worker_id.py): a lease lasts this long, is renewed
+    # every third of it, and its holder stops issuing ids a sixth of it before it ends.
+    snowflake_lease_ttl_s: float = _env("TL_SNOWFLAKE_LEASE_TTL_S", 60.0, float)
     snowflake_epoch_ms: int = _env("TL_SNOWFLAKE_EPOCH_MS", 1288834974657, int)
     # Cap on request bodies, bytes.
     max_body_bytes: int = _env("TL_MAX_BODY_BYTES", 16 * 1024, int)
@@ -133,6 +136,8 @@ class Settings:
             raise ValueError("TL_BACKFILL_LIMIT must not exceed TL_TIMELINE_CAP")
         if not self.postgres_schema.replace("_", "").isalnum():
             raise ValueError("TL_POSTGRES_SCHEMA must be letters, digits and underscores")
+        if self.snowflake_lease_ttl_s < 1:
+            raise ValueError("TL_SNOWFLAKE_LEASE_TTL_S must be >= 1")
         if self.topic_partitions < 1:
             raise ValueError("TL_TOPIC_PARTITIONS must be >= 1")
         if not 1024 <= self.event_max_bytes <= 512 * 1024:

@@ -26,10 +26,12 @@ from starlette.responses import Response
 from api.auth import TokenAuthenticator
 from api.errors import Problem, problem_response
 from api.follow_cap import FollowCap
+from api.idempotency import IdempotencyStore
 from api.kafka import KafkaGateway, KafkaUnavailable
 from api.metrics import Metrics
 from api.limits import Limiter
-from api.worker_id import NoWorkerId, WorkerIdSource
+from api.worker_id import NoWorkerId, PostgresLeases, WorkerIdSource
+from policies.worker_lease import LeaseTiming
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Resources:
     auth: TokenAuthenticator = field(init=False)
     # TL_MAX_FOLLOWING, counted in PostgreSQL (api.follow_cap).
     follow_cap: FollowCap = field(init=False)
+    # Idempotency-Key records and locks, in PostgreSQL (api.idempotency).
+    idempotency: IdempotencyStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.limiter, self.follow_limiter, self.signup_limiter = post_limiters(self.redis, self.settings, self.metrics)
@@ -62,6 +66,7 @@ class Resources:
             on_limited=lambda: self.metrics.rate_limited.labels("token_lookup").inc(),
         )
         self.follow_cap = FollowCap(self.pg_conn, self.settings.max_following)
+        self.idempotency = IdempotencyStore(self.pg_conn)
 
     @classmethod
     def create(
@@ -87,16 +92,24 @@ class Resources:
             socket_timeout=REDIS_TIMEOUT_S,
             health_check_interval=30,
         )
+        timing = LeaseTiming.for_ttl(settings.snowflake_lease_ttl_s)
+        leases = PostgresLeases(
+            settings.postgres_dsn,
+            settings.postgres_kwargs(),
+            # A statement that takes longer is abandoned; renewal still has retries left.
+            statement_timeout_s=max(0.5, min(5.0, timing.renew_every_s / 2)),
+        )
         return cls(
             settings=settings,
             pg=pg,
             redis=rds,
             kafka=KafkaGateway(settings, timeout_s=kafka_timeout_s),
             ids=WorkerIdSource(
-                rds,
+                leases,
                 fixed_worker_id=settings.snowflake_worker_id,
                 epoch_ms=settings.snowflake_epoch_ms,
                 instance=instance,
+                timing=timing,
             ),
             metrics=metrics or Metrics(),
         )
@@ -104,8 +117,10 @@ class Resources:
     async def start(self) -> None:
         await self.pg.open(wait=False)
         await asyncio.gather(self.kafka.start(), self.ids.start())
+        self.idempotency.start()
 
     async def stop(self) -> None:
+        await self.idempotency.stop()
         await self.ids.stop()
         await self.kafka.stop()
         await self.pg.close(timeout=2.0)
@@ -208,6 +223,15 @@ def _unavailable(detail: str, retry_after: int = 1) -> Response:
 
 async def _on_kafka(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KafkaUnavailable)
+    if exc.maybe_written:
+        # Follows, unfollows, deletes and sign-ups are safe to repeat; POST /v1/tweets
+        # answers this case itself (api.post_service), naming the Idempotency-Key.
+        return problem_response(
+            503,
+            f"the outcome is unknown: the event was handed to the event log but not acknowledged in "
+            f"time, so it may or may not be on the log ({exc.reason}); retry the request",
+            slug="outcome-unknown", outcome="unknown", headers={"Retry-After": "1"},
+        )
     return _unavailable(f"the event log is unavailable, nothing was accepted: {exc.reason}")
 
 

@@ -2,9 +2,9 @@
 
 Stateless FastAPI app. Every accepted write is an event on the Kafka log first; the
 service never writes tweets or follows to a database itself (Faust agents project the
-log into PostgreSQL, Cassandra and Redis). It owns only accounts (``users`` in
-PostgreSQL) and a little Redis state (rate-limit buckets, idempotency records, tweet
-owners, Snowflake worker-id leases).
+log into PostgreSQL, Cassandra and Redis). It owns only accounts, Idempotency-Key
+records and Snowflake worker-id leases (PostgreSQL) and a little Redis state, all of it
+a cache or a limit that may be lost (rate-limit buckets, tweet owners).
 
 Endpoints (ids are decimal strings in JSON and in paths)::
 
@@ -20,7 +20,10 @@ Events: signup -> ``user_active`` (user-activity topic, key user id); post ->
 ``tweet_posted`` and delete -> ``tweet_deleted`` (tweets topic, key author id); follow ->
 ``followed`` / ``unfollowed`` (follows topic, key *followee* id). A write answers 2xx only
 after Kafka acknowledged its event (``acks='all'``, idempotent producer); if Kafka does
-not answer within ``kafka_timeout_s`` (5 s) the answer is 503 and nothing was accepted.
+not answer within ``kafka_timeout_s`` (5 s) the answer is 503: "nothing was accepted" when
+the event never left the service, "the outcome is unknown" (``"outcome": "unknown"``)
+when it was handed to Kafka and may still reach the log - for a tweet, retry with the
+same ``Idempotency-Key`` to get the same tweet, posted once.
 
 Semantics worth knowing:
 
@@ -46,15 +49,20 @@ Semantics worth knowing:
   work. Counted in PostgreSQL: the ``follows`` projection plus the service's own recent
   follow decisions, so follows the projection has not applied yet count too
   (``api.follow_cap``). Follows and unfollows therefore need PostgreSQL (else 503).
+* ``Idempotency-Key`` (``api.idempotency``): records in PostgreSQL for 24 h, so a retry
+  returns the same tweet even after Redis lost everything; 409 while another request
+  with the key is running, 422 for the same key with another text.
 * Snowflake worker ids: fixed from ``TL_SNOWFLAKE_WORKER_ID`` when >= 0, else leased
-  from Redis (``SET snowflake:worker:<n> <instance> NX EX 60`` for the first free
-  ``n`` in 0..1023, renewed every 20 s, released on shutdown) - see ``api.worker_id``.
-  Two Post service processes therefore never issue ids with the same worker id.
+  from PostgreSQL (the lowest free row of ``snowflake_worker_leases``, 60 s, renewed
+  every 20 s, trusted 10 s less, released on shutdown; fenced by a generation and by
+  time) - see ``api.worker_id``. Without a lease, ids stop (503) before another process
+  could take the number, so two processes never issue the same id.
 
 Run: ``python -m api.post_service [--host 127.0.0.1] [--port 8081]``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -63,6 +71,7 @@ from typing import Any
 import psycopg
 import redis.exceptions
 from fastapi import APIRouter, FastAPI, Request
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
@@ -72,10 +81,11 @@ from api.common import build_app, health_response, json_response, serve
 from api.deps import Resources, get_resources, install_dependency_errors
 from api.errors import Problem
 from api.follow_cap import FollowCap, FollowCapReached, Intent
-from api.idempotency import MAX_KEY_CHARS, IdempotencySlot, Record, fingerprint
+from api.idempotency import MAX_KEY_CHARS, Record, fingerprint
 from api.kafka import KafkaUnavailable
 from api.limits import request_address
 from api.metrics import Metrics
+from api.worker_id import NoWorkerId
 from policies.following import over_cap_detail
 from policies.snowflake import snowflake_timestamp_ms
 from policies.text import TextRuleError, validate_handle, validate_tweet_text
@@ -213,47 +223,85 @@ async def post_tweet(request: Request) -> Response:
         await _rate_limit(res, user_id)
         tweet_id = res.ids.next_id()
         created = snowflake_timestamp_ms(tweet_id, res.settings.snowflake_epoch_ms)
-        return await _publish_tweet(res, user_id, tweet_id, created, text)
+        try:
+            return await _publish_tweet(res, user_id, tweet_id, created, text)
+        except KafkaUnavailable as exc:
+            if exc.maybe_written:
+                raise _outcome_unknown(exc, keyed=False) from None
+            raise
 
-    slot = IdempotencySlot(res.redis, user_id, idem_key)
-    if not await slot.lock():
+    # The tweet id is drawn first, so that one statement takes the key and stores this
+    # attempt's pending record; a replay leaves the id unused.
+    fp = fingerprint(text)
+    try:
+        tweet_id = res.ids.next_id()
+    except NoWorkerId as exc:
+        candidate, no_id = None, exc  # a replay still works; a new tweet gets the 503
+    else:
+        created = snowflake_timestamp_ms(tweet_id, res.settings.snowflake_epoch_ms)
+        candidate, no_id = Record(fp, tweet_id, created, text, done=False), None
+    slot = res.idempotency.slot(user_id, idem_key)
+    if not await slot.lock(candidate):
         raise Problem(409, "a request with this Idempotency-Key is still in progress; retry shortly",
                       slug="idempotency-in-progress", headers={"Retry-After": "1"})
     try:
-        record = await slot.get()
-        if record is not None:
-            if record.fp != fingerprint(text):
+        record = slot.record
+        if record is None:
+            assert no_id is not None
+            raise no_id
+        if not slot.fresh:
+            if record.fp != fp:
                 raise Problem(422, "this Idempotency-Key was already used for a different text; "
                               "use a new key for a new tweet", slug="idempotency-key-reused")
             if record.done:
                 return _tweet_response(record.tweet_id, user_id, record.created_at, record.text,
                                        replayed=True)
-            tweet_id, created = record.tweet_id, record.created_at
+            # The previous attempt's outcome is unknown: produce the same event again.
         else:
-            await _rate_limit(res, user_id)
-            tweet_id = res.ids.next_id()
-            created = snowflake_timestamp_ms(tweet_id, res.settings.snowflake_epoch_ms)
-            record = Record(fingerprint(text), tweet_id, created, text, done=False)
-            await slot.put(record)
-            record = None  # marks "first attempt" below
+            try:
+                await _rate_limit(res, user_id)
+            except BaseException:
+                with contextlib.suppress(psycopg.Error, PoolTimeout):
+                    await slot.forget()  # not produced: nothing of this attempt remains
+                raise
         try:
-            response = await _publish_tweet(res, user_id, tweet_id, created, text)
+            response = await _publish_tweet(res, user_id, record.tweet_id, record.created_at, text)
         except KafkaUnavailable as exc:
-            if record is None and not exc.maybe_written:
-                await slot.delete()  # nothing reached the log: forget this attempt entirely
+            if not exc.maybe_written and slot.fresh:
+                with contextlib.suppress(psycopg.Error, PoolTimeout):
+                    await slot.forget()  # nothing reached the log: forget this attempt entirely
+            if exc.maybe_written:
+                raise _outcome_unknown(exc, keyed=True) from None
             raise
         try:
-            await slot.put(Record(fingerprint(text), tweet_id, created, text, done=True))
-        except redis.exceptions.RedisError as exc:
-            # The tweet is on the log; a retry finds the pending record and re-sends the
-            # same event (same id), which consumers drop as a duplicate.
-            log.warning("could not mark Idempotency-Key record done for tweet %d: %s", tweet_id, exc)
+            if not await slot.finish():
+                log.warning("Idempotency-Key lock for tweet %d expired before the record was marked done",
+                            record.tweet_id)
+        except (psycopg.Error, PoolTimeout) as exc:
+            # The tweet is on the log; a retry finds the pending record (once the lock
+            # expires) and re-sends the same event (same id), which consumers drop as a
+            # duplicate.
+            log.warning("could not mark Idempotency-Key record done for tweet %d: %s", record.tweet_id, exc)
         return response
     finally:
         try:
-            await slot.unlock()
-        except redis.exceptions.RedisError:
-            pass  # expires by itself within 30 s
+            await slot.release()
+        except (psycopg.Error, PoolTimeout):
+            pass  # the lock expires by itself within 30 s
+
+
+def _outcome_unknown(exc: KafkaUnavailable, *, keyed: bool) -> Problem:
+    """The 503 of a POST /v1/tweets whose event may or may not be on the log."""
+    detail = ("the outcome is unknown: the tweet was handed to the event log but not acknowledged in time, "
+              f"so it may or may not be posted ({exc.reason}). ")
+    if keyed:
+        detail += ("Retry with the same Idempotency-Key and the same text: you get the same tweet, "
+                   "posted once.")
+    else:
+        detail += ("This request had no Idempotency-Key, so retrying it may post the tweet twice; send an "
+                   "Idempotency-Key header (a unique string per tweet, the same on every retry of it) "
+                   "so that a retry is safe.")
+    return Problem(503, detail, slug="outcome-unknown", outcome="unknown", headers={"Retry-After": "1"})
 
 
 async def _rate_limit(res: Resources, user_id: int) -> None:

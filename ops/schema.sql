@@ -73,3 +73,44 @@ CREATE TABLE IF NOT EXISTS follow_intents (
   PRIMARY KEY (follower_id, followee_id)
 );
 CREATE INDEX IF NOT EXISTS follow_intents_accepted_at ON follow_intents (accepted_at);
+
+-- Snowflake worker ids, leased by Post service processes (api/worker_id.py,
+-- policies/worker_lease.py). One row per worker id 0..1023; a process takes the lowest row
+-- whose expires_at has passed (UPDATE ... FOR UPDATE SKIP LOCKED), renews it every
+-- TTL/3 while holder and epoch are still its own, and stops issuing ids TTL/6 before
+-- expires_at. Times are PostgreSQL's clock, whole milliseconds. epoch counts the times the
+-- id changed hands (the fencing generation); issue_after is the previous holder's final
+-- expires_at: ids of this generation have timestamps after it and before expires_at.
+CREATE TABLE IF NOT EXISTS snowflake_worker_leases (
+  worker_id    integer PRIMARY KEY CHECK (worker_id BETWEEN 0 AND 1023),
+  holder       text NOT NULL DEFAULT '',
+  epoch        bigint NOT NULL DEFAULT 0,
+  issue_after  timestamptz NOT NULL DEFAULT 'epoch',
+  expires_at   timestamptz NOT NULL DEFAULT 'epoch',
+  taken_at     timestamptz,
+  renewed_at   timestamptz
+);
+INSERT INTO snowflake_worker_leases (worker_id)
+  SELECT n FROM generate_series(0, 1023) AS n
+  ON CONFLICT (worker_id) DO NOTHING;
+
+-- Idempotency-Key records of POST /v1/tweets (api/idempotency.py), 24 h each, keyed by
+-- the user and sha256 of the client's key. A request holds the key while locked_until is
+-- in the future (lock_token is its own); fingerprint (sha256 of the text), tweet_id,
+-- created_at (epoch ms) and text are set before the event is produced, done once Kafka
+-- acknowledged it. Rows past expires_at count as absent and are deleted in bounded
+-- batches by every Post service.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+  user_id       bigint NOT NULL,
+  key_hash      bytea NOT NULL,
+  fingerprint   bytea,
+  tweet_id      bigint,
+  created_at    bigint,
+  text          text,
+  done          boolean NOT NULL DEFAULT false,
+  expires_at    timestamptz NOT NULL,
+  locked_until  timestamptz,
+  lock_token    bytea,
+  PRIMARY KEY (user_id, key_hash)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at ON idempotency_keys (expires_at);

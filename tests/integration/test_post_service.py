@@ -14,13 +14,12 @@ import time
 import unicodedata
 from datetime import datetime, timezone
 
+import psycopg
 import pytest
-from redis.asyncio import Redis
 
 from api.auth import hash_token
-from api.idempotency import IdempotencySlot
+from api.idempotency import key_hash
 from api.post_service import OWNER_TTL_S
-from api.worker_id import KEY_PREFIX as WORKER_KEY_PREFIX
 from policies.snowflake import parse_snowflake
 from schemas.events import TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed, encode_key
 from tests.integration.post_fixtures import (  # noqa: F401  (fixtures)
@@ -257,8 +256,12 @@ async def test_idempotency_key_returns_the_same_tweet(post_client, post_settings
     assert other.status_code == 201 and other.json()["tweet_id"] != first.json()["tweet_id"]
 
     res = app_of(post_client).state.resources
-    slot = IdempotencySlot(res.redis, int(user["user_id"]), headers["Idempotency-Key"])
-    assert 23 * 3600 < await res.redis.ttl(slot.record_key) <= 24 * 3600
+    async with res.pg_conn() as conn:
+        cur = await conn.execute(
+            "SELECT done, extract(epoch FROM expires_at - now())::float8 FROM idempotency_keys "
+            "WHERE user_id = %s AND key_hash = %s", (int(user["user_id"]), key_hash(headers["Idempotency-Key"])))
+        done, ttl = await cur.fetchone()
+    assert done and 23 * 3600 < ttl <= 24 * 3600
 
 
 async def test_concurrent_retries_with_one_key_post_once(post_client, post_settings):
@@ -347,9 +350,10 @@ async def test_kafka_unreachable_is_fast_503_and_nothing_is_written(post_client,
         assert body["checks"]["postgres"]["ok"] and body["checks"]["redis"]["ok"]
 
         res = client.app.state.resources
-        slot = IdempotencySlot(res.redis, uid, "k-down")
-        assert await res.redis.exists(slot.record_key, slot.lock_key) == 0
         async with res.pg_conn() as conn:
+            cur = await conn.execute("SELECT count(*) FROM idempotency_keys WHERE user_id = %s AND key_hash = %s",
+                                     (uid, key_hash("k-down")))
+            assert (await cur.fetchone())[0] == 0  # no record, no lock
             cur = await conn.execute("SELECT count(*) FROM users WHERE lower(handle) = lower(%s)", (handle,))
             assert (await cur.fetchone())[0] == 0  # the signup was rolled back
             cur = await conn.execute("SELECT count(*) FROM tweets WHERE author_id = %s", (uid,))
@@ -367,24 +371,28 @@ async def test_kafka_unreachable_is_fast_503_and_nothing_is_written(post_client,
 
 async def test_concurrent_services_lease_distinct_worker_ids(post_settings):
     leased = post_settings.replace(snowflake_worker_id=-1)
+    sql = "SELECT holder, extract(epoch FROM expires_at - now())::float8 FROM snowflake_worker_leases " \
+          "WHERE worker_id = %s"
     async with running_client(leased, instance="it-a") as a, running_client(leased, instance="it-b") as b:
         ida = a.app.state.resources.ids
         idb = b.app.state.resources.ids
         assert ida.worker_id is not None and idb.worker_id is not None
         assert ida.worker_id != idb.worker_id
-        redis = a.app.state.resources.redis
-        assert await redis.get(f"{WORKER_KEY_PREFIX}{ida.worker_id}") == b"it-a"
-        assert await redis.get(f"{WORKER_KEY_PREFIX}{idb.worker_id}") == b"it-b"
-        await redis.expire(f"{WORKER_KEY_PREFIX}{ida.worker_id}", 5)
-        assert await ida.renew()
-        assert 55 <= await redis.ttl(f"{WORKER_KEY_PREFIX}{ida.worker_id}") <= 60
         wa, wb = ida.worker_id, idb.worker_id
+        async with a.app.state.resources.pg_conn() as conn:
+            assert (await (await conn.execute(sql, (wa,))).fetchone())[0] == "it-a"
+            assert (await (await conn.execute(sql, (wb,))).fetchone())[0] == "it-b"
+            await conn.execute("UPDATE snowflake_worker_leases SET expires_at = now() + interval '5 s' "
+                               "WHERE worker_id = %s AND holder = 'it-a'", (wa,))
+            assert await ida.renew()
+            assert 55 <= (await (await conn.execute(sql, (wa,))).fetchone())[1] <= 60
         assert parse_snowflake(ida.next_id()).worker_id == wa
-    checker = Redis.from_url(post_settings.redis_url)
-    try:  # released on shutdown
-        assert await checker.exists(f"{WORKER_KEY_PREFIX}{wa}", f"{WORKER_KEY_PREFIX}{wb}") == 0
-    finally:
-        await checker.aclose()
+        assert ida.state()["ok"] and ida.state()["mode"] == "leased"
+    # Released on shutdown (asked on a connection of our own: a new service would lease one).
+    async with await psycopg.AsyncConnection.connect(post_settings.postgres_dsn, autocommit=True,
+                                                     **post_settings.postgres_kwargs()) as conn:
+        for wid in (wa, wb):
+            assert (await (await conn.execute(sql, (wid,))).fetchone())[1] <= 0
 
 
 async def test_fixed_worker_id_is_used_as_is(post_settings):
@@ -413,32 +421,44 @@ async def test_metrics_label_routes_by_template(post_client):
 
 
 async def test_worker_id_lease_is_exclusive_and_expires_locally(post_settings):
-    from api.worker_id import NoWorkerId, WorkerIdSource
+    from api.worker_id import NoWorkerId, PostgresLeases, WorkerIdSource
+    from policies.worker_lease import LeaseTiming
 
-    redis = Redis.from_url(post_settings.redis_url)
-    first = WorkerIdSource(redis, epoch_ms=post_settings.snowflake_epoch_ms, instance="it-first",
-                           ttl_s=3, safety_margin_s=1)
-    second = WorkerIdSource(redis, epoch_ms=post_settings.snowflake_epoch_ms, instance="it-second", ttl_s=3)
+    def source(instance: str, ttl_s: float) -> WorkerIdSource:
+        return WorkerIdSource(PostgresLeases(post_settings.postgres_dsn, post_settings.postgres_kwargs()),
+                              epoch_ms=post_settings.snowflake_epoch_ms, instance=instance,
+                              timing=LeaseTiming.for_ttl(ttl_s))
+
+    first, second = source("it-first", 3), source("it-second", 3)
+    db = await psycopg.AsyncConnection.connect(post_settings.postgres_dsn, autocommit=True,
+                                               **post_settings.postgres_kwargs())
     try:
         n1 = await first.acquire()
         n2 = await second.acquire()
         assert n1 != n2
         assert parse_snowflake(first.next_id()).worker_id == n1
-        # Not renewed: past TTL - margin the holder stops issuing ids by itself...
-        await asyncio.sleep(2.1)
+        # Not renewed: past TTL - margin (2.5 s) the holder stops issuing ids by itself...
+        await asyncio.sleep(2.6)
         assert first.worker_id is None
-        with pytest.raises(NoWorkerId):
+        with pytest.raises(NoWorkerId, match=f"the lease on worker id {n1} was not renewed in time"):
             first.next_id()
-        # ...and a renewal while the key is still ours revalidates it.
+        # ...and a renewal while the row is still ours (same generation) revalidates it.
         assert await first.renew()
         assert first.worker_id == n1
-        # A lease taken over by someone else is not renewed.
-        await redis.set(f"{WORKER_KEY_PREFIX}{n1}", "it-intruder", ex=3)
+        # A lease taken over by someone else is not renewed, and ids stop at once.
+        await db.execute("UPDATE snowflake_worker_leases SET holder = 'it-intruder', epoch = epoch + 1 "
+                         "WHERE worker_id = %s", (n1,))
         assert not await first.renew()
         assert first.worker_id is None
-        await first.release()  # does not delete the intruder's key
-        assert await redis.get(f"{WORKER_KEY_PREFIX}{n1}") == b"it-intruder"
+        with pytest.raises(NoWorkerId, match=f"worker id {n1} .* was taken over by 'it-intruder'"):
+            first.next_id()
+        await first.release()  # does not free the intruder's row
+        cur = await db.execute("SELECT holder, expires_at > now() FROM snowflake_worker_leases WHERE worker_id = %s",
+                               (n1,))
+        assert await cur.fetchone() == ("it-intruder", True)
     finally:
-        await second.release()
-        await redis.delete(f"{WORKER_KEY_PREFIX}{n1}")
-        await redis.aclose()
+        await first.stop()
+        await second.stop()
+        await db.execute("UPDATE snowflake_worker_leases SET expires_at = now() WHERE worker_id = %s "
+                         "AND holder = 'it-intruder'", (n1,))
+        await db.close()

@@ -147,9 +147,9 @@ async def test_auth_header_syntax_is_401_without_database() -> None:
 
 async def test_dependencies_down_is_503_not_500() -> None:
     async with client() as c:
-        # Redis is down, so no Snowflake worker id could be leased.
+        # PostgreSQL is down, so no Snowflake worker id could be leased.
         assert_problem(await c.post("/v1/users", json={"handle": "nobody"}), 503,
-                       "cannot issue ids: no Snowflake worker id is leased from Redis")
+                       "cannot issue ids: no Snowflake worker id is leased from PostgreSQL: PostgreSQL error: ")
         # PostgreSQL is down: the token cannot be checked.
         resp = await c.post("/v1/tweets", json={"text": "hi"},
                             headers={"authorization": "Bearer " + "a" * 43})
