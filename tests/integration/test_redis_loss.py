@@ -2,51 +2,22 @@
 (FLUSHALL), a flush in the middle of a load, eviction under ``maxmemory`` with
 ``allkeys-lru`` - and every home timeline still equals the reference.
 
-The test runs its own ``redis-server`` (the Debian package's, on a free loopback port), so
-that it can flush and starve it without touching the Redis other tests share.
+The test runs its own ``redis-server`` (``private_redis`` in ``conftest.py``), so that it can
+flush, starve and kill it without touching the Redis other tests share.
 """
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
 
 import pytest
 from redis.asyncio import Redis
 
 from bench.workload import generate, produce
 from ops.lag import wait_caught_up
-from ops.worker import Worker, free_port
+from ops.worker import Worker
 from policies.reference import reference_home_timelines
 from ops.schema import drop_namespace
 from tests.integration.pipeline_harness import diff_timelines, isolated_settings, provision, reader_for
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--maxmemory-policy", "allkeys-lru"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    end = time.monotonic() + 10
-    import redis as sync_redis
-
-    while True:
-        try:
-            sync_redis.Redis.from_url(url).ping()
-            break
-        except sync_redis.ConnectionError:
-            if time.monotonic() > end or proc.poll() is not None:
-                raise RuntimeError("private redis-server did not start")
-            time.sleep(0.05)
-    yield url, proc
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.slow
