@@ -12,6 +12,12 @@ producer), or raises :class:`KafkaUnavailable` within ``timeout_s``:
   record) for a retry to produce the *same* event again, which consumers treat as a
   duplicate.
 
+When the broker refuses a record or the producer gives up on one (a ``KafkaError`` after
+the hand-over: ``MessageSizeTooLarge``, an expired batch, ``OutOfOrderSequenceNumber``...),
+the producer is replaced by a new one (a new producer id): the idempotent producer's
+sequence numbers for that partition no longer match the broker's, and every later record
+there would fail with ``OutOfOrderSequenceNumber`` until the process restarts.
+
 If the producer cannot be started (broker down at boot) the service still runs; each
 request retries the start, at most once per ``retry_after_s``, failing fast in between.
 """
@@ -46,6 +52,7 @@ class KafkaGateway:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._last_failure_at = float("-inf")
+        self._retiring: set[asyncio.Task[None]] = set()
         self.last_error: str | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -80,6 +87,25 @@ class KafkaGateway:
                 await asyncio.wait_for(producer.stop(), self.timeout_s)
             except Exception as exc:
                 log.warning("Kafka producer did not stop cleanly: %s", exc)
+        if self._retiring:
+            await asyncio.wait(self._retiring, timeout=self.timeout_s)
+
+    def _retire(self, producer: AIOKafkaProducer) -> None:
+        """Stop using ``producer`` (the next request starts a new one) and stop it in the
+        background: its other queued records fail or complete meanwhile."""
+        if self._producer is not producer:
+            return
+        self._producer = None
+
+        async def stop() -> None:
+            try:
+                await asyncio.wait_for(producer.stop(), self.timeout_s)
+            except (Exception, asyncio.TimeoutError) as exc:
+                log.warning("retired Kafka producer did not stop cleanly: %s", _describe(exc))
+
+        task = asyncio.get_running_loop().create_task(stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _ensure(self, deadline: float, *, force: bool = False) -> AIOKafkaProducer:
         if self._producer is not None:
@@ -131,6 +157,10 @@ class KafkaGateway:
             return await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
         except (KafkaError, asyncio.TimeoutError) as exc:
             self.last_error = _describe(exc)
+            if isinstance(exc, KafkaError):
+                log.warning("Kafka refused or gave up on a %s record (%s): starting a new producer",
+                            event.TYPE, self.last_error)
+                self._retire(producer)
             raise KafkaUnavailable(
                 f"Kafka did not acknowledge the {event.TYPE} event on topic {topic!r} within "
                 f"{self.timeout_s:g} s ({self.last_error})",

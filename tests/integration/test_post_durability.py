@@ -75,14 +75,16 @@ def pg_address(settings: Settings) -> tuple[str, int]:
     return url.hostname or "127.0.0.1", url.port or 5432
 
 
-async def until(predicate, timeout: float, what: str, every: float = 0.1) -> Any:
+async def until(predicate, timeout: float, what: Any, every: float = 0.1) -> Any:
+    """The first true value of ``predicate()`` within ``timeout`` s (``what``: a string or a
+    callable giving one, for the failure)."""
     end = time.monotonic() + timeout
     while True:
         value = await predicate()
         if value:
             return value
         if time.monotonic() > end:
-            raise AssertionError(f"not within {timeout} s: {what}")
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
         await asyncio.sleep(every)
 
 
@@ -327,12 +329,15 @@ async def test_an_unknown_outcome_says_so_and_a_retry_with_the_key_posts_the_sam
             finally:
                 await set_topic_config(world, topic, {"max.message.bytes": "1048588"})
 
+            answers = []
+
             async def retried():
                 r = await client.post("/v1/tweets", json={"text": "maybe"}, headers=headers)
                 assert r.status_code in (201, 503), r.text
+                answers.append(r.text)
                 return r.status_code == 201 and r
 
-            resp = await until(retried, 10, "the retry is accepted", every=0.2)
+            resp = await until(retried, 10, lambda: f"the retry is accepted (last answers: {answers[-2:]})", every=0.2)
             assert resp.json()["tweet_id"] == str(pending) and "idempotent-replayed" not in resp.headers
             replay = await client.post("/v1/tweets", json={"text": "maybe"}, headers=headers)
             assert replay.json() == resp.json() and replay.headers["idempotent-replayed"] == "true"
