@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from ops.lag import consumer_lag
 from ops.schema import cassandra_cluster
-from ops.verify import Report, source_topics, verify
+from ops.verify import Report, verify
+from schemas import source_topics
 from ops.worker import Worker
 from settings import Settings, get_settings
 

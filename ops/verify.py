@@ -25,15 +25,11 @@ from aiokafka.structs import TopicPartition
 from redis.asyncio import Redis
 
 from policies.reference import ReferenceModel
-from schemas import ALL_EVENTS, ContractError, decode
+from schemas import ALL_EVENTS, ContractError, decode, source_topics
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
 from sinks.reader import HomeTimelineReader
 from sinks.redis_timeline import RedisTimelines
-
-
-def source_topics(settings: Settings) -> list[str]:
-    return source_topics(settings)
 
 
 async def read_log(settings: Settings, topics: Iterable[str] | None = None) -> list:
