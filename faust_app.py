@@ -7,7 +7,7 @@ Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
 """
 from __future__ import annotations
 
-from agents import metrics
+from agents import metrics, shutdown
 from faust_handover import HandoverSafeApp, SeekThenResumeTableManager
 from schemas import source_topics
 from settings import get_settings
@@ -52,3 +52,6 @@ app = HandoverSafeApp(
 # GET /metrics on the worker's web server: Faust's sensor metrics and the pipeline's
 # (agents/metrics.py); ops/monitoring/ has the dashboard and alert rules.
 metrics.install(app, [*source_topics(settings), settings.topic_deliveries])
+
+# SIGTERM/SIGINT: stopped within TL_SHUTDOWN_GRACE_S, even with a store down (agents/shutdown.py).
+shutdown.install(app, settings.shutdown_grace_s)

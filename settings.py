@@ -63,6 +63,8 @@ class Settings:
     faust_web_port: int = _env("TL_FAUST_WEB_PORT", 6066, int)
     # How long the group waits for a silent worker before moving its partitions.
     broker_session_timeout_s: float = _env("TL_BROKER_SESSION_TIMEOUT_S", 30.0, float)
+    # After SIGTERM/SIGINT a worker has this long to stop, then exits hard (agents/shutdown.py).
+    shutdown_grace_s: float = _env("TL_SHUTDOWN_GRACE_S", 8.0, float)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
@@ -159,6 +161,8 @@ class Settings:
             raise ValueError(f"TL_TRUSTED_PROXIES: {exc}") from None
         if self.event_max_depth < 1 or self.systemic_error_streak < 1 or self.tweet_max_chars < 1:
             raise ValueError("TL_EVENT_MAX_DEPTH, TL_SYSTEMIC_ERROR_STREAK and TL_TWEET_MAX_CHARS must be >= 1")
+        if not self.shutdown_grace_s > 0:
+            raise ValueError("TL_SHUTDOWN_GRACE_S must be > 0")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
