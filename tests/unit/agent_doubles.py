@@ -11,11 +11,13 @@
   processed as exactly one batch (``take_events`` with a short ``within`` could
   otherwise split them) and the call returns when the batch is done.
 
-Faust reads ``app.conf.store`` when a table first touches its storage, so importing
-this module switches the app to ``memory://`` before any table is used. The
-environment (``TL_FAUST_STORE``) is left alone on purpose: ``get_settings()`` is
-cached per process and handed to child worker processes by the integration
-harness, which must keep RocksDB.
+The Faust app of the unit tests is ``faust_app`` imported with settings of its own
+(``unit_faust_app``): its own app id (so its changelog topics are named
+``unit-tests-...``, never the service's ``home-timeline-...``), a broker address where
+nothing listens (a send cannot reach, let alone create topics on, the real broker) and
+tables in memory. The environment is changed only while ``faust_app`` is imported:
+``get_settings()`` afterwards still answers for the real servers, which the integration
+harness hands to its worker processes when both suites run in one pytest process.
 """
 from __future__ import annotations
 
@@ -29,11 +31,46 @@ import pytest
 from faust.agents.agent import AgentTestWrapper
 from faust.types import TP
 
-from faust_app import app, settings
+UNIT_APP_ID = "unit-tests"
+UNREACHABLE_KAFKA = "127.0.0.1:1"  # nothing listens on port 1
 
-app.conf.store = "memory://"
 
-import agents.sinks as agent_sinks  # noqa: E402  (after the store is switched)
+def unit_faust_app() -> ModuleType:
+    """``faust_app`` imported with the unit tests' app id, broker and store (see above)."""
+    import os
+    import sys
+
+    from settings import get_settings
+
+    if "faust_app" not in sys.modules:
+        overrides = {"TL_APP_ID": UNIT_APP_ID, "TL_KAFKA_BOOTSTRAP": UNREACHABLE_KAFKA,
+                     "TL_FAUST_STORE": "memory://"}
+        saved = {name: os.environ.get(name) for name in overrides}
+        os.environ.update(overrides)
+        get_settings.cache_clear()
+        try:
+            import faust_app  # noqa: F401
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            get_settings.cache_clear()
+    module = sys.modules["faust_app"]
+    conf = module.app.conf
+    if conf.id != UNIT_APP_ID or [str(url) for url in conf.broker] != [f"kafka://{UNREACHABLE_KAFKA}"]:
+        raise RuntimeError(
+            f"faust_app was imported with app id {conf.id!r} and broker {conf.broker!r} before "
+            "tests/unit/agent_doubles.py could give it the unit tests' own: import nothing that "
+            "imports faust_app (agents, tables, streams) before tests/unit/conftest.py")
+    return module
+
+
+_faust_app = unit_faust_app()
+app, settings = _faust_app.app, _faust_app.settings
+
+import agents.sinks as agent_sinks  # noqa: E402  (after faust_app)
 from agents.sinks import Sinks  # noqa: E402
 from policies.first_wins import StoredTweet  # noqa: E402
 from policies.partitioning import partition_for_id  # noqa: E402

@@ -32,7 +32,8 @@ def deliver_driver(monkeypatch: pytest.MonkeyPatch) -> AgentDriver:
     return AgentDriver(deliver_mod.deliver, deliver_mod, "process_recipient_batch", monkeypatch)
 
 
-async def test_stage_two_counts_rows_by_outcome_and_observes_the_lag(deliver_driver: AgentDriver, sinks: Any) -> None:
+async def test_stage_two_counts_rows_by_outcome_and_observes_the_lag(deliver_driver: AgentDriver, sinks: Any,
+                                                                     sent: Any) -> None:
     fresh, idle = users_on_one_partition(2, start=7000)
     await deliver_driver.run([active(idle, T0 - 31 * DAY)])
     before, lag_before = deliveries(), sample("timeline_fanout_lag_seconds_count")
@@ -48,7 +49,7 @@ async def test_stage_two_counts_rows_by_outcome_and_observes_the_lag(deliver_dri
     assert sample("timeline_batch_seconds_count", stage="deliver") - batches_before == 1
 
 
-async def test_stage_one_counts_pushed_and_pulled_tweets(monkeypatch: pytest.MonkeyPatch, sinks: Any) -> None:
+async def test_stage_one_counts_pushed_and_pulled_tweets(monkeypatch: pytest.MonkeyPatch, sinks: Any, sent: Any) -> None:
     driver = AgentDriver(fanout_mod.fanout, fanout_mod, "process_author_batch", monkeypatch)
     monkeypatch.setattr(fanout_mod, "RULE", CelebrityRule(threshold=2, hysteresis=1))
     star, plain = 9001, 9002
