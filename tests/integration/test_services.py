@@ -13,9 +13,10 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from ops import schema
-from ops.services import status
+from ops.services import Kafka, Outcome, drift_warnings, status
 from settings import Settings
 
 
@@ -61,6 +62,39 @@ async def test_kafka_produce_and_consume(services: Settings) -> None:
     finally:
         await admin.delete_topics([topic])
         await admin.close()
+
+
+async def test_the_broker_creates_no_topic_on_its_own(services: Settings) -> None:
+    """Producing to a topic nobody created fails instead of creating it with the broker's
+    defaults (production brokers run so; ops.services writes auto.create.topics.enable=false)."""
+    topic = unique("it-nobody-created")
+    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, request_timeout_ms=3000)
+    await producer.start()
+    try:
+        with pytest.raises(KafkaError):
+            await producer.send_and_wait(topic, b"hello")
+    finally:
+        await producer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        assert topic not in await admin.list_topics(), (
+            "the broker creates topics on its own: it runs with an old config "
+            "(./dev services down && ./dev services up)")
+    finally:
+        await admin.close()
+
+
+def test_up_notices_a_running_broker_with_another_config(services: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    kafka = Kafka(services)
+    assert kafka.config_drift() == [], "restart it: ./dev services down && ./dev services up"
+    written = Kafka._server_properties
+    monkeypatch.setattr(Kafka, "_server_properties",
+                        lambda self: written(self).replace("num.partitions=8", "num.partitions=7"))
+    assert kafka.config_drift() == ["num.partitions=8 (ops/services.py now writes 7)"]
+    outcomes = [Outcome(name, "", True, "already running") for name in ("cassandra", "kafka", "postgres", "redis")]
+    (line,) = drift_warnings(services, outcomes)
+    assert line.startswith("kafka      STALE") and "num.partitions=8" in line
 
 
 async def test_create_topics_is_idempotent_and_sets_retention(services: Settings) -> None:

@@ -26,6 +26,15 @@ def test_the_four_servers_at_the_versions_the_project_runs() -> None:
     assert SERVICES["postgres"]["image"] == "postgres:15"
 
 
+def test_brokers_never_create_topics_on_their_own() -> None:
+    """Compose's broker and the one ops.services writes a config for: a topic exists because
+    setup (ops.schema) or the worker (Faust's changelogs) created it with its partitions."""
+    from ops.services import Kafka, parse_properties
+
+    assert SERVICES["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert parse_properties(Kafka(Settings())._server_properties())["auto.create.topics.enable"] == "false"
+
+
 def test_every_app_gets_every_required_setting() -> None:
     for name in APPS:
         env = SERVICES[name]["environment"]
