@@ -3,7 +3,8 @@
     ./dev demo            # or: python -m ops.demo [--seed N] [--users N] [--tweets N]
 
 Runs a real Faust worker against the local servers in a fresh namespace (its
-own topics, keyspace, Redis prefix), publishes a seeded workload to Kafka,
+own topics, keyspace, PostgreSQL schema, Redis prefix: ``Settings.isolated``, removed
+afterwards by ``ops.schema.drop_namespace``), publishes a seeded workload to Kafka,
 waits for the pipeline to catch up, prints a few users' home timelines with
 how each tweet got there, and checks every user's timeline against the
 reference computed from the events alone.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from bench.workload import generate, produce
 from ops.lag import wait_caught_up
-from ops.schema import apply_cassandra, cassandra_cluster, create_topics
+from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace
 from ops.worker import Worker
 from policies.reference import ReferenceModel
 from settings import Settings, get_settings
@@ -31,13 +32,10 @@ from redis.asyncio import Redis
 
 
 def demo_settings(workdir: Path) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return get_settings().replace(
-        topic_tweets=f"demo-tweets-{tag}", topic_follows=f"demo-follows-{tag}",
-        topic_activity=f"demo-activity-{tag}", topic_deliveries=f"demo-deliveries-{tag}",
-        topic_dead_letters=f"demo-dead-{tag}", topic_partitions=8,
-        cassandra_keyspace=f"demo_{tag}", redis_prefix=f"demo:{tag}:", app_id=f"demo-{tag}",
-        faust_datadir=str(workdir / "faust"),
+    # Its own PostgreSQL schema too: the projection agent writes tweets and follows there
+    # (with the default schema, the demo's tweets landed in the service's own tables).
+    return get_settings().isolated(
+        "demo", uuid.uuid4().hex[:8], workdir, topic_partitions=8,
         celebrity_threshold=20, celebrity_hysteresis=5, timeline_cap=100, backfill_limit=50,
     )
 
@@ -58,6 +56,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"==> namespace {settings.app_id}: {settings.topic_partitions} partitions, "
           f"celebrity threshold {settings.celebrity_threshold}, cap {settings.timeline_cap}")
     apply_cassandra(settings)
+    apply_postgres(settings)
     create_topics(settings, settings.topic_partitions)
     workload = generate(args.seed, users=args.users, tweets=args.tweets,
                         celebrity_threshold=settings.celebrity_threshold)
@@ -101,11 +100,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.to_thread(store.close)
     finally:
         worker.stop()
-        cluster = cassandra_cluster(settings)
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=60)
-        finally:
-            cluster.shutdown()
+        await drop_namespace(settings)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
