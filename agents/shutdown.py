@@ -1,6 +1,6 @@
 """Bounded shutdown: after SIGTERM or SIGINT a worker is gone within ``TL_SHUTDOWN_GRACE_S``.
 
-Why a worker ignored SIGTERM (faust-streaming 0.15.3, mode 0.4): the signal makes mode's
+Why a worker ignored SIGTERM (faust-streaming 0.15.3, mode-streaming 0.7): the signal makes mode's
 ``Worker`` stop the app, and the app's ``_stop_consumer`` first waits in
 ``Consumer.wait_empty`` until every message handed to an agent has been acked, with no
 time limit. A batch is acked only when the agent asks for the next one, so an agent
@@ -138,12 +138,18 @@ def bounded_wait_empty(app: Any, state: ShutdownState,
 def install(app: Any, grace_s: float) -> ShutdownState:
     """Bound the shutdown of ``app``'s worker to ``grace_s`` seconds after SIGTERM/SIGINT."""
     state = ShutdownState(grace_s=grace_s)
-    # An attribute of this app object only: Faust calls it as self._consumer_wait_empty.
+    # Attributes of this app object only: Faust and mode call them as methods of self.
     app._consumer_wait_empty = bounded_wait_empty(app, state, app._consumer_wait_empty)  # noqa: SLF001
+    first_start = app.on_first_start
 
-    @app.task
-    async def _hook_signals_at_start() -> None:
-        # App tasks start after the worker installed its signal handlers.
-        hook_signals(state)
+    async def on_first_start() -> None:
+        # The worker (the app's parent service) installed its signal handlers in its own
+        # on_first_start, before starting the app; this runs before table recovery, so a
+        # signal during a long recovery is bounded too. An app started without a worker
+        # (nothing handles SIGTERM) is left alone.
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            hook_signals(state)
+        await first_start()
 
+    app.on_first_start = on_first_start
     return state
