@@ -15,8 +15,9 @@ What ``install`` changes:
    ``grace - DRAIN_MARGIN_S`` after the signal. A worker whose batches finish in time stops
    as before (exit code 0).
 2. Otherwise the worker commits the offsets of what is finished (Faust commits only acked
-   offsets, and a batch is acked only after its writes and sends are done), logs one line
-   and ends the process with ``os._exit(EXIT_CODE)``. The unfinished batches stay
+   offsets, and a batch is acked only after its writes and sends are done), leaves the
+   consumer group (its partitions move at once), logs one line and ends the process with
+   ``os._exit(EXIT_CODE)``. The unfinished batches stay
    uncommitted and the next worker processes them again, as after a crash: every write is
    idempotent.
 3. A watchdog thread, started by the first signal, ends the process at ``grace`` seconds
@@ -41,9 +42,11 @@ from typing import Any, Awaitable, Callable
 #: Exit code of a worker that did not finish stopping in time (sysexits' EX_TEMPFAIL: the
 #: unfinished work is retried by the next worker).
 EXIT_CODE = 75
-#: Of the grace period, what is kept for committing finished work and exiting.
-DRAIN_MARGIN_S = 1.5
+#: Of the grace period, what is kept for committing finished work, leaving the group and
+#: exiting.
+DRAIN_MARGIN_S = 2.5
 COMMIT_TIMEOUT_S = 1.0
+LEAVE_TIMEOUT_S = 1.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -130,9 +133,23 @@ def bounded_wait_empty(app: Any, state: ShutdownState,
             await asyncio.wait_for(consumer.commit(), timeout=COMMIT_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - committed later by the next worker's progress anyway
             pass
+        try:
+            await asyncio.wait_for(leave_group(consumer), timeout=LEAVE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - then the group waits for the session timeout
+            pass
         hard_exit(state, "in-flight batches did not finish (a store down?)")
 
     return wait_empty
+
+
+async def leave_group(consumer: Any) -> None:
+    """Tell the group coordinator this member leaves, so that its partitions move to the
+    other workers now rather than after ``TL_BROKER_SESSION_TIMEOUT_S``. Faust's aiokafka
+    consumer lives in its own thread; its coordinator commits nothing on close (Faust
+    turns aiokafka's auto-commit off)."""
+    thread = consumer._thread  # noqa: SLF001 - Faust's AIOKafkaConsumerThread
+    coordinator = thread._ensure_consumer()._coordinator  # noqa: SLF001
+    await thread.call_thread(coordinator.close)
 
 
 def install(app: Any, grace_s: float) -> ShutdownState:

@@ -37,6 +37,17 @@ def exits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+@pytest.fixture(autouse=True)
+def leaves(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    calls: list[Any] = []
+
+    async def leave_group(consumer: Any) -> None:
+        calls.append(consumer)
+
+    monkeypatch.setattr(shutdown, "leave_group", leave_group)
+    return calls
+
+
 class NeverEmpty:
     """Like Faust's wait_empty with a batch that cannot finish: it even swallows
     cancellation. (``release`` ends it after the test; the real worker exits instead.)"""
@@ -65,7 +76,7 @@ async def test_a_rebalance_waits_as_faust_does(exits: list[str]) -> None:
     assert done == [True] and exits == []
 
 
-async def test_after_a_signal_unfinished_batches_end_the_process_at_the_deadline(exits: list[str]) -> None:
+async def test_after_a_signal_unfinished_batches_end_the_process_at_the_deadline(exits: list[str], leaves: list[Any]) -> None:
     state = ShutdownState(grace_s=shutdown.DRAIN_MARGIN_S + 0.3, signalled_at=time.monotonic(), signal_name="SIGTERM")
     consumer, never_empty = Consumer(), NeverEmpty()
     began = time.monotonic()
@@ -75,6 +86,7 @@ async def test_after_a_signal_unfinished_batches_end_the_process_at_the_deadline
         never_empty.released = True
     assert 0.25 < time.monotonic() - began < 1.0
     assert consumer.commits == 1, "what finished is committed before the exit"
+    assert leaves == [consumer], "and the group is told this member leaves"
     assert len(exits) == 1 and state.unfinished() == 2
 
 
