@@ -3,13 +3,16 @@
 One namespace, three workers in turn (one consumer group, the default
 ``TL_SHUTDOWN_GRACE_S``), each stopped with SIGTERM and timed:
 
-1. **Retrying**: Redis and PostgreSQL unreachable (closed ports), Cassandra up. The
-   fanout's batch retries Redis in ``with_retry`` (seen in ``timeline_sink_retries_total``),
-   the projection's waits for a PostgreSQL connection.
-2. **Full buffer**: Cassandra unreachable, 10,000 more tweets in the log. The fanout agent
-   cannot open its stores, its stream buffer fills (``stream_buffer_maxsize``, 8,192) and
-   the consumer stops taking messages (``faust_messages_received_total`` stalls at
-   8,192+, checked). More tweets would only lengthen the catch-up of step 3.
+1. **Stores down, retrying**: Cassandra and PostgreSQL unreachable (closed ports). The
+   fanout and delivery agents cannot open their stores, the projection retries its
+   batch (``timeline_errors_total{kind="transient"}``, waited for).
+2. **Full buffer**: Redis unreachable, 9,000 more tweets in the log. The fanout agent
+   retries its batch (``timeline_store_retrying``), the projection goes on, and the
+   fanout's stream buffer fills (``stream_buffer_maxsize``, 8,192): the consumer stops
+   taking messages (``faust_messages_received_total`` stays put at 8,192+, checked).
+   With Cassandra down instead, the projection (which reads the fanout's verdicts from
+   Cassandra) blocks too and the consumer stops after a few hundred messages: no full
+   buffer.
 3. **Idle**: working stores; it processes everything, catches up, and is stopped idle.
 
 The first two cannot finish their batches, so they must end through the bounded
@@ -40,7 +43,7 @@ from settings import Settings
 from tests.integration.pipeline_harness import drop, isolated_settings, provision
 
 STOP_LIMIT_S = 10.0
-BUFFER_FILL = 10_000  # tweets produced for step 2: more than the stream buffer holds
+BUFFER_FILL = 9_000  # tweets produced for step 2: more than the stream buffer (8,192) holds
 FOLLOWER = 9_000_001
 AUTHORS = list(range(1, 21))
 FIRST_TWEET = 1_800_000_000_000_000_000  # a Snowflake-sized id
@@ -58,23 +61,24 @@ def closed_port_dsn(dsn: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-async def metric(worker: Worker, name: str) -> float:
-    """The sum of a metric's samples at the worker's GET /metrics (0 if it does not answer)."""
+async def metric(worker: Worker, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (with these labels) at the worker's GET /metrics (0 if
+    it does not answer)."""
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.web_port}", timeout=2.0) as client:
             resp = await client.get("/metrics")
     except httpx.HTTPError:
         return 0.0
-    return sum(s.value for family in text_string_to_metric_families(resp.text)
-               for s in family.samples if s.name == name)
+    return sum(s.value for family in text_string_to_metric_families(resp.text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-async def wait_metric(worker: Worker, name: str, at_least: float, timeout: float) -> float:
+async def wait_metric(worker: Worker, name: str, at_least: float, timeout: float, **labels: str) -> float:
     end = time.monotonic() + timeout
     value = 0.0
     while time.monotonic() < end:
         worker.check()
-        value = await metric(worker, name)
+        value = await metric(worker, name, **labels)
         if value >= at_least:
             return value
         await asyncio.sleep(0.25)
@@ -147,25 +151,26 @@ async def test_sigterm_stops_the_worker_within_10s_in_every_state(tmp_path: Path
         await produce(settings, tweets(0, 100))
 
         # 1. Stores down while the agents retry.
-        retrying = Worker(settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        retrying = Worker(settings.replace(cassandra_port=free_port(),
                                            postgres_dsn=closed_port_dsn(settings.postgres_dsn)),
                           tmp_path / "retrying.log").start()
         workers.append(retrying)
-        await wait_metric(retrying, "timeline_sink_retries_total", 2, timeout=60)
+        await wait_metric(retrying, "timeline_errors_total", 2, timeout=60, kind="transient")
         timings["retrying from start"] = time.monotonic() - t0
         timings["retrying"], rc = await sigterm(retrying)
         assert timings["retrying"] < STOP_LIMIT_S, (timings, retrying.log_tail())
         assert rc == EXIT_CODE and bounded_exit_logged(retrying), (rc, retrying.log_tail())
 
-        # 2. Cassandra down and a full stream buffer.
+        # 2. Redis down and a full stream buffer.
         await produce(settings, tweets(100, BUFFER_FILL))
-        full = Worker(settings.replace(cassandra_port=free_port()), tmp_path / "full.log").start()
+        full = Worker(settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0"), tmp_path / "full.log").start()
         workers.append(full)
         # The fanout's stream buffer holds stream_buffer_maxsize (8,192) messages; then the
         # consumer stops taking any, well before the end of the log.
         received = await wait_stalled(full, "faust_messages_received_total", 8192, timeout=90)
         timings["full from start"] = time.monotonic() - t0
         assert received < len(follows) + 100 + BUFFER_FILL, f"not stalled: all {received} messages received"
+        assert await metric(full, "timeline_store_retrying") >= 1, "the fanout's batch is not retrying"
         timings["full buffer"], rc = await sigterm(full)
         assert timings["full buffer"] < STOP_LIMIT_S, (timings, full.log_tail())
         assert rc == EXIT_CODE and bounded_exit_logged(full), (rc, full.log_tail())
