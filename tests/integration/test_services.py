@@ -90,7 +90,7 @@ def test_up_notices_a_running_broker_with_another_config(services: Settings, mon
     assert kafka.config_drift() == [], "restart it: ./dev services down && ./dev services up"
     written = Kafka._server_properties
     monkeypatch.setattr(Kafka, "_server_properties",
-                        lambda self: written(self).replace("num.partitions=8", "num.partitions=7"))
+                        lambda self: written(self).replace("\nnum.partitions=8\n", "\nnum.partitions=7\n"))
     assert kafka.config_drift() == ["num.partitions=8 (ops/services.py now writes 7)"]
     outcomes = [Outcome(name, "", True, "already running") for name in ("cassandra", "kafka", "postgres", "redis")]
     (line,) = drift_warnings(services, outcomes)
