@@ -39,6 +39,7 @@ app = HandoverSafeApp(
     broker_commit_interval=1.0,
     broker_session_timeout=settings.broker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
+    consumer_group_instance_id=settings.worker_instance_id or None,
     stream_buffer_maxsize=8192,
     web_host="127.0.0.1",
     web_bind="127.0.0.1",

@@ -63,6 +63,10 @@ class Settings:
     faust_web_port: int = _env("TL_FAUST_WEB_PORT", 6066, int)
     # How long the group waits for a silent worker before moving its partitions.
     broker_session_timeout_s: float = _env("TL_BROKER_SESSION_TIMEOUT_S", 30.0, float)
+    # Kafka static membership (KIP-345): a stable id per worker process (its host, pod or
+    # slot name), unique in the group. A worker restarted with the same id within the
+    # session timeout gets its partitions back without a rebalance. Empty: dynamic member.
+    worker_instance_id: str = _env("TL_WORKER_INSTANCE_ID", "")
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
