@@ -57,6 +57,14 @@ defects in that hand-over lose or strand messages when workers come and go
    such a message stops holding up ``wait_empty`` once the agents that took
    it have acked, and its offset is *not* marked done (an agent never saw it):
    the partition's next owner reads it again from the committed offset.
+
+6. After every rebalance each RocksDB table "revokes" the partitions it lost
+   and runs a full ``gc.collect()`` (its handles are closed by the collector),
+   even when it lost none: five tables, about 0.5 s each on this machine, so
+   a worker that only *gained* partitions (taking over a dead worker's) spent
+   2.5 s collecting garbage before it could start recovery.
+   ``QuickRevokeRocksDBStore`` (registered as the ``rocksdb://`` store) skips
+   the collection when the table lost nothing.
 """
 from __future__ import annotations
 
@@ -65,6 +73,8 @@ from typing import Any, List, Mapping, Optional, Set, cast
 from weakref import WeakSet
 
 import faust
+from faust import stores as faust_stores
+from faust.stores import rocksdb as rocksdb_store
 from faust.tables import TableManager
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
@@ -152,6 +162,18 @@ class HandoverSafeConsumer(aiokafka_driver.Consumer):
         self._committed_offset.update(
             {ensure_TP(tp): offset if offset else None for tp, offset in committed.items() if offset is not None}
         )
+
+
+class QuickRevokeRocksDBStore(rocksdb_store.Store):
+    """Faust's RocksDB store; no ``gc.collect()`` when a rebalance revoked nothing of it (defect 6)."""
+
+    def revoke_partitions(self, table: Any, tps: Set[TP]) -> None:
+        if any(tp.topic in table.changelog_topic.topics for tp in tps):
+            super().revoke_partitions(table, tps)
+
+
+# ``store="rocksdb://"`` (TL_FAUST_STORE) now builds QuickRevokeRocksDBStore.
+faust_stores.STORES.aliases["rocksdb"] = f"{__name__}:QuickRevokeRocksDBStore"
 
 
 class HandoverSafeTransport(aiokafka_driver.Transport):

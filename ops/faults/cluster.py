@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
+from ops.group import describe as describe_group
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace
 from ops.services import ServerSet
 from ops.worker import ROOT, Worker, free_port, settings_env
@@ -141,7 +140,8 @@ class Cluster:
     def worker_settings(self, name: str) -> Settings:
         return self.settings.replace(
             faust_datadir=str(self.workdir / name),
-            worker_instance_id=name if self.static_membership else "",
+            worker_name=name,
+            worker_static_membership=self.static_membership,
         )
 
     def start_worker(self, name: str) -> Worker:
@@ -174,29 +174,12 @@ class Cluster:
         return {name: w.proc.pid for name, w in self.workers.items() if w.alive()}
 
     async def assignment(self) -> tuple[str, dict[str, set[int]]]:
-        """The group's state and, per member, the partitions of ``tweets`` it owns; members
-        are named by their instance id (static membership) or their member id."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            (response,) = await admin.describe_consumer_groups([self.settings.app_id])
-            (group,) = response.groups
-            _error, _group_id, state, _ptype, _protocol, members = group[:6]
-            owned: dict[str, set[int]] = {}
-            for member in members:
-                member_id, raw = member[0], member[4]
-                parts: set[int] = set()
-                if raw:
-                    assignment = ConsumerProtocolMemberAssignment.decode(raw)
-                    parts = {p for t, ps in assignment.assignment if t == self.settings.topic_tweets for p in ps}
-                name = member_id
-                for worker_name in self.worker_names:  # a static member's id starts with its instance id
-                    if self.static_membership and member_id.startswith(f"{worker_name}-"):
-                        name = worker_name
-                owned[name] = parts
-            return state, owned
-        finally:
-            await admin.close()
+        """The group's state and, per member (named by its worker name), the partitions of
+        ``tweets`` it owns."""
+        group = await describe_group(self.settings)
+        owned = {(m.name(self.settings) or m.member_id): set(m.partitions.get(self.settings.topic_tweets, ()))
+                 for m in group.members}
+        return group.state, owned
 
     async def wait_members(self, n: int, timeout: float = 120.0) -> dict[str, set[int]]:
         """Until the group is stable with ``n`` members that together own every partition."""

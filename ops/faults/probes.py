@@ -4,8 +4,8 @@ One probe pair per partition ``p``: an author whose tweets land on partition ``p
 tweets topic and a follower whose deliveries land on partition ``p`` of the deliveries
 topic (the stages are co-partitioned, so a worker owns partition ``p`` of both). A probe
 tweet is posted on every partition every ``interval`` seconds; a poller reads each
-follower's newest row of Cassandra ``user_timeline`` (written by stage 2, so a row means
-*delivered*). ``resumed_after(t)`` answers, per partition, how long after ``t`` the first
+follower's newest row of Cassandra ``user_timeline`` through ``newest`` (written by stage
+2, so a row means *delivered*). ``resumed_after(t)`` answers, per partition, how long after ``t`` the first
 probe posted after ``t`` was delivered: the time a fault stopped delivery on that partition.
 
 Probes are posted through a ``post`` callable (the Post service over HTTP, or a Kafka
@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from policies.partitioning import partition_for_id
-from sinks.cassandra import CassandraStore
-
-MAX_ID = 2**63 - 1
 
 # post(author_id, text) -> tweet id, or None if it was not accepted
 PostFn = Callable[[int, str], Awaitable[int | None]]
+# newest(follower ids) -> the newest tweet id delivered to each (None: none yet)
+NewestFn = Callable[[list[int]], Awaitable[list[int | None]]]
 
 
 @dataclass
@@ -47,15 +46,16 @@ def pick_pairs(candidates: list[int], partitions: int) -> dict[int, tuple[int, i
 
 
 class Probes:
-    def __init__(self, pairs: dict[int, tuple[int, int]], post: PostFn, store: CassandraStore,
+    def __init__(self, pairs: dict[int, tuple[int, int]], post: PostFn, newest: NewestFn,
                  *, interval: float = 0.5, poll: float = 0.1) -> None:
         self.pairs = pairs  # partition -> (author, follower)
         self.post = post
-        self.store = store
+        self.newest = newest
         self.interval = interval
         self.poll = poll
         self.log = ProbeLog()
         self._newest_seen: dict[int, int] = {p: 0 for p in pairs}
+        self._pending: dict[int, list[int]] = {p: [] for p in pairs}  # posted, not seen yet
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._n = 0
@@ -80,6 +80,7 @@ class Probes:
             self.log.failed_posts += 1
         else:
             self.log.posted[tweet_id] = (partition, time.monotonic())
+            self._pending[partition].append(tweet_id)
 
     async def _post_loop(self) -> None:
         while not self._stop.is_set():
@@ -93,21 +94,22 @@ class Probes:
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                rows = await asyncio.wait_for(
-                    self.store.query_many("user_tl_below", [(f, MAX_ID, 0, 1) for _p, f in followers]), 5.0)
+                newest = await asyncio.wait_for(self.newest([f for _p, f in followers]), 5.0)
             except Exception:  # noqa: BLE001 - Cassandra down: poll again
-                rows = None
+                newest = None
             now = time.monotonic()
-            if rows is not None:
-                for (p, _f), found in zip(followers, rows):
-                    if found:
-                        newest = found[0].tweet_id
-                        if newest > self._newest_seen[p]:
-                            self._newest_seen[p] = newest
-                            # Ids grow with time per author: every probe up to the newest is delivered.
-                            for tid, (part, _at) in self.log.posted.items():
-                                if part == p and tid <= newest and tid not in self.log.seen:
-                                    self.log.seen[tid] = now
+            if newest is not None:
+                for (p, _f), tid in zip(followers, newest):
+                    if tid is not None and tid > self._newest_seen[p]:
+                        self._newest_seen[p] = tid
+                        # Ids grow with time per author: every probe up to the newest is delivered.
+                        still = []
+                        for pending in self._pending[p]:
+                            if pending <= tid:
+                                self.log.seen[pending] = now
+                            else:
+                                still.append(pending)
+                        self._pending[p] = still
             await _sleep_until(self._stop, began + self.poll)
 
     # --- answers ---------------------------------------------------------------------------

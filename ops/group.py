@@ -1,0 +1,96 @@
+"""The pipeline's consumer group: who owns which partitions, and removing a dead member.
+
+A worker that dies without leaving (SIGKILL, out of memory, a lost machine) keeps its
+partitions until the group coordinator has not heard from it for the session timeout
+(``TL_BROKER_SESSION_TIMEOUT_S``). Whoever notices the death first - the supervisor that
+restarts it (``ops/supervise.py``), or an operator - can remove its member at once
+(``remove_members``, a LeaveGroup on its behalf): the group rebalances now and the
+surviving workers take its partitions over.
+
+Members are found by name: a worker started with ``TL_WORKER_NAME=<name>`` has the Kafka
+client id ``<app id>-<name>``, and with static membership its member id starts with
+``<name>-``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import for_code
+from aiokafka.protocol.group import LeaveGroupRequest
+
+from settings import Settings
+
+
+@dataclass
+class Member:
+    member_id: str
+    client_id: str
+    partitions: dict[str, set[int]] = field(default_factory=dict)  # topic -> partitions
+
+    def name(self, settings: Settings) -> str | None:
+        """The worker's ``TL_WORKER_NAME``, when it has one."""
+        prefix = f"{settings.app_id}-"
+        if self.client_id.startswith(prefix):
+            return self.client_id[len(prefix):]
+        return None
+
+
+@dataclass
+class Group:
+    state: str
+    members: list[Member]
+
+    def owned(self, topic: str) -> dict[str, set[int]]:
+        """member id -> partitions of ``topic``."""
+        return {m.member_id: set(m.partitions.get(topic, ())) for m in self.members}
+
+
+async def describe(settings: Settings) -> Group:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([settings.app_id])
+        (group,) = response.groups
+        _error, _group_id, state, _ptype, _protocol, raw_members = group[:6]
+        members = []
+        for raw in raw_members:
+            member_id, client_id, _host, _metadata, assignment = raw[:5]
+            parts: dict[str, set[int]] = {}
+            if assignment:
+                for topic, partitions in ConsumerProtocolMemberAssignment.decode(assignment).assignment:
+                    parts.setdefault(topic, set()).update(partitions)
+            members.append(Member(member_id, client_id, parts))
+        return Group(state, members)
+    finally:
+        await admin.close()
+
+
+async def remove_members(settings: Settings, member_ids: list[str]) -> dict[str, str]:
+    """Remove members from the group now (LeaveGroup on their behalf); returns member id ->
+    "removed" or the error. The group rebalances; a worker still alive and removed this way
+    simply joins again."""
+    if not member_ids:
+        return {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    out: dict[str, str] = {}
+    try:
+        node = await admin.find_coordinator(settings.app_id)
+        for member_id in member_ids:
+            response = await admin._send_request(  # noqa: SLF001 - no public LeaveGroup call
+                LeaveGroupRequest(settings.app_id, member_id), node)
+            code = response.error_code
+            out[member_id] = "removed" if code == 0 else repr(for_code(code))
+        return out
+    finally:
+        await admin.close()
+
+
+async def remove_worker(settings: Settings, name: str) -> dict[str, str]:
+    """Remove the member(s) of the worker named ``name`` (``TL_WORKER_NAME``)."""
+    group = await describe(settings)
+    ids = [m.member_id for m in group.members
+           if m.name(settings) == name or m.member_id.startswith(f"{name}-")]
+    return await remove_members(settings, ids)
