@@ -28,12 +28,11 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
-from ops.group import describe, remove_worker
+from ops.group import GroupWatch, describe, remove_worker
 from settings import Settings, get_settings
 
 log = logging.getLogger("ops.supervise")
@@ -54,15 +53,16 @@ class Handover:
     state: str = ""
 
 
-async def hand_over(settings: Settings, name: str, *, settle_timeout: float = 30.0,
-                    died_at: float | None = None) -> Handover:
-    """Remove the dead worker ``name``'s member, then wait until the group is stable (or
-    empty) without it. Never raises: a Kafka that is down only delays the hand-over to the
-    session timeout."""
+async def hand_over(settings: Settings, name: str, *, watch: GroupWatch | None = None,
+                    settle_timeout: float = 30.0, died_at: float | None = None) -> Handover:
+    """Remove the dead worker ``name``'s member (through ``watch`` when given: one request),
+    then wait until the group is stable (or empty) without it. Never raises: a Kafka that
+    is down only delays the hand-over to the session timeout."""
     began = died_at if died_at is not None else time.monotonic()
     out = Handover()
     try:
-        out.removed = await asyncio.wait_for(remove_worker(settings, name), 10.0)
+        remove = watch.remove(name) if watch is not None else remove_worker(settings, name)
+        out.removed = await asyncio.wait_for(remove, 10.0)
     except Exception as exc:  # noqa: BLE001 - best effort: the session timeout still applies
         out.removed = {"error": repr(exc)}
     out.removed_after_s = round(time.monotonic() - began, 2)
@@ -82,6 +82,43 @@ async def hand_over(settings: Settings, name: str, *, settle_timeout: float = 30
     return out
 
 
+async def supervise(name: str, command: list[str], restart_delay: float) -> int:
+    env = {**os.environ, "TL_WORKER_NAME": name}
+    settings = get_settings().replace(worker_name=name)
+    watch = await GroupWatch(settings).start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    child: asyncio.subprocess.Process | None = None
+
+    def forward(signum: int) -> None:
+        stopping.set()
+        if child is not None and child.returncode is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, forward, sig)
+    try:
+        while True:
+            child = await asyncio.create_subprocess_exec(*command, env=env)
+            code = await child.wait()
+            died_at = time.monotonic()
+            if stopping.is_set() or code in NO_RESTART:
+                log.info("worker %s exited with %d; not restarting", name, code)
+                return code
+            log.warning("worker %s exited with %d; handing its partitions over", name, code)
+            done = await hand_over(settings, name, watch=watch, died_at=died_at)
+            log.warning("worker %s: member removed after %.2fs (%s), group %s after %.2fs; restarting in %gs",
+                        name, done.removed_after_s or 0, done.removed, done.state, done.settled_after_s or 0,
+                        restart_delay)
+            try:
+                await asyncio.wait_for(stopping.wait(), restart_delay)
+                return code
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await watch.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.supervise", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,34 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("worker_args", nargs="*", help="extra arguments for `faust worker` (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    env = {**os.environ, "TL_WORKER_NAME": args.name}
-    settings = get_settings().replace(worker_name=args.name)
     command = [sys.executable, "-m", "faust", "-A", "faust_app", "worker", *(args.worker_args or ["-l", "info"])]
-    stopping = False
-    child: subprocess.Popen | None = None
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while True:
-        child = subprocess.Popen(command, env=env)
-        code = child.wait()
-        died_at = time.monotonic()
-        if stopping or code in NO_RESTART:
-            log.info("worker %s exited with %d; not restarting", args.name, code)
-            return code
-        log.warning("worker %s exited with %d; handing its partitions over", args.name, code)
-        done = asyncio.run(hand_over(settings, args.name, died_at=died_at))
-        log.warning("worker %s: member removed after %.2fs (%s), group %s after %.2fs; restarting",
-                    args.name, done.removed_after_s or 0, done.removed, done.state, done.settled_after_s or 0)
-        time.sleep(args.restart_delay)
-        if stopping:
-            return code
+    return asyncio.run(supervise(args.name, command, args.restart_delay))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from aiokafka.structs import TopicPartition
 from ops.faults.cluster import Cluster
 from ops.faults.load import Api, Scenario, verdict
 from ops.faults.probes import Probes, pick_pairs
+from ops.group import GroupWatch
 from ops.host import REPO, STATE
 from ops.lag import pipeline_topics
 from ops.services import ServerSet
@@ -212,6 +213,7 @@ class Observer:
         self._cluster: Any = None
         self._session: Any = None
         self._stmt: Any = None
+        self._failures = 0
 
     def _connect(self) -> None:
         from cassandra.policies import ConstantReconnectionPolicy
@@ -228,19 +230,27 @@ class Observer:
     def _newest(self, users: list[int]) -> list[int | None]:
         if self._session is None:
             self._connect()
-        futures = [self._session.execute_async(self._stmt, (u,), timeout=3.0) for u in users]
-        out = []
-        for fut in futures:
-            row = fut.result().one()
-            out.append(row.tweet_id if row else None)
-        return out
+        try:
+            futures = [self._session.execute_async(self._stmt, (u,), timeout=3.0) for u in users]
+            out = []
+            for fut in futures:
+                row = fut.result().one()
+                out.append(row.tweet_id if row else None)
+            self._failures = 0
+            return out
+        except Exception:
+            self._failures += 1
+            if self._failures >= 3:  # start over: a new session finds a restarted server at once
+                self.close()
+            raise
 
     async def newest(self, users: list[int]) -> list[int | None]:
         return await asyncio.to_thread(self._newest, users)
 
     def close(self) -> None:
-        if self._cluster is not None:
-            self._cluster.shutdown()
+        cluster, self._cluster, self._session, self._failures = self._cluster, None, None, 0
+        if cluster is not None:
+            cluster.shutdown()
 
 
 # --- the suite ---------------------------------------------------------------------------------
@@ -263,6 +273,7 @@ class Suite:
         self.scenario: Scenario | None = None
         self.probes: Probes | None = None
         self.observer = Observer(self.settings)
+        self.watch: GroupWatch | None = None
         self.records: list[dict[str, Any]] = []
         self.probe_users: dict[int, Any] = {}
         self.probe_accepted: dict[int, int] = {}  # probe tweet id -> author, every 201
@@ -274,6 +285,7 @@ class Suite:
         self.cluster.start_workers()
         await self.cluster.start_services()
         owned = await self.cluster.wait_members(2, timeout=180)
+        self.watch = await GroupWatch(self.settings).start()  # what ops/supervise.py keeps
         self.api = Api(self.cluster.post.url, self.cluster.query.url)
         self.scenario = Scenario(self.api, self.config.seed, users=self.config.users, threshold=20, hysteresis=5)
         await self.scenario.setup()
@@ -365,7 +377,7 @@ class Suite:
         if fault.kind == "worker_kill":
             pid = self.cluster.kill_worker(fault.target)
             # What ops/supervise.py does: hand the partitions over at once, then restart.
-            handover = await hand_over(self.settings, fault.target, died_at=t0)
+            handover = await hand_over(self.settings, fault.target, watch=self.watch, died_at=t0)
             await asyncio.sleep(RESTART_DELAY_S)
             self.cluster.start_worker(fault.target)
             out.update(pid=pid, member_removed_after_s=handover.removed_after_s,
@@ -430,6 +442,8 @@ class Suite:
         return ok
 
     async def stop(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
         if self.api is not None:
             await self.api.close()
         await asyncio.to_thread(self.cluster.stop)
@@ -472,6 +486,7 @@ async def run_suite(config: Config, echo: Callable[[str], None] = print) -> dict
             report["probe_latency_s"] = probe_latency(suite)
             report["scenario"] = scenario_summary(suite)
             report["http_total"] = suite.api.summary() if suite.api else {}
+            report["bad_responses_total"] = [asdict(c) for c in suite.api.bad_calls()[:20]] if suite.api else []
             await suite.stop()
             try:
                 report["cleanup"] = await asyncio.wait_for(suite.cluster.drop(), 120)
