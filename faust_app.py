@@ -39,7 +39,10 @@ app = HandoverSafeApp(
     broker_commit_every=1000,
     broker_commit_interval=1.0,
     broker_session_timeout=settings.broker_session_timeout_s,
-    broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
+    broker_heartbeat_interval=min(1.0, settings.broker_session_timeout_s / 3),
+    # A named worker is findable in the group (ops/supervise.py removes a dead one's member).
+    **({"broker_client_id": f"{settings.app_id}-{settings.worker_name}"} if settings.worker_name else {}),
+    consumer_group_instance_id=settings.worker_name if settings.worker_static_membership else None,
     stream_buffer_maxsize=8192,
     web_host="127.0.0.1",
     web_bind="127.0.0.1",

@@ -61,8 +61,18 @@ class Settings:
     faust_store: str = _env("TL_FAUST_STORE", "rocksdb://")
     faust_datadir: str = _env("TL_FAUST_DATADIR", ".state/faust")
     faust_web_port: int = _env("TL_FAUST_WEB_PORT", 6066, int)
-    # How long the group waits for a silent worker before moving its partitions.
-    broker_session_timeout_s: float = _env("TL_BROKER_SESSION_TIMEOUT_S", 30.0, float)
+    # How long the group waits for a silent worker before moving its partitions (heartbeats
+    # every second, from the consumer's own thread). A supervisor that sees a worker die
+    # hands its partitions over at once (ops/supervise.py); this is the backstop when no one
+    # sees it (a lost machine). Kafka's group.min.session.timeout.ms is 6 s.
+    broker_session_timeout_s: float = _env("TL_BROKER_SESSION_TIMEOUT_S", 10.0, float)
+    # A stable name per worker process (its host, pod or slot), unique in the group: its
+    # Kafka client id, so a supervisor can find (and remove) its member when it dies.
+    worker_name: str = _env("TL_WORKER_NAME", "")
+    # Kafka static membership (KIP-345) with the worker's name as group.instance.id: a
+    # worker restarted within the session timeout gets its partitions back without a
+    # rebalance.
+    worker_static_membership: bool = _env("TL_WORKER_STATIC_MEMBERSHIP", False, _bool)
     # After SIGTERM/SIGINT a worker has this long to stop, then exits hard (agents/shutdown.py).
     shutdown_grace_s: float = _env("TL_SHUTDOWN_GRACE_S", 8.0, float)
 
@@ -140,6 +150,8 @@ class Settings:
             raise ValueError("TL_POSTGRES_SCHEMA must be letters, digits and underscores")
         if self.snowflake_lease_ttl_s < 1:
             raise ValueError("TL_SNOWFLAKE_LEASE_TTL_S must be >= 1")
+        if self.worker_static_membership and not self.worker_name:
+            raise ValueError("TL_WORKER_STATIC_MEMBERSHIP needs TL_WORKER_NAME (the group.instance.id)")
         if self.topic_partitions < 1:
             raise ValueError("TL_TOPIC_PARTITIONS must be >= 1")
         if not 1024 <= self.event_max_bytes <= 512 * 1024:

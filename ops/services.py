@@ -81,6 +81,9 @@ class Service:
 
     settings: Settings
     setup_seconds: float = 0.0  # time start() spent installing/fetching/initialising
+    # Folder of this server's data, logs and pid file: ``.state/`` for the servers of
+    # ``./dev services``, another one for a private set (``ServerSet``).
+    state: Path = STATE
 
     name: ClassVar[str]
     start_timeout: ClassVar[float] = 60.0
@@ -107,7 +110,7 @@ class Service:
         raise NotImplementedError
 
     def data_dirs(self) -> list[Path]:
-        return [STATE / self.name]
+        return [self.state / self.name]
 
     @property
     def marker(self) -> str:
@@ -117,19 +120,27 @@ class Service:
 
     # -- shared behaviour
     @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state / "run"
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     @property
     def log_file(self) -> Path:
-        return LOGS / f"{self.name}.log"
+        return self.logs / f"{self.name}.log"
 
     def log_files(self) -> list[Path]:
         return [self.log_file]
 
     @property
     def pid_file(self) -> Path:
-        return RUN / f"{self.name}.pid"
+        return self.run_dir / f"{self.name}.pid"
 
     @property
     def run_as(self) -> str | None:
@@ -137,7 +148,7 @@ class Service:
 
     @property
     def cwd(self) -> Path:
-        return STATE
+        return self.state
 
     def ready(self, timeout: float) -> None:
         """Like check(), plus any first-boot setup (PostgreSQL creates its role)."""
@@ -195,7 +206,7 @@ class Service:
         with open(self.log_file, "a") as handle:
             handle.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n")
         pid = spawn(self.command(), self.log_file, cwd=self.cwd, user=self.run_as)
-        RUN.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{pid}\n")
         return pid
 
@@ -233,10 +244,10 @@ class Kafka(Service):
 
     @property
     def home(self) -> Path:
-        return STATE / "kafka"
+        return self.state / "kafka"
 
     def data_dirs(self) -> list[Path]:
-        return [self.home, STATE / "kafka-data"]
+        return [self.home, self.state / "kafka-data"]
 
     @property
     def marker(self) -> str:
@@ -296,10 +307,10 @@ class Kafka(Service):
     def prepare(self) -> None:
         fetch_jars("kafka", KAFKA_JARS)
         self.home.mkdir(parents=True, exist_ok=True)
-        (STATE / "kafka-data").mkdir(parents=True, exist_ok=True)
+        (self.state / "kafka-data").mkdir(parents=True, exist_ok=True)
         (self.home / "server.properties").write_text(self._server_properties())
         (self.home / "log4j.properties").write_text(_KAFKA_LOG4J)
-        if not (STATE / "kafka-data" / "meta.properties").exists():
+        if not (self.state / "kafka-data" / "meta.properties").exists():
             run(
                 [java17(), "-Xmx256m", *self._log_opts(), "-cp", f"{self.lib}/*",
                  "kafka.tools.StorageTool", "format", "--ignore-formatted",
@@ -317,7 +328,7 @@ class Kafka(Service):
     def _log_opts(self) -> list[str]:
         return [
             f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
-            f"-Dkafka.logs.dir={LOGS}",
+            f"-Dkafka.logs.dir={self.logs}",
         ]
 
     def _cluster_id(self) -> str:
@@ -340,7 +351,7 @@ advertised.listeners=PLAINTEXT://{host}:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={STATE / 'kafka-data'}
+log.dirs={self.state / 'kafka-data'}
 num.partitions=8
 default.replication.factor=1
 # As in production: a topic exists because someone created it (ops.schema.create_topics for
@@ -402,17 +413,21 @@ class Cassandra(Service):
     def port(self) -> int:
         return self.settings.cassandra_port
 
+    # Gossip/internode port; only needs changing to run a second instance on one box.
+    internode_port: int | None = None
+
     @property
     def storage_port(self) -> int:
-        """Gossip/internode port; only needs changing to run a second instance on one box."""
+        if self.internode_port is not None:
+            return self.internode_port
         return int(os.environ.get("TL_CASSANDRA_STORAGE_PORT", "7000"))
 
     @property
     def home(self) -> Path:
-        return STATE / "cassandra"
+        return self.state / "cassandra"
 
     def log_files(self) -> list[Path]:
-        return [self.log_file, LOGS / "cassandra" / "system.log"]
+        return [self.log_file, self.logs / "cassandra" / "system.log"]
 
     @property
     def marker(self) -> str:
@@ -436,7 +451,7 @@ class Cassandra(Service):
         fetch_jars("cassandra", CASSANDRA_JARS)
         for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "triggers", "conf"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
-        (LOGS / "cassandra").mkdir(parents=True, exist_ok=True)
+        (self.logs / "cassandra").mkdir(parents=True, exist_ok=True)
         (self.home / "conf" / "cassandra.yaml").write_text(self._yaml())
         (self.home / "conf" / "logback.xml").write_text(_CASSANDRA_LOGBACK)
 
@@ -466,7 +481,7 @@ class Cassandra(Service):
             f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
             f"-Dcassandra.storagedir={self.home}",
             f"-Dcassandra.triggers_dir={self.home / 'triggers'}",
-            f"-Dcassandra.logdir={LOGS / 'cassandra'}",
+            f"-Dcassandra.logdir={self.logs / 'cassandra'}",
             f"-Dlogback.configurationFile=file://{conf / 'logback.xml'}",
             "-cp", f"{self.lib}/*",
             "org.apache.cassandra.service.CassandraDaemon",
@@ -612,7 +627,7 @@ class Redis(Service):
 
     @property
     def marker(self) -> str:
-        return str(STATE / "redis")
+        return str(self.state / "redis")
 
     def check(self, timeout: float) -> None:
         import redis
@@ -628,13 +643,13 @@ class Redis(Service):
 
     def prepare(self) -> None:
         require_binary("redis-server", "redis-server")
-        (STATE / "redis").mkdir(parents=True, exist_ok=True)
+        (self.state / "redis").mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
         return [
             shutil.which("redis-server") or "redis-server",
             "--port", str(self.port), "--bind", self.host, "--protected-mode", "yes",
-            "--dir", str(STATE / "redis"), "--daemonize", "no", "--logfile", "",
+            "--dir", str(self.state / "redis"), "--daemonize", "no", "--logfile", "",
             "--set-proc-title", "no",  # keep --dir in the command line: our_pid() checks it
             "--save", "", "--appendonly", "no",  # a cache: nothing to persist
         ]
@@ -668,9 +683,9 @@ class Postgres(Service):
     @property
     def home(self) -> Path:
         """Owned by the postgres user; outside .state if that user cannot reach .state."""
-        if self.run_as is None or _traversable_by_others(STATE):
-            return STATE / "postgres"
-        return Path("/var/lib/postgresql") / f"timeline-{_digest(STATE)}"
+        if self.run_as is None or _traversable_by_others(self.state):
+            return self.state / "postgres"
+        return Path("/var/lib/postgresql") / f"timeline-{_digest(self.state)}"
 
     @property
     def cwd(self) -> Path:
@@ -682,7 +697,7 @@ class Postgres(Service):
         preferred = self.home / "run"
         if len(str(preferred)) < 80:
             return preferred
-        return Path("/tmp") / f"timeline-pg-{_digest(STATE)}"
+        return Path("/tmp") / f"timeline-pg-{_digest(self.state)}"
 
     def data_dirs(self) -> list[Path]:
         return [self.home, self.socket_dir]
@@ -867,11 +882,11 @@ def _wait(svc: Service, began: float) -> Outcome:
                    f"not answering after {svc.start_timeout:.0f}s: {last_error}", svc.log_tail())
 
 
-def start_all(settings: Settings) -> list[Outcome]:
+def start_all(settings: Settings, svcs: list[Service] | None = None) -> list[Outcome]:
     """Start every server that is not up; wait for each one in parallel from its start."""
     outcomes: dict[str, Outcome | Future[Outcome]] = {}
     with ThreadPoolExecutor(max_workers=len(SERVICE_TYPES)) as pool:
-        for svc in services(settings):
+        for svc in svcs or services(settings):
             result = _start_or_reuse(svc)
             outcomes[svc.name] = (
                 result if isinstance(result, Outcome) else pool.submit(_wait, svc, result)
@@ -999,6 +1014,170 @@ def reset(settings: Settings | None = None, echo=print) -> None:
         if path.exists():
             shutil.rmtree(path)
             echo(f"{'reset':<10} removed {path}")
+
+
+# --- a private set of servers -------------------------------------------------------------
+
+
+class ServerSet:
+    """The four servers in a folder of their own, on ports of their own.
+
+    For tests that kill, pause or restart servers (``ops.faults``) without touching the
+    shared ones ``./dev services up`` runs on the default ports, and for several instances
+    on one machine. Ports from ``base_port``: Kafka +0 (its KRaft controller +1), Cassandra
+    +2 (internode +3), Redis +4, PostgreSQL +5. ``settings`` are the base settings with these
+    servers' addresses (topics, keyspace and the rest stay the caller's business)::
+
+        servers = ServerSet(STATE / "faults", ServerSet.free_base_port())
+        servers.up()                           # start what is not running, wait for each
+        servers.kill("redis"); servers.start("redis")   # SIGKILL (process group), restart
+        servers.pause("kafka"); servers.resume("kafka") # SIGSTOP / SIGCONT
+        servers.down()                         # or reset(): down, then delete the folder
+    """
+
+    OFFSETS: ClassVar[dict[str, int]] = {
+        "kafka": 0, "kafka-controller": 1, "cassandra": 2, "cassandra-internode": 3,
+        "redis": 4, "postgres": 5,
+    }
+    SPAN: ClassVar[int] = 6
+
+    def __init__(self, state_dir: Path, base_port: int, settings: Settings | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.state = Path(state_dir).resolve()
+        self.base_port = base_port
+        self.host = host
+        base = settings or get_settings()
+        self.settings = self.with_servers(base)
+        self._services: dict[str, Service] = {
+            svc.name: svc for svc in (
+                Cassandra(self.settings, state=self.state, internode_port=base_port + 3),
+                Kafka(self.settings, state=self.state),
+                Postgres(self.settings, state=self.state),
+                Redis(self.settings, state=self.state),
+            )
+        }
+
+    def with_servers(self, settings: Settings) -> Settings:
+        """``settings`` pointed at this set's servers (same user, password and database)."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        dsn = conninfo_to_dict(settings.postgres_dsn)
+        user, password = dsn.get("user", "timeline"), dsn.get("password", "timeline")
+        host, port = self.host, self.base_port
+        return settings.replace(
+            kafka_bootstrap=f"{host}:{port}",
+            cassandra_hosts=(host,),
+            cassandra_port=port + 2,
+            redis_url=f"redis://{host}:{port + 4}/0",
+            postgres_dsn=f"postgresql://{user}:{password}@{host}:{port + 5}/{dsn.get('dbname', user)}",
+        )
+
+    @classmethod
+    def ports_free(cls, base_port: int, host: str = "127.0.0.1") -> bool:
+        for port in range(base_port, base_port + cls.SPAN):
+            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+                return False
+        return True
+
+    @classmethod
+    def free_base_port(cls, start: int = 29100, step: int = 10, tries: int = 50) -> int:
+        """The first ``start + k * step`` whose ports nobody listens on."""
+        for k in range(tries):
+            if cls.ports_free(start + k * step):
+                return start + k * step
+        raise ServicesError(f"no free block of {cls.SPAN} ports from {start}")
+
+    def services(self) -> list[Service]:
+        return [self._services[cls.name] for cls in SERVICE_TYPES]
+
+    def service(self, name: str) -> Service:
+        return self._services[name]
+
+    def __getitem__(self, name: str) -> Service:
+        return self._services[name]
+
+    def up(self, echo=log) -> list[Outcome]:
+        """Start every server of the set that is not running and wait until each answers.
+        A port held by a process this set did not start is an error: never adopt it."""
+        began = time.monotonic()
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.chmod(0o755)  # PostgreSQL runs as its own user and keeps its data here
+        with _exclusive(self.state / "run" / "up.lock"):
+            for svc in self.services():
+                if svc.our_pid() is None and svc.port_taken():
+                    raise ServicesError(f"{svc.name}: port {svc.port} is taken by a process this "
+                                        f"server set ({self.state}) did not start")
+            outcomes = start_all(self.settings, self.services())
+            for outcome in outcomes:
+                echo(outcome.line())
+            failed = [o for o in outcomes if not o.up]
+            if failed:
+                raise ServicesError(_failure_report(failed))
+        echo(f"server set {self.state} on ports {self.base_port}..{self.base_port + self.SPAN - 1}"
+             f" up in {time.monotonic() - began:.1f}s")
+        return outcomes
+
+    def pid(self, name: str) -> int | None:
+        return self._services[name].our_pid()
+
+    def signal(self, name: str, sig: int) -> int:
+        """Send ``sig`` to the server's process group (PostgreSQL: the postmaster and its
+        backends; the others are one process); returns the pid."""
+        pid = self.pid(name)
+        if pid is None:
+            raise ServicesError(f"{name} of {self.state} is not running")
+        os.killpg(pid, sig)
+        return pid
+
+    def kill(self, name: str, timeout: float = 30.0) -> int:
+        """SIGKILL, as a crash or an out-of-memory kill would: no shutdown, nothing flushed
+        by the server itself. Returns when the process is gone and its port is free."""
+        svc = self._services[name]
+        pid = self.signal(name, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        # Until reaped, a zombie still "exists" for kill(pid, 0): PostgreSQL would then take
+        # its postmaster.pid for a live server and refuse to start.
+        while Path(f"/proc/{pid}").exists() or svc.port_taken():
+            if time.monotonic() > deadline:
+                raise ServicesError(f"{name} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
+            time.sleep(0.05)
+        svc.pid_file.unlink(missing_ok=True)
+        return pid
+
+    def pause(self, name: str) -> int:
+        return self.signal(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> int:
+        return self.signal(name, signal.SIGCONT)
+
+    def start(self, name: str) -> Outcome:
+        """Start one server (e.g. after ``kill``) and wait until it answers."""
+        svc = self._services[name]
+        result = _start_or_reuse(svc)
+        outcome = result if isinstance(result, Outcome) else _wait(svc, result)
+        if not outcome.up:
+            raise ServicesError(_failure_report([outcome]))
+        return outcome
+
+    def down(self, echo=log) -> None:
+        """Stop (SIGCONT first, in case one is paused) every server of the set."""
+        svcs = self.services()
+        for svc in svcs:
+            pid = svc.our_pid()
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGCONT)
+        with ThreadPoolExecutor(max_workers=len(svcs)) as pool:
+            for svc, result in zip(svcs, pool.map(lambda s: s.stop(), svcs)):
+                echo(f"{svc.name:<10} {result}")
+
+    def reset(self, echo=log) -> None:
+        """down, then delete everything the set keeps (its folder, PostgreSQL's data)."""
+        self.down(echo)
+        for path in sorted({p for svc in self.services() for p in svc.data_dirs()} | {self.state}):
+            if path.exists():
+                shutil.rmtree(path)
+                echo(f"{'reset':<10} removed {path}")
 
 
 # --- command line -------------------------------------------------------------------------

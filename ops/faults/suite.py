@@ -1,0 +1,538 @@
+"""The fault-injection suite: kill and pause real servers and workers under load, then check.
+
+One run starts a private :class:`ops.services.ServerSet` (own folder and ports: the shared
+servers of ``./dev services up`` are never touched), a namespace on it, two workers (named,
+so the supervisor logic of ``ops/supervise.py`` can hand a dead one's partitions over), the
+Post and query services as child processes, a seeded :class:`ops.faults.load.Scenario`
+(writes and reads through the HTTP API) and :class:`ops.faults.probes.Probes` (a probe
+tweet on every partition every 0.5 s). Then, for each fault of the plan:
+
+1. the load runs for a random while, then the fault is injected (a worker or a server
+   SIGKILLed and started again at once, or a server SIGSTOPped and SIGCONTed later); what
+   was in flight is recorded (consumer lag, HTTP requests waiting);
+2. the probes time how long until every partition delivers again (for a worker: the
+   partitions it owned; the target is 10 s);
+3. the load stops; every partition must be owned again and consumer lag must reach zero
+   (a partition still behind after the timeout is reported as stuck);
+4. the reference (``policies.reference``, from the log) is compared with every user's
+   timeline read through the product's reader (``diff_timelines``): 0 differences; every
+   tweet answered 201 is on the log (so in its followers' timelines); no request got a
+   5xx other than a 503 with a ``detail``.
+
+``run_suite`` returns a report (a dict); ``python -m ops.faults`` writes it to
+``bench/results/faults-<time>.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from ops.faults.cluster import Cluster
+from ops.faults.load import Api, Scenario, verdict
+from ops.faults.probes import Probes, pick_pairs
+from ops.group import GroupWatch
+from ops.host import REPO, STATE
+from ops.lag import pipeline_topics
+from ops.services import ServerSet
+from ops.supervise import RESTART_DELAY_S, hand_over
+from ops.verify import read_log
+from policies.reference import ReferenceModel
+from settings import Settings
+
+log = logging.getLogger("ops.faults")
+
+RESUME_TARGET_S = float(os.environ.get("TL_FAULTS_RESUME_TARGET_S", "10"))
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # worker_kill | server_kill | server_pause
+    target: str  # w1, w2 | kafka, cassandra, redis, postgres
+    pause_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        if self.kind == "worker_kill":
+            return "worker SIGKILL"
+        label = {"kafka": "Kafka", "cassandra": "Cassandra", "redis": "Redis", "postgres": "PostgreSQL"}[self.target]
+        if self.kind == "server_kill":
+            return f"{label} SIGKILL + restart" + (" (no persistence: data lost)" if self.target == "redis" else "")
+        return f"{label} SIGSTOP {self.pause_s:g} s, SIGCONT"
+
+
+def _workers(n: int) -> list[Fault]:
+    return [Fault("worker_kill", "w1" if i % 2 == 0 else "w2") for i in range(n)]
+
+
+def plan(name: str) -> list[Fault]:
+    if name == "short":
+        return [Fault("worker_kill", "w1"), Fault("server_kill", "redis"), Fault("worker_kill", "w2"),
+                Fault("server_pause", "kafka", 5.0)]
+    if name == "full":
+        servers = [Fault("server_kill", s) for s in ("kafka", "cassandra", "redis", "postgres")]
+        servers += [Fault("server_pause", s, 20.0) for s in ("kafka", "cassandra", "redis", "postgres")]
+        workers = _workers(10)
+        out: list[Fault] = []
+        for i in range(max(len(servers), len(workers))):  # interleaved
+            if i < len(workers):
+                out.append(workers[i])
+            if i < len(servers):
+                out.append(servers[i])
+        return out
+    raise ValueError(f"unknown plan {name!r} (short or full)")
+
+
+@dataclass
+class Config:
+    plan: str = "short"
+    seed: int = 11
+    users: int = 60
+    writes_per_s: float = 25.0
+    reads_per_s: float = 15.0
+    warm_s: tuple[float, float] = (3.0, 7.0)  # the random moment of injection, after the load starts
+    after_s: float = 3.0  # load kept running once every partition delivers again
+    resume_timeout_s: float = 120.0
+    caught_up_timeout_s: float = 180.0
+    keep_servers: bool = False
+
+
+# --- the private servers, one set per checkout ------------------------------------------------
+
+
+def server_set() -> tuple[ServerSet, Path]:
+    """This checkout's private server set: folder ``.state/faults/<checkout digest>``, ports
+    from a block derived from the digest (the first free block from there)."""
+    digest = hashlib.sha1(str(REPO).encode()).hexdigest()[:8]
+    state = STATE / "faults" / digest
+    lock = state / "run" / "suite.lock"
+    start = 29100 + (int(digest, 16) % 40) * 10
+    existing = state / "run" / "base-port"
+    base = None
+    if existing.exists():
+        base = int(existing.read_text())
+        servers = ServerSet(state, base)
+        if not any(svc.our_pid() for svc in servers.services()) and not ServerSet.ports_free(base):
+            base = None  # our servers are gone and someone else has the ports now
+    if base is None:
+        base = ServerSet.free_base_port(start)
+    state.joinpath("run").mkdir(parents=True, exist_ok=True)
+    existing.write_text(str(base))
+    return ServerSet(state, base), lock
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another fault suite of this checkout is running ({lock})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- observation helpers ---------------------------------------------------------------------
+
+
+async def partition_lag(settings: Settings) -> dict[str, int]:
+    """"topic[partition]" -> messages not committed by the group, for partitions behind."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                request_timeout_ms=5000)
+    await admin.start()
+    try:
+        await consumer.start()
+        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        tps = [TopicPartition(t, p) for t in pipeline_topics(settings) for p in range(settings.topic_partitions)]
+        ends = await consumer.end_offsets(tps)
+        out = {}
+        for tp in tps:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            if ends[tp] > done:
+                out[f"{tp.topic}[{tp.partition}]"] = ends[tp] - done
+        return out
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def wait_zero_lag(settings: Settings, timeout: float, check: Callable[[], None]) -> tuple[float, dict]:
+    """Seconds until every partition is caught up (zero lag on two looks 2 s apart);
+    raises TimeoutError naming the partitions still behind."""
+    began = time.monotonic()
+    zero_since = None
+    last: dict = {}
+    while time.monotonic() - began < timeout:
+        check()
+        try:
+            last = await asyncio.wait_for(partition_lag(settings), 15.0)
+        except Exception as exc:  # noqa: BLE001 - Kafka still coming back
+            last = {"error": repr(exc)}
+            zero_since = None
+            await asyncio.sleep(1.0)
+            continue
+        if not last:
+            if zero_since is None:
+                zero_since = time.monotonic()
+            elif time.monotonic() - zero_since >= 2.0:
+                return round(zero_since - began, 2), {}
+        else:
+            zero_since = None
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"partitions stuck (lag not back to 0 after {timeout:.0f}s): {last}")
+
+
+class Observer:
+    """Reads the newest delivered tweet of users straight from Cassandra ``user_timeline``,
+    on a session of its own that reconnects every 0.5 s (so the suite's own driver does not
+    add its back-off to the recovery it measures)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cluster: Any = None
+        self._session: Any = None
+        self._stmt: Any = None
+        self._failures = 0
+
+    def _connect(self) -> None:
+        from cassandra.policies import ConstantReconnectionPolicy
+
+        from ops.schema import cassandra_cluster
+
+        cluster = cassandra_cluster(self.settings, connect_timeout=3.0)
+        cluster.reconnection_policy = ConstantReconnectionPolicy(0.5)
+        session = cluster.connect(self.settings.cassandra_keyspace)
+        self._stmt = session.prepare(
+            "SELECT tweet_id FROM user_timeline WHERE user_id = ? LIMIT 1")
+        self._cluster, self._session = cluster, session
+
+    def _newest(self, users: list[int]) -> list[int | None]:
+        if self._session is None:
+            self._connect()
+        try:
+            futures = [self._session.execute_async(self._stmt, (u,), timeout=3.0) for u in users]
+            out = []
+            for fut in futures:
+                row = fut.result().one()
+                out.append(row.tweet_id if row else None)
+            self._failures = 0
+            return out
+        except Exception:
+            self._failures += 1
+            if self._failures >= 3:  # start over: a new session finds a restarted server at once
+                self.close()
+            raise
+
+    async def newest(self, users: list[int]) -> list[int | None]:
+        return await asyncio.to_thread(self._newest, users)
+
+    def close(self) -> None:
+        cluster, self._cluster, self._session, self._failures = self._cluster, None, None, 0
+        if cluster is not None:
+            cluster.shutdown()
+
+
+# --- the suite ---------------------------------------------------------------------------------
+
+
+class Suite:
+    def __init__(self, config: Config, servers: ServerSet, workdir: Path, echo: Callable[[str], None]) -> None:
+        self.config = config
+        self.servers = servers
+        self.workdir = workdir
+        self.echo = echo
+        self.rng = random.Random(config.seed)
+        self.cluster = Cluster(
+            servers, workdir, namespace="faults", workers=2,
+            celebrity_threshold=20, celebrity_hysteresis=5, timeline_cap=60, backfill_limit=25,
+            post_rate_burst=10**6, post_rate_per_s=1e6, read_rate_burst=10**6, read_rate_per_s=1e6,
+        )
+        self.settings = self.cluster.settings
+        self.api: Api | None = None
+        self.scenario: Scenario | None = None
+        self.probes: Probes | None = None
+        self.observer = Observer(self.settings)
+        self.watch: GroupWatch | None = None
+        self.records: list[dict[str, Any]] = []
+        self.probe_users: dict[int, Any] = {}
+        self.probe_accepted: dict[int, int] = {}  # probe tweet id -> author, every 201
+
+    # --- set-up --------------------------------------------------------------------------
+    async def start(self) -> dict[str, Any]:
+        began = time.monotonic()
+        await self.cluster.provision()
+        self.cluster.start_workers()
+        await self.cluster.start_services()
+        owned = await self.cluster.wait_members(2, timeout=180)
+        self.watch = await GroupWatch(self.settings).start()  # what ops/supervise.py keeps
+        self.api = Api(self.cluster.post.url, self.cluster.query.url)
+        self.scenario = Scenario(self.api, self.config.seed, users=self.config.users, threshold=20, hysteresis=5)
+        await self.scenario.setup()
+        await self._probe_pairs()
+        self.probes = Probes(self.pairs, self._post_probe, self.observer.newest, interval=0.5)
+        took = round(time.monotonic() - began, 1)
+        self.echo(f"set up in {took}s: {len(self.scenario.people)} users, workers {owned}")
+        return {"setup_s": took, "assignment": {k: sorted(v) for k, v in owned.items()}}
+
+    async def _probe_pairs(self) -> None:
+        """Sign up probe users until every partition has an author and a follower."""
+        assert self.scenario is not None
+        candidates: list[int] = []
+        for _ in range(200):
+            user = await self.scenario.signup("probe")
+            assert user is not None, "could not sign up probe users"
+            self.probe_users[user.user_id] = user
+            candidates.append(user.user_id)
+            try:
+                self.pairs = pick_pairs(candidates, self.settings.topic_partitions)
+                break
+            except ValueError:
+                continue
+        for author, follower in self.pairs.values():
+            resp = await self.api.request(self.api.post, "follow", "POST", f"/v1/users/{follower}/following",
+                                          json={"target_user_id": str(author)},
+                                          headers=self.probe_users[follower].auth)
+            assert resp is not None and resp.status_code == 200, resp and resp.text
+
+    async def _post_probe(self, author: int, text: str) -> int | None:
+        resp = await self.api.request(self.api.post, "probe", "POST", "/v1/tweets", json={"text": text},
+                                      headers=self.probe_users[author].auth)
+        if resp is not None and resp.status_code == 201:
+            tweet_id = int(resp.json()["tweet_id"])
+            self.probe_accepted[tweet_id] = author
+            return tweet_id
+        return None
+
+    # --- one fault -------------------------------------------------------------------------
+    async def cycle(self, index: int, fault: Fault) -> dict[str, Any]:
+        cfg = self.config
+        rec: dict[str, Any] = {"index": index, "fault": fault.name, "kind": fault.kind, "target": fault.target}
+        began = time.monotonic()
+        stop = asyncio.Event()
+        load = asyncio.create_task(self.scenario.run(stop, writes_per_s=cfg.writes_per_s, reads_per_s=cfg.reads_per_s))
+        self.probes.start()
+        try:
+            await asyncio.sleep(self.rng.uniform(*cfg.warm_s))  # a random moment
+            try:
+                rec["in_flight_events"] = sum((await asyncio.wait_for(partition_lag(self.settings), 5.0)).values())
+            except Exception:  # noqa: BLE001
+                rec["in_flight_events"] = None
+            rec["in_flight_requests"] = self.api.in_flight
+            owners_before = (await self.cluster.assignment())[1] if fault.kind == "worker_kill" else {}
+            t0 = time.monotonic()
+            rec.update(await self.inject(fault, t0))
+            resumed = await self.probes.wait_resumed(t0, cfg.resume_timeout_s)
+            rec["resumed_s_by_partition"] = resumed
+            watched = owners_before.get(fault.target) if fault.kind == "worker_kill" else None
+            focus = {p: resumed[p] for p in (watched or resumed)}
+            rec["resume_partitions"] = sorted(focus)
+            rec["resumed_s"] = None if any(v is None for v in focus.values()) else max(focus.values())
+            await asyncio.sleep(cfg.after_s)
+        finally:
+            stop.set()
+            await load
+            await self.probes.stop()
+        quiet = time.monotonic()
+        rec["load_s"] = round(quiet - began, 1)
+        try:
+            await self.cluster.wait_members(2, timeout=120)
+            rec["lag_zero_after_s"], _ = await wait_zero_lag(self.settings, cfg.caught_up_timeout_s,
+                                                             self.cluster.check_workers)
+            rec["stuck"] = {}
+        except TimeoutError as exc:
+            rec["lag_zero_after_s"] = None
+            rec["stuck"] = str(exc)
+        rec.update(await self.check())
+        rec["http"] = self.api.summary(began, time.monotonic())
+        bad = self.api.bad_calls(began, time.monotonic())
+        rec["bad_responses"] = [asdict(c) for c in bad[:10]]
+        rec["bad_response_count"] = len(bad)
+        rec["duration_s"] = round(time.monotonic() - began, 1)
+        rec["ok"] = self.cycle_ok(rec)
+        return rec
+
+    async def inject(self, fault: Fault, t0: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if fault.kind == "worker_kill":
+            pid = self.cluster.kill_worker(fault.target)
+            # What ops/supervise.py does: hand the partitions over at once, then restart.
+            handover = await hand_over(self.settings, fault.target, watch=self.watch, died_at=t0)
+            await asyncio.sleep(RESTART_DELAY_S)
+            self.cluster.start_worker(fault.target)
+            out.update(pid=pid, member_removed_after_s=handover.removed_after_s,
+                       group_settled_after_s=handover.settled_after_s, restarted_after_s=round(time.monotonic() - t0, 2))
+        elif fault.kind == "server_kill":
+            pid = await asyncio.to_thread(self.servers.kill, fault.target)
+            killed = time.monotonic()
+            outcome = await asyncio.to_thread(self.servers.start, fault.target)
+            out.update(pid=pid, kill_s=round(killed - t0, 2), server_back_after_s=round(time.monotonic() - t0, 2),
+                       restart=outcome.detail)
+        elif fault.kind == "server_pause":
+            pid = self.servers.pause(fault.target)
+            await asyncio.sleep(fault.pause_s)
+            self.servers.resume(fault.target)
+            out.update(pid=pid, server_back_after_s=round(time.monotonic() - t0, 2))
+        else:
+            raise ValueError(fault.kind)
+        self.echo(f"  injected {fault.name} ({fault.target}): {out}")
+        return out
+
+    async def check(self) -> dict[str, Any]:
+        """The reference from the log vs every user's timeline through the reader."""
+        from tests.integration.pipeline_harness import diff_timelines, reader_for
+
+        events = await read_log(self.settings)
+        model = ReferenceModel(validate=False)
+        for event in events:
+            model.apply(event)
+        expected = model.home_timelines()
+        logged = {e.tweet_id for e in events if getattr(e, "TYPE", "") == "tweet_posted"}
+        accepted = {**self.scenario.accepted, **self.probe_accepted}
+        missing = sorted(t for t in accepted if t not in logged)
+        # Every 201 is in each follower's expected timeline unless its author deleted it.
+        live = {t for t, a in accepted.items() if t in logged}
+        followers: dict[int, list[int]] = {}
+        for user in expected:
+            for followee in model.following(user):
+                followers.setdefault(followee, []).append(user)
+        deleted = {(e.tweet_id, e.author_id) for e in events if getattr(e, "TYPE", "") == "tweet_deleted"}
+        not_expected = [t for t in live if (t, accepted[t]) not in deleted
+                        and any(t not in set(expected[f]) for f in followers.get(accepted[t], ()))]
+        async with reader_for(self.settings) as reader:
+            diffs = await diff_timelines(reader, expected)
+        return {
+            "users_checked": len(expected),
+            "timeline_entries": sum(len(v) for v in expected.values()),
+            "differences": len(diffs),
+            "difference_sample": {str(k): v for k, v in list(diffs.items())[:3]},
+            "accepted_tweets": len(accepted),
+            "accepted_missing_from_log": len(missing),
+            "accepted_missing_sample": missing[:5],
+            "accepted_not_in_reference": len(not_expected),
+        }
+
+    @staticmethod
+    def cycle_ok(rec: dict[str, Any]) -> bool:
+        ok = (rec["differences"] == 0 and rec["accepted_missing_from_log"] == 0
+              and rec["accepted_not_in_reference"] == 0 and not rec["stuck"]
+              and rec["bad_response_count"] == 0 and rec.get("resumed_s") is not None)
+        if rec["kind"] == "worker_kill":
+            ok = ok and rec["resumed_s"] <= RESUME_TARGET_S
+        return ok
+
+    async def stop(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
+        if self.api is not None:
+            await self.api.close()
+        await asyncio.to_thread(self.cluster.stop)
+        self.observer.close()
+
+
+async def run_suite(config: Config, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a plan end to end; the private servers are stopped at the end unless
+    ``config.keep_servers``. Returns the report (``report["ok"]``)."""
+    faults = plan(config.plan)
+    servers, lock = server_set()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report: dict[str, Any] = {"plan": config.plan, "timestamp": stamp, "config": asdict(config),
+                              "faults_planned": [f.name for f in faults], "cycles": []}
+    began = time.monotonic()
+    with exclusive(lock):
+        t = time.monotonic()
+        outcomes = await asyncio.to_thread(servers.up, echo)
+        report["servers"] = {"state": str(servers.state), "base_port": servers.base_port,
+                             "up_s": round(time.monotonic() - t, 1), "outcomes": [o.line() for o in outcomes]}
+        workdir = Path(tempfile.mkdtemp(prefix="faults-"))
+        suite = Suite(config, servers, workdir, echo)
+        report["namespace"] = suite.settings.app_id
+        try:
+            report["setup"] = await suite.start()
+            for i, fault in enumerate(faults):
+                echo(f"[{i + 1}/{len(faults)}] {fault.name} ({fault.target})")
+                try:
+                    rec = await suite.cycle(i, fault)
+                except Exception as exc:  # noqa: BLE001 - recorded; the suite stops here
+                    rec = {"index": i, "fault": fault.name, "kind": fault.kind, "target": fault.target,
+                           "ok": False, "error": repr(exc), "traceback": traceback.format_exc()[-3000:],
+                           "logs": suite.cluster.logs(40)}
+                    report["cycles"].append(rec)
+                    echo(f"  FAILED: {exc!r}")
+                    break
+                report["cycles"].append(rec)
+                echo("  " + one_line(rec))
+        finally:
+            report["probe_latency_s"] = probe_latency(suite)
+            report["scenario"] = scenario_summary(suite)
+            report["http_total"] = suite.api.summary() if suite.api else {}
+            report["bad_responses_total"] = [asdict(c) for c in suite.api.bad_calls()[:20]] if suite.api else []
+            await suite.stop()
+            try:
+                report["cleanup"] = await asyncio.wait_for(suite.cluster.drop(), 120)
+            except Exception as exc:  # noqa: BLE001
+                report["cleanup"] = {"error": repr(exc)}
+            if not config.keep_servers:
+                await asyncio.to_thread(servers.down, echo)
+    report["duration_s"] = round(time.monotonic() - began, 1)
+    report["ok"] = bool(report["cycles"]) and len(report["cycles"]) == len(faults) and all(
+        c.get("ok") for c in report["cycles"])
+    return report
+
+
+def one_line(rec: dict[str, Any]) -> str:
+    if "error" in rec:
+        return f"error {rec['error']}"
+    return (f"{'ok' if rec['ok'] else 'FAILED'}: in flight {rec.get('in_flight_events')} events / "
+            f"{rec.get('in_flight_requests')} requests; deliveries resumed after {rec.get('resumed_s')} s "
+            f"(partitions {rec.get('resume_partitions')}); lag 0 {rec.get('lag_zero_after_s')} s after the load "
+            f"stopped; {rec['differences']} differences in {rec['users_checked']} users; "
+            f"{rec['accepted_missing_from_log']} accepted tweets missing; {rec['bad_response_count']} bad answers "
+            f"of {rec['http']['requests']} ({rec['http']['by_status']})" + (f"; STUCK {rec['stuck']}" if rec["stuck"] else ""))
+
+
+def probe_latency(suite: Suite) -> dict[str, Any]:
+    if suite.probes is None:
+        return {}
+    lat = sorted(suite.probes.log.seen[t] - at for t, (_p, at) in suite.probes.log.posted.items()
+                 if t in suite.probes.log.seen)
+    if not lat:
+        return {}
+    return {"count": len(lat), "p50": round(statistics.median(lat), 3),
+            "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3), "max": round(lat[-1], 3),
+            "failed_posts": suite.probes.log.failed_posts}
+
+
+def scenario_summary(suite: Suite) -> dict[str, Any]:
+    s = suite.scenario
+    if s is None:
+        return {}
+    return {"users": len(s.people), "probe_users": len(suite.probe_users), "steps": s.steps,
+            "tweets_accepted": len(s.accepted), "probe_tweets_accepted": len(suite.probe_accepted),
+            "deletes_accepted": len(s.deleted),
+            "celebrity_demoted": s.demoted, "celebrity_promoted_again": s.promoted_again,
+            "tweets_with_unknown_outcome": s.unknown_outcome,
+            "verdicts": suite.api.summary()["by_verdict"] if suite.api else {}}
+
+
+__all__ = ["Config", "Fault", "plan", "run_suite", "verdict"]

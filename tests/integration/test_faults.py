@@ -1,0 +1,42 @@
+"""The fault-injection suite (``ops/faults``) against real servers, in its short form for CI.
+
+It runs on a private set of the four servers (``.state/faults/<checkout>/``, ports of its
+own, started here and stopped afterwards): killing or pausing the shared servers would
+break everyone else's tests. ``TL_FAULTS`` picks the plan:
+
+* ``short`` (default, about 3-4 minutes): 2 worker SIGKILLs, Redis SIGKILL (data lost),
+  Kafka SIGSTOP for 5 s;
+* ``full``: 10 worker SIGKILLs, SIGKILL + restart of Kafka, Cassandra, Redis and
+  PostgreSQL, a 20 s SIGSTOP of each (``python -m ops.faults --plan full`` does the same
+  and writes its report to ``bench/results``);
+* ``off``: skipped.
+
+After each fault: every partition owned, consumer lag 0, 0 differences from the
+reference, every tweet answered 201 on the log, no 5xx but a 503 with a ``detail``, and,
+for a worker, deliveries on its partitions again within 10 s.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ops.faults.__main__ import render_md
+from ops.faults.suite import Config, run_suite
+
+PLAN = os.environ.get("TL_FAULTS", "short")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PLAN == "off", reason="TL_FAULTS=off")
+async def test_faults_change_nothing_users_see() -> None:
+    report = await run_suite(Config(plan=PLAN, keep_servers=os.environ.get("TL_FAULTS_KEEP_SERVERS") == "1"))
+    table = render_md(report)
+    print(table)
+    failed = [c for c in report["cycles"] if not c.get("ok")]
+    assert report["ok"], (
+        f"{len(failed)} of {len(report['faults_planned'])} faults failed their checks "
+        f"(or the suite stopped early after {len(report['cycles'])}):\n{table}\n"
+        + json.dumps(failed[:2], indent=1, default=str)[:8000]
+    )
