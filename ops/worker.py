@@ -87,10 +87,15 @@ class Worker:
             self._log = None
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return tail(self.log_path, lines)
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file, or ``(no log)``."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ import httpx
 from ops.group import describe as describe_group
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace
 from ops.services import ServerSet
-from ops.worker import ROOT, Worker, free_port, settings_env
+from ops.worker import ROOT, Worker, free_port, settings_env, tail
 from settings import Settings
 
 
@@ -105,10 +105,7 @@ class ServiceProcess:
             self._log = None
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return tail(self.log_path, lines)
 
 
 class Cluster:
