@@ -31,6 +31,20 @@ def _tuple(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# The per-client rate limits: each has ``<name>_rate_burst`` and ``<name>_rate_per_s``.
+RATE_LIMITS = ("post", "read", "signup", "follow", "token_lookup")
+
+
+def unthrottled() -> dict[str, Any]:
+    """Overrides that lift every per-client rate limit: for load generators (benchmarks, the
+    fault suite) that drive many users from one address."""
+    out: dict[str, Any] = {}
+    for name in RATE_LIMITS:
+        out[f"{name}_rate_burst"] = 10**9
+        out[f"{name}_rate_per_s"] = 1e9
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     # --- servers -----------------------------------------------------------
@@ -158,7 +172,7 @@ class Settings:
             raise ValueError("TL_EVENT_MAX_BYTES must be in 1024..524288")
         if not 16 * 1024 <= self.delivery_max_bytes <= 900 * 1024:
             raise ValueError("TL_DELIVERY_MAX_BYTES must be in 16384..921600 (the producer's limit is 1 MiB)")
-        for name in ("post", "read", "signup", "follow", "token_lookup"):
+        for name in RATE_LIMITS:
             if not getattr(self, f"{name}_rate_burst") > 0 or not getattr(self, f"{name}_rate_per_s") > 0:
                 raise ValueError(f"TL_{name.upper()}_RATE_BURST and TL_{name.upper()}_RATE_PER_S must be > 0")
         if self.max_following < 1:
