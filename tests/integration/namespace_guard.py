@@ -8,11 +8,13 @@ snapshots, ignoring topics of the test and benchmark namespaces (``TEST_PREFIXES
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError, NotCoordinatorError
 from aiokafka.structs import TopicPartition
 
 from settings import Settings
@@ -52,12 +54,26 @@ async def snapshot(settings: Settings) -> BrokerSnapshot:
         for tp, end in (await consumer.end_offsets(own) if own else {}).items():
             ends[tp.topic] += end
         committed: dict[str, int] = {}
-        for tp, meta in (await admin.list_consumer_group_offsets(settings.app_id)).items():
+        for tp, meta in (await _group_offsets(admin, settings.app_id)).items():
             committed[tp.topic] = committed.get(tp.topic, 0) + max(meta.offset, 0)
         return BrokerSnapshot(partitions, ends, committed)
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def _group_offsets(admin: AIOKafkaAdminClient, group: str, wait_s: float = 60.0) -> dict:
+    """The group's committed offsets. On a fresh broker the group coordinator (Kafka's
+    ``__consumer_offsets`` topic) is created by the first request and is unavailable for a
+    few seconds: that retriable error is waited out, for at most ``wait_s``."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            return await admin.list_consumer_group_offsets(group)
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def changes(before: BrokerSnapshot, after: BrokerSnapshot) -> list[str]:
