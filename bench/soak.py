@@ -319,7 +319,7 @@ class Soak:
                 await asyncio.to_thread(svc.stop)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-            keep = RESULTS / f"soak-{self.stamp}.worker.log"
+            keep = self.args.out_dir / f"soak-{self.stamp}.worker.log"
             try:
                 keep.write_text("\n".join(self.worker.log_tail(300).splitlines()) + "\n")
             except OSError:
@@ -348,7 +348,7 @@ def verdict(samples: list[dict[str, Any]], warmup_min: float, drain_s: float | N
         last = statistics.median(values[-per_min:])
         growth = (last - first) / first if first else 0.0
         slope = _slope([x["t_s"] / 60 for x in after if x["rss_mb"].get(name)], values)
-        rss[name] = {"first_min_mb": first, "last_min_mb": last, "growth": round(growth, 3),
+        rss[name] = {"first_min_mb": round(first, 1), "last_min_mb": round(last, 1), "growth": round(growth, 3),
                      "slope_mb_per_min": round(slope, 2), "max_mb": max(values),
                      "flat": name == "load_generator" or growth < RSS_GROWTH_LIMIT}
     third = max(1, len(after) // 3)
@@ -364,6 +364,11 @@ def verdict(samples: list[dict[str, Any]], warmup_min: float, drain_s: float | N
              "drain_s": drain_s, "drained_within_limit": drained},
     )
     out["flat"] = all(v["flat"] for v in rss.values()) and lag_flat and drained
+    reads = sum(x.get("reads_per_s", 0) for x in samples)
+    tweets = sum(x.get("tweets_per_s", 0) for x in samples)
+    out["achieved"] = {"tweets_per_s": round(tweets / len(samples), 1), "reads_per_s": round(reads / len(samples), 1),
+                       "reads_per_tweet": round(reads / tweets, 2) if tweets else None,
+                       "machine_busy_median": statistics.median(x.get("machine_busy") or 0 for x in samples)}
     return out
 
 
@@ -389,6 +394,7 @@ def render_md(r: dict[str, Any]) -> str:
             lines.append(f"| {name} | {x['first_min_mb']} | {x['last_min_mb']} | {x['growth']:.1%} | "
                          f"{x['slope_mb_per_min']} | {'yes' if x['flat'] else '**no**'} |")
         lag = v["lag"]
+        lines += ["", f"Achieved over the run: {json.dumps(v.get('achieved'))}."]
         lines += ["", f"Consumer lag after warm-up: peak {lag['first_third_peak']} in the first third, "
                   f"{lag['last_third_peak']} in the last third, median {lag['median']}, "
                   f"{lag['share_of_samples_under_floor']:.0%} of samples under {lag['floor']} messages; "

@@ -469,9 +469,9 @@ cdc_raw_directory: {home / 'cdc_raw'}
 # acknowledged in its last ~0.1 s were gone after the restart, while the pipeline, which
 # commits its Kafka offsets after Cassandra acknowledges, never wrote them again (the
 # fault suite found timelines missing tweets and deletes; docs/reliability.md). "batch"
-# groups concurrent writers into one fsync; measured here: no loss on two kills, and
-# throughput within the noise of "periodic" (plain inserts 780-1,070/s vs 1,020-2,070/s,
-# LWT 300-350/s vs 300-360/s, single writes 2.8 ms vs 2.5-4.3 ms, 64 and 32 in flight).
+# groups concurrent writers into one fsync; measured here: no loss on two kills; plain
+# inserts 780-1,070/s vs 1,020-2,070/s with "periodic", LWTs 300-350/s vs 300-360/s,
+# single writes 2.8 ms vs 2.5-4.3 ms (64 and 32 in flight, two runs each, varying load).
 commitlog_sync: batch
 commitlog_segment_size: 32MiB
 authenticator: AllowAllAuthenticator
