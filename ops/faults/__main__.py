@@ -81,10 +81,11 @@ def render_md(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.faults", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", choices=["short", "full"], default="short")
+    parser.add_argument("--plan", default="short",
+                        help="short, full, or faults kind:target[:pause_s],... (e.g. server_kill:cassandra)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep-servers", action="store_true",
-                        help="leave the private servers running afterwards")
+                        help="leave the private servers running afterwards (and a failed run's namespace)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = asyncio.run(run_suite(Config(plan=args.plan, seed=args.seed, keep_servers=args.keep_servers), echo))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    base = args.out_dir / f"faults-{args.plan}-{report['timestamp']}"
+    label = args.plan if args.plan in ("short", "full") else "custom"
+    base = args.out_dir / f"faults-{label}-{report['timestamp']}"
     base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     base.with_suffix(".md").write_text(render_md(report))
     print(render_md(report))

@@ -51,7 +51,10 @@ class Api:
     """The Post service and the query service over HTTP; every answer is recorded."""
 
     def __init__(self, post_url: str, query_url: str, *, timeout: float = 30.0) -> None:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them:
+        # a request sent on a connection the server is closing gets no answer (ReadError),
+        # which would be counted against the service.
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0)
         self.post = httpx.AsyncClient(base_url=post_url, timeout=timeout, limits=limits)
         self.query = httpx.AsyncClient(base_url=query_url, timeout=timeout, limits=limits)
         self.calls: list[Call] = []

@@ -96,7 +96,15 @@ def plan(name: str) -> list[Fault]:
             if i < len(servers):
                 out.append(servers[i])
         return out
-    raise ValueError(f"unknown plan {name!r} (short or full)")
+    if ":" in name:  # ad hoc: "server_kill:cassandra,worker_kill:w1,server_pause:kafka:20"
+        out = []
+        for spec in name.split(","):
+            kind, target, *pause = spec.split(":")
+            if kind not in ("worker_kill", "server_kill", "server_pause"):
+                raise ValueError(f"unknown fault kind {kind!r}")
+            out.append(Fault(kind, target, float(pause[0]) if pause else (20.0 if kind == "server_pause" else 0.0)))
+        return out
+    raise ValueError(f"unknown plan {name!r} (short, full, or kind:target[:pause_s],...)")
 
 
 @dataclass
@@ -488,10 +496,15 @@ async def run_suite(config: Config, echo: Callable[[str], None] = print) -> dict
             report["http_total"] = suite.api.summary() if suite.api else {}
             report["bad_responses_total"] = [asdict(c) for c in suite.api.bad_calls()[:20]] if suite.api else []
             await suite.stop()
-            try:
-                report["cleanup"] = await asyncio.wait_for(suite.cluster.drop(), 120)
-            except Exception as exc:  # noqa: BLE001
-                report["cleanup"] = {"error": repr(exc)}
+            failed = not all(c.get("ok") for c in report["cycles"])
+            if failed and config.keep_servers:
+                report["cleanup"] = {"kept for inspection": suite.settings.app_id,
+                                     "settings": {k: str(v) for k, v in asdict(suite.settings).items()}}
+            else:
+                try:
+                    report["cleanup"] = await asyncio.wait_for(suite.cluster.drop(), 120)
+                except Exception as exc:  # noqa: BLE001
+                    report["cleanup"] = {"error": repr(exc)}
             if not config.keep_servers:
                 await asyncio.to_thread(servers.down, echo)
     report["duration_s"] = round(time.monotonic() - began, 1)
