@@ -45,23 +45,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
+
+from api.auth import hash_token, new_token
+from bench.graph import TweetFactory, generate, scaled_spec
+from bench.context import Publisher, log, open_reader
+from bench.sysstats import machine, system_cpu
+from bench.workload import produce
+from ops.faults.cluster import ServiceProcess, rss_bytes
+from ops.lag import LagMonitor
+from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace
+from ops.worker import Worker
+from settings import Settings, get_settings
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-
-from api.auth import hash_token, new_token  # noqa: E402
-from bench.graph import TweetFactory, generate, scaled_spec  # noqa: E402
-from bench.run import LagMonitor, Publisher, log, open_reader  # noqa: E402
-from bench.sysstats import machine, system_cpu  # noqa: E402
-from bench.workload import produce  # noqa: E402
-from ops.faults.cluster import ServiceProcess, rss_bytes  # noqa: E402
-from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace  # noqa: E402
-from ops.worker import Worker  # noqa: E402
-from settings import Settings, get_settings  # noqa: E402
-
 RESULTS = REPO / "bench" / "results"
 RSS_GROWTH_LIMIT = 0.10
 LAG_FLOOR = 2_000  # messages: below this a lag "peak" is noise (a second of work)
@@ -131,9 +129,9 @@ class Soak:
         self.monitor = await LagMonitor(s).start()
         now = int(time.time() * 1000)
         await produce(s, g.activity_events(now))
-        await self.monitor.wait_zero(timeout=600, check=self.worker.check, desc="worker start + activity")
+        await self.monitor.wait_zero(timeout=600, check=self.worker.check)
         await produce(s, g.follow_events(now))
-        await self.monitor.wait_zero(timeout=7200, check=self.worker.check, desc="follows")
+        await self.monitor.wait_zero(timeout=7200, check=self.worker.check)
         reader, store, redis = await open_reader(s)
         try:
             active = [g.ids[i] for i in range(g.n) if g.active[i]]
@@ -281,8 +279,8 @@ class Soak:
             await query_http.aclose()
         stopped = time.time()
         try:
-            drain = await self.monitor.wait_zero(timeout=600, check=self.worker.check, desc="drain")
-            drain_s = round(drain["zero_at"] - stopped, 1)
+            drain = await self.monitor.wait_zero(timeout=600, check=self.worker.check)
+            drain_s = round(drain.zero_at - stopped, 1)
         except TimeoutError as exc:
             drain_s = None
             plan["drain_error"] = str(exc)
