@@ -8,7 +8,7 @@ Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
 from __future__ import annotations
 
 from agents import metrics, shutdown
-from faust_handover import HandoverSafeApp, SeekThenResumeTableManager
+from streams.faust_handover import HandoverSafeApp, SeekThenResumeTableManager
 from schemas import source_topics
 from settings import get_settings
 
@@ -16,7 +16,7 @@ settings = get_settings()
 
 # HandoverSafeApp and SeekThenResumeTableManager are faust.App and its table
 # manager with the partition hand-over after a rebalance fixed (see
-# faust_handover.py): without them a worker that takes partitions over can
+# streams/faust_handover.py): without them a worker that takes partitions over can
 # strand or skip messages.
 app = HandoverSafeApp(
     settings.app_id,

@@ -1,1 +1,1 @@
-"""Topics of the pipeline and the partitioning rule they share."""
+"""Topics of the pipeline, the partitioning rule they share, and the fixes to faust-streaming's partition hand-over (`faust_handover.py`)."""

@@ -9,7 +9,7 @@ from weakref import WeakSet
 from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlQueue
 
-from faust_handover import DropAwareFlowControl, HandoverSafeConsumer
+from streams.faust_handover import DropAwareFlowControl, HandoverSafeConsumer
 
 
 class Consumer(HandoverSafeConsumer):
