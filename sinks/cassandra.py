@@ -13,7 +13,7 @@ I/O thread and the server spend most of their CPU on. A batch spans at most
 as many partitions, and about half as many bytes, as the server's batch
 warnings allow (read from ``system_views.settings`` when the store opens):
 each warning would cost a log line in the server and one in the driver per
-request. ``plan_batches`` (pure)
+request. ``plan_batches`` (pure, ``sinks/cassandra_batches.py``)
 decides which statements share a batch:
 
 * only statements whose partitions live on the same replicas (one group per
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Hashable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Hashable, Iterable, Sequence
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, Session
@@ -42,25 +42,16 @@ from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from policies.first_wins import StoredTweet
+from sinks.cassandra_batches import BATCH_BYTES, BATCH_CONCURRENCY, BATCH_SIZE, batch_limits, estimate_bytes, plan_batches
+from sinks.cassandra_cql import QUERIES, ROW_KEYS
 from settings import Settings
 
-T = TypeVar("T")
-
-# Batching defaults (CassandraStore fields). Cassandra warns about unlogged
-# batches over more than `unlogged_batch_across_partitions_warn_threshold`
-# partitions and over `batch_size_warn_threshold` bytes, and rejects batches
-# over `batch_size_fail_threshold` (50 KiB by default): ops/services.py sets
-# the warnings above these limits, see docs/operations.md.
-BATCH_SIZE = 32  # statements per batch
-BATCH_BYTES = 16 * 1024  # estimated payload per batch (values + per-statement overhead)
-BATCH_CONCURRENCY = 8  # batches in flight per execute_many call
 # Lightweight transactions in flight per claim_tweets call. An LWT is a Paxos round
 # (four round trips to the replicas instead of one write) and cannot share a batch
 # with other partitions' rows, so claims go one by one, this many at a time. 8, 32,
 # 64 and 128 gave the same throughput within the noise (the server's CPU is the
 # limit, see claim_tweets); 32 keeps a 500-tweet batch to ~16 rounds.
 LWT_CONCURRENCY = 32
-STATEMENT_OVERHEAD_BYTES = 24  # a rough per-row cost on top of the values (timestamps, flags)
 
 
 def connect(settings: Settings, *, keyspace: str | None = None) -> tuple[Cluster, Session]:
@@ -105,113 +96,6 @@ def _resolve(fut: asyncio.Future, rows: Any, exc: BaseException | None) -> None:
         fut.set_result(rows)
 
 
-def estimate_bytes(params: Sequence[Any]) -> int:
-    """A rough size of one statement's mutation, to keep batches far below the server's limits."""
-    size = STATEMENT_OVERHEAD_BYTES
-    for value in params:
-        if isinstance(value, str):
-            size += len(value) if value.isascii() else len(value.encode())
-        elif isinstance(value, (bytes, bytearray)):
-            size += len(value)
-        elif value is not None:
-            size += 8
-    return size
-
-
-def plan_batches(
-    items: Sequence[T],
-    *,
-    max_statements: int,
-    max_bytes: int,
-    row_of: Callable[[T], tuple | None],
-    size_of: Callable[[T], int],
-    group_of: Callable[[T], Hashable] | None = None,
-    max_partitions: int | None = None,
-) -> list[list[T]]:
-    """Cut ``items`` into batches, in the order the batches were opened.
-
-    * A batch holds items of one group (``group_of``: e.g. the replica set of
-      the item's partition; ``None``: one group for all), at most
-      ``max_statements`` items, at most ``max_partitions`` distinct partitions
-      (a row key's first two fields, table and partition key) and at most
-      ``max_bytes`` (by ``size_of``; an item larger than that travels alone).
-    * No batch holds two items with the same ``row_of`` key: the later item
-      closes the open batch of its group and opens a new one (rows of one key
-      are always in one group, so the earlier item's batch comes first).
-    * An item whose ``row_of`` is ``None`` is not batchable: it closes every
-      open batch and becomes a batch of its own, so whatever came before it
-      is submitted before it and whatever comes after, after it.
-
-    Items keep their input order within each batch; a batch appears at the
-    position where it was opened, so an item never lands in a batch that is
-    submitted before the batch of an earlier item on the same row.
-    """
-    if max_statements < 1:
-        raise ValueError(f"max_statements must be >= 1, got {max_statements}")
-    if max_partitions is None:
-        max_partitions = max_statements
-    if max_partitions < 1:
-        raise ValueError(f"max_partitions must be >= 1, got {max_partitions}")
-    out: list[list[T]] = []
-    # group -> [batch (also referenced from out), its rows, its partitions, its bytes]
-    open_: dict[Hashable, list] = {}
-    for item in items:
-        row = row_of(item)
-        if row is None:
-            open_.clear()
-            out.append([item])
-            continue
-        group = group_of(item) if group_of is not None else None
-        size = size_of(item)
-        partition = row[:2]
-        current = open_.get(group)
-        if current is not None:
-            batch, rows, partitions, used = current
-            if (
-                len(batch) >= max_statements
-                or row in rows
-                or used + size > max_bytes
-                or (partition not in partitions and len(partitions) >= max_partitions)
-            ):
-                current = None
-        if current is None:
-            current = open_[group] = [[], set(), set(), 0]
-            out.append(current[0])
-        current[0].append(item)
-        current[1].add(row)
-        current[2].add(partition)
-        current[3] += size
-    return out
-
-
-_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
-
-
-def parse_bytes(value: str) -> int | None:
-    """A Cassandra data storage setting ("5KiB", "50KiB", "1MiB", "512B") in bytes; None if unreadable."""
-    value = (value or "").strip()
-    for unit in ("KiB", "MiB", "GiB", "B"):
-        if value.endswith(unit) and value[: -len(unit)].strip().isdigit():
-            return int(value[: -len(unit)]) * _UNITS[unit]
-    return None
-
-
-def batch_limits(server: dict[str, str], *, batch_size: int, batch_bytes: int) -> tuple[int, int]:
-    """(partitions per batch, bytes per batch) that stay below the server's batch warnings.
-
-    ``server`` maps setting names to values as ``system_views.settings`` shows
-    them; a missing or unreadable one counts as Cassandra's default (10
-    partitions, 5 KiB). Our byte estimate is rough, so half the server's
-    figure is used.
-    """
-    try:
-        partitions = int(server.get("unlogged_batch_across_partitions_warn_threshold", "10"))
-    except ValueError:
-        partitions = 10
-    warn = parse_bytes(server.get("batch_size_warn_threshold", "")) or 5 * 1024
-    return max(1, min(batch_size, partitions)), max(1024, min(batch_bytes, warn // 2))
-
-
 @dataclass
 class CassandraStore:
     """The project's Cassandra statements, prepared once per session."""
@@ -226,70 +110,8 @@ class CassandraStore:
     lwt_concurrency: int = LWT_CONCURRENCY  # lightweight transactions in flight (claim_tweets)
     _stmts: dict[str, PreparedStatement] = field(default_factory=dict)
 
-    QUERIES = {
-        # The agents claim tweet ids with claim_tweet (first post wins, see claim_tweets);
-        # the plain insert is kept for tools and tests that fill a keyspace directly.
-        "insert_tweet": "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at) VALUES (?, ?, ?, ?)",
-        "claim_tweet": (
-            "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS"
-        ),
-        # A row with deleted_at and no author: an older worker's mark for a delete that came
-        # before its tweet. The first post of the id claims it (the mark stays).
-        "claim_placeholder": (
-            "UPDATE {ks}.tweets SET author_id = ?, text = ?, created_at = ? WHERE tweet_id = ? IF author_id = null"
-        ),
-        "mark_deleted": "UPDATE {ks}.tweets SET deleted_at = ? WHERE tweet_id = ?",
-        "get_tweet": "SELECT tweet_id, author_id, text, created_at, deleted_at FROM {ks}.tweets WHERE tweet_id = ?",
-        "insert_author_tl": "INSERT INTO {ks}.author_timeline (author_id, tweet_id) VALUES (?, ?)",
-        "delete_author_tl": "DELETE FROM {ks}.author_timeline WHERE author_id = ? AND tweet_id = ?",
-        "author_tl_below": "SELECT tweet_id FROM {ks}.author_timeline WHERE author_id = ? AND tweet_id < ? LIMIT ?",
-        "author_tl_above": "SELECT tweet_id FROM {ks}.author_timeline WHERE author_id = ? AND tweet_id > ? LIMIT ?",
-        "insert_user_tl": "INSERT INTO {ks}.user_timeline (user_id, tweet_id, author_id) VALUES (?, ?, ?)",
-        "delete_user_tl": "DELETE FROM {ks}.user_timeline WHERE user_id = ? AND tweet_id = ?",
-        "clear_user_tl": "DELETE FROM {ks}.user_timeline WHERE user_id = ?",
-        "user_tl_below": "SELECT tweet_id, author_id FROM {ks}.user_timeline WHERE user_id = ? AND tweet_id < ? AND tweet_id > ? LIMIT ?",
-        "get_meta": "SELECT floor, stale FROM {ks}.timeline_meta WHERE user_id = ?",
-        "set_meta": "INSERT INTO {ks}.timeline_meta (user_id, floor, stale, rebuilt_at) VALUES (?, ?, ?, ?)",
-        "set_stale": "UPDATE {ks}.timeline_meta SET stale = ? WHERE user_id = ?",
-        "set_floor": "UPDATE {ks}.timeline_meta SET floor = ? WHERE user_id = ?",
-        "insert_following": "INSERT INTO {ks}.following (user_id, followee_id, since) VALUES (?, ?, ?)",
-        "delete_following": "DELETE FROM {ks}.following WHERE user_id = ? AND followee_id = ?",
-        "get_following": "SELECT followee_id FROM {ks}.following WHERE user_id = ?",
-        "set_author_status": "INSERT INTO {ks}.author_status (author_id, followers, celebrity, celebrity_since) VALUES (?, ?, ?, ?)",
-        "get_author_status": "SELECT followers, celebrity, celebrity_since FROM {ks}.author_status WHERE author_id = ?",
-        "all_celebrities": "SELECT author_id, celebrity FROM {ks}.author_status",
-        # The durable set of celebrities (sinks/redis_celebrities.py caches it): bucket 0.
-        "insert_celebrity": "INSERT INTO {ks}.celebrities (bucket, author_id) VALUES (?, ?)",
-        "delete_celebrity": "DELETE FROM {ks}.celebrities WHERE bucket = ? AND author_id = ?",
-        "list_celebrities": "SELECT author_id FROM {ks}.celebrities WHERE bucket = ?",
-        # Read path (sinks/reader.py): one query for many tweets / many authors.
-        "get_tweets": "SELECT tweet_id, author_id, text, created_at, deleted_at FROM {ks}.tweets WHERE tweet_id IN ?",
-        "authors_tl_below": (
-            "SELECT author_id, tweet_id FROM {ks}.author_timeline"
-            " WHERE author_id IN ? AND tweet_id < ? PER PARTITION LIMIT ?"
-        ),
-        "ping": "SELECT release_version FROM system.local",
-    }
-    # The row each write touches: (table, indexes of its primary key values in
-    # the parameters, the partition key first: every table here has a one-column
-    # partition key). Only these statements are batched; any other statement
-    # (e.g. clear_user_tl, a partition delete) is sent alone, see plan_batches.
-    ROW_KEYS: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = {
-        "insert_tweet": ("tweets", (0,)),
-        "mark_deleted": ("tweets", (1,)),
-        "insert_author_tl": ("author_timeline", (0, 1)),
-        "delete_author_tl": ("author_timeline", (0, 1)),
-        "insert_user_tl": ("user_timeline", (0, 1)),
-        "delete_user_tl": ("user_timeline", (0, 1)),
-        "set_meta": ("timeline_meta", (0,)),
-        "set_stale": ("timeline_meta", (1,)),
-        "set_floor": ("timeline_meta", (1,)),
-        "insert_following": ("following", (0, 1)),
-        "delete_following": ("following", (0, 1)),
-        "set_author_status": ("author_status", (0,)),
-        "insert_celebrity": ("celebrities", (0, 1)),
-        "delete_celebrity": ("celebrities", (0, 1)),
-    }
+    QUERIES: ClassVar[dict[str, str]] = QUERIES
+    ROW_KEYS: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = ROW_KEYS
 
     @classmethod
     def open(cls, settings: Settings, *, concurrency: int = 64, batch_size: int = BATCH_SIZE) -> "CassandraStore":

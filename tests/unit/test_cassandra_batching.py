@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from sinks.cassandra import CassandraStore, batch_limits, estimate_bytes, parse_bytes, plan_batches
+from sinks.cassandra import CassandraStore
+from sinks.cassandra_batches import batch_limits, estimate_bytes, parse_bytes, plan_batches
 
 STORE = CassandraStore(session=None, keyspace="ks")  # type: ignore[arg-type] - only the pure helpers are used
 
