@@ -43,7 +43,6 @@ from tables.graph import following_edges, recipients
 log = logging.getLogger(__name__)
 STAGE = "deliver"
 BATCH_MAX = 500
-BATCH_WITHIN_S = 0.05
 NEW_RECIPIENT = {"active_at": None, "stale": False, "floor": 0}
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
@@ -348,5 +347,5 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 @app.agent(recipient_events, concurrency=1)
 async def deliver(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_recipient_batch,
-                  batch_max=BATCH_MAX, within=BATCH_WITHIN_S,
+                  batch_max=BATCH_MAX,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

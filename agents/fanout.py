@@ -59,7 +59,6 @@ from tables.graph import authors, early_deletes, follower_edges
 log = logging.getLogger(__name__)
 STAGE = "fanout"
 BATCH_MAX = 500
-BATCH_WITHIN_S = 0.05
 RULE = CelebrityRule(settings.celebrity_threshold, settings.celebrity_hysteresis)
 NEW_AUTHOR = {"followers": 0, "celebrity": False, "since": 0, "last_pushed": 0}
 LIMITS = Limits.from_settings(settings)
@@ -359,5 +358,5 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 @app.agent(author_events, concurrency=1)
 async def fanout(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_author_batch,
-                  batch_max=BATCH_MAX, within=BATCH_WITHIN_S,
+                  batch_max=BATCH_MAX,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

@@ -1,7 +1,8 @@
 """The loop every agent runs: batches from the stream, processed under ``agents/failures``.
 
 Concurrency stays 1 per agent (faust-streaming can commit past a message still in flight
-with more): an agent batches inside itself with ``take_events``, and a batch is acked
+with more): an agent batches inside itself (``agents/take.drain_batches``: a batch as soon
+as an event is buffered, no timer), and a batch is acked
 only when ``process`` returned, so every store write of its events is done.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 from agents.failures import Isolator, guard
 from agents.metrics import BatchTimer
 from agents.outbox import publish_dead_letter
+from agents.take import drain_batches
 
 R = TypeVar("R")
 
@@ -22,7 +24,6 @@ async def consume(
     process: Callable[[R, Sequence[Any]], Awaitable[None]],
     *,
     batch_max: int,
-    within: float,
     dead_letters_topic: Any,
     partitions: int,
 ) -> None:
@@ -35,6 +36,6 @@ async def consume(
         async def dead_letter(event: Any, reason: str) -> None:
             await publish_dead_letter(dead_letters_topic, event, reason, stage, partitions)
 
-        async for events in stream.take_events(batch_max, within=within):
+        async for events in drain_batches(stream, batch_max):
             with BatchTimer(stage, len(events)):
                 await isolator.run(events, lambda part: process(resource, part), dead_letter)

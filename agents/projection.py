@@ -47,7 +47,6 @@ from streams.topics import EVENTS_ON, dead_letters_topic, projection_events
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 1000
-BATCH_WITHIN_S = 0.1
 STAGE = "projection"
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
@@ -87,5 +86,5 @@ async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[A
 @app.agent(projection_events, concurrency=1)
 async def project_to_postgres(stream: Any) -> None:
     await consume(stream, ISOLATOR, get_pool, process_projection_batch,
-                  batch_max=BATCH_MAX, within=BATCH_WITHIN_S,
+                  batch_max=BATCH_MAX,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

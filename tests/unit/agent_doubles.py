@@ -7,9 +7,9 @@
   ``faust.topics.Topic.send`` (the real ``Outbox`` runs unchanged).
 * ``AgentDriver``: runs one batch through an agent with Faust's
   ``agent.test_context()`` and the in-memory table store. Each batch gets a fresh
-  test context whose ``take_events`` is sized to the batch, so the messages are
-  processed as exactly one batch (``take_events`` with a short ``within`` could
-  otherwise split them) and the call returns when the batch is done.
+  test context whose batches are sized to the messages (``one_batch``), so they are
+  processed as exactly one batch (``drain_batches`` would otherwise hand over the
+  first ones at once) and the call returns when the batch is done.
 
 The Faust app of the unit tests is ``faust_app`` imported with settings of its own
 (``unit_faust_app``): its own app id (so its changelog topics are named
@@ -70,7 +70,9 @@ def unit_faust_app() -> ModuleType:
 _faust_app = unit_faust_app()
 app, settings = _faust_app.app, _faust_app.settings
 
-import agents.sinks as agent_sinks  # noqa: E402  (after faust_app)
+import agents.loop as agent_loop  # noqa: E402  (after faust_app)
+import agents.sinks as agent_sinks  # noqa: E402
+from agents.take import drain_batches  # noqa: E402
 from agents.sinks import Sinks  # noqa: E402
 from policies.first_wins import StoredTweet  # noqa: E402
 from policies.partitioning import partition_for_id  # noqa: E402
@@ -580,12 +582,10 @@ class AgentDriver:
             finally:
                 done.set()
 
-        # take_events(BATCH_MAX, within=...) is read when the agent starts: a buffer
-        # of exactly len(messages) makes them one batch, and the long `within`
-        # keeps a timer from cutting it short.
+        # The agent's batches are read when it starts: exactly len(messages) make them
+        # one batch (drain_batches would otherwise hand over the first ones at once).
         self.monkeypatch.setattr(self.module, self.batch_fn, recording)
-        self.monkeypatch.setattr(self.module, "BATCH_MAX", len(messages))
-        self.monkeypatch.setattr(self.module, "BATCH_WITHIN_S", 60.0)
+        one_batch(self.monkeypatch, self.module, len(messages))
         try:
             async with self.agent.test_context() as tc:
                 await put_messages(tc, messages)
@@ -596,6 +596,13 @@ class AgentDriver:
             raise errors[0]
         sent = [(m.topic, m.partition, m.value) for m in messages]
         assert self.batches[-1] == sent, "the messages were not processed as one batch"
+
+
+def one_batch(monkeypatch: pytest.MonkeyPatch, module: ModuleType, n: int) -> None:
+    """The agent of ``module`` takes its next ``n`` messages as one batch."""
+    monkeypatch.setattr(module, "BATCH_MAX", n)
+    monkeypatch.setattr(agent_loop, "drain_batches",
+                        lambda stream, max_: drain_batches(stream, max_, min_=max_))
 
 
 # --- fixtures --------------------------------------------------------------------------

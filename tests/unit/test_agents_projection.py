@@ -13,7 +13,7 @@ from sinks.postgres import DELETE_TWEET, FOLLOW, INSERT_TWEET, UNFOLLOW, stateme
 from faust_app import settings
 from policies.first_wins import StoredTweet
 from schemas import TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed
-from tests.unit.agent_doubles import Msg, msg_for, put_messages, wait_for_batch
+from tests.unit.agent_doubles import Msg, msg_for, one_batch, put_messages, wait_for_batch
 
 MS = 1_700_000_000_123
 AT = datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=timezone.utc)
@@ -165,8 +165,7 @@ async def test_agent_projects_good_events_and_skips_bad_ones(
         msg_for(settings.topic_follows, 1, {"type": "followed", "follower_id": 1, "followee_id": 1, "at": 1}),
         msg_for(settings.topic_tweets, 1, TweetDeleted(10, 1, MS)),
     ]
-    monkeypatch.setattr(projection_mod, "BATCH_MAX", len(messages))
-    monkeypatch.setattr(projection_mod, "BATCH_WITHIN_S", 60.0)
+    one_batch(monkeypatch, projection_mod, len(messages))
     async with projection_mod.project_to_postgres.test_context() as tc:
         await put_messages(tc, messages)
         await wait_for_batch(tc, done)

@@ -1,5 +1,4 @@
 import random
-import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -212,7 +211,8 @@ def test_only_per_pair_follow_order_matters(events, rnd):
     assert reference_home_timelines(reordered) == reference_home_timelines(events)
 
 
-def test_hundred_thousand_events_is_fast():
+def test_hundred_thousand_events():
+    # Scale, not speed (speed is for benchmarks: a timed assertion fails on a loaded machine).
     rnd = random.Random(7)
     events = []
     next_tweet = 1
@@ -231,9 +231,6 @@ def test_hundred_thousand_events_is_fast():
             events.append(unfollow(a, b))
         else:
             events.append(active(rnd.randint(1, 1000)))
-    start = time.perf_counter()
     timelines = reference_home_timelines(events)
-    elapsed = time.perf_counter() - start
     assert len(timelines) == 1000
     assert all(t == sorted(t, reverse=True) for t in timelines.values())
-    assert elapsed < 10.0  # ~1-2 s typical

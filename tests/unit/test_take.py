@@ -1,0 +1,76 @@
+"""``agents/take.drain_batches``: a batch as soon as an event is buffered (no timer),
+batches that grow with what arrives while one is processed, acks only after processing."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agents.take import drain_batches
+from tests.unit.agent_doubles import app  # the unit tests' Faust app (own app id, no broker)
+
+batches: list[list[Any]] = []
+acked_when_handed_over: list[list[bool]] = []
+gate = asyncio.Event()
+
+
+@app.agent()
+async def drainer(stream: Any) -> None:
+    async for batch in drain_batches(stream, 4):
+        acked_when_handed_over.append([e.message.acked for e in batch])
+        batches.append([e.value for e in batch])
+        await gate.wait()
+
+
+async def ticks(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def fresh(faust_test_app: Any) -> None:
+    batches.clear()
+    acked_when_handed_over.clear()
+    gate.clear()
+
+
+async def test_one_event_is_handed_over_without_waiting_for_a_timer() -> None:
+    gate.set()
+    async with drainer.test_context() as tc:
+        await tc.put(1, wait=False)
+        await ticks()  # turns of the event loop, no clock: a timer window would still be open
+        assert batches == [[1]]
+
+
+async def test_what_arrives_during_a_batch_is_the_next_batch_up_to_max() -> None:
+    async with drainer.test_context() as tc:
+        await tc.put(1, wait=False)
+        await ticks()
+        assert batches == [[1]]
+        for value in range(2, 8):
+            await tc.put(value, wait=False)
+        await ticks()
+        assert batches == [[1]], "nothing is handed over while a batch is processed"
+        gate.set()
+        await ticks(60)
+        assert batches == [[1], [2, 3, 4, 5], [6, 7]]
+
+
+async def test_a_batch_is_acked_only_after_its_processing_returned() -> None:
+    async with drainer.test_context() as tc:
+        await tc.put(1, wait=False)
+        await ticks()
+        assert acked_when_handed_over == [[False]]
+        await tc.put(2, wait=False)
+        gate.set()
+        await ticks(60)
+        assert batches == [[1], [2]]
+        assert acked_when_handed_over == [[False], [False]]
+
+
+def test_bounds() -> None:
+    with pytest.raises(ValueError):
+        drain_batches(object(), 0)
+    with pytest.raises(ValueError):
+        drain_batches(object(), 4, min_=5)
