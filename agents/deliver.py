@@ -296,7 +296,7 @@ class RecipientBatch:
         await with_retry("redis push", lambda: timelines.push_many(adds))
         await with_retry("redis unpush", lambda: timelines.unpush_many(removes))
         await with_retry("redis invalidate", lambda: timelines.invalidate(self.invalidate))
-        if self.following:  # cached following lists (sinks/reader.py): dropped after Cassandra
+        if self.following:  # cached following lists (query/view.py): dropped after Cassandra
             changed = {user_id for user_id, _ in self.following}
             await with_retry("redis following", lambda: self.sinks.following.invalidate(changed))
 

@@ -133,7 +133,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 class ServiceResources(Protocol):
     """The connections a service holds for its lifetime (``api.deps.Resources``,
-    ``api.query_deps.QueryResources``)."""
+    ``query.deps.QueryResources``)."""
 
     async def start(self) -> None: ...
 

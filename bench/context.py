@@ -30,10 +30,10 @@ from bench.sysstats import ProcessSet, pid_listening_on
 from bench.workload import KEY_OF, TOPIC_OF, produce, topic_name
 from ops.lag import CaughtUp, LagMonitor
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async
+from query.reader import HomeTimelineReader
 from schemas import encode_key
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
-from sinks.reader import HomeTimelineReader
 from sinks.redis_timeline import RedisTimelines
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ namespace on the local servers, with a real worker:
    followers unfollow;
 4. checks, against the real stores: the star's status row (followers = N - sample,
    celebrity), no ``user_timeline`` row for T1 at a sample of followers, and each
-   sampled follower's home timeline through the reader (``sinks.reader``) equals the
+   sampled follower's home timeline through the reader (``query.reader``) equals the
    reference: [T1, T0] for followers, [] for the ones who unfollowed.
 
 Writes ``bench/results/million-followers-<timestamp>.json`` and ``.md``. Every figure

@@ -56,7 +56,6 @@ import orjson
 from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
-from api.query_service import create_app
 from bench.http_load import RawConnection, load_process, uvicorn_server
 from bench.latency import latency_ms
 from bench.workload import produce
@@ -65,6 +64,7 @@ from ops.schema import apply_cassandra, create_topics_async, drop_namespace
 from ops.worker import Worker
 from policies.reference import ReferenceModel
 from policies.snowflake import SnowflakeGenerator
+from query.service import create_app
 from settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent

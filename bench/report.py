@@ -271,7 +271,7 @@ SECTIONS: list[tuple[str, str | None, Callable[[Doc, dict, dict], None] | None]]
      fanout_lag),
     ("## 3. Read latency", None, None),
     ("### Through HTTP (`bench/read_bench.py`)", "reads_http", reads_http),
-    ("### In-process on the benchmark's data, 50 reads per tweet (`sinks/reader.py`)", "reads_inprocess",
+    ("### In-process on the benchmark's data, 50 reads per tweet (`query/reader.py`)", "reads_inprocess",
      reads_inprocess),
     ("## 4. Write latency: POST /v1/tweets", "write_latency", write_latency),
     ("## 5. Write savings (activity rule)", "write_savings", write_savings),

@@ -18,7 +18,7 @@ and re-renders it from a results JSON):
 3. ``fanout_throughput``: deliveries/s counted in Cassandra, CPU of every process over the
    same window (``cpu_per_1000_deliveries``) and the writes saved (``write_savings``);
 4. ``fanout_lag``: Kafka ack -> visible in followers' cached timelines, at steady rates;
-5. ``reads_inprocess``: ``sinks/reader.py`` in this process, 50 reads per tweet;
+5. ``reads_inprocess``: ``query/reader.py`` in this process, 50 reads per tweet;
 6. ``profile``: the worker's main thread under pyinstrument during a burst; the worker is
    then stopped;
 7. ``pg_pull_baseline``: the pull model in PostgreSQL alone on the same graph;

@@ -24,9 +24,9 @@ from ops.lag import wait_caught_up
 from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace
 from ops.worker import Worker
 from policies.reference import ReferenceModel
+from query.reader import HomeTimelineReader
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
-from sinks.reader import HomeTimelineReader
 from sinks.redis_timeline import RedisTimelines
 from redis.asyncio import Redis
 

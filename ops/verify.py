@@ -25,10 +25,10 @@ from aiokafka.structs import TopicPartition
 from redis.asyncio import Redis
 
 from policies.reference import ReferenceModel
+from query.reader import HomeTimelineReader
 from schemas import ALL_EVENTS, ContractError, decode, source_topics
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
-from sinks.reader import HomeTimelineReader
 from sinks.redis_timeline import RedisTimelines
 
 

@@ -12,6 +12,12 @@ timeline may be incomplete, so reads must pull from the authors' own timelines.
 * The Redis copy keeps the newest ``TL_TIMELINE_CAP`` entries of the Cassandra
   timeline (``sinks/redis_timeline.py``, in its push script); Cassandra keeps all.
 
+A read merges sources that were each cut somewhere (the materialized chunk,
+each pulled author timeline): ``merge_sources`` keeps only the part every source
+vouches for; ``pull_limit`` and ``pull_groups`` size the pulls; ``usable_chunk``
+decides whether a copy of the materialized timeline can answer a chunk
+(``query/reader.py`` applies them).
+
 Cursors are opaque strings meaning "ids strictly below N", so tweets arriving
 after page 1 was served never shift page 2.
 """
@@ -21,8 +27,9 @@ import base64
 import binascii
 import hashlib
 import heapq
+import math
 import struct
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 from schemas.events import INT64_MAX
 
@@ -78,6 +85,82 @@ def merge_desc(*iterables_desc: Iterable[int], limit: int | None, below: int | N
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+# --- reads: merging cut sources, sizing pulls ------------------------------------
+
+# Extra entries asked for per chunk, so a few deleted tweets do not cost another round.
+SLACK = 5
+# The Cassandra driver's default fetch size: one IN query must fit in one result page.
+CASSANDRA_PAGE_ROWS = 5000
+# Authors per IN query of a pull (groups run concurrently).
+PULL_GROUP_MAX = 100
+# Fewest ids asked per author in the first round of a pull.
+PULL_MIN = 4
+
+
+class Source(NamedTuple):
+    """Ids one source returned for a region, and how far down it vouches for them."""
+
+    ids: Sequence[int]  # descending
+    # The source is complete for ids >= this one; None: complete down to the region's bottom.
+    vouches_to: int | None
+
+
+class Merged(NamedTuple):
+    candidates: list[int]  # every id >= horizon of every source, descending, unique
+    horizon: int | None  # None: every source was exhausted (candidates is the whole region)
+
+
+def merge_sources(sources: Iterable[Source]) -> Merged:
+    """Merge sources that were each cut somewhere; keep only the part all of them vouch for.
+
+    A truncated source says nothing about ids below its last one, so the merge is
+    exact only down to the highest of those cut points (the horizon).
+    """
+    sources = list(sources)
+    horizon = max((s.vouches_to for s in sources if s.vouches_to is not None), default=None)
+    merged = merge_desc(*(s.ids for s in sources), limit=None)
+    if horizon is not None:
+        merged = [t for t in merged if t >= horizon]
+    return Merged(merged, horizon)
+
+
+def pull_limit(need: int, authors: int, first_round: bool) -> int:
+    """Ids to ask per author: enough for ``need`` from the merge of ``authors`` timelines.
+
+    The first round asks each author for about twice its fair share (a merge of
+    many similar timelines takes a few from each); later rounds, which only
+    happen when that guess was short, ask for the whole ``need``.
+    """
+    if need < 1:
+        raise ValueError(f"need must be >= 1, got {need}")
+    if not first_round or authors <= 1:
+        return need
+    return min(need, max(PULL_MIN, math.ceil(2 * need / authors) + 1))
+
+
+def pull_groups(authors: Sequence[int], per_author: int) -> list[list[int]]:
+    """Authors split so that one IN query returns at most one page of rows."""
+    size = max(1, min(PULL_GROUP_MAX, CASSANDRA_PAGE_ROWS // max(1, per_author)))
+    return [list(authors[i : i + size]) for i in range(0, len(authors), size)]
+
+
+def usable_chunk(
+    cursor: int, entries: list[tuple[int, int]], complete: bool, need: int, source: str
+) -> tuple[int, list[tuple[int, int]], bool, str] | None:
+    """A chunk of at most ``need + SLACK`` entries below ``cursor`` if ``entries`` can answer it.
+
+    ``entries`` are the newest entries below the cursor of a copy that holds the
+    whole region when ``complete``, else only a prefix of it (usable when it
+    has at least ``need`` entries). None: ask the next store.
+    """
+    n = need + SLACK
+    if len(entries) > n:
+        return cursor, entries[:n], False, source
+    if complete or len(entries) >= need:
+        return cursor, entries, complete, source
+    return None
 
 
 # --- cursors -----------------------------------------------------------------

@@ -38,7 +38,7 @@ return 0
 """
 
 # KEYS: set, version. ARGV: expected version, then members. A missing version never
-# matches: the reader's first round trip creates it (sinks/reader.py).
+# matches: the reader's first round trip creates it (query/view.py).
 _FILL = """
 local v = redis.call('GET', KEYS[2])
 if v == false or v ~= ARGV[1] then return 0 end

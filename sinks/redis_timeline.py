@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from redis.asyncio import Redis
 
+from schemas.events import INT64_MAX
+
 if TYPE_CHECKING:
     from settings import Settings
 
@@ -61,7 +63,7 @@ return 1
 """
 
 # KEYS: timeline, version. ARGV: expected version, ttl, then members (sentinel first).
-# A missing version never matches (see sinks/reader.py: a reader creates it before reading).
+# A missing version never matches (see query/view.py: a reader creates it before reading).
 _FILL = """
 local v = redis.call('GET', KEYS[2])
 if v == false or v ~= ARGV[1] then return 0 end
@@ -89,6 +91,17 @@ def parse_member(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     tid, _, aid = text.partition(":")
     return int(tid), int(aid)
+
+
+def lex_below(tweet_id: int) -> str:
+    """The ZREVRANGEBYLEX bound for members with ids strictly below ``tweet_id`` ("+", every
+    member, from INT64_MAX: a read without a cursor)."""
+    return "+" if tweet_id >= INT64_MAX else f"({tweet_id:0{_PAD}d}"
+
+
+def window_entries(window: Iterable[bytes | str], floor: int) -> list[tuple[int, int]]:
+    """Parsed cached members above ``floor`` (drops the sentinel), in the given order."""
+    return [e for e in map(parse_member, window) if e[0] > floor]
 
 
 async def drop_and_bump(redis: Redis, keys: Iterable[tuple[str, str]], ttl_s: int) -> None:
@@ -189,7 +202,7 @@ class RedisTimelines:
     async def read(self, user_id: int, *, below: int | None, limit: int) -> CachedTimeline | None:
         """Entries with tweet_id < below, newest first; None when the timeline is not cached."""
         key = self.key(user_id)
-        hi = "+" if below is None else f"({below:0{_PAD}d}"
+        hi = "+" if below is None else lex_below(below)
         # MULTI/EXEC: the key cannot be evicted or replaced between the three commands.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrevrangebylex(key, hi, "-", start=0, num=limit + 1)

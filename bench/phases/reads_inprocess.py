@@ -1,4 +1,4 @@
-"""Phase 5, ``reads_inprocess``: reads through ``sinks/reader.py`` in this process, on the same data.
+"""Phase 5, ``reads_inprocess``: reads through ``query/reader.py`` in this process, on the same data.
 
 50 reads per tweet while tweets keep flowing: cache hits, misses (key dropped before the
 read, not timed), hybrid readers (who follow every celebrity) and typical users.

@@ -14,12 +14,12 @@ from typing import AsyncIterator
 import httpx
 
 from api.auth import hash_token, new_token
-from api.query_service import create_app
 # reader_for(settings): the read side on a namespace's stores, closed afterwards (one helper with the benchmark's)
 from bench.context import open_reader as reader_for  # noqa: F401  (imported by the tests from here)
 from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace, run_sync
+from query.reader import HomeTimelineReader
+from query.service import create_app
 from settings import Settings, get_settings
-from sinks.reader import HomeTimelineReader
 
 
 def isolated_settings(tmp_path: Path, **overrides) -> Settings:
@@ -56,7 +56,7 @@ def _first_difference(got: list[int], want: list[int]) -> tuple:
 
 
 class QueryClient:
-    """The query service (``api.query_service``) in-process over ``httpx.ASGITransport``,
+    """The query service (``query.service``) in-process over ``httpx.ASGITransport``,
     with an account and bearer token in PostgreSQL ``users`` for every reader."""
 
     def __init__(self, client: httpx.AsyncClient, tokens: dict[int, str]) -> None:

@@ -29,9 +29,9 @@ from datetime import datetime, timezone
 
 from api.auth import hash_token, new_token
 from api.post_service import create_app as create_post_app
-from api.query_service import create_app as create_query_app
 from ops.schema import apply_postgres, create_topics_async
 from policies.following import FOLLOW_INTENT_TTL_S, effective_following
+from query.service import create_app as create_query_app
 from settings import Settings
 from sinks.postgres import FOLLOW as PROJECT_FOLLOW
 from tests.integration.pipeline_harness import drop, isolated_settings

@@ -5,7 +5,7 @@ users coming back, follows, unfollows, refollows, deletes before and after their
 tweet, poison messages) goes through Kafka into a real worker; after catch-up
 every user's home timeline, paged to its real end through the query service's
 HTTP API (cold cache, then again after the reads' own activity events were
-processed) and through its engine (``sinks.reader``), must equal the reference
+processed) and through its engine (``query.reader``), must equal the reference
 computed from the events alone.
 """
 from __future__ import annotations

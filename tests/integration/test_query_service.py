@@ -26,13 +26,13 @@ from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
 from api.errors import PROBLEM_JSON
-from api.query_service import create_app
 from bench.workload import produce
 from ops.lag import wait_caught_up
 from ops.worker import Worker
 from policies.reference import reference_home_timeline
 from policies.snowflake import SnowflakeGenerator
 from policies.timeline import decode_cursor, encode_cursor
+from query.service import create_app
 from settings import Settings
 from sinks.redis_timeline import member
 from tests.integration.pipeline_harness import drop, isolated_settings, provision

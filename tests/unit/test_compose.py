@@ -61,7 +61,7 @@ def test_apps_point_at_the_compose_servers() -> None:
 def test_processes_run_the_real_entry_points() -> None:
     assert SERVICES["worker"]["command"][:5] == ["python", "-m", "faust", "-A", "faust_app"]
     assert "api.post_service" in SERVICES["post-service"]["command"]
-    assert "api.query_service" in SERVICES["query-service"]["command"]
+    assert "query.service" in SERVICES["query-service"]["command"]
 
 
 def test_prometheus_scrapes_every_process_where_it_serves_metrics() -> None:

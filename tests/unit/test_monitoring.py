@@ -13,10 +13,11 @@ import agents.deliver  # noqa: F401 - the worker's agents (autodiscovered by a w
 import agents.fanout  # noqa: F401
 import agents.projection  # noqa: F401
 import faust_app  # noqa: F401 - installs the worker's metrics (agents/metrics.py, faust_*)
-from api import post_service, query_service
+from api import post_service
 from api.metrics import Metrics
-from api.query_metrics import QueryMetrics
 from ops.monitoring import dashboard
+from query import service as query_service
+from query.metrics import QueryMetrics
 
 MONITORING = Path(dashboard.__file__).resolve().parent
 REPO = MONITORING.parent.parent
@@ -67,7 +68,7 @@ def all_exprs() -> list[str]:
 
 
 def source_text() -> str:
-    files = [*REPO.glob("agents/*.py"), *REPO.glob("api/*.py"), *REPO.glob("sinks/*.py"), *REPO.glob("schemas/*.py")]
+    files = [f for room in ("agents", "api", "query", "sinks", "schemas") for f in REPO.glob(f"{room}/*.py")]
     return "\n".join(f.read_text() for f in files if f.exists())
 
 

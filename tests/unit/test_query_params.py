@@ -7,7 +7,7 @@ import pytest
 from starlette.datastructures import QueryParams
 
 from api.errors import Problem
-from api.query_params import DEFAULT_LIMIT, MAX_LIMIT, iso_ms, next_cursor, parse_cursor, parse_limit, render_page
+from query.params import DEFAULT_LIMIT, MAX_LIMIT, iso_ms, next_cursor, parse_cursor, parse_limit, render_page
 from policies.timeline import encode_cursor
 
 

@@ -7,21 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sinks.reader import (
+from policies.timeline import (
     CASSANDRA_PAGE_ROWS,
-    MAX_ID,
     PULL_GROUP_MAX,
     PULL_MIN,
     SLACK,
     Source,
-    lex_below,
     merge_sources,
     pull_groups,
     pull_limit,
     usable_chunk,
-    window_entries,
 )
-from sinks.redis_timeline import SENTINEL_ID, member
+from schemas.events import INT64_MAX as MAX_ID
+from sinks.redis_timeline import SENTINEL_ID, lex_below, member, window_entries
 
 
 # --- merge_sources ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from api.kafka import KafkaGateway, KafkaUnavailable
-from api.query_metrics import QueryMetrics
+from query.metrics import QueryMetrics
 from schemas.events import UserActive
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ proxies listed in ``TL_TRUSTED_PROXIES`` the client their ``X-Forwarded-For`` na
 (``api.limits.request_address``); behind an unlisted proxy every client shares the
 proxy's address and its per-address limits.
 
-Run: ``python -m api.query_service [--host 127.0.0.1] [--port 8082]``.
+Run: ``python -m query.service [--host 127.0.0.1] [--port 8082]``.
 """
 from __future__ import annotations
 
@@ -52,14 +52,14 @@ from api.common import build_app, health_response, json_response, serve
 from api.deps import install_dependency_errors
 from api.errors import Problem
 from api.limits import request_address
-from api.query_deps import QueryResources, get_query_resources, install_cassandra_errors
-from api.query_metrics import QueryMetrics
-from api.query_params import parse_cursor, parse_limit, render_page
 from policies.ratelimit import retry_after_header
+from query.deps import QueryResources, get_query_resources, install_cassandra_errors
+from query.metrics import QueryMetrics
+from query.page import Page
+from query.params import parse_cursor, parse_limit, render_page
 from settings import Settings, get_settings
-from sinks.reader import Page
 
-log = logging.getLogger("api.query_service")
+log = logging.getLogger("query.service")
 
 DEFAULT_PORT = 8082
 
@@ -157,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(create_app, prog="python -m api.query_service", description=__doc__.splitlines()[0],
+    serve(create_app, prog="python -m query.service", description=__doc__.splitlines()[0],
           default_port=DEFAULT_PORT, argv=argv)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 from api.common import HttpMetrics
-from sinks.reader import ReadStats
+from query.page import ReadStats
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 

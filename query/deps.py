@@ -31,12 +31,13 @@ from api.auth import TokenAuthenticator
 from api.deps import PG_TIMEOUT_S, REDIS_TIMEOUT_S, _describe, postgres_ok, probe, redis_ok
 from api.errors import problem_response
 from api.kafka import KafkaGateway
-from api.query_handles import ActivityTracker, HandleCache
-from api.query_metrics import QueryMetrics
 from api.ratelimit import RedisTokenBucket
+from query.handles import ActivityTracker, HandleCache
+from query.metrics import QueryMetrics
+from query.reader import HomeTimelineReader
 from settings import Settings
 from sinks.cassandra import CassandraStore
-from sinks.reader import HomeTimelineReader, RedisFollowing
+from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import RedisTweets
 

@@ -1,0 +1,297 @@
+"""Reading a home timeline from the projections (the read side of the hybrid model).
+
+A page of the home timeline of ``user`` below a cursor is the merge of
+
+* the materialized timeline (Redis when cached, else Cassandra ``user_timeline``)
+  above the user's floor, restricted to authors the user follows now;
+* the newest tweets of the celebrities the user follows (pulled from
+  ``author_timeline``), above the floor;
+* below the floor, or for a user whose timeline is stale (skipped while
+  inactive), the newest tweets of every followee (pull-merge), so paging never
+  hits an end that is not the real one;
+
+with deleted tweets dropped at hydration. The result is what the correctness
+reference says: the newest tweets of current followees, minus deletes. How the
+cut sources merge and how much a pull asks for are pure decisions
+(``policies/timeline.py``).
+
+What a read costs
+-----------------
+
+* The user's view, and the first chunk on a cache hit: one Redis call
+  (``query/view.py``, where the cache misses are described too).
+* Hydration: one pipeline of tweet hashes (``RedisTweets``); Cassandra is asked
+  only for bodies missing from Redis (one ``IN`` query).
+* Celebrity pulls: one ``IN ... PER PARTITION LIMIT`` query per group of authors,
+  groups concurrent.
+
+This relies on the rule documented in ``sinks/redis_timeline.py``: a cached key
+holds the newest ``cap`` entries of the Cassandra timeline, so a key with fewer
+than ``cap`` entries holds all of it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Sequence
+
+import redis.exceptions
+
+from policies.timeline import SLACK, Source, merge_sources, pull_groups, pull_limit, usable_chunk
+from query.page import Page, ReadStats, Tweet, store_query
+from query.view import UserViews, View
+from schemas.events import INT64_MAX as MAX_ID
+from settings import Settings
+from sinks.cassandra import CassandraStore
+from sinks.redis_following import RedisFollowing
+from sinks.redis_timeline import RedisTimelines
+from sinks.redis_tweets import RedisTweets
+
+log = logging.getLogger(__name__)
+
+
+async def _cache_or_store(what: str, read: Callable[[bool], Awaitable[Page]]) -> Page:
+    """``read(cache=True)``; if Redis fails (down, out of memory, a timeout), ``read(False)``:
+    the same page from Cassandra alone. Redis is a cache, never the reason a read fails."""
+    try:
+        return await read(True)
+    except redis.exceptions.RedisError as exc:
+        log.warning("%s read without Redis: %r", what, exc)
+        page = await read(False)
+        page.stats.cache_bypassed = True
+        return page
+
+
+class HomeTimelineReader:
+    def __init__(
+        self,
+        settings: Settings,
+        cassandra: CassandraStore,
+        timelines: RedisTimelines,
+        *,
+        tweets: RedisTweets | None = None,
+        following: RedisFollowing | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cassandra = cassandra
+        self.timelines = timelines
+        self.redis = timelines.redis
+        self.tweets = tweets or RedisTweets(self.redis, prefix=settings.redis_prefix)
+        following = following or RedisFollowing(
+            self.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s
+        )
+        self.views = UserViews(cassandra, timelines, following, prefix=settings.redis_prefix)
+
+    # --- stores ---------------------------------------------------------------------
+
+    async def pull(
+        self, authors: Sequence[int], below: int, above: int, limit: int, stats: ReadStats
+    ) -> list[Source]:
+        """Each author's newest ids in (above, below), at most ``limit``, as merge sources."""
+        if not authors:
+            return []
+        groups = pull_groups(authors, limit)
+        results = await asyncio.gather(
+            *(store_query(self.cassandra, stats, "authors_tl_below", (group, below, limit)) for group in groups)
+        )
+        by_author: dict[int, list[int]] = {a: [] for a in authors}
+        for rows in results:
+            for row in rows:
+                by_author[row.author_id].append(row.tweet_id)
+        sources = []
+        for ids in by_author.values():
+            ids.sort(reverse=True)
+            kept = [t for t in ids if t > above]
+            sources.append(Source(kept, kept[-1] if len(kept) == limit else None))
+        return sources
+
+    async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None, *, cache: bool = True) -> dict[int, Tweet]:
+        """Bodies of the live tweets among ``ids``: Redis first, one Cassandra query for the rest
+        (Cassandra alone when ``cache`` is False)."""
+        stats = stats if stats is not None else ReadStats()
+        if not ids:
+            return {}
+        if cache:
+            cached = await self.tweets.read(ids)
+            stats.redis_round_trips += 1
+        else:
+            cached = dict.fromkeys(ids)
+        out: dict[int, Tweet] = {}
+        misses: list[int] = []
+        for tweet_id, tweet in cached.items():
+            if tweet is None:
+                misses.append(tweet_id)
+            elif not tweet.deleted_at:
+                out[tweet_id] = Tweet(tweet_id, tweet.author_id, tweet.text, tweet.created_at)
+        stats.tweet_cache_hits += len(ids) - len(misses)
+        stats.tweet_cache_misses += len(misses)
+        if misses:
+            rows = await store_query(self.cassandra, stats, "get_tweets", (misses,))
+            posted, deleted = [], []
+            for r in rows:
+                if r.author_id is not None and r.text is not None:
+                    posted.append((r.tweet_id, r.author_id, r.text, r.created_at or 0))
+                if r.deleted_at:
+                    deleted.append((r.tweet_id, r.deleted_at))
+                elif r.author_id is not None and r.text is not None:
+                    out[r.tweet_id] = Tweet(r.tweet_id, r.author_id, r.text, r.created_at or 0)
+            if cache and (posted or deleted):
+                # A delete only sets a field of the hash, so this write cannot undo one.
+                await self.tweets.write(posted, deleted)
+                stats.redis_round_trips += 1
+        return out
+
+    # --- the materialized part -----------------------------------------------------------
+
+    async def _materialized(
+        self, user_id: int, view: View, cursor: int, need: int, stats: ReadStats
+    ) -> tuple[list[tuple[int, int]], bool, str]:
+        """Materialized entries in (floor, cursor), newest first; whether that region is exhausted."""
+        if view.first is not None and view.first[0] == cursor:
+            _, entries, done, source = view.first
+            return entries, done, source
+        n = need + SLACK
+        if view.cached and view.cache_short_at != cursor:
+            # n + 1 entries: one more than a chunk tells whether the region goes on.
+            cached = await self.timelines.read(user_id, below=None if cursor >= MAX_ID else cursor, limit=n + 1)
+            stats.redis_round_trips += 1
+            # Still cached, with the same floor: the window is good (else ask Cassandra).
+            if cached is not None and cached.floor == view.floor:
+                entries = [e for e in cached.entries if e[0] > view.floor]
+                chunk = usable_chunk(cursor, entries, view.whole, need, "cache")
+                if chunk is not None:
+                    return chunk[1], chunk[2], chunk[3]
+        rows = await store_query(self.cassandra, stats, "user_tl_below", (user_id, cursor, view.floor, n))
+        return [(r.tweet_id, r.author_id) for r in rows], len(rows) < n, "store"
+
+    async def _materialized_source(
+        self, user_id: int, view: View, cursor: int, need: int, stats: ReadStats
+    ) -> tuple[Source, str]:
+        """The materialized chunk as a merge source: authors followed now only, cut at its last row."""
+        mat, done, source = await self._materialized(user_id, view, cursor, need, stats)
+        followed = await self.views.followed(user_id, view, {a for _, a in mat}, stats)
+        ids = [t for t, a in mat if a in followed]
+        return Source(ids, None if done or not mat else mat[-1][0]), source
+
+    # --- pages -------------------------------------------------------------------------
+
+    async def page(self, user_id: int, *, limit: int, below: int | None = None) -> Page:
+        """One page of the home timeline. Redis is a cache: if it fails (down, out of memory,
+        a timeout) the page is read again from Cassandra alone, with the same answer."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return await _cache_or_store(f"home timeline of {user_id}",
+                                     lambda cache: self._page(user_id, limit, below, cache=cache))
+
+    async def _page(self, user_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
+        stats = ReadStats()
+        cursor = MAX_ID if below is None else below
+        if cache:
+            view = await self.views.open(user_id, cursor, limit, stats)
+        else:
+            view = await self.views.open_store(user_id, cursor, limit, stats)
+        phase = "pull" if view.stale else "materialized"
+        source = "rebuilt" if view.stale else ""
+        out: list[Tweet] = []
+        pulled: set[int] = set()
+        first_round = True
+        at_end = view.followee_count == 0
+        while len(out) < limit and not at_end:
+            need = limit - len(out)
+            if phase == "materialized":
+                if cursor <= view.floor + 1:
+                    phase = "pull"
+                    continue
+                celebs = view.celebrities
+                per_author = pull_limit(need + SLACK, len(celebs) + 1, first_round)
+                (mat_source, src), pulls = await asyncio.gather(
+                    self._materialized_source(user_id, view, cursor, need, stats),
+                    self.pull(celebs, cursor, view.floor, per_author, stats),
+                )
+                source = source or src
+                merged = merge_sources([mat_source, *pulls])
+                pulled.update(t for p in pulls for t in p.ids)
+            else:
+                if cursor <= 1:
+                    at_end = True
+                    break
+                source = source or "store"
+                authors = sorted(await self.views.followees(user_id, view, stats))
+                per_author = pull_limit(need + SLACK, len(authors), first_round)
+                merged = merge_sources(await self.pull(authors, cursor, 0, per_author, stats))
+                pulled.update(merged.candidates)
+            first_round = False
+
+            # Hydrate the candidates in slices, newest first, until the page is full.
+            candidates = merged.candidates
+            done_upto = 0
+            while done_upto < len(candidates) and len(out) < limit:
+                chunk = candidates[done_upto : done_upto + (limit - len(out)) + SLACK]
+                bodies = await self.hydrate(chunk, stats, cache=cache)
+                for tweet_id in chunk:
+                    done_upto += 1
+                    cursor = tweet_id
+                    tweet = bodies.get(tweet_id)
+                    if tweet is not None:
+                        out.append(tweet)
+                        if len(out) == limit:
+                            break
+            region_done = done_upto == len(candidates) and merged.horizon is None
+            if len(out) == limit:
+                # The end is known without another read when nothing is left anywhere.
+                at_end = region_done and (phase == "pull" or view.floor == 0)
+                break
+            if region_done:
+                if phase == "materialized":
+                    # Nothing left above the floor: continue below it by pull-merge.
+                    phase, cursor = "pull", min(cursor, view.floor + 1)
+                else:
+                    at_end = True
+            elif merged.horizon is not None:
+                cursor = min(cursor, merged.horizon)  # everything at or above it was seen
+        next_below = None if at_end or len(out) < limit else cursor
+        if not source:
+            source = "cache" if view.cached else "store"
+        return Page(out, next_below, source, pulled & {t.tweet_id for t in out}, stats)
+
+    async def all_ids(self, user_id: int, *, page_size: int = 200) -> list[int]:
+        """Every tweet id of the home timeline, paging to the real end (for verification)."""
+        ids: list[int] = []
+        below = None
+        while True:
+            page = await self.page(user_id, limit=page_size, below=below)
+            ids.extend(t.tweet_id for t in page.tweets)
+            if page.next_below is None:
+                return ids
+            below = page.next_below
+
+    async def author_page(self, author_id: int, *, limit: int, below: int | None = None) -> Page:
+        """An author's own tweets, newest first (``author_timeline``), deleted ones dropped;
+        from Cassandra alone if Redis fails."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return await _cache_or_store(f"author timeline of {author_id}",
+                                     lambda cache: self._author_page(author_id, limit, below, cache=cache))
+
+    async def _author_page(self, author_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
+        stats = ReadStats()
+        cursor = MAX_ID if below is None else below
+        out: list[Tweet] = []
+        at_end = False
+        while len(out) < limit and not at_end:
+            n = limit - len(out) + SLACK
+            rows = await store_query(self.cassandra, stats, "author_tl_below", (author_id, cursor, n))
+            ids = [r.tweet_id for r in rows]
+            bodies = await self.hydrate(ids, stats, cache=cache)
+            consumed = 0
+            for tweet_id in ids:
+                consumed += 1
+                cursor = tweet_id
+                tweet = bodies.get(tweet_id)
+                if tweet is not None:
+                    out.append(tweet)
+                    if len(out) == limit:
+                        break
+            at_end = len(ids) < n and consumed == len(ids)
+        next_below = None if at_end or len(out) < limit else cursor
+        return Page(out, next_below, "store", set(), stats)

@@ -1,0 +1,285 @@
+"""A user's view at the start of a read: the first round trip, and what the user follows.
+
+:meth:`UserViews.open` makes one Redis call (a Lua script, so its parts agree) that
+reads the timeline window and, from the cached following list, whether each window
+author is followed, the list's size and the followed celebrities (``SINTER`` with
+the celebrity set) - never the whole list, so the cost does not grow with the
+number of followees. The whole list is read only for a pull-merge
+(:meth:`UserViews.followees`).
+
+* Timeline cache miss: ``timeline_meta`` and the newest ``cap`` rows of
+  ``user_timeline`` are read concurrently, and the cache is refilled
+  (version-checked) unless the user is stale.
+* Following cache miss: ``following`` from Cassandra, refilled version-checked;
+  stage 2 invalidates the cached list after it writes ``following``
+  (:meth:`RedisFollowing.invalidate`, called from ``RecipientBatch.apply``).
+* Celebrity set not loaded (restart, flush, eviction): read from Cassandra and
+  refilled version-checked.
+
+Why a cached timeline needs no ``timeline_meta`` read: stage 2 writes the meta
+(stale flag, floor) to Cassandra *before* it invalidates the cached timeline,
+and the reader fills the cache only if the timeline version it read *before*
+reading the meta is unchanged. So a cached timeline never belongs to a stale
+user, and its sentinel carries the current floor.
+
+:meth:`UserViews.open_store` is the same view from Cassandra alone, when Redis fails.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.timeline import SLACK, usable_chunk
+from query.page import ReadStats, store_query
+from schemas.events import INT64_MAX as MAX_ID
+from sinks.cassandra import CassandraStore
+from sinks.redis_celebrities import RedisCelebrities
+from sinks.redis_following import RedisFollowing
+from sinks.redis_timeline import (
+    SENTINEL_ID, RedisTimelines, lex_below, parse_member, version_token, window_entries,
+)
+
+# The first round trip of a read, atomic so that its parts agree with each other.
+# KEYS: timeline, timeline version, following set, following version, celebrity set,
+# celebrity set version.
+# ARGV: upper ZREVRANGEBYLEX bound of the window, window size, a fresh version token,
+# version ttl.
+# Returns: window, lowest member (the sentinel), timeline size, timeline version,
+# following set size, per window member whether its author is followed, the
+# followed celebrities, following version, whether the celebrity set is loaded (it
+# holds '0'), its version. Only the window's authors are looked up, so the cost does
+# not grow with the number of followees.
+#
+# A version key that does not exist is created here with the reader's token: a fill
+# compares the version it saw with the one it finds, and "absent" cannot be a version,
+# since a key evicted or expired after a writer bumped it would be absent again (and the
+# fill would install what was read before that write).
+_OPEN = """
+local function version(key)
+  local v = redis.call('GET', key)
+  if v then return v end
+  redis.call('SET', key, ARGV[3], 'EX', ARGV[4])
+  return ARGV[3]
+end
+local window = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, tonumber(ARGV[2]))
+local lowest = redis.call('ZRANGE', KEYS[1], 0, 0)
+local size = redis.call('ZCARD', KEYS[1])
+local following = redis.call('SCARD', KEYS[3])
+local flags = {}
+local celebs = {}
+if following > 0 then
+  for i, m in ipairs(window) do
+    flags[i] = redis.call('SISMEMBER', KEYS[3], string.match(m, ':(%d+)$') or '')
+  end
+  celebs = redis.call('SINTER', KEYS[3], KEYS[5])
+end
+local loaded = redis.call('SISMEMBER', KEYS[5], '0')
+local home_v = version(KEYS[2])
+local following_v = version(KEYS[4])
+local celebs_v = ''
+if loaded == 0 then celebs_v = version(KEYS[6]) end
+return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v}
+"""
+
+
+@dataclass
+class View:
+    """The user's state at the start of a read."""
+
+    followee_count: int
+    celebrities: list[int]
+    floor: int
+    stale: bool
+    cached: bool  # the timeline is in Redis
+    whole: bool  # ... and that copy holds the whole materialized timeline
+    # Every followee, when known (read from Cassandra, or loaded for a pull-merge).
+    followees: frozenset[int] | None = None
+    # Whether the user follows an author, for the authors looked up so far.
+    follows: dict[int, bool] = field(default_factory=dict)
+    # The first chunk, if the first round trip answered it: (cursor, entries, done, source).
+    first: tuple[int, list[tuple[int, int]], bool, str] | None = None
+    # The cursor at which the cached copy was seen to be too short (ask Cassandra directly).
+    cache_short_at: int | None = None
+
+
+def _decode(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else (raw or "")
+
+
+class UserViews:
+    """Opens users' views over the stores, and answers what they follow."""
+
+    def __init__(
+        self, cassandra: CassandraStore, timelines: RedisTimelines, following: RedisFollowing, *, prefix: str
+    ) -> None:
+        self.cassandra = cassandra
+        self.timelines = timelines
+        self.redis = timelines.redis
+        self.following_cache = following
+        self.celebrity_cache = RedisCelebrities(self.redis, prefix=prefix)
+        self._open_script = self.redis.register_script(_OPEN)
+
+    async def open_store(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> View:
+        """The user's view from Cassandra alone (Redis failed): following list, celebrities,
+        meta and the newest rows, concurrently; nothing is cached."""
+        following, celebrities, meta, rows = await asyncio.gather(
+            self.cassandra.execute_all("get_following", (user_id,)),
+            self.cassandra.execute_all("list_celebrities", (0,)),
+            store_query(self.cassandra, stats, "get_meta", (user_id,)),
+            store_query(self.cassandra, stats, "user_tl_below", (user_id, MAX_ID, 0, self.timelines.cap)),
+        )
+        stats.cassandra_queries += 2
+        followees = frozenset(r.followee_id for r in following)
+        view = View(len(followees), sorted(followees.intersection(r.author_id for r in celebrities)),
+                    (meta[0].floor or 0) if meta else 0, bool(meta[0].stale) if meta else False,
+                    cached=False, whole=False, followees=followees)
+        if not view.stale:
+            entries = [(r.tweet_id, r.author_id) for r in rows if r.tweet_id > view.floor]
+            below = [e for e in entries if e[0] < cursor]
+            view.first = usable_chunk(cursor, below, len(entries) < self.timelines.cap, need, "store")
+        return view
+
+    async def open(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> View:
+        """One Redis call for the timeline window and the following facts; Cassandra for misses."""
+        n = need + SLACK
+        following = self.following_cache
+        celebrity_cache = self.celebrity_cache
+        keys = [self.timelines.key(user_id), self.timelines.version_key(user_id),
+                following.key(user_id), following.version_key(user_id),
+                celebrity_cache.key(), celebrity_cache.version_key()]
+        (window, lowest, card, home_version, followee_card, flags, celebs, following_version,
+         celebs_loaded, celebs_version) = await self._open_script(
+            keys=keys, args=[lex_below(cursor), n + 1, version_token(), self.timelines.ttl_s])
+        stats.redis_round_trips += 1
+
+        view = View(max(0, followee_card - 1), [], 0, False, cached=False, whole=False)
+        if lowest:
+            sentinel_tid, sentinel_floor = parse_member(lowest[0])
+            view.cached = sentinel_tid == SENTINEL_ID  # else foreign data under our key: a miss
+        stats.timeline_cache = "hit" if view.cached else "miss"
+        if view.cached:
+            view.floor = sentinel_floor
+            view.whole = card - 1 < self.timelines.cap
+            view.first = usable_chunk(cursor, window_entries(window, view.floor), view.whole, need, "cache")
+            if view.first is None:
+                view.cache_short_at = cursor
+
+        following_hit = followee_card > 0
+        stats.following_cache = "hit" if following_hit else "miss"
+        if following_hit:
+            for raw, flag in zip(window, flags):
+                view.follows[parse_member(raw)[1]] = bool(flag)
+            view.celebrities = sorted(int(c) for c in celebs if int(c) != 0)
+
+        reads: dict[str, Any] = {}
+        if not celebs_loaded:
+            # The celebrity set was lost (restart, flush, eviction): Cassandra has it.
+            stats.cassandra_queries += 1
+            reads["celebrities"] = self.cassandra.execute_all("list_celebrities", (0,))
+        if not following_hit:
+            reads["following"] = store_query(self.cassandra, stats, "get_following", (user_id,))
+        if not view.cached:
+            reads["meta"] = store_query(self.cassandra, stats, "get_meta", (user_id,))
+            # The newest rows whatever the floor (rows at or below it may linger).
+            reads["rows"] = store_query(self.cassandra, stats, "user_tl_below",
+                                        (user_id, MAX_ID, 0, self.timelines.cap))
+        if not reads:
+            return view
+        results = dict(zip(reads, await asyncio.gather(*reads.values())))
+        every_celebrity: list[int] | None = None
+        if not celebs_loaded:
+            every_celebrity = sorted(r.author_id for r in results["celebrities"])
+
+        fill_timeline = None
+        if not view.cached:
+            meta = results["meta"]
+            view.floor = (meta[0].floor or 0) if meta else 0
+            view.stale = bool(meta[0].stale) if meta else False
+            rows = [(r.tweet_id, r.author_id) for r in results["rows"] if r.tweet_id > view.floor]
+            if not view.stale:
+                complete = len(rows) < self.timelines.cap
+                below = [e for e in rows if e[0] < cursor]
+                view.first = usable_chunk(cursor, below, complete, need, "store")
+                fill_timeline = self.timelines.fill(user_id, _decode(home_version), rows, view.floor)
+        fill_following = None
+        if not following_hit:
+            followees = sorted(r.followee_id for r in results["following"])
+            view.followees = frozenset(followees)
+            view.followee_count = len(followees)
+            fill_following = self._fill_following(user_id, _decode(following_version), followees)
+        # The first chunk came from Cassandra: check its authors alongside the fills.
+        checked: list[int] = []
+        if following_hit and view.first is not None:
+            checked = sorted({a for _, a in view.first[1]})
+        check = self.following_cache.check(user_id, checked) if checked else None
+        fill_celebrities = check_celebrities = None
+        if every_celebrity is not None:
+            fill_celebrities = self.celebrity_cache.fill(_decode(celebs_version), every_celebrity)
+            if following_hit and every_celebrity:
+                check_celebrities = self.following_cache.check(user_id, every_celebrity)
+        calls = {"timeline": fill_timeline, "following": fill_following, "check": check,
+                 "celebrities": fill_celebrities, "followed_celebrities": check_celebrities}
+        calls = {k: c for k, c in calls.items() if c is not None}
+        if calls:
+            done = dict(zip(calls, await asyncio.gather(*calls.values())))
+            stats.redis_round_trips += 1  # concurrent: one round trip of latency
+            if "following" in done:
+                if done["following"] is None and every_celebrity is None:
+                    # The celebrity set went missing after the first round trip: Cassandra.
+                    every_celebrity = sorted(r.author_id for r in
+                                             await self.cassandra.execute_all("list_celebrities", (0,)))
+                    stats.cassandra_queries += 1
+                view.celebrities = done["following"] or []
+            found = done.get("check")
+            if found is not None:  # None: the list was dropped meanwhile; followed() reloads it
+                view.follows.update((a, a in found) for a in checked)
+        if every_celebrity is not None:
+            # The set was not loaded: what the script and the fill said about it is void.
+            if view.followees is not None:
+                view.celebrities = sorted(view.followees.intersection(every_celebrity))
+            elif every_celebrity:
+                followed = done.get("followed_celebrities")
+                if followed is None:  # the cached list was dropped meanwhile
+                    followed = await self.followees(user_id, view, stats)
+                view.celebrities = sorted(followed.intersection(every_celebrity))
+            else:
+                view.celebrities = []
+        return view
+
+    async def followed(self, user_id: int, view: View, authors: set[int], stats: ReadStats) -> set[int]:
+        """The authors among ``authors`` that the user follows now."""
+        if view.followees is not None:
+            return authors & view.followees
+        unknown = [a for a in authors if a not in view.follows]
+        if unknown:
+            found = await self.following_cache.check(user_id, unknown)
+            stats.redis_round_trips += 1
+            if found is None:  # the cached list was dropped meanwhile (a follow change)
+                return authors & await self.followees(user_id, view, stats)
+            view.follows.update((a, a in found) for a in unknown)
+        return {a for a in authors if view.follows[a]}
+
+    async def followees(self, user_id: int, view: View, stats: ReadStats) -> frozenset[int]:
+        """Every followee (for a pull-merge): the cached list, else Cassandra (no fill here)."""
+        if view.followees is None:
+            cached = await self.following_cache.members(user_id)
+            stats.redis_round_trips += 1
+            if cached is None:
+                cached = {r.followee_id for r in await store_query(self.cassandra, stats, "get_following", (user_id,))}
+            view.followees = frozenset(cached)
+        return view.followees
+
+    async def _fill_following(self, user_id: int, seen_version: str, followees: list[int]) -> list[int] | None:
+        """Cache the list (version-checked) and return the celebrities in it: one round trip.
+        None when the celebrity set is not loaded (it may have been evicted since the read began)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await self.following_cache.queue_fill(pipe, user_id, seen_version, followees)
+            pipe.sismember(self.celebrity_cache.key(), "0")
+            if followees:
+                pipe.smismember(self.celebrity_cache.key(), followees)
+            results = await pipe.execute()
+        if not results[1]:
+            return None
+        flags = results[2] if followees else []
+        return [a for a, flag in zip(followees, flags) if flag]
