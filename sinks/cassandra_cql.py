@@ -41,7 +41,7 @@ QUERIES = {
     "insert_celebrity": "INSERT INTO {ks}.celebrities (bucket, author_id) VALUES (?, ?)",
     "delete_celebrity": "DELETE FROM {ks}.celebrities WHERE bucket = ? AND author_id = ?",
     "list_celebrities": "SELECT author_id FROM {ks}.celebrities WHERE bucket = ?",
-    # Read path (sinks/reader.py): one query for many tweets / many authors.
+    # Read path (query/reader.py): one query for many tweets / many authors.
     "get_tweets": "SELECT tweet_id, author_id, text, created_at, deleted_at FROM {ks}.tweets WHERE tweet_id IN ?",
     "authors_tl_below": (
         "SELECT author_id, tweet_id FROM {ks}.author_timeline"
