@@ -18,11 +18,11 @@ from pathlib import Path
 
 import orjson
 
-from bench.workload import generate, produce
+from localenv.worker import Worker
+from localenv.workload import generate, produce
 from ops.lag import wait_caught_up
 from ops.rebuild import rebuild
 from ops.schema import apply_cassandra, cassandra_cluster, create_topics
-from ops.worker import Worker
 from settings import get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"

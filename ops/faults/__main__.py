@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from localenv.host import REPO
 from ops.faults.suite import RESUME_TARGET_S, Config, run_suite
-from ops.host import REPO
 
 
 def render_md(report: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """The fault-injection suite: kill and pause real servers and workers under load, then check.
 
-One run starts a private :class:`ops.services.ServerSet` (own folder and ports: the shared
+One run starts a private :class:`localenv.server_set.ServerSet` (own folder and ports: the shared
 servers of ``./dev services up`` are never touched), a namespace on it, two workers (named,
 so the supervisor logic of ``ops/supervise.py`` can hand a dead one's partitions over), the
 Post and query services as child processes, a seeded :class:`ops.faults.load.Scenario`
@@ -44,13 +44,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from localenv.host import REPO, STATE
+from localenv.server_set import ServerSet
 from ops.faults.cluster import Cluster
 from ops.faults.load import Api, Scenario, verdict
 from ops.faults.probes import Probes, pick_pairs
 from ops.group import GroupWatch
-from ops.host import REPO, STATE
 from ops.lag import pipeline_topics
-from ops.services import ServerSet
 from ops.supervise import RESTART_DELAY_S, hand_over
 from ops.verify import read_log
 from policies.reference import ReferenceModel
