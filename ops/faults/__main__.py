@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from localenv.host import REPO
-from ops.faults.suite import RESUME_TARGET_S, Config, run_suite
+from ops.faults.plan import RESUME_TARGET_S, Config
+from ops.faults.suite import run_suite
 
 
 def render_md(report: dict[str, Any]) -> str:
