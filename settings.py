@@ -1,7 +1,7 @@
 """One typed, frozen settings object, read from the environment in one place.
 
 Every tunable of the service is declared here with the environment variable it
-comes from. Defaults point at the local servers started by ``python -m ops.services up``.
+comes from. Defaults point at the local servers started by ``python -m localenv up``.
 Code receives a ``Settings`` instance (``get_settings()``) instead of reading the
 environment itself.
 """

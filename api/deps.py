@@ -244,7 +244,7 @@ async def _on_missing_schema(request: Request, exc: Exception) -> Response:
     log.error("PostgreSQL schema missing: %s", _describe(exc))
     return _unavailable(
         f"PostgreSQL schema is missing ({_describe(exc)}); apply ops/schema.sql "
-        "(python -m ops.services up)", retry_after=30
+        "(python -m localenv up)", retry_after=30
     )
 
 

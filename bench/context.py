@@ -27,7 +27,7 @@ from tqdm import tqdm
 from bench.graph import Graph, TweetFactory, scaled_spec
 from bench.profile_worker import ProfiledWorker
 from bench.sysstats import ProcessSet, pid_listening_on
-from bench.workload import KEY_OF, TOPIC_OF, produce, topic_name
+from localenv.workload import KEY_OF, TOPIC_OF, produce, topic_name
 from ops.lag import CaughtUp, LagMonitor
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async
 from query.reader import HomeTimelineReader
@@ -208,7 +208,7 @@ class RunContext:
 
     def pids(self) -> ProcessSet:
         """The processes whose CPU a phase reads: the worker, this process and the servers."""
-        from ops.services import services
+        from localenv.services import services
 
         single = {"worker": self.worker.proc.pid, "bench (load generator)": os.getpid()}
         tree = {}

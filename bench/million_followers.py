@@ -37,11 +37,11 @@ from typing import Any
 import orjson
 
 from bench.context import open_reader, provision
-from bench.workload import produce
-from ops.host import STATE
+from localenv.host import STATE
+from localenv.worker import Worker
+from localenv.workload import produce
 from ops.lag import wait_caught_up
 from ops.schema import drop_namespace
-from ops.worker import Worker
 from settings import Settings, get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,7 +87,7 @@ def topic_bytes(settings: Settings, prefix: str) -> int:
 
 
 async def publish(settings: Settings, events: Any, *, total: int, label: str) -> float:
-    """Send events to their topics (``bench.workload.produce``); returns events/s."""
+    """Send events to their topics (``localenv.workload.produce``); returns events/s."""
     began = time.monotonic()
     sent = await produce(settings, events, progress=lambda n: print(
         f"\r{label}: published {n:,}/{total:,}", end="", flush=True))

@@ -16,7 +16,7 @@ in a separate process (``--client inline`` puts it in the server's event loop); 
 mode httpx's ASGI transport calls the app in the same loop. Kafka, Redis and PostgreSQL share the same machine, so
 the numbers are a floor for a dedicated server.
 
-    python -m ops.services up
+    python -m localenv up
     python -m bench.post_bench --users 50 --requests 3000 --concurrency 32
 """
 from __future__ import annotations

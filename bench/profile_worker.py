@@ -8,7 +8,7 @@ Runs ``faust`` exactly as ``python -m faust ...`` would, in this process.
 ``<out-prefix>.txt`` (the text tree). So the profile covers exactly the load
 window the benchmark chose, not the worker's start-up or idle time before it.
 (SIGUSR1/SIGUSR2 belong to mode's worker.) ``ProfiledWorker`` is
-``ops.worker.Worker`` running this module instead of ``faust``.
+``localenv.worker.Worker`` running this module instead of ``faust``.
 
 pyinstrument sees the main thread only, and most of the worker's CPU may be
 elsewhere (the Cassandra driver's I/O thread, ``execute_concurrent`` in executor
@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from ops.worker import Worker
+from localenv.worker import Worker
 
 START = signal.SIGRTMIN + 3
 STOP = signal.SIGRTMIN + 4
@@ -135,7 +135,7 @@ def main() -> None:
 
 
 class ProfiledWorker(Worker):
-    """``ops.worker.Worker`` under this module; ``profile_start``/``profile_stop`` send the signals."""
+    """``localenv.worker.Worker`` under this module; ``profile_start``/``profile_stop`` send the signals."""
 
     def __init__(self, settings, log_path: Path, prefix: Path, **kw) -> None:
         super().__init__(settings, log_path, **kw)

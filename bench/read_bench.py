@@ -31,7 +31,7 @@ generator (a minimal keep-alive HTTP/1.1 client) runs in a separate process, as 
 ``bench/post_bench.py``. Kafka, Cassandra, Redis and PostgreSQL share this machine,
 so the numbers are a floor for dedicated servers.
 
-    python -m ops.services up
+    python -m localenv up
     python -m bench.read_bench --requests 3000 --concurrency 1,8
 """
 from __future__ import annotations
@@ -58,10 +58,10 @@ from redis.asyncio import Redis
 from api.auth import hash_token, new_token
 from bench.http_load import RawConnection, load_process, uvicorn_server
 from bench.latency import latency_ms
-from bench.workload import produce
+from localenv.worker import Worker
+from localenv.workload import produce
 from ops.lag import wait_caught_up
 from ops.schema import apply_cassandra, create_topics_async, drop_namespace
-from ops.worker import Worker
 from policies.reference import ReferenceModel
 from policies.snowflake import SnowflakeGenerator
 from query.service import create_app

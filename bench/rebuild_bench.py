@@ -2,7 +2,8 @@
 
     python -m bench.rebuild_bench [--users N] [--tweets N] [--seed S] [--workers N]
 
-Publishes a seeded workload into an isolated namespace, lets a worker build the
+Publishes a seeded workload into an isolated namespace (``Settings.isolated``, removed
+afterwards by ``ops.schema.drop_namespace``), lets a worker build the
 projections, then wipes them and times ``ops.rebuild`` (events/s over the
 source topics, timeline entries/s written), and checks the result with
 ``ops.verify``. Writes ``bench/results/rebuild-<timestamp>.json``.
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import orjson
 
-from bench.workload import generate, produce
+from localenv.worker import Worker
+from localenv.workload import generate, produce
 from ops.lag import wait_caught_up
 from ops.rebuild import rebuild
-from ops.schema import apply_cassandra, cassandra_cluster, create_topics
-from ops.worker import Worker
-from settings import get_settings
+from ops.schema import apply_cassandra, apply_postgres, cassandra_cluster, create_topics, drop_namespace
+from settings import Settings, get_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,14 +40,20 @@ def count_rows(settings, table: str) -> int:
 
 async def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rebuild-bench-"))
-    tag = os.urandom(4).hex()
-    settings = get_settings().replace(
-        topic_tweets=f"rb-tweets-{tag}", topic_follows=f"rb-follows-{tag}", topic_activity=f"rb-activity-{tag}",
-        topic_deliveries=f"rb-deliveries-{tag}", topic_dead_letters=f"rb-dead-{tag}", topic_partitions=8,
-        cassandra_keyspace=f"rb_{tag}", redis_prefix=f"rb:{tag}:", app_id=f"rb-{tag}",
-        faust_datadir=str(tmp / "faust"), celebrity_threshold=50, celebrity_hysteresis=10,
+    # Its own topics, keyspace, PostgreSQL schema (the projection writes there, and the
+    # rebuild truncates it), Redis prefix and consumer group; removed at the end.
+    settings = get_settings().isolated(
+        "rb", os.urandom(4).hex(), tmp, topic_partitions=8, celebrity_threshold=50, celebrity_hysteresis=10,
     )
+    try:
+        return await measure(args, settings, tmp)
+    finally:
+        await drop_namespace(settings)
+
+
+async def measure(args: argparse.Namespace, settings: Settings, tmp: Path) -> dict:
     apply_cassandra(settings)
+    apply_postgres(settings)
     create_topics(settings, settings.topic_partitions)
     workload = generate(args.seed, users=args.users, tweets=args.tweets, celebrity_threshold=50)
     worker = Worker(settings, tmp / "live.log").start()
@@ -75,11 +82,6 @@ async def run(args: argparse.Namespace) -> dict:
                    "seconds": round(time.monotonic() - check_began, 1)},
     }
     assert report is None
-    cluster = cassandra_cluster(settings)
-    try:
-        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=120)
-    finally:
-        cluster.shutdown()
     return result
 
 

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir = args.out_dir.resolve()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
-    from ops.services import ensure_up
+    from localenv.services import ensure_up
     from settings import get_settings
 
     ensure_up(get_settings())

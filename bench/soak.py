@@ -49,14 +49,14 @@ import httpx
 import psycopg
 
 from api.auth import hash_token, new_token
-from bench.graph import TweetFactory, generate, scaled_spec
 from bench.context import Publisher, log, open_reader
+from bench.graph import TweetFactory, generate, scaled_spec
 from bench.sysstats import machine, system_cpu
-from bench.workload import produce
+from localenv.worker import Worker
+from localenv.workload import produce
 from ops.faults.cluster import ServiceProcess, rss_bytes
 from ops.lag import LagMonitor
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace
-from ops.worker import Worker
 from settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent

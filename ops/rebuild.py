@@ -33,11 +33,11 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from tqdm import tqdm
 
+from localenv.worker import Worker
 from ops.lag import consumer_lag
 from ops.schema import cassandra_cluster
 from ops.verify import Report, verify
 from schemas import source_topics
-from ops.worker import Worker
 from settings import Settings, get_settings
 
 TABLES = ("follower-edges", "authors", "early-deletes", "following-edges", "recipients")

@@ -31,7 +31,7 @@ WEEK_RETENTION = {"retention.ms": str(7 * 24 * 3600 * 1000)}
 T = TypeVar("T")
 
 
-# --- helpers shared with ops.services and the tests -------------------------------
+# --- helpers shared with localenv and the tests -----------------------------------
 
 
 def run_sync(coro: Awaitable[T]) -> T:

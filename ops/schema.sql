@@ -1,5 +1,5 @@
 -- PostgreSQL: accounts (owned by the Post service) and the ACID projection of the log.
--- Applied idempotently by `python -m ops.services up` (and `ops.schema`).
+-- Applied idempotently by `python -m localenv up` (and `ops.schema`).
 CREATE TABLE IF NOT EXISTS users (
   user_id     bigint PRIMARY KEY,
   handle      text NOT NULL,

@@ -14,7 +14,7 @@ T = TypeVar("T")
 # Batching defaults (CassandraStore fields). Cassandra warns about unlogged
 # batches over more than `unlogged_batch_across_partitions_warn_threshold`
 # partitions and over `batch_size_warn_threshold` bytes, and rejects batches
-# over `batch_size_fail_threshold` (50 KiB by default): ops/services.py sets
+# over `batch_size_fail_threshold` (50 KiB by default): localenv/cassandra_server.py sets
 # the warnings above these limits, see docs/operations.md.
 BATCH_SIZE = 32  # statements per batch
 BATCH_BYTES = 16 * 1024  # estimated payload per batch (values + per-statement overhead)

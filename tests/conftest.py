@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for item in items if not item.get_closest_marker("last")] + last
     try:
         from ops.schema import run_sync
-        from ops.services import ensure_up
+        from localenv.services import ensure_up
         from settings import get_settings
         from tests.integration.namespace_guard import snapshot
 

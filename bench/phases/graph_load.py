@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.context import READ_LIMIT, RunContext, bar, open_reader
 from bench.profile_worker import ProfiledWorker
-from bench.workload import produce
+from localenv.workload import produce
 from ops.lag import LagMonitor
 
 

@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ops.faults.suite import RESUME_TARGET_S, Config, run_suite
-from ops.host import REPO
+from localenv.host import REPO
+from ops.faults.plan import RESUME_TARGET_S, Config
+from ops.faults.suite import run_suite
 
 
 def render_md(report: dict[str, Any]) -> str:

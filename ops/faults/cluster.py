@@ -1,7 +1,7 @@
 """The system under test of the fault suite and the soak, on a private set of servers.
 
-:class:`Cluster` is a namespace (``Settings.isolated``) on a :class:`ops.services.ServerSet`,
-its Faust workers (``ops.worker.Worker`` child processes, each a static member of the
+:class:`Cluster` is a namespace (``Settings.isolated``) on a :class:`localenv.server_set.ServerSet`,
+its Faust workers (``localenv.worker.Worker`` child processes, each a static member of the
 consumer group with its own RocksDB folder) and the two HTTP services
 (:class:`ServiceProcess`: ``python -m api.post_service`` / ``query.service`` under
 uvicorn, as child processes, so they can be killed and their memory read like the
@@ -21,10 +21,10 @@ from typing import IO, Any
 
 import httpx
 
+from localenv.server_set import ServerSet
+from localenv.worker import ROOT, Worker, free_port, settings_env, tail
 from ops.group import describe as describe_group
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace
-from ops.services import ServerSet
-from ops.worker import ROOT, Worker, free_port, settings_env, tail
 from settings import Settings
 
 

@@ -1,6 +1,6 @@
 """The fault-injection suite: kill and pause real servers and workers under load, then check.
 
-One run starts a private :class:`ops.services.ServerSet` (own folder and ports: the shared
+One run starts a private :class:`localenv.server_set.ServerSet` (own folder and ports: the shared
 servers of ``./dev services up`` are never touched), a namespace on it, two workers (named,
 so the supervisor logic of ``ops/supervise.py`` can hand a dead one's partitions over), the
 Post and query services as child processes, a seeded :class:`ops.faults.load.Scenario`
@@ -29,96 +29,30 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import os
 import random
 import statistics
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
-
+from localenv.host import REPO, STATE
+from localenv.server_set import ServerSet
 from ops.faults.cluster import Cluster
-from ops.faults.load import Api, Scenario, verdict
+from ops.faults.load import Api, Scenario
+from ops.faults.observe import Observer, partition_lag, wait_zero_lag
+from ops.faults.plan import RESUME_TARGET_S, Config, Fault, plan
 from ops.faults.probes import Probes, pick_pairs
 from ops.group import GroupWatch
-from ops.host import REPO, STATE
-from ops.lag import pipeline_topics
-from ops.services import ServerSet
 from ops.supervise import RESTART_DELAY_S, hand_over
 from ops.verify import read_log
 from policies.reference import ReferenceModel
-from settings import Settings, unthrottled
+from settings import unthrottled
 
 log = logging.getLogger("ops.faults")
-
-RESUME_TARGET_S = float(os.environ.get("TL_FAULTS_RESUME_TARGET_S", "10"))
-
-
-@dataclass(frozen=True)
-class Fault:
-    kind: str  # worker_kill | server_kill | server_pause
-    target: str  # w1, w2 | kafka, cassandra, redis, postgres
-    pause_s: float = 0.0
-
-    @property
-    def name(self) -> str:
-        if self.kind == "worker_kill":
-            return "worker SIGKILL"
-        label = {"kafka": "Kafka", "cassandra": "Cassandra", "redis": "Redis", "postgres": "PostgreSQL"}[self.target]
-        if self.kind == "server_kill":
-            return f"{label} SIGKILL + restart" + (" (no persistence: data lost)" if self.target == "redis" else "")
-        return f"{label} SIGSTOP {self.pause_s:g} s, SIGCONT"
-
-
-def _workers(n: int) -> list[Fault]:
-    return [Fault("worker_kill", "w1" if i % 2 == 0 else "w2") for i in range(n)]
-
-
-def plan(name: str) -> list[Fault]:
-    if name == "short":
-        return [Fault("worker_kill", "w1"), Fault("server_kill", "redis"), Fault("worker_kill", "w2"),
-                Fault("server_pause", "kafka", 5.0)]
-    if name == "full":
-        servers = [Fault("server_kill", s) for s in ("kafka", "cassandra", "redis", "postgres")]
-        servers += [Fault("server_pause", s, 20.0) for s in ("kafka", "cassandra", "redis", "postgres")]
-        workers = _workers(10)
-        out: list[Fault] = []
-        for i in range(max(len(servers), len(workers))):  # interleaved
-            if i < len(workers):
-                out.append(workers[i])
-            if i < len(servers):
-                out.append(servers[i])
-        return out
-    if ":" in name:  # ad hoc: "server_kill:cassandra,worker_kill:w1,server_pause:kafka:20"
-        out = []
-        for spec in name.split(","):
-            kind, target, *pause = spec.split(":")
-            if kind not in ("worker_kill", "server_kill", "server_pause"):
-                raise ValueError(f"unknown fault kind {kind!r}")
-            out.append(Fault(kind, target, float(pause[0]) if pause else (20.0 if kind == "server_pause" else 0.0)))
-        return out
-    raise ValueError(f"unknown plan {name!r} (short, full, or kind:target[:pause_s],...)")
-
-
-@dataclass
-class Config:
-    plan: str = "short"
-    seed: int = 11
-    users: int = 60
-    writes_per_s: float = 25.0
-    reads_per_s: float = 15.0
-    warm_s: tuple[float, float] = (3.0, 7.0)  # the random moment of injection, after the load starts
-    after_s: float = 3.0  # load kept running once every partition delivers again
-    resume_timeout_s: float = 120.0
-    caught_up_timeout_s: float = 180.0
-    keep_servers: bool = False
 
 
 # --- the private servers, one set per checkout ------------------------------------------------
@@ -157,108 +91,6 @@ def exclusive(lock: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# --- observation helpers ---------------------------------------------------------------------
-
-
-async def partition_lag(settings: Settings) -> dict[str, int]:
-    """"topic[partition]" -> messages not committed by the group, for partitions behind."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                request_timeout_ms=5000)
-    await admin.start()
-    try:
-        await consumer.start()
-        committed = await admin.list_consumer_group_offsets(settings.app_id)
-        tps = [TopicPartition(t, p) for t in pipeline_topics(settings) for p in range(settings.topic_partitions)]
-        ends = await consumer.end_offsets(tps)
-        out = {}
-        for tp in tps:
-            meta = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            if ends[tp] > done:
-                out[f"{tp.topic}[{tp.partition}]"] = ends[tp] - done
-        return out
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
-async def wait_zero_lag(settings: Settings, timeout: float, check: Callable[[], None]) -> tuple[float, dict]:
-    """Seconds until every partition is caught up (zero lag on two looks 2 s apart);
-    raises TimeoutError naming the partitions still behind."""
-    began = time.monotonic()
-    zero_since = None
-    last: dict = {}
-    while time.monotonic() - began < timeout:
-        check()
-        try:
-            last = await asyncio.wait_for(partition_lag(settings), 15.0)
-        except Exception as exc:  # noqa: BLE001 - Kafka still coming back
-            last = {"error": repr(exc)}
-            zero_since = None
-            await asyncio.sleep(1.0)
-            continue
-        if not last:
-            if zero_since is None:
-                zero_since = time.monotonic()
-            elif time.monotonic() - zero_since >= 2.0:
-                return round(zero_since - began, 2), {}
-        else:
-            zero_since = None
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"partitions stuck (lag not back to 0 after {timeout:.0f}s): {last}")
-
-
-class Observer:
-    """Reads the newest delivered tweet of users straight from Cassandra ``user_timeline``,
-    on a session of its own that reconnects every 0.5 s (so the suite's own driver does not
-    add its back-off to the recovery it measures)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._cluster: Any = None
-        self._session: Any = None
-        self._stmt: Any = None
-        self._failures = 0
-
-    def _connect(self) -> None:
-        from cassandra.policies import ConstantReconnectionPolicy
-
-        from ops.schema import cassandra_cluster
-
-        cluster = cassandra_cluster(self.settings, connect_timeout=3.0)
-        cluster.reconnection_policy = ConstantReconnectionPolicy(0.5)
-        session = cluster.connect(self.settings.cassandra_keyspace)
-        self._stmt = session.prepare(
-            "SELECT tweet_id FROM user_timeline WHERE user_id = ? LIMIT 1")
-        self._cluster, self._session = cluster, session
-
-    def _newest(self, users: list[int]) -> list[int | None]:
-        if self._session is None:
-            self._connect()
-        try:
-            futures = [self._session.execute_async(self._stmt, (u,), timeout=3.0) for u in users]
-            out = []
-            for fut in futures:
-                row = fut.result().one()
-                out.append(row.tweet_id if row else None)
-            self._failures = 0
-            return out
-        except Exception:
-            self._failures += 1
-            if self._failures >= 3:  # start over: a new session finds a restarted server at once
-                self.close()
-            raise
-
-    async def newest(self, users: list[int]) -> list[int | None]:
-        return await asyncio.to_thread(self._newest, users)
-
-    def close(self) -> None:
-        cluster, self._cluster, self._session, self._failures = self._cluster, None, None, 0
-        if cluster is not None:
-            cluster.shutdown()
 
 
 # --- the suite ---------------------------------------------------------------------------------
@@ -548,4 +380,4 @@ def scenario_summary(suite: Suite) -> dict[str, Any]:
             "verdicts": suite.api.summary()["by_verdict"] if suite.api else {}}
 
 
-__all__ = ["Config", "Fault", "plan", "run_suite", "verdict"]
+__all__ = ["run_suite", "server_set"]

@@ -1,4 +1,4 @@
-"""Integration tests talk to the real servers of ``python -m ops.services up``.
+"""Integration tests talk to the real servers of ``python -m localenv up``.
 
 Every test in this folder is marked ``integration`` automatically, and the
 session-wide ``services`` fixture (autouse) makes sure the servers answer and the
@@ -14,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from ops.services import ensure_up
-from ops.worker import free_port
+from localenv.services import ensure_up
+from localenv.worker import free_port
 from settings import Settings, get_settings
 
 HERE = Path(__file__).resolve().parent

@@ -1,5 +1,5 @@
 """Abuse limits of the Post service and the query service, against the real Kafka, Redis and
-PostgreSQL (``python -m ops.services up``).
+PostgreSQL (``python -m localenv up``).
 
 One isolated world for the module (``Settings.isolated``: own topics, PostgreSQL schema,
 Redis prefix; no Cassandra keyspace - nothing here reads timelines). The apps run

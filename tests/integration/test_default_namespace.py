@@ -35,8 +35,8 @@ import uuid
 
 import pytest
 
-from bench.workload import produce
-from ops.worker import Worker
+from localenv.worker import Worker
+from localenv.workload import produce
 from settings import get_settings
 from tests.integration.namespace_guard import SNAPSHOT, BrokerSnapshot, changes, own_topic, snapshot
 from tests.integration.pipeline_harness import drop, isolated_settings, provision, reader_for

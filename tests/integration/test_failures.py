@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.workload import produce
+from localenv.worker import Worker
+from localenv.workload import produce
 from ops.lag import wait_caught_up
-from ops.worker import Worker
 from tests.integration.pipeline_harness import drop, isolated_settings, provision, reader_for
 from tests.integration.test_pipeline_correctness import read_dead_letters
 

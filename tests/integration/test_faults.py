@@ -31,7 +31,8 @@ import pytest
 os.environ.setdefault("TL_FAULTS_RESUME_TARGET_S", "30")
 
 from ops.faults.__main__ import render_md  # noqa: E402 - after the target is set
-from ops.faults.suite import Config, run_suite  # noqa: E402
+from ops.faults.plan import Config  # noqa: E402
+from ops.faults.suite import run_suite  # noqa: E402
 
 PLAN = os.environ.get("TL_FAULTS", "short")
 

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from bench.workload import produce
+from localenv.worker import Worker
+from localenv.workload import produce
 from ops.lag import wait_caught_up
 from ops.schema import apply_cassandra
-from ops.worker import Worker
 from policies.first_wins import Post, StoredTweet, post_verdict
 from policies.partitioning import partition_for_id
 from policies.reference import reference_home_timelines

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from bench.workload import produce
+from localenv.workload import produce
 from ops.lag import LagMonitor, consumer_lag, wait_caught_up
 from ops.schema import create_topics_async, drop_namespace
 from tests.integration.pipeline_harness import isolated_settings

@@ -19,9 +19,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.workload import generate, produce
+from localenv.worker import Worker
+from localenv.workload import generate, produce
 from ops.lag import wait_caught_up
-from ops.worker import Worker
 from policies.reference import reference_home_timelines
 from tests.integration.pipeline_harness import (
     diff_timelines, diff_timelines_http, drop, isolated_settings, provision, query_client, reader_for,

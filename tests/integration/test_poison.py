@@ -40,8 +40,8 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaProducer
 
+from localenv.worker import Worker
 from ops.lag import wait_caught_up
-from ops.worker import Worker
 from policies.partitioning import partition_for_id
 from settings import Settings
 from sinks.cassandra import CassandraStore

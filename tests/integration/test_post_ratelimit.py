@@ -1,7 +1,7 @@
 """The Redis Lua token bucket (api.ratelimit) agrees with policies.ratelimit.take, bit for bit.
 
 This is a unit test of one function pair, but the Lua half only runs inside Redis, so it
-needs the real Redis of ``python -m ops.services up`` (hence the integration marker).
+needs the real Redis of ``python -m localenv up`` (hence the integration marker).
 Both implementations are driven through the same random sequences of (time step, cost)
 with explicit clocks, and every decision, stored state and retry-after must be equal.
 """
@@ -38,7 +38,7 @@ async def _redis() -> Redis:
         await client.ping()
     except Exception as exc:
         await client.aclose()
-        pytest.fail(f"Redis at {get_settings().redis_url} is needed: run `python -m ops.services up` ({exc})")
+        pytest.fail(f"Redis at {get_settings().redis_url} is needed: run `python -m localenv up` ({exc})")
     return client
 
 

@@ -1,4 +1,4 @@
-"""The Post service against the real Kafka, Redis and PostgreSQL (``python -m ops.services up``).
+"""The Post service against the real Kafka, Redis and PostgreSQL (``python -m localenv up``).
 
 Each module gets its own topics (unique prefix, 4 partitions); each test its own users
 (uuid handles). Events are read back from the broker with a real consumer, and their

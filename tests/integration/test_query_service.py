@@ -26,9 +26,9 @@ from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
 from api.errors import PROBLEM_JSON
-from bench.workload import produce
+from localenv.worker import Worker
+from localenv.workload import produce
 from ops.lag import wait_caught_up
-from ops.worker import Worker
 from policies.reference import reference_home_timeline
 from policies.snowflake import SnowflakeGenerator
 from policies.timeline import decode_cursor, encode_cursor

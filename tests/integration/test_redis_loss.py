@@ -12,11 +12,11 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from bench.workload import generate, produce
+from localenv.worker import Worker
+from localenv.workload import generate, produce
 from ops.lag import wait_caught_up
-from ops.worker import Worker
-from policies.reference import reference_home_timelines
 from ops.schema import drop_namespace
+from policies.reference import reference_home_timelines
 from tests.integration.pipeline_harness import diff_timelines, isolated_settings, provision, reader_for
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench.workload import generate, produce
+from localenv.worker import Worker
+from localenv.workload import generate, produce
 from ops.lag import wait_caught_up
 from ops.rebuild import RebuildError, rebuild
 from ops.verify import verify
-from ops.worker import Worker
 from tests.integration.pipeline_harness import drop, isolated_settings, provision, reader_for
 
 

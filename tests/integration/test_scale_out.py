@@ -14,10 +14,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from bench.workload import generate, produce
+from localenv.worker import Worker
+from localenv.workload import generate, produce
 from ops.lag import consumer_lag, wait_caught_up
 from ops.verify import verify
-from ops.worker import Worker
 from tests.integration.pipeline_harness import drop, isolated_settings, provision
 
 

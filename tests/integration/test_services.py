@@ -15,8 +15,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from localenv.kafka_server import Kafka
+from localenv.service import Outcome
+from localenv.services import drift_warnings, status
 from ops import schema
-from ops.services import Kafka, Outcome, drift_warnings, status
 from settings import Settings
 
 
@@ -66,7 +68,7 @@ async def test_kafka_produce_and_consume(services: Settings) -> None:
 
 async def test_the_broker_creates_no_topic_on_its_own(services: Settings) -> None:
     """Producing to a topic nobody created fails instead of creating it with the broker's
-    defaults (production brokers run so; ops.services writes auto.create.topics.enable=false)."""
+    defaults (production brokers run so; localenv.kafka_server writes auto.create.topics.enable=false)."""
     topic = unique("it-nobody-created")
     producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, request_timeout_ms=3000)
     await producer.start()
@@ -91,7 +93,7 @@ def test_up_notices_a_running_broker_with_another_config(services: Settings, mon
     written = Kafka._server_properties
     monkeypatch.setattr(Kafka, "_server_properties",
                         lambda self: written(self).replace("\nnum.partitions=8\n", "\nnum.partitions=7\n"))
-    assert kafka.config_drift() == ["num.partitions=8 (ops/services.py now writes 7)"]
+    assert kafka.config_drift() == ["num.partitions=8 (localenv/kafka_server.py now writes 7)"]
     outcomes = [Outcome(name, "", True, "already running") for name in ("cassandra", "kafka", "postgres", "redis")]
     (line,) = drift_warnings(services, outcomes)
     assert line.startswith("kafka      STALE") and "num.partitions=8" in line

@@ -35,10 +35,10 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.shutdown import EXIT_CODE
-from bench.workload import produce
+from localenv.worker import Worker, free_port
+from localenv.workload import produce
 from ops.lag import wait_caught_up
 from ops.schema import cassandra_cluster
-from ops.worker import Worker, free_port
 from settings import Settings
 from tests.integration.pipeline_harness import drop, isolated_settings, provision
 

@@ -27,9 +27,9 @@ def test_the_four_servers_at_the_versions_the_project_runs() -> None:
 
 
 def test_brokers_never_create_topics_on_their_own() -> None:
-    """Compose's broker and the one ops.services writes a config for: a topic exists because
+    """Compose's broker and the one localenv.kafka_server writes a config for: a topic exists because
     setup (ops.schema) or the worker (Faust's changelogs) created it with its partitions."""
-    from ops.services import Kafka, parse_properties
+    from localenv.kafka_server import Kafka, parse_properties
 
     assert SERVICES["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     assert parse_properties(Kafka(Settings())._server_properties())["auto.create.topics.enable"] == "false"

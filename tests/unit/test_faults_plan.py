@@ -7,7 +7,7 @@ import pytest
 
 from ops.faults.load import BAD, FINE, OUTAGE, Call, verdict
 from ops.faults.probes import pick_pairs
-from ops.faults.suite import plan
+from ops.faults.plan import plan
 from policies.partitioning import partition_for_id
 
 

@@ -1,4 +1,4 @@
-"""ops.host.spawn: a server that dies at once is reported with its status, not as a pid."""
+"""localenv.host.spawn: a server that dies at once is reported with its status, not as a pid."""
 
 import os
 import signal
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ops.host import HostError, pid_alive, spawn, stop_pid
+from localenv.host import HostError, pid_alive, spawn, stop_pid
 
 
 def test_an_immediate_exit_is_an_error_with_its_status(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -189,5 +189,3 @@ async def produce(
     finally:
         await producer.stop()
     return n
-
-

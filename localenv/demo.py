@@ -1,6 +1,6 @@
 """The main job, end to end: a workload goes in, timelines come out.
 
-    ./dev demo            # or: python -m ops.demo [--seed N] [--users N] [--tweets N]
+    ./dev demo            # or: python -m localenv.demo [--seed N] [--users N] [--tweets N]
 
 Runs a real Faust worker against the local servers in a fresh namespace (its
 own topics, keyspace, PostgreSQL schema, Redis prefix: ``Settings.isolated``, removed
@@ -19,10 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.workload import generate, produce
+from localenv.worker import Worker
+from localenv.workload import generate, produce
 from ops.lag import wait_caught_up
 from ops.schema import apply_cassandra, apply_postgres, create_topics, drop_namespace
-from ops.worker import Worker
 from policies.reference import ReferenceModel
 from query.reader import HomeTimelineReader
 from settings import Settings, get_settings

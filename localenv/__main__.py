@@ -1,0 +1,62 @@
+"""The local servers from the command line (``./dev services ...``).
+
+    python -m localenv up [--partitions N]   # start what is not running, apply schemas
+    python -m localenv status                # real checks, quick timeouts
+    python -m localenv down                  # stop the servers this package started
+    python -m localenv reset                 # down + delete their data (jars stay cached)
+
+Real servers on 127.0.0.1 (``localenv.services``); state, logs and pid files in ``.state/``.
+A server already answering on a port (e.g. the machine's own PostgreSQL) is reused and
+never stopped by ``down``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from localenv.host import HostError
+from localenv.service import ServicesError
+from localenv.services import down, reset, status, up
+from settings import get_settings
+
+
+def _quiet_client_logs() -> None:
+    """Checks poll servers that are still booting: the drivers' retry noise is expected."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("cassandra", "aiokafka", "kafka"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localenv", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status", "reset"])
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="partitions of the topics created by `up` "
+                             "(default: TL_TOPIC_PARTITIONS, 64)")
+    args = parser.parse_args(argv)
+    if args.partitions is not None and args.partitions < 1:
+        parser.error("--partitions must be >= 1")
+    _quiet_client_logs()
+    settings = get_settings()
+    try:
+        if args.command == "up":
+            up(settings, args.partitions)
+        elif args.command == "status":
+            outcomes = status(settings)
+            for outcome in outcomes:
+                print(outcome.line())
+            return 0 if all(o.up for o in outcomes) else 1
+        elif args.command == "down":
+            down(settings)
+        else:
+            reset(settings)
+    except (ServicesError, HostError) as exc:
+        print(f"\nFAILED\n{exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
