@@ -28,8 +28,8 @@ from redis.asyncio import Redis
 from starlette.responses import Response
 
 from api.auth import TokenAuthenticator
-from api.deps import PG_TIMEOUT_S, REDIS_TIMEOUT_S, _describe, postgres_ok, probe, redis_ok
-from api.errors import problem_response
+from api.dependencies import PG_TIMEOUT_S, REDIS_TIMEOUT_S, postgres_ok, probe, redis_ok
+from api.errors import describe as _describe, problem_response
 from api.kafka import KafkaGateway
 from api.ratelimit import RedisTokenBucket
 from query.handles import ActivityTracker, HandleCache
