@@ -147,7 +147,7 @@ class Settings:
     # every client shares the proxy's per-address limits.
     trusted_proxies: tuple[str, ...] = _env("TL_TRUSTED_PROXIES", (), _tuple)
     snowflake_worker_id: int = _env("TL_SNOWFLAKE_WORKER_ID", -1, int)
-    # Leased worker ids (PostgreSQL, api/worker_id.py): a lease lasts this long, is renewed
+    # Leased worker ids (PostgreSQL, post/worker_id.py): a lease lasts this long, is renewed
     # every third of it, and its holder stops issuing ids a sixth of it before it ends.
     snowflake_lease_ttl_s: float = _env("TL_SNOWFLAKE_LEASE_TTL_S", 60.0, float)
     snowflake_epoch_ms: int = _env("TL_SNOWFLAKE_EPOCH_MS", 1288834974657, int)

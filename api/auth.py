@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from fastapi import Request
 from redis.asyncio import Redis
@@ -135,6 +135,14 @@ class TokenAuthenticator:
         return int(row[0])
 
 
+class Authenticating(Protocol):
+    """What :func:`authenticate` needs of a service's resources (``app.state.resources``):
+    each service's resources hold its settings and its one :class:`TokenAuthenticator`."""
+
+    settings: Settings
+    auth: TokenAuthenticator
+
+
 async def authenticate(request: Request) -> int:
     """FastAPI dependency: the caller's user id, or 401."""
     header = request.headers.get("authorization")
@@ -154,7 +162,7 @@ async def authenticate(request: Request) -> int:
         raise _unauthorized("Authorization header has no token after 'Bearer'", "invalid_request")
     if not _TOKEN_RE.fullmatch(token):
         raise _unauthorized("bearer token is malformed", "invalid_token")
-    res = request.app.state.resources
+    res: Authenticating = request.app.state.resources
     user_id = await res.auth.user_for_token(token, request_address(request, res.settings))
     if user_id is None:
         raise _unauthorized("bearer token is not valid", "invalid_token")

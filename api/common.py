@@ -132,7 +132,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 class ServiceResources(Protocol):
-    """The connections a service holds for its lifetime (``api.deps.Resources``,
+    """The connections a service holds for its lifetime (``post.resources.Resources``,
     ``query.deps.QueryResources``)."""
 
     async def start(self) -> None: ...

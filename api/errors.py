@@ -95,6 +95,15 @@ def problem_response(status: int, detail: str, **kwargs: Any) -> Response:
     return Problem(status, detail, **kwargs).response()
 
 
+def describe(exc: BaseException) -> str:
+    """An exception in one line, for a 503's ``detail``, a health check and the logs: its
+    class and the first line of its message, or "timed out" for a timeout without one."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, TimeoutError) and not text:
+        return "timed out"
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
 # --- describing validation errors -----------------------------------------------
 
 

@@ -1,6 +1,7 @@
-"""The Post service's one Kafka producer, with bounded waits and a clear failure mode.
+"""A service's one Kafka producer, with bounded waits and a clear failure mode.
 
-Every write the service accepts is first an event on the log. :meth:`KafkaGateway.produce`
+Every write the Post service accepts is first an event on the log (the query service
+produces only ``user_active`` events, in the background). :meth:`KafkaGateway.produce`
 returns only once the broker acknowledged the record (``acks='all'``, idempotent
 producer), or raises :class:`KafkaUnavailable` within ``timeout_s``:
 
@@ -31,6 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from api.errors import describe
 from schemas.events import Event, encode, encode_key
 from settings import Settings
 
@@ -101,7 +103,7 @@ class KafkaGateway:
             try:
                 await asyncio.wait_for(producer.stop(), self.timeout_s)
             except (Exception, asyncio.TimeoutError) as exc:
-                log.warning("retired Kafka producer did not stop cleanly: %s", _describe(exc))
+                log.warning("retired Kafka producer did not stop cleanly: %s", describe(exc))
 
         task = asyncio.get_running_loop().create_task(stop())
         self._retiring.add(task)
@@ -124,7 +126,7 @@ class KafkaGateway:
                 await asyncio.wait_for(producer.start(), max(0.01, deadline - now))
             except (Exception, asyncio.TimeoutError) as exc:
                 self._last_failure_at = time.monotonic()
-                self.last_error = _describe(exc)
+                self.last_error = describe(exc)
                 try:
                     await asyncio.wait_for(producer.stop(), 2.0)
                 except Exception:
@@ -147,7 +149,7 @@ class KafkaGateway:
                 producer.send(topic, value=value, key=key), max(0.01, deadline - time.monotonic())
             )
         except (KafkaError, asyncio.TimeoutError) as exc:
-            self.last_error = _describe(exc)
+            self.last_error = describe(exc)
             raise KafkaUnavailable(
                 f"Kafka did not accept the {event.TYPE} event for topic {topic!r} "
                 f"({self.last_error})",
@@ -156,7 +158,7 @@ class KafkaGateway:
         try:
             return await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
         except (KafkaError, asyncio.TimeoutError) as exc:
-            self.last_error = _describe(exc)
+            self.last_error = describe(exc)
             if isinstance(exc, KafkaError):
                 log.warning("Kafka refused or gave up on a %s record (%s): starting a new producer",
                             event.TYPE, self.last_error)
@@ -177,12 +179,5 @@ class KafkaGateway:
         try:
             metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
         except (Exception, asyncio.TimeoutError) as exc:
-            return {"ok": False, "error": _describe(exc)}
+            return {"ok": False, "error": describe(exc)}
         return {"ok": True, "brokers": len(metadata.brokers())}
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    text = str(exc)
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__

@@ -37,9 +37,9 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from api.post_service import create_app
 from bench.http_load import RawConnection, load_process, uvicorn_server
 from bench.latency import latency_ms
+from post.service import create_app
 from settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent

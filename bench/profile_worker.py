@@ -162,7 +162,7 @@ class ProfiledWorker(Worker):
 
 # --- reading a profile ------------------------------------------------------------------------
 
-_APP_DIRS = ("agents/", "policies/", "sinks/", "tables/", "schemas/", "streams/", "api/", "faust_app.py", "settings.py")
+_APP_DIRS = ("agents/", "policies/", "sinks/", "tables/", "schemas/", "streams/", "api/", "post/", "faust_app.py", "settings.py")
 
 
 def _frame(info: str) -> tuple[str, str]:

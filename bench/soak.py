@@ -157,7 +157,7 @@ class Soak:
                 await cur.executemany(
                     "INSERT INTO users (user_id, handle, token_hash) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                     [(u, f"s{u}", hash_token(t)) for u, t in self.tokens.items()])
-        self.post = ServiceProcess("api.post_service", s, self.workdir / "post.log").start()
+        self.post = ServiceProcess("post.service", s, self.workdir / "post.log").start()
         self.query = ServiceProcess("query.service", s, self.workdir / "query.log").start()
         await asyncio.gather(self.post.wait_ready(), self.query.wait_ready())
         return {"setup_s": round(time.monotonic() - began, 1), "accounts": len(self.tokens),

@@ -64,7 +64,7 @@ CREATE INDEX IF NOT EXISTS follows_followee ON follows (followee_id, follower_id
 -- The Post service's record of the follows and unfollows it accepted (the last decision per
 -- pair): the following cap (TL_MAX_FOLLOWING) counts the follows projection overridden by
 -- the intents of the last day, so a follow counts at once, before the projection has it
--- (api/follow_cap.py, policies/following.py). Swept by the Post service after a day.
+-- (post/follow_cap.py, policies/following.py). Swept by the Post service after a day.
 CREATE TABLE IF NOT EXISTS follow_intents (
   follower_id bigint NOT NULL,
   followee_id bigint NOT NULL,
@@ -74,8 +74,8 @@ CREATE TABLE IF NOT EXISTS follow_intents (
 );
 CREATE INDEX IF NOT EXISTS follow_intents_accepted_at ON follow_intents (accepted_at);
 
--- Snowflake worker ids, leased by Post service processes (api/worker_id.py,
--- policies/worker_lease.py). One row per worker id 0..1023; a process takes the lowest row
+-- Snowflake worker ids, leased by Post service processes (post/worker_id.py,
+-- post/leases.py, policies/worker_lease.py). One row per worker id 0..1023; a process takes the lowest row
 -- whose expires_at has passed (UPDATE ... FOR UPDATE SKIP LOCKED), renews it every
 -- TTL/3 while holder and epoch are still its own, and stops issuing ids TTL/6 before
 -- expires_at. Times are PostgreSQL's clock, whole milliseconds. epoch counts the times the
@@ -94,7 +94,7 @@ INSERT INTO snowflake_worker_leases (worker_id)
   SELECT n FROM generate_series(0, 1023) AS n
   ON CONFLICT (worker_id) DO NOTHING;
 
--- Idempotency-Key records of POST /v1/tweets (api/idempotency.py), 24 h each, keyed by
+-- Idempotency-Key records of POST /v1/tweets (post/idempotency.py), 24 h each, keyed by
 -- the user and sha256 of the client's key. A request holds the key while locked_until is
 -- in the future (lock_token is its own); fingerprint (sha256 of the text), tweet_id,
 -- created_at (epoch ms) and text are set before the event is produced, done once Kafka

@@ -8,7 +8,7 @@ projection's consumer lag (normally well under a second), so without the intents
 of follows could all pass a cap checked against a stale count; with them, every follow the
 service accepted counts at once, and an unfollow frees its slot at once.
 
-:func:`effective_following` is the definition; ``api.follow_cap`` computes the same thing
+:func:`effective_following` is the definition; ``post.follow_cap`` computes the same thing
 in one SQL statement (and an integration test checks the two agree). The count is exact
 except: a follow or unfollow accepted more than ``FOLLOW_INTENT_TTL_S`` ago that the
 projection still has not applied (its lag is over a day); follows produced to the log by

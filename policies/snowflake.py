@@ -80,7 +80,7 @@ class SnowflakeGenerator:
 
     So an id is never smaller than or equal to an earlier one, whatever the clock does.
 
-    Two fences bound the ids of one holder of a worker id (``api.worker_id``):
+    Two fences bound the ids of one holder of a worker id (``post.worker_id``):
     :meth:`advance_past` (no id at or below a millisecond: the previous holder's) and
     ``next_id(before_ms=...)`` (no id at or after a millisecond: where the lease ends).
     """

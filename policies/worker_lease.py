@@ -1,4 +1,5 @@
-"""Snowflake worker-id leases: the arithmetic, without I/O (``api.worker_id`` does the SQL).
+"""Snowflake worker-id leases: the arithmetic, without I/O (``post.leases`` does the SQL,
+``post.worker_id`` holds the lease).
 
 A lease is a row of PostgreSQL's ``snowflake_worker_leases`` held by one process. Every
 time is PostgreSQL's clock (``now()``) except the holder's own deadline, which is on its

@@ -1,6 +1,6 @@
 """Connections the query service holds for its lifetime, and the 503 mapping of their failures.
 
-Like the Post service's :mod:`api.deps`: starting never fails because a server is
+Like the Post service's :mod:`post.resources`: starting never fails because a server is
 down. PostgreSQL connects in the background, the Kafka producer (for
 ``user_active`` events only) is started on demand, and Cassandra is connected in
 the background, retried every few seconds until it answers. A request that needs
@@ -8,8 +8,8 @@ a missing dependency answers 503 with a ``detail`` naming it.
 
 The object is kept on ``app.state.resources`` and has the two members
 :func:`api.auth.authenticate` uses (``auth``, a :class:`api.auth.TokenAuthenticator`
-with its token caches and per-address lookup limit, and ``settings``), so the Post
-service's bearer-token authentication works unchanged.
+with its token caches and per-address lookup limit, and ``settings``: the
+:class:`api.auth.Authenticating` protocol), as the Post service's resources do.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from redis.asyncio import Redis
 from starlette.responses import Response
 
 from api.auth import TokenAuthenticator
-from api.deps import PG_TIMEOUT_S, REDIS_TIMEOUT_S, _describe, postgres_ok, probe, redis_ok
-from api.errors import problem_response
+from api.dependencies import PG_TIMEOUT_S, REDIS_TIMEOUT_S, postgres_ok, probe, redis_ok
+from api.errors import describe, problem_response
 from api.kafka import KafkaGateway
 from api.ratelimit import RedisTokenBucket
 from query.handles import ActivityTracker, HandleCache
@@ -78,7 +78,7 @@ class CassandraConnector:
         try:
             self.store = await asyncio.to_thread(CassandraStore.open, self.settings)
         except Exception as exc:  # noqa: BLE001 - NoHostAvailable, InvalidRequest (no keyspace), ...
-            self.error = _describe(exc)
+            self.error = describe(exc)
             log.warning("Cassandra not connected: %s; retrying every %.0f s", self.error, CASSANDRA_RETRY_S)
             return False
         self.error = None
@@ -191,11 +191,11 @@ def get_query_resources(request: Request) -> QueryResources:
     return request.app.state.resources
 
 
-# --- Cassandra failures -> 503 (the other stores are mapped by api.deps) -------------
+# --- Cassandra failures -> 503 (the other stores are mapped by api.dependencies) -----
 
 
 async def _on_cassandra(request: Request, exc: Exception) -> Response:
-    detail = str(exc) if isinstance(exc, CassandraUnavailable) else _describe(exc)
+    detail = str(exc) if isinstance(exc, CassandraUnavailable) else describe(exc)
     log.warning("Cassandra unavailable: %s", detail)
     return problem_response(503, f"Cassandra is unavailable: {detail}; retry shortly",
                             headers={"Retry-After": "2"})

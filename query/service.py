@@ -49,7 +49,7 @@ from starlette.responses import Response
 from api.auth import authenticate
 from api.body import parse_id
 from api.common import build_app, health_response, json_response, serve
-from api.deps import install_dependency_errors
+from api.dependencies import install_dependency_errors
 from api.errors import Problem
 from api.limits import request_address
 from policies.ratelimit import retry_after_header

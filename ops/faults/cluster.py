@@ -3,7 +3,7 @@
 :class:`Cluster` is a namespace (``Settings.isolated``) on a :class:`localenv.server_set.ServerSet`,
 its Faust workers (``localenv.worker.Worker`` child processes, each a static member of the
 consumer group with its own RocksDB folder) and the two HTTP services
-(:class:`ServiceProcess`: ``python -m api.post_service`` / ``query.service`` under
+(:class:`ServiceProcess`: ``python -m post.service`` / ``query.service`` under
 uvicorn, as child processes, so they can be killed and their memory read like the
 workers').
 """
@@ -40,7 +40,7 @@ def rss_bytes(pid: int) -> int | None:
 
 
 class ServiceProcess:
-    """One HTTP service (``api.post_service`` or ``query.service``) as a child process."""
+    """One HTTP service (``post.service`` or ``query.service``) as a child process."""
 
     def __init__(self, module: str, settings: Settings, log_path: Path, *, port: int | None = None) -> None:
         self.module = module
@@ -198,7 +198,7 @@ class Cluster:
 
     # --- HTTP services ------------------------------------------------------------------------
     async def start_services(self) -> None:
-        self.post = ServiceProcess("api.post_service", self.settings, self.workdir / "post.log").start()
+        self.post = ServiceProcess("post.service", self.settings, self.workdir / "post.log").start()
         self.query = ServiceProcess("query.service", self.settings, self.workdir / "query.log").start()
         await asyncio.gather(self.post.wait_ready(), self.query.wait_ready())
 

@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from api.errors import PROBLEM_JSON
-from api.post_service import create_app
 from ops.schema import create_topics_async, delete_topics_async as delete_topics
+from post.service import create_app
 from schemas.events import decode
 from settings import Settings, get_settings
 

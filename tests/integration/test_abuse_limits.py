@@ -28,9 +28,9 @@ import pytest_asyncio
 from datetime import datetime, timezone
 
 from api.auth import hash_token, new_token
-from api.post_service import create_app as create_post_app
 from ops.schema import apply_postgres, create_topics_async
 from policies.following import FOLLOW_INTENT_TTL_S, effective_following
+from post.service import create_app as create_post_app
 from query.service import create_app as create_query_app
 from settings import Settings
 from sinks.postgres import FOLLOW as PROJECT_FOLLOW
@@ -265,9 +265,9 @@ async def test_concurrent_follows_at_the_cap_admit_exactly_one(world: Settings):
 
 
 async def test_cap_count_agrees_with_the_definition(world: Settings):
-    """The SQL count (api.follow_cap) equals policies.following.effective_following on random
+    """The SQL count (post.follow_cap) equals policies.following.effective_following on random
     projections and intents, expired intents included."""
-    from api.follow_cap import FollowCap
+    from post.follow_cap import FollowCap
 
     rng = secrets.SystemRandom()
     me = 10**15 + secrets.randbelow(10**15)

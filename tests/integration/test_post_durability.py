@@ -28,10 +28,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from redis.asyncio import Redis
 
-from api.worker_id import NoWorkerId, PostgresLeases, WorkerIdSource
 from ops.schema import apply_postgres, create_topics_async, drop_namespace
 from policies.snowflake import parse_snowflake, snowflake_timestamp_ms
 from policies.worker_lease import LeaseTiming
+from post.leases import PostgresLeases
+from post.worker_id import NoWorkerId, WorkerIdSource
 from settings import Settings
 from tests.integration.pipeline_harness import isolated_settings
 from tests.integration.post_fixtures import assert_problem, events_on, running_client, signup, unique_handle

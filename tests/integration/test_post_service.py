@@ -18,9 +18,9 @@ import psycopg
 import pytest
 
 from api.auth import hash_token
-from api.idempotency import key_hash
-from api.post_service import OWNER_TTL_S
 from policies.snowflake import parse_snowflake
+from post.idempotency import key_hash
+from post.tweets import OWNER_TTL_S
 from schemas.events import TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed, encode_key
 from tests.integration.post_fixtures import (  # noqa: F401  (fixtures)
     PARTITIONS,
@@ -421,7 +421,8 @@ async def test_metrics_label_routes_by_template(post_client):
 
 
 async def test_worker_id_lease_is_exclusive_and_expires_locally(post_settings):
-    from api.worker_id import NoWorkerId, PostgresLeases, WorkerIdSource
+    from post.leases import PostgresLeases
+    from post.worker_id import NoWorkerId, WorkerIdSource
     from policies.worker_lease import LeaseTiming
 
     def source(instance: str, ttl_s: float) -> WorkerIdSource:

@@ -60,7 +60,7 @@ def test_apps_point_at_the_compose_servers() -> None:
 
 def test_processes_run_the_real_entry_points() -> None:
     assert SERVICES["worker"]["command"][:5] == ["python", "-m", "faust", "-A", "faust_app"]
-    assert "api.post_service" in SERVICES["post-service"]["command"]
+    assert "post.service" in SERVICES["post-service"]["command"]
     assert "query.service" in SERVICES["query-service"]["command"]
 
 

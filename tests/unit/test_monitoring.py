@@ -13,9 +13,9 @@ import agents.deliver  # noqa: F401 - the worker's agents (autodiscovered by a w
 import agents.fanout  # noqa: F401
 import agents.projection  # noqa: F401
 import faust_app  # noqa: F401 - installs the worker's metrics (agents/metrics.py, faust_*)
-from api import post_service
-from api.metrics import Metrics
 from ops.monitoring import dashboard
+from post import service as post_service
+from post.metrics import Metrics
 from query import service as query_service
 from query.metrics import QueryMetrics
 
@@ -68,7 +68,7 @@ def all_exprs() -> list[str]:
 
 
 def source_text() -> str:
-    files = [f for room in ("agents", "api", "query", "sinks", "schemas") for f in REPO.glob(f"{room}/*.py")]
+    files = [f for room in ("agents", "api", "post", "query", "sinks", "schemas") for f in REPO.glob(f"{room}/*.py")]
     return "\n".join(f.read_text() for f in files if f.exists())
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from api.body import parse_id
 from api.errors import PROBLEM_JSON, describe_errors
-from api.post_service import create_app, iso_utc
+from post.service import create_app
+from post.tweets import iso_utc
 from settings import Settings
 
 CLOSED = Settings(

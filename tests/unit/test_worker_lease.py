@@ -1,5 +1,5 @@
 """Worker-id leases without a server: the arithmetic of ``policies/worker_lease.py``, the
-generator's fences (``policies/snowflake.py``), and ``api.worker_id.WorkerIdSource``'s
+generator's fences (``policies/snowflake.py``), and ``post.worker_id.WorkerIdSource``'s
 decisions over an in-memory stand-in for the lease table (its SQL runs against the real
 PostgreSQL in tests/integration/test_post_durability.py and test_post_service.py)."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.worker_id import NoWorkerId, WorkerIdSource
 from policies.snowflake import DEFAULT_EPOCH_MS, IdWindowClosed, SnowflakeGenerator, parse_snowflake
 from policies.worker_lease import Grant, Held, LeaseTiming, trusted_until
+from post.worker_id import NoWorkerId, WorkerIdSource
 
 T0 = 1_800_000_000_000  # a Unix ms well after the epoch
 

@@ -3,17 +3,11 @@
 * ``TL_SNOWFLAKE_WORKER_ID`` >= 0: that id is used as is. The operator promises it is
   unique (e.g. one per pod ordinal) and that no process leases it (mark its row taken:
   ``docs/events.md``).
-* ``TL_SNOWFLAKE_WORKER_ID`` = -1 (default): the id is *leased* from PostgreSQL, the
-  ``snowflake_worker_leases`` table of the namespace's schema (``ops/schema.sql``): one
-  row per id 0..1023 with ``holder``, a fencing generation ``epoch``, ``issue_after`` and
-  ``expires_at``. Every statement is a single ``UPDATE`` timed by PostgreSQL's ``now()``:
-
-  - take: the lowest row whose ``expires_at`` has passed (``FOR UPDATE SKIP LOCKED``, so
-    concurrent takers get different rows), ``epoch + 1``, ``issue_after`` := the old
-    ``expires_at``, ``expires_at`` := ``now() + TTL`` (``TL_SNOWFLAKE_LEASE_TTL_S``, 60 s);
-  - renew (every TTL/3): only while ``holder`` and ``epoch`` are still ours; the expiry
-    never moves back;
-  - release (shutdown): ``expires_at`` down to just after the last id issued.
+* ``TL_SNOWFLAKE_WORKER_ID`` = -1 (default): the id is *leased* from PostgreSQL, a row of
+  ``snowflake_worker_leases`` (the statements: ``post.leases``). :class:`WorkerIdSource`
+  takes the lowest free row at start, renews it every TTL/3 (``TL_SNOWFLAKE_LEASE_TTL_S``,
+  60 s) in a background task, takes another when it lost it or had none, and releases it
+  at shutdown.
 
   The rules that make this safe are in ``policies/worker_lease.py``: the holder stops
   issuing ids TTL/6 before the row expires by its monotonic clock, measured from when it
@@ -21,23 +15,6 @@
   PostgreSQL answered; a new holder's ids stay above ``issue_after``. So the ids of
   successive holders of one worker id are disjoint even when hosts' wall clocks
   disagree, a process is paused past its TTL, or a row is taken over by hand.
-
-Why a lease table and not session-level advisory locks (``pg_try_advisory_lock``): an
-advisory lock lives exactly as long as the server-side session, which the holder cannot
-observe. PostgreSQL drops it the moment the backend goes - a server restart or failover,
-``pg_terminate_backend``, ``idle_session_timeout``, a TCP keepalive firing on the server
-side - and another process can take the number at once, while the old holder, whose
-half of the connection still looks open, keeps issuing ids until it next talks to the
-server. Conversely a half-open connection can keep a dead holder's lock for as long as
-the server's keepalive takes (hours by default). A lock has no expiry that the holder can
-count down locally, and no generation to fence with. A row with a server-clock expiry
-gives both: a bound the holder enforces on its own clock, and a record
-(``issue_after``) of where the previous holder's ids end. The table is also durable
-across a PostgreSQL restart, which a lock is not.
-
-The lease has its own PostgreSQL connection (not the request pool, so a burst of requests
-cannot starve renewals); a statement that does not answer within a few seconds (a
-half-open connection) is abandoned and the connection reopened.
 """
 from __future__ import annotations
 
@@ -47,60 +24,14 @@ import os
 import secrets
 import socket
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import psycopg
-
+from api.errors import describe
 from policies.snowflake import MAX_WORKER_ID, IdWindowClosed, SnowflakeGenerator, wall_clock_ms
 from policies.worker_lease import Grant, Held, LeaseTiming, trusted_until
+from post.leases import PostgresLeases
 
 log = logging.getLogger(__name__)
-
-TABLE = "snowflake_worker_leases"
-
-
-def _ms(column: str) -> str:
-    return f"(extract(epoch FROM {column}) * 1000)::bigint"
-
-
-_RETURNING = (f"RETURNING l.worker_id, l.epoch, {_ms('l.issue_after')}, {_ms('l.expires_at')}, "
-              f"{_ms('now()')}")
-_TTL = "date_trunc('milliseconds', now()) + %(ttl_ms)s * interval '1 millisecond'"
-
-TAKE_SQL = f"""
-UPDATE {TABLE} AS l
-   SET holder = %(holder)s,
-       epoch = l.epoch + 1,
-       issue_after = greatest(l.expires_at, l.issue_after),
-       expires_at = {_TTL},
-       taken_at = now(),
-       renewed_at = now()
- WHERE l.worker_id = (SELECT worker_id FROM {TABLE}
-                       WHERE expires_at < now()
-                       ORDER BY worker_id
-                       LIMIT 1
-                       FOR UPDATE SKIP LOCKED)
-{_RETURNING}
-"""
-
-RENEW_SQL = f"""
-UPDATE {TABLE} AS l
-   SET expires_at = greatest(l.expires_at, {_TTL}),
-       renewed_at = now()
- WHERE l.worker_id = %(worker_id)s AND l.holder = %(holder)s AND l.epoch = %(epoch)s
-{_RETURNING}
-"""
-
-# Down to just after the last id issued (never up): the next holder may start at once.
-RELEASE_SQL = f"""
-UPDATE {TABLE} AS l
-   SET expires_at = least(l.expires_at,
-                          greatest(date_trunc('milliseconds', now()),
-                                   'epoch'::timestamptz + %(after_ms)s * interval '1 millisecond'))
- WHERE l.worker_id = %(worker_id)s AND l.holder = %(holder)s AND l.epoch = %(epoch)s
-"""
-
-HOLDER_SQL = f"SELECT holder, epoch, {_ms('expires_at')} FROM {TABLE} WHERE worker_id = %s"
 
 
 def instance_name() -> str:
@@ -109,104 +40,6 @@ def instance_name() -> str:
 
 class NoWorkerId(RuntimeError):
     """No worker id is currently held; ids cannot be issued."""
-
-
-def _grant(row: Any) -> Grant:
-    return Grant(worker_id=int(row[0]), epoch=int(row[1]), issue_after_ms=int(row[2]),
-                 expires_at_ms=int(row[3]), db_now_ms=int(row[4]))
-
-
-class PostgresLeases:
-    """The lease statements on one dedicated PostgreSQL connection (opened on demand,
-    dropped after any error). A statement that does not answer within
-    ``statement_timeout_s`` is abandoned - cancelled in the background, not awaited: a
-    cancelled psycopg query waits seconds for its server-side cancel, which a half-open
-    connection never answers - and its connection dropped; TimeoutError is raised."""
-
-    def __init__(self, dsn: str, connect_kwargs: dict[str, Any] | None = None, *,
-                 statement_timeout_s: float = 5.0, connect_timeout_s: int = 3) -> None:
-        self._dsn = dsn
-        self.statement_timeout_s = statement_timeout_s
-        self._kwargs = {
-            "autocommit": True,
-            "connect_timeout": connect_timeout_s,
-            # Notice a dead peer on its own, too (Linux): keepalives, and data left
-            # unacknowledged for 10 s drops the connection.
-            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 2,
-            "tcp_user_timeout": 10_000,
-            **(connect_kwargs or {}),
-        }
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    async def _fetch(self, sql: str, params: Any) -> tuple[Any, int]:
-        """(first row or None, rowcount) of one statement, within the timeout."""
-        task = asyncio.ensure_future(self._execute(sql, params))
-        done, _ = await asyncio.wait({task}, timeout=self.statement_timeout_s)
-        if not done:
-            task.cancel()
-            task.add_done_callback(_consume)
-            self.reset()
-            raise TimeoutError(f"PostgreSQL did not answer within {self.statement_timeout_s:g} s")
-        return task.result()
-
-    async def _execute(self, sql: str, params: Any) -> tuple[Any, int]:
-        conn = self._conn
-        try:
-            if conn is None or conn.closed:
-                conn = self._conn = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
-            cur = await conn.execute(sql, params)
-            row = await cur.fetchone() if cur.description is not None else None
-            return row, cur.rowcount
-        except BaseException:
-            self._drop(conn)
-            raise
-
-    def _drop(self, conn: "psycopg.AsyncConnection[Any] | None") -> None:
-        if conn is None:
-            return
-        if self._conn is conn:
-            self._conn = None
-        if not conn.closed:
-            task = asyncio.get_running_loop().create_task(conn.close())
-            task.add_done_callback(_consume)
-
-    def reset(self) -> None:
-        """Drop the connection: the next statement opens a new one."""
-        self._drop(self._conn)
-
-    async def take(self, holder: str, ttl_s: float) -> Grant | None:
-        row, _ = await self._fetch(TAKE_SQL, {"holder": holder, "ttl_ms": int(ttl_s * 1000)})
-        return None if row is None else _grant(row)
-
-    async def renew(self, grant: Grant, holder: str, ttl_s: float) -> Grant | None:
-        row, _ = await self._fetch(RENEW_SQL, {"worker_id": grant.worker_id, "holder": holder,
-                                               "epoch": grant.epoch, "ttl_ms": int(ttl_s * 1000)})
-        return None if row is None else _grant(row)
-
-    async def holder_of(self, worker_id: int) -> tuple[str, int, int] | None:
-        """(holder, epoch, expires_at ms) of a worker id's row."""
-        row, _ = await self._fetch(HOLDER_SQL, (worker_id,))
-        return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
-
-    async def release(self, grant: Grant, holder: str, after_ms: int) -> bool:
-        _, count = await self._fetch(RELEASE_SQL, {"worker_id": grant.worker_id, "holder": holder,
-                                                   "epoch": grant.epoch, "after_ms": after_ms})
-        return count == 1
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
-            await conn.close()
-
-
-def _consume(task: "asyncio.Task[Any]") -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 class WorkerIdSource:
@@ -368,7 +201,7 @@ class WorkerIdSource:
         try:
             await self._leases.release(held.grant, self.instance, after_ms)
         except Exception as exc:  # shutdown must go on; the row expires by itself
-            log.warning("could not release snowflake worker id %d: %s", held.grant.worker_id, _describe(exc))
+            log.warning("could not release snowflake worker id %d: %s", held.grant.worker_id, describe(exc))
 
     async def _maintain_once(self) -> None:
         try:
@@ -381,7 +214,7 @@ class WorkerIdSource:
             pass
         except Exception as exc:
             self._renew_failing = True
-            self.last_error = f"PostgreSQL error: {_describe(exc)}"
+            self.last_error = f"PostgreSQL error: {describe(exc)}"
             log.warning("snowflake worker id lease: %s", self.last_error)
 
     def _next_wait(self) -> float:

@@ -1,43 +1,40 @@
-"""Connections the Post service holds for its lifetime, and the 503 mapping of their failures.
+"""Connections the Post service holds for its lifetime, the one way it emits events, and
+the 503 mapping of their failures.
 
 :class:`Resources` is created and started by the app's lifespan and kept on
 ``app.state.resources``. Starting never fails because a server is down: the
 PostgreSQL pool connects in the background, the Kafka producer is (re)started on
 demand, the Snowflake worker id lease is retried in the background. Requests that need
-a missing dependency answer 503 within a few seconds, with a ``detail`` naming it.
+a missing dependency answer 503 within a few seconds, with a ``detail`` naming it
+(``api.dependencies``; a missing worker id here).
 """
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 import psycopg
-import psycopg.errors
-import redis.exceptions
 from fastapi import FastAPI, Request
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from starlette.responses import Response
 
 from api.auth import TokenAuthenticator
-from api.errors import Problem, problem_response
-from api.follow_cap import FollowCap
-from api.idempotency import IdempotencyStore
-from api.kafka import KafkaGateway, KafkaUnavailable
-from api.metrics import Metrics
+from api.dependencies import (
+    PG_TIMEOUT_S, REDIS_TIMEOUT_S, install_dependency_errors, postgres_ok, probe, redis_ok, unavailable,
+)
+from api.kafka import KafkaGateway
 from api.limits import Limiter
-from api.worker_id import NoWorkerId, PostgresLeases, WorkerIdSource
 from policies.worker_lease import LeaseTiming
+from post.follow_cap import FollowCap
+from post.idempotency import IdempotencyStore
+from post.leases import PostgresLeases
+from post.metrics import Metrics
+from post.worker_id import NoWorkerId, WorkerIdSource
+from schemas.events import Event, topic_of
 from settings import Settings
-
-log = logging.getLogger(__name__)
-
-PG_TIMEOUT_S = 3.0
-REDIS_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -54,9 +51,9 @@ class Resources:
     signup_limiter: Limiter = field(init=False)
     # Bearer tokens -> users, with the per-address lookup limit (api.auth).
     auth: TokenAuthenticator = field(init=False)
-    # TL_MAX_FOLLOWING, counted in PostgreSQL (api.follow_cap).
+    # TL_MAX_FOLLOWING, counted in PostgreSQL (post.follow_cap).
     follow_cap: FollowCap = field(init=False)
-    # Idempotency-Key records and locks, in PostgreSQL (api.idempotency).
+    # Idempotency-Key records and locks, in PostgreSQL (post.idempotency).
     idempotency: IdempotencyStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +123,14 @@ class Resources:
         await self.pg.close(timeout=2.0)
         await self.redis.aclose()
 
+    async def emit(self, event: Event) -> None:
+        """Append ``event`` to the log: to its type's topic (``schemas.events.topic_of``, in
+        this service's namespace), keyed by its type's key field; returns once Kafka
+        acknowledged it. KafkaUnavailable otherwise, saying whether it may still be on the
+        log (the 503 says so: ``api.dependencies``, and ``post.tweets`` for a tweet)."""
+        await self.kafka.produce(topic_of(event, self.settings), event)
+        self.metrics.events.labels(event.TYPE).inc()
+
     @asynccontextmanager
     async def pg_conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         async with self.pg.connection(timeout=PG_TIMEOUT_S) as conn:
@@ -172,99 +177,15 @@ def post_limiters(redis: Redis, settings: Settings, metrics: Metrics) -> tuple[L
     return posts, follows, signups
 
 
-# --- /healthz checks, shared with the query service -----------------------------------
-
-HEALTH_TIMEOUT_S = 4.0
-
-
-async def postgres_ok(pg_conn: Callable[[], AbstractAsyncContextManager[Any]]) -> dict[str, Any]:
-    async with pg_conn() as conn:
-        await conn.execute("SELECT 1")
-    return {"ok": True}
-
-
-async def redis_ok(redis: Redis) -> dict[str, Any]:
-    await redis.ping()
-    return {"ok": True}
-
-
-async def probe(name: str, check: Awaitable[dict[str, Any]], *, required: bool | None = None
-                ) -> tuple[str, dict[str, Any]]:
-    """``(name, result)`` of one dependency check, within HEALTH_TIMEOUT_S; a failure is
-    ``{"ok": False, "error": ...}``. ``required`` (when given) and the latency are added."""
-    started = time.perf_counter()
-    try:
-        result = await asyncio.wait_for(check, HEALTH_TIMEOUT_S)
-    except (Exception, asyncio.TimeoutError) as exc:
-        result = {"ok": False, "error": _describe(exc)}
-    if required is not None:
-        result["required"] = required
-    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    return name, result
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
-
-
 def get_resources(request: Request) -> Resources:
     return request.app.state.resources
 
 
-# --- failures of dependencies -> 503 ---------------------------------------------------
-
-
-def _unavailable(detail: str, retry_after: int = 1) -> Response:
-    return problem_response(503, detail, headers={"Retry-After": str(retry_after)})
-
-
-async def _on_kafka(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, KafkaUnavailable)
-    if exc.maybe_written:
-        # Follows, unfollows, deletes and sign-ups are safe to repeat; POST /v1/tweets
-        # answers this case itself (api.post_service), naming the Idempotency-Key.
-        return problem_response(
-            503,
-            f"the outcome is unknown: the event was handed to the event log but not acknowledged in "
-            f"time, so it may or may not be on the log ({exc.reason}); retry the request",
-            slug="outcome-unknown", outcome="unknown", headers={"Retry-After": "1"},
-        )
-    return _unavailable(f"the event log is unavailable, nothing was accepted: {exc.reason}")
-
-
-async def _on_postgres(request: Request, exc: Exception) -> Response:
-    log.warning("PostgreSQL unavailable: %s", _describe(exc))
-    return _unavailable(f"PostgreSQL is unavailable: {_describe(exc)}")
-
-
-async def _on_missing_schema(request: Request, exc: Exception) -> Response:
-    log.error("PostgreSQL schema missing: %s", _describe(exc))
-    return _unavailable(
-        f"PostgreSQL schema is missing ({_describe(exc)}); apply ops/schema.sql "
-        "(python -m localenv up)", retry_after=30
-    )
-
-
-async def _on_redis(request: Request, exc: Exception) -> Response:
-    log.warning("Redis unavailable: %s", _describe(exc))
-    return _unavailable(f"Redis is unavailable: {_describe(exc)}")
-
-
 async def _on_no_worker(request: Request, exc: Exception) -> Response:
-    return _unavailable(f"cannot issue ids: {exc}", retry_after=5)
+    return unavailable(f"cannot issue ids: {exc}", retry_after=5)
 
 
-def install_dependency_errors(app: FastAPI) -> None:
-    app.add_exception_handler(KafkaUnavailable, _on_kafka)
-    app.add_exception_handler(PoolTimeout, _on_postgres)
-    app.add_exception_handler(psycopg.OperationalError, _on_postgres)
-    app.add_exception_handler(psycopg.errors.UndefinedTable, _on_missing_schema)
-    app.add_exception_handler(redis.exceptions.ConnectionError, _on_redis)
-    app.add_exception_handler(redis.exceptions.TimeoutError, _on_redis)
+def install_post_errors(app: FastAPI) -> None:
+    """The 503s of the shared dependencies (``api.dependencies``) and of a missing worker id."""
+    install_dependency_errors(app)
     app.add_exception_handler(NoWorkerId, _on_no_worker)
-
-
-__all__ = ["Problem", "Resources", "get_resources", "install_dependency_errors"]
