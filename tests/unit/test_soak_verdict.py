@@ -1,7 +1,7 @@
 """bench.soak's definition of flat: memory and consumer lag."""
 from __future__ import annotations
 
-from bench.soak import verdict
+from bench.soak_report import verdict
 
 
 def samples(worker_mb, lag, every_s=10.0):
