@@ -316,6 +316,18 @@ def stop_pid(pid: int, marker: str, sig: int = signal.SIGTERM, timeout: float = 
     return False
 
 
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a child process, SIGKILL it if it is still there after ``timeout`` s; reap it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def tail(path: Path, lines: int = 40) -> list[str]:
     try:
         with open(path, errors="replace") as handle:

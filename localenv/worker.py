@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from localenv.host import terminate
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,12 +74,7 @@ class Worker:
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc, timeout)
         self._close_log()
 
     def _close_log(self) -> None:

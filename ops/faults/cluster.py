@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import IO, Any
 import httpx
 
 from localenv.server_set import ServerSet
+from localenv.host import terminate
 from localenv.worker import ROOT, Worker, free_port, settings_env, tail
 from ops.group import describe as describe_group
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace
@@ -94,12 +94,7 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
