@@ -7,8 +7,9 @@ moves (50 ms per stage, twice on the way to a timeline), and under load each bat
 for the window to fill even when the agent could already be working.
 
 ``drain_batches`` hands a batch over as soon as at least one event is buffered, after
-letting the stream add what it already has in its queue (``linger_ticks`` turns of the
-event loop, no clock). While a batch is processed the stream keeps its events queued, so
+letting the stream add what it already has in its queue (Faust's stream moves one message
+per turn of the event loop: the batch grows while the queue has messages, up to ``max_``;
+no clock). While a batch is processed the stream keeps its events queued, so
 under load the next batch is everything that arrived meanwhile (up to ``max_``): batches
 grow with the load instead of with a timer.
 
@@ -26,8 +27,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-#: Turns of the event loop between the first buffered event and the hand-over, so the
-#: events the stream already holds in its queue join the batch (no wall-clock wait).
+#: Turns of the event loop without a new event (and with the stream's queue empty) that
+#: end the linger after the first buffered event (no wall-clock wait).
 LINGER_TICKS = 2
 
 
@@ -42,6 +43,23 @@ def drain_batches(stream: Any, max_: int, *, min_: int = 1,
     if tracked is not None:  # Stream.on_stop closes it (as it does take_events' generators)
         tracked.add(agen)
     return agen
+
+
+async def _linger(events: list[Any], max_: int, queue: Any, idle_ticks: int) -> None:
+    """Let the stream add what it already holds: Faust's stream takes one message per turn
+    of the event loop, so wait turns while its queue has messages (or the last turn added
+    one), until ``max_`` are buffered; stop after ``idle_ticks`` turns that added nothing
+    with the queue empty. No clock: an idle agent hands a single event over at once."""
+    idle = 0
+    budget = 4 * max_ + idle_ticks  # a stream that skips messages cannot hold a batch forever
+    while len(events) < max_ and idle < idle_ticks and budget > 0:
+        before = len(events)
+        await asyncio.sleep(0)
+        budget -= 1
+        if len(events) > before or (queue is not None and not queue.empty()):
+            idle = 0
+        else:
+            idle += 1
 
 
 async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int) -> AsyncIterator[list[Any]]:
@@ -70,6 +88,7 @@ async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int) -> AsyncI
             await stream.crash(exc)
         return value
 
+    queue = getattr(stream.channel, "queue", None)  # the stream's inbox (a topic channel's queue)
     enable_acks = stream.enable_acks
     stream.enable_acks = False  # acked here, after processing
     stream.add_processor(add_to_buffer)
@@ -81,8 +100,7 @@ async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int) -> AsyncI
                 if await stream.wait_for_stopped(ready):
                     break
                 continue
-            for _ in range(linger_ticks):
-                await asyncio.sleep(0)
+            await _linger(events, max_, queue, linger_ticks)
             room.clear()
             batch = list(events)
             del events[: len(batch)]

@@ -23,6 +23,13 @@ async def drainer(stream: Any) -> None:
         await gate.wait()
 
 
+@app.agent()
+async def wide_drainer(stream: Any) -> None:
+    async for batch in drain_batches(stream, 100):
+        batches.append([e.value for e in batch])
+        await gate.wait()
+
+
 async def ticks(n: int = 20) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -55,6 +62,17 @@ async def test_what_arrives_during_a_batch_is_the_next_batch_up_to_max() -> None
         gate.set()
         await ticks(60)
         assert batches == [[1], [2, 3, 4, 5], [6, 7]]
+
+
+async def test_everything_queued_meanwhile_is_one_batch_though_the_stream_moves_one_per_turn() -> None:
+    async with wide_drainer.test_context() as tc:
+        await tc.put(0, wait=False)
+        await ticks()
+        for value in range(1, 61):
+            await tc.put(value, wait=False)
+        gate.set()
+        await ticks(400)
+        assert batches == [[0], list(range(1, 61))]
 
 
 async def test_a_batch_is_acked_only_after_its_processing_returned() -> None:
