@@ -129,8 +129,7 @@ class Soak:
         await self.monitor.wait_zero(timeout=600, check=self.worker.check)
         await produce(s, g.follow_events(now))
         await self.monitor.wait_zero(timeout=7200, check=self.worker.check)
-        reader, store, redis = await open_reader(s)
-        try:
+        async with open_reader(s) as reader:
             active = [g.ids[i] for i in range(g.n) if g.active[i]]
             sem = asyncio.Semaphore(16)
 
@@ -139,9 +138,6 @@ class Soak:
                     await reader.page(uid, limit=50)
 
             await asyncio.gather(*(warm(u) for u in active))
-        finally:
-            await redis.aclose()
-            await asyncio.to_thread(store.close)
         # Accounts and tokens: every poster (for POST /v1/tweets) and a sample of active readers.
         posters = sorted({a for a in g._authors})  # noqa: SLF001 - the graph's authors
         active_idx = [i for i in range(g.n) if g.active[i]]
