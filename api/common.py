@@ -7,6 +7,7 @@ Each service keeps its routes, its resources and its own metrics class (a subcla
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -106,6 +107,17 @@ class MetricsMiddleware:
 
 
 # --- responses ---------------------------------------------------------------------------
+
+
+async def cancel_task(task: "asyncio.Task | None") -> None:
+    """Cancel a background task of a service and wait until it has stopped."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -45,6 +45,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from api.common import cancel_task
+
 log = logging.getLogger(__name__)
 
 RECORD_TTL_S = 24 * 3600
@@ -231,10 +233,5 @@ class IdempotencyStore:
             self._task = asyncio.create_task(self._run(), name="idempotency-sweep")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None

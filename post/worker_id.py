@@ -26,6 +26,7 @@ import socket
 import time
 from typing import Callable
 
+from api.common import cancel_task
 from api.errors import describe
 from policies.snowflake import MAX_WORKER_ID, IdWindowClosed, SnowflakeGenerator, wall_clock_ms
 from policies.worker_lease import Grant, Held, LeaseTiming, trusted_until
@@ -235,13 +236,8 @@ class WorkerIdSource:
         self._task = asyncio.create_task(self._run(), name="snowflake-worker-lease")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         await self.release()
         if self._leases is not None:
             try:
