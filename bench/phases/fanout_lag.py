@@ -35,6 +35,7 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         rate = max(1.0, share * capacity / mean_d)
         one = await probe_stream(ctx, rate, cfg["lag_s"], f"fanout lag, {share:.0%} of capacity")
         one["load"] = f"{share:.0%} of the burst capacity"
+        one["share"] = share
         runs.append(one)
         # Let a backlog drain before the next rate.
         await ctx.wait_zero(timeout=900, desc="drain")
