@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from ops.faults.probes import sleep_until
+
 OUTAGE = "outage"
 BAD = "bad"
 FINE = "fine"
@@ -288,12 +290,7 @@ class Scenario:
             while not stop.is_set():
                 await action()
                 next_at = max(next_at + period, time.monotonic() - period)
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                    except asyncio.TimeoutError:
-                        pass
+                await sleep_until(stop, next_at)
 
         tasks = [loop(self.step, writers / writes_per_s) for _ in range(writers)]
         if reads_per_s > 0:

@@ -87,7 +87,7 @@ class Probes:
             began = time.monotonic()
             # One post per partition, in parallel; a slow (failing) post does not hold the others.
             await asyncio.gather(*(self._post_one(p, a) for p, (a, _f) in self.pairs.items()))
-            await _sleep_until(self._stop, began + self.interval)
+            await sleep_until(self._stop, began + self.interval)
 
     async def _poll_loop(self) -> None:
         followers = [(p, f) for p, (_a, f) in self.pairs.items()]
@@ -110,7 +110,7 @@ class Probes:
                             else:
                                 still.append(pending)
                         self._pending[p] = still
-            await _sleep_until(self._stop, began + self.poll)
+            await sleep_until(self._stop, began + self.poll)
 
     # --- answers ---------------------------------------------------------------------------
     def resumed_after(self, t: float) -> dict[int, float | None]:
@@ -139,7 +139,8 @@ class Probes:
         return self.resumed_after(t)
 
 
-async def _sleep_until(stop: asyncio.Event, when: float) -> None:
+async def sleep_until(stop: asyncio.Event, when: float) -> None:
+    """Until ``when`` (time.monotonic()) or until ``stop`` is set, whichever comes first."""
     delay = when - time.monotonic()
     if delay > 0:
         try:
