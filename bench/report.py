@@ -73,7 +73,8 @@ def header(doc: Doc, r: dict) -> None:
     doc.para(f"Machine: {mach.get('nproc')} cores ({mach.get('cpu_model')}), {mach.get('memory_gb')} GB RAM, "
              f"Linux {mach.get('kernel')}, Python {mach.get('python')}; load average at start "
              f"{mach.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. Commit {m.get('git_commit')}. "
-             f"Whole run {m.get('duration_s')} s.")
+             f"Whole run {m.get('duration_s')} s."
+             + (f" Cassandra: {m['cassandra']}." if m.get("cassandra") else ""))
     doc.para(f"All four servers, one Faust worker and the load generators share these {mach.get('nproc')} cores; "
              "other people's test runs may too (each phase reports the machine's busy share and the CPU used outside "
              "the benchmark's processes). Numbers are a floor for dedicated servers.")
