@@ -19,6 +19,23 @@ WORKER, POST, QUERY = "timeline-worker", "timeline-post", "timeline-query"
 PROMETHEUS, REDIS, POSTGRES, KAFKA, CASSANDRA = "prometheus", "redis", "postgres", "kafka", "cassandra"
 JOBS = (WORKER, POST, QUERY, PROMETHEUS, REDIS, POSTGRES, KAFKA, CASSANDRA)
 
+# The servers' health metrics the dashboard and alerts may use, by job: from
+# prometheus-redis-exporter, prometheus-postgres-exporter and the JMX exporter agent's
+# rules (localenv/jmx_exporter.py). tests/integration/test_monitoring_stack.py checks each
+# one is scraped from the real exporters; tests/unit/test_monitoring.py lets rules and
+# panels name them.
+SERVER_METRICS: dict[str, tuple[str, ...]] = {
+    REDIS: ("redis_up", "redis_memory_used_bytes", "redis_memory_max_bytes", "redis_evicted_keys_total",
+            "redis_connected_clients", "redis_cpu_sys_seconds_total", "redis_cpu_user_seconds_total"),
+    POSTGRES: ("pg_up", "pg_stat_activity_count", "pg_settings_max_connections"),
+    KAFKA: ("kafka_server_under_replicated_partitions", "kafka_server_under_min_isr_partitions",
+            "kafka_server_partitions", "kafka_controller_offline_partitions",
+            "kafka_server_messages_in_total", "process_cpu_seconds_total"),
+    CASSANDRA: ("cassandra_client_request_latency_seconds", "cassandra_client_requests_total",
+                "cassandra_client_request_seconds_total", "cassandra_compaction_pending_tasks",
+                "cassandra_compaction_completed_tasks_total", "process_cpu_seconds_total"),
+}
+
 
 def prometheus_config(targets: Mapping[str, Sequence[str]], *, interval_s: int = 5,
                       rule_files: Sequence[Path] = (ALERTS,)) -> str:
