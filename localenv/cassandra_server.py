@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import JARS, fetch_jars, find_jar, java17
+from localenv.jmx_exporter import CASSANDRA_RULES, agent_option
 from localenv.service import Service
 from ops import schema
 
@@ -41,6 +42,15 @@ class Cassandra(Service):
         if self.internode_port is not None:
             return self.internode_port
         return int(os.environ.get("TL_CASSANDRA_STORAGE_PORT", "7000"))
+
+    # Where the JMX exporter agent serves /metrics (localenv/jmx_exporter.py).
+    metrics_port: int | None = None
+
+    @property
+    def agent_port(self) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return int(os.environ.get("TL_CASSANDRA_METRICS_PORT", "7072"))
 
     @property
     def home(self) -> Path:
@@ -85,6 +95,7 @@ class Cassandra(Service):
         (self.logs / "cassandra").mkdir(parents=True, exist_ok=True)
         (self.home / "conf" / "cassandra.yaml").write_text(self._yaml())
         (self.home / "conf" / "logback.xml").write_text(_CASSANDRA_LOGBACK)
+        (self.home / "conf" / "jmx-exporter.yml").write_text(CASSANDRA_RULES)
 
     def command(self) -> list[str]:
         conf = self.home / "conf"
@@ -105,6 +116,7 @@ class Cassandra(Service):
             "-Dio.netty.allocator.maxOrder=11",
             # memory measurement agent, as bin/cassandra.in.sh loads it
             f"-javaagent:{find_jar(self.lib, 'jamm')}",
+            agent_option(self.host, self.agent_port, conf / "jmx-exporter.yml"),
             # a single seed node: nothing to wait for
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=1000",
