@@ -71,9 +71,34 @@ class Outbox:
                     await deliveries_topic.send(key=key, value=value, partition=partition, force=True)
                 )
         if futures:
+            send_now(deliveries_topic)
             await asyncio.gather(*futures)
         self.messages.clear()
         self.deliveries.clear()
+
+
+def send_now(topic: Any) -> None:
+    """Send the producer's open batches now instead of after their linger.
+
+    The producer lingers 5 ms (``faust_app.producer_linger``) so that the many small
+    changelog and delivery sends of a batch share produce requests. When a batch has
+    queued its last message and waits for the acks, more lingering only delays it:
+    measured against the local broker, three sends then their acks took p50 7.6 ms with
+    the linger and 1.0-1.2 ms with the batches closed at once. This is what aiokafka's
+    ``flush_for_commit`` does for transactions, without waiting for other batches.
+    A producer without these internals (another aiokafka version) just lingers.
+    """
+    producer = getattr(getattr(getattr(topic, "app", None), "producer", None), "_producer", None)
+    acc = getattr(producer, "_message_accumulator", None)
+    batches = getattr(acc, "_batches", None)
+    waiter = getattr(acc, "_waiter_future", None)
+    if batches is None or waiter is None:
+        return
+    for pending in batches.values():
+        for batch in pending:
+            batch._builder.close()  # full: the next send starts a new batch
+    if not waiter.done():
+        waiter.set_result(None)  # wake the sender, which lingers until then
 
 
 async def publish_dead_letter(topic: Any, event: Any, reason: str, stage: str, partitions: int) -> None:
