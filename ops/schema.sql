@@ -114,3 +114,15 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
   PRIMARY KEY (user_id, key_hash)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_expires_at ON idempotency_keys (expires_at);
+
+-- Read markers (query/markers.py, policies/markers.py): the newest tweet id a user has read
+-- on a timeline, shared by their devices (Mastodon's markers). version counts the applied
+-- writes; a write without the current version only moves last_read_id forward.
+CREATE TABLE IF NOT EXISTS timeline_markers (
+  user_id       bigint NOT NULL,
+  timeline      text NOT NULL,
+  last_read_id  bigint NOT NULL,
+  version       bigint NOT NULL,
+  updated_at    timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (user_id, timeline)
+);

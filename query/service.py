@@ -54,6 +54,7 @@ from api.errors import Problem
 from api.limits import request_address
 from policies.ratelimit import retry_after_header
 from query.deps import QueryResources, get_query_resources, install_cassandra_errors
+from query.markers import router as markers_router
 from query.metrics import QueryMetrics
 from query.page import Page
 from query.params import parse_cursor, parse_limit, render_page
@@ -129,6 +130,9 @@ async def _rate_limit(res: QueryResources, timeline: str, subject: str) -> None:
             f"{settings.read_rate_per_s:g} per second; retry in {wait} s",
             headers={"Retry-After": str(wait)},
         )
+
+
+router.include_router(markers_router)
 
 
 @router.get("/healthz")
