@@ -58,6 +58,7 @@ from redis.asyncio import Redis
 from api.auth import hash_token, new_token
 from bench.http_load import RawConnection, load_process, uvicorn_server
 from bench.latency import latency_ms
+from bench.redis_floor import floor_in_process
 from localenv.worker import Worker
 from localenv.workload import produce
 from ops.lag import wait_caught_up
@@ -242,6 +243,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     pop = Population(args.readers, args.normal, args.tweets, args.threshold)
     tokens = {r: new_token() for r in pop.readers()}
     results: dict[str, Any] = {}
+    floors: dict[str, Any] = {}
     try:
         build_s = await build_world(settings, pop, workdir)
         print(f"world built: {len(pop.follows)} follows, {len(pop.tweets)} tweets in {build_s:.1f} s")
@@ -273,6 +275,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         raise SystemExit(f"reader {r}: first page differs from the reference")
             with load_process() as in_process:
                 for concurrency in args.concurrency:
+                    # The bare-Redis floor in the same process, the same minute: HTTP numbers are ratios to it.
+                    bare = await in_process(floor_in_process, settings.redis_url, settings.redis_prefix,
+                                            args.requests, concurrency)
+                    floors[f"c{concurrency}"] = bare
+                    print(f"{'redis_floor@c' + str(concurrency):<14} {bare['reads_per_s']:>8} req/s  "
+                          f"p50 {bare['latency_ms']['p50']} ms  p99 {bare['latency_ms']['p99']} ms")
                     for name, celebs in GROUPS.items():
                         members = pop.groups[celebs]
                         targets = [
@@ -295,6 +303,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             for k in after
                         }
                         lat = results[key]["latency_ms"]
+                        results[key]["vs_redis_floor"] = {
+                            q: round(lat[q] / bare["latency_ms"][q], 2) for q in ("p50", "p99")
+                            if lat[q] and bare["latency_ms"][q]
+                        }
                         print(f"{key:<14} {results[key]['throughput_rps']:>8} req/s  p50 {lat['p50']} ms  "
                               f"p99 {lat['p99']} ms  p999 {lat['p999']} ms  problems {results[key]['problems']}")
     finally:
@@ -314,6 +326,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "world_build_s": round(build_s, 1),
         "scenarios": results,
+        "redis_floor": floors,
         "health": health,
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
     }
