@@ -37,7 +37,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from bench.http_load import RawConnection, load_process, uvicorn_server
+from bench.http_load import RawConnection, load_process, run_loop, uvicorn_server
 from bench.latency import latency_ms
 from post.service import create_app
 from settings import Settings, get_settings
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.users, args.requests, args.concurrency) < 1 or args.warmup < 0:
         parser.error("--users, --requests and --concurrency must be >= 1, --warmup >= 0")
 
-    result = asyncio.run(run(args))
+    result = run_loop(run(args))
     out = args.out or RESULTS / f"post-{result['timestamp']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
