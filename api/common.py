@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +30,27 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 # --- metrics -----------------------------------------------------------------------------
+
+
+class BoundLabels:
+    """A labelled metric whose children are bound once per label values: prometheus_client's
+    ``labels()`` validates, stringifies and locks on every call, several times per request.
+    Everything else is the metric's own (attribute access passes through)."""
+
+    __slots__ = ("metric", "_children")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def labels(self, *values: Any) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.metric, name)
 
 
 class HttpMetrics:
@@ -72,6 +94,12 @@ class HttpMetrics:
             ["limit"],
             registry=self.registry,
         )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Every labelled metric of a service (here and in subclasses) binds its children once.
+        if isinstance(value, MetricWrapperBase) and value._labelnames:
+            value = BoundLabels(value)
+        super().__setattr__(name, value)
 
     def response(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -18,10 +18,12 @@ cut sources merge and how much a pull asks for are pure decisions
 What a read costs
 -----------------
 
-* The user's view, and the first chunk on a cache hit: one Redis call
-  (``query/view.py``, where the cache misses are described too).
-* Hydration: one pipeline of tweet hashes (``RedisTweets``); Cassandra is asked
-  only for bodies missing from Redis (one ``IN`` query).
+* The user's view, the first chunk and its tweet bodies on a cache hit, and the
+  query service's rate-limit token: one Redis call (``query/view.py``, where the
+  cache misses are described too). A cache hit without celebrities is that call alone.
+* Hydration of what the first call did not read (pulled tweets, later chunks): one
+  pipeline of tweet hashes (``RedisTweets``); Cassandra is asked only for bodies
+  missing from Redis (one ``IN`` query).
 * Celebrity pulls: one ``IN ... PER PARTITION LIMIT`` query per group of authors,
   groups concurrent.
 
