@@ -65,7 +65,7 @@ from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 # The body keys are derived from the window, not passed in KEYS: a standalone Redis (as
 # every script here, all of a user's keys and the bodies are assumed on one server).
 _OPEN = TAKE_FUNCTION_LUA + BODY_LUA + """
-if ARGV[6] ~= '' then
+if ARGV[6] == '1' then
   local gate = take({KEYS[7]}, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]})
   if gate[1] == 0 then return {'limited', gate} end
 end
