@@ -7,7 +7,9 @@ to send instead:
   (otherwise 422, ``invalid-limit``);
 * ``cursor``: the opaque ``next_cursor`` of a previous page
   (:func:`policies.timeline.encode_cursor`, "ids strictly below N"), at most once
-  (otherwise 400, ``invalid-cursor``).
+  (otherwise 400, ``invalid-cursor``);
+* ``since_id``: a tweet id as a decimal string, at most once: only tweets with a larger
+  id (otherwise 400, ``invalid-since-id``).
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ from typing import Any, Protocol, Sequence
 
 from api.errors import Problem
 from policies.timeline import CursorError, decode_cursor, encode_cursor
+from schemas.events import INT64_MAX
 from schemas.tweet_json import render_handle, render_item, render_tail
 from schemas.tweet_json import render_page as render_items
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 _LIMIT_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
+_ID_RE = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
 _SHOW_MAX = 40
 
 
@@ -69,6 +73,21 @@ def parse_cursor(params: QueryParams, key: bytes = b"") -> int | None:
             "page unchanged, or leave 'cursor' out for the first page",
             slug="invalid-cursor",
         ) from None
+
+
+def parse_since_id(params: QueryParams) -> int:
+    """``since_id``: only tweets with a larger id (0, i.e. no bound, when absent)."""
+    raw = _single(params, "since_id", 400, "invalid-since-id")
+    if raw is None:
+        return 0
+    if not _ID_RE.fullmatch(raw) or int(raw) > INT64_MAX:
+        raise Problem(
+            400,
+            f"query parameter 'since_id' must be a tweet id (a decimal integer from 1 to {INT64_MAX}), "
+            f"got {_shown(raw)}; pass the 'tweet_id' of the newest tweet the client shows",
+            slug="invalid-since-id",
+        )
+    return int(raw)
 
 
 def next_cursor(next_below: int | None, key: bytes = b"") -> str | None:

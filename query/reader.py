@@ -184,18 +184,21 @@ class HomeTimelineReader:
 
     # --- pages -------------------------------------------------------------------------
 
-    async def page(self, user_id: int, *, limit: int, below: int | None = None,
+    async def page(self, user_id: int, *, limit: int, below: int | None = None, above: int = 0,
                    gate: tuple[RedisTokenBucket, str] | None = None) -> Page:
         """One page of the home timeline. Redis is a cache: if it fails (down, out of memory,
         a timeout) the page is read again from Cassandra alone, with the same answer.
         ``gate`` (a bucket and a subject): a token is taken in the read's first round trip,
-        RateLimited if refused (with Redis failing, the read goes on: the limit fails open)."""
+        RateLimited if refused (with Redis failing, the read goes on: the limit fails open).
+        ``above`` (``since_id``): only tweets with a larger id; the page ends (``next_below``
+        None) once everything above it was returned."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         return await _cache_or_store(f"home timeline of {user_id}",
-                                     lambda cache: self._page(user_id, limit, below, cache=cache, gate=gate))
+                                     lambda cache: self._page(user_id, limit, below, above, cache=cache,
+                                                                gate=gate))
 
-    async def _page(self, user_id: int, limit: int, below: int | None, *, cache: bool,
+    async def _page(self, user_id: int, limit: int, below: int | None, above: int, *, cache: bool,
                     gate: tuple[RedisTokenBucket, str] | None = None) -> Page:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
@@ -211,6 +214,9 @@ class HomeTimelineReader:
         at_end = view.followee_count == 0
         while len(out) < limit and not at_end:
             need = limit - len(out)
+            if cursor <= above + 1:
+                at_end = True
+                break
             if phase == "materialized":
                 if cursor <= view.floor + 1:
                     phase = "pull"
@@ -219,7 +225,7 @@ class HomeTimelineReader:
                 per_author = pull_limit(need + SLACK, len(celebs) + 1, first_round)
                 (mat_source, src), pulls = await asyncio.gather(
                     self._materialized_source(user_id, view, cursor, need, stats),
-                    self.pull(celebs, cursor, view.floor, per_author, stats),
+                    self.pull(celebs, cursor, max(view.floor, above), per_author, stats),
                 )
                 source = source or src
                 merged = merge_sources([mat_source, *pulls])
@@ -231,12 +237,16 @@ class HomeTimelineReader:
                 source = source or "store"
                 authors = sorted(await self.views.followees(user_id, view, stats))
                 per_author = pull_limit(need + SLACK, len(authors), first_round)
-                merged = merge_sources(await self.pull(authors, cursor, 0, per_author, stats))
+                merged = merge_sources(await self.pull(authors, cursor, above, per_author, stats))
                 pulled.update(merged.candidates)
             first_round = False
 
             # Hydrate the candidates in slices, newest first, until the page is full.
             candidates = merged.candidates
+            # Reached ``above``: every source vouched for the ids above it (horizon <= above).
+            reached = bool(candidates) and candidates[-1] <= above
+            if reached:
+                candidates = [t for t in candidates if t > above]
             done_upto = 0
             while done_upto < len(candidates) and len(out) < limit:
                 chunk = candidates[done_upto : done_upto + (limit - len(out)) + SLACK]
@@ -249,12 +259,14 @@ class HomeTimelineReader:
                         out.append(tweet)
                         if len(out) == limit:
                             break
-            region_done = done_upto == len(candidates) and merged.horizon is None
+            region_done = done_upto == len(candidates) and (merged.horizon is None or reached)
             if len(out) == limit:
                 # The end is known without another read when nothing is left anywhere.
-                at_end = region_done and (phase == "pull" or view.floor == 0)
+                at_end = region_done and (reached or phase == "pull" or view.floor == 0)
                 break
-            if region_done:
+            if region_done and reached:
+                at_end = True
+            elif region_done:
                 if phase == "materialized":
                     # Nothing left above the floor: continue below it by pull-merge.
                     phase, cursor = "pull", min(cursor, view.floor + 1)
@@ -278,15 +290,16 @@ class HomeTimelineReader:
                 return ids
             below = page.next_below
 
-    async def author_page(self, author_id: int, *, limit: int, below: int | None = None) -> Page:
+    async def author_page(self, author_id: int, *, limit: int, below: int | None = None, above: int = 0) -> Page:
         """An author's own tweets, newest first (``author_timeline``), deleted ones dropped;
         from Cassandra alone if Redis fails."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         return await _cache_or_store(f"author timeline of {author_id}",
-                                     lambda cache: self._author_page(author_id, limit, below, cache=cache))
+                                     lambda cache: self._author_page(author_id, limit, below, above, cache=cache))
 
-    async def _author_page(self, author_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
+    async def _author_page(self, author_id: int, limit: int, below: int | None, above: int, *,
+                           cache: bool) -> Page:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
         out: list[Tweet] = []
@@ -295,6 +308,9 @@ class HomeTimelineReader:
             n = limit - len(out) + SLACK
             rows = await store_query(self.cassandra, stats, "author_tl_below", (author_id, cursor, n))
             ids = [r.tweet_id for r in rows]
+            reached = bool(ids) and ids[-1] <= above
+            if reached:
+                ids = [t for t in ids if t > above]
             bodies = await self.hydrate(ids, stats, cache=cache)
             consumed = 0
             for tweet_id in ids:
@@ -305,6 +321,6 @@ class HomeTimelineReader:
                     out.append(tweet)
                     if len(out) == limit:
                         break
-            at_end = len(ids) < n and consumed == len(ids)
+            at_end = (len(rows) < n or reached) and consumed == len(ids)
         next_below = None if at_end or len(out) < limit else cursor
         return Page(out, next_below, "store", set(), stats)

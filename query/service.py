@@ -6,15 +6,22 @@ writes nothing but caches and, for readers, ``user_active`` events.
 
 Endpoints (ids are decimal strings in JSON and in paths)::
 
-    GET /v1/users/{user_id}/timelines/home?limit=50&cursor=...   (Bearer, own timeline only)
-    GET /v1/users/{user_id}/tweets?limit=50&cursor=...           (public; a token, if sent, must be valid)
+    GET /v1/users/{user_id}/timelines/home?limit=50&cursor=...&since_id=...  (Bearer, own timeline only)
+    GET /v1/users/{user_id}/timelines/home/count?since_id=...    (Bearer, own): {"count", "capped", ...}
+    GET /v1/users/{user_id}/timelines/home/stream                (Bearer, own): Server-Sent Events (query/stream.py)
+    GET /v1/users/{user_id}/tweets?limit=50&cursor=...&since_id=...  (public; a token, if sent, must be valid)
+    GET /v1/users/{user_id}/tweets/count?since_id=...            (public, as above)
+    GET|PUT /v1/users/{user_id}/markers[/home]                   (Bearer, own): read markers (query/markers.py)
     GET /healthz                                                 -> 200 / 503 with each dependency
     GET /metrics                                                 -> Prometheus text
 
 A page is ``{"data": [{"tweet_id", "author_id", "author_handle", "text", "created_at"}],
 "meta": {"result_count", "next_cursor", "source"}}``, newest first. ``next_cursor`` is
 opaque (it means "ids strictly below N", so tweets that arrive later never shift the
-next page) and null at the real end. ``source`` says where the materialized part of a
+next page) and null at the real end. ``since_id=N`` keeps only tweets newer than N (refresh
+from the top): the newest ``limit`` of them, paged down with ``next_cursor`` (sent with the
+same ``since_id``) until it is null, so a gap larger than ``limit`` is paged, never cut.
+``.../count?since_id=N`` counts them (at most ``COUNT_MAX``; ``capped`` when there are more). ``source`` says where the materialized part of a
 home page came from: ``cache`` (Redis), ``store`` (Cassandra) or ``rebuilt`` (a stale
 timeline - its owner was inactive - merged from the followees' own tweets while stage 2
 rebuilds it). ``author_handle`` is null for authors without an account (events from
@@ -47,7 +54,7 @@ from starlette.responses import Response
 
 from api.auth import authenticate
 from api.body import parse_id
-from api.common import build_app, health_response, serve
+from api.common import build_app, health_response, json_response, serve
 from api.dependencies import install_dependency_errors
 from api.errors import Problem
 from api.limits import request_address
@@ -57,12 +64,14 @@ from query.deps import QueryResources, get_query_resources, install_cassandra_er
 from query.markers import router as markers_router
 from query.metrics import QueryMetrics
 from query.page import Page
-from query.params import parse_cursor, parse_limit, render_page_json
+from query.params import parse_cursor, parse_limit, parse_since_id, render_page_json
 from settings import Settings, get_settings
 
 log = logging.getLogger("query.service")
 
 DEFAULT_PORT = 8082
+# A count of newer tweets (a badge) reads at most this many; more shows as "capped".
+COUNT_MAX = 100
 
 
 async def _page_response(res: QueryResources, timeline: str, page: Page, started: float) -> Response:
@@ -75,9 +84,8 @@ async def _page_response(res: QueryResources, timeline: str, page: Page, started
 router = APIRouter()
 
 
-@router.get("/v1/users/{user_id}/timelines/home")
-async def home_timeline(request: Request, user_id: str) -> Response:
-    res = get_query_resources(request)
+async def home_owner(request: Request, user_id: str) -> int:
+    """The caller, who must be the owner of the home timeline ``user_id`` (else 401 / 403)."""
     caller = await authenticate(request)
     owner = parse_id(user_id, "user_id")
     if owner != caller:
@@ -86,19 +94,51 @@ async def home_timeline(request: Request, user_id: str) -> Response:
             f"you are authenticated as user {caller}; a home timeline can only be read by its owner "
             f"(requested: user {owner}). Use /v1/users/{caller}/timelines/home",
         )
-    limit = parse_limit(request.query_params)
-    below = parse_cursor(request.query_params)
-    started = time.perf_counter()
-    reader = res.reader()
+    return owner
+
+
+async def _home_page(res: QueryResources, owner: int, limit: int, below: int | None,
+                     above: int) -> Page:
     # The rate-limit token is taken in the read's first Redis round trip.
     try:
-        page = await reader.page(owner, limit=limit, below=below, gate=(res.limiter, f"user:{caller}"))
+        page = await res.reader().page(owner, limit=limit, below=below, above=above,
+                                       gate=(res.limiter, f"user:{owner}"))
     except RateLimited as exc:
         raise _refusal(res, "home", exc.result.retry_after_s) from None
     await res.activity.touch(owner)  # one Redis command at most every few minutes per user
+    return page
+
+
+@router.get("/v1/users/{user_id}/timelines/home")
+async def home_timeline(request: Request, user_id: str) -> Response:
+    res = get_query_resources(request)
+    owner = await home_owner(request, user_id)
+    limit = parse_limit(request.query_params)
+    below = parse_cursor(request.query_params)
+    above = parse_since_id(request.query_params)
+    started = time.perf_counter()
+    page = await _home_page(res, owner, limit, below, above)
     return await _page_response(res, "home", page, started)
 
 
+@router.get("/v1/users/{user_id}/timelines/home/count")
+async def home_count(request: Request, user_id: str) -> Response:
+    """How many tweets are newer than ``since_id`` (for a badge), counted to COUNT_MAX."""
+    res = get_query_resources(request)
+    owner = await home_owner(request, user_id)
+    above = parse_since_id(request.query_params)
+    page = await _home_page(res, owner, COUNT_MAX, None, above)
+    return _count_response(above, page)
+
+
+def _count_response(above: int, page: Page) -> Response:
+    newest = page.tweets[0].tweet_id if page.tweets else None
+    return json_response({"since_id": str(above), "count": len(page.tweets),
+                          "capped": page.next_below is not None,
+                          "newest_id": None if newest is None else str(newest)})
+
+
+@router.get("/v1/users/{user_id}/tweets/count")
 @router.get("/v1/users/{user_id}/tweets")
 async def user_tweets(request: Request, user_id: str) -> Response:
     res = get_query_resources(request)
@@ -106,12 +146,16 @@ async def user_tweets(request: Request, user_id: str) -> Response:
     if request.headers.get("authorization") is not None:
         caller = await authenticate(request)  # optional, but a token that is sent must be valid
     author = parse_id(user_id, "user_id")
-    limit = parse_limit(request.query_params)
-    below = parse_cursor(request.query_params)
+    counting = request.url.path.endswith("/count")
+    limit = COUNT_MAX if counting else parse_limit(request.query_params)
+    below = None if counting else parse_cursor(request.query_params)
+    above = parse_since_id(request.query_params)
     started = time.perf_counter()
     client = request_address(request, res.settings)
     await _rate_limit(res, "author", f"user:{caller}" if caller is not None else f"addr:{client}")
-    page = await res.reader().author_page(author, limit=limit, below=below)
+    page = await res.reader().author_page(author, limit=limit, below=below, above=above)
+    if counting:
+        return _count_response(above, page)
     return await _page_response(res, "author", page, started)
 
 
