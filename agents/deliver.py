@@ -10,7 +10,8 @@ cross-partition lookup. Per batch:
 * rebuilds (a returning user) and backfills (a new follow) read the followees'
   author timelines, which stage 1 wrote before it sent the ops;
 * apply the writes: Cassandra first (the durable timeline), then Redis (the
-  cache, only where a cached timeline exists), then ack.
+  cache, only where a cached timeline exists), then publish what changed for each
+  user (``sinks/redis_live.py``, for open streams; best effort), then ack.
 
 Every write is keyed by (user, tweet id): replaying a batch changes nothing.
 """
@@ -31,6 +32,7 @@ from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.activity import is_active
 from policies.rebuild import AuthorTweets, plan_rebuild
+from policies.stream import stage_notices
 from policies.timeline import backfill_window
 from policies.partitioning import partition_for_id
 from schemas import ContractError, Limits, UserActive, decode
@@ -58,6 +60,7 @@ class RecipientBatch:
         self.following: dict[tuple[int, int], int | None] = {}  # (user, followee) -> since, None = delete
         self.meta: dict[int, dict] = {}  # user -> recipient state to mirror into Cassandra
         self.invalidate: set[int] = set()
+        self.deleted: list[tuple[int, int, int]] = []  # (user, tweet, author) of Remove ops, for live notices
         # user -> the last event that changed state still to be written by apply()
         self.pending: dict[int, Any] = {}
         # Author timelines read by this message's ops (see prefetch): author -> ids, newest first.
@@ -131,6 +134,7 @@ class RecipientBatch:
     def remove(self, op: Remove) -> None:
         for user_id in op.to:
             self.rows[(user_id, op.tweet_id)] = (False, op.author_id)
+            self.deleted.append((user_id, op.tweet_id, op.author_id))
         self.counts["removed"] += len(op.to)
 
     async def on_activity(self, ev: UserActive) -> None:
@@ -299,6 +303,9 @@ class RecipientBatch:
         if self.following:  # cached following lists (query/view.py): dropped after Cassandra
             changed = {user_id for user_id, _ in self.following}
             await with_retry("redis following", lambda: self.sinks.following.invalidate(changed))
+        # Last, best effort: open streams of these users read what was just written.
+        follows = {k: since is not None for k, since in self.following.items()}
+        await self.sinks.live.publish_users(stage_notices(self.rows, self.deleted, follows, self.invalidate))
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:

@@ -29,9 +29,11 @@ from agents.loop import consume
 from agents.metrics import FANOUT_TWEETS
 from agents.outbox import Outbox
 from agents.sinks import Sinks, get_sinks, with_retry
+from sinks.redis_live import LiveChannels
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
 from policies.fanout import is_pulled, plan_fanout, plan_recipients, plan_removal
+from policies.stream import Notice
 from policies.first_wins import (
     Delete,
     Post,
@@ -220,6 +222,16 @@ class AuthorBatch:
         self.status_writes: dict[int, dict] = {}  # author -> newest status
         # events of authors whose demotion backfill is queued in this batch
         self.backfills: dict[int, Any] = {}
+        # Live notices (sinks/redis_live.py): pulled tweets and deletes, celebrity transitions.
+        self.pulled: dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        self.transitions: list[tuple[int, bool]] = []
+
+    def notices(self, live: LiveChannels) -> dict[str, Notice]:
+        out = {live.author(a): Notice(added=tuple(added), deleted=tuple(deleted))
+               for a, (added, deleted) in self.pulled.items()}
+        if self.transitions:
+            out[live.celebrities()] = Notice(celebrities=tuple(self.transitions))
+        return out
 
     def partition_of(self, user_id: int) -> int:
         return partition_for_id(user_id, settings.topic_partitions)
@@ -258,6 +270,8 @@ class AuthorBatch:
                 log.warning("author %d: follower count %d corrected to %d", author_id, author["followers"], exact)
                 author["followers"] = exact
                 change = RULE.transition(author["celebrity"], exact)
+        if change is not None:
+            self.transitions.append((author_id, change == "promoted"))
         if change == "promoted":
             author["celebrity"] = True
             author["backfill_pending"] = False
@@ -284,6 +298,8 @@ class AuthorBatch:
         author = _author(ev.author_id)
         pulled = is_pulled(author["celebrity"], author["since"], ev.tweet_id)
         FANOUT_TWEETS.labels("pulled" if pulled else "pushed").inc()
+        if pulled:
+            self.pulled.setdefault(ev.author_id, ([], []))[0].append((ev.tweet_id, ev.author_id))
         followers = [] if pulled else self.followers(ev.author_id)
         for batch in plan_fanout(ev, followers, pulled, self.partition_of):
             self.outbox.deliver_to_partition(
@@ -297,7 +313,9 @@ class AuthorBatch:
     def on_delete(self, ev: TweetDeleted) -> None:
         author = _author(ev.author_id)
         if is_pulled(author["celebrity"], author["since"], ev.tweet_id):
-            return  # never pushed; reads drop deleted tweets anyway
+            # Never pushed (reads drop deleted tweets anyway); open streams are told.
+            self.pulled.setdefault(ev.author_id, ([], []))[1].append((ev.tweet_id, ev.author_id))
+            return
         for batch in plan_removal(ev, self.followers(ev.author_id), self.partition_of):
             self.outbox.deliver_to_partition(
                 batch.partition,
@@ -348,6 +366,7 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                 ISOLATOR.event_succeeded()
     await publish_author_status(sinks, batch)
     await with_retry("publish deliveries", lambda: outbox.flush(deliveries_topic))
+    await sinks.live.publish(batch.notices(sinks.live))  # best effort, after the stores
     for author_id, event in batch.backfills.items():
         with event_scope(event):
             author = _author(author_id)

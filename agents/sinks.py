@@ -15,6 +15,7 @@ from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
 from sinks.redis_following import RedisFollowing
+from sinks.redis_live import LiveChannels
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import RedisTweets
 
@@ -31,6 +32,7 @@ class Sinks:
     tweets: RedisTweets
     celebrities: RedisCelebrities
     following: RedisFollowing
+    live: LiveChannels
 
     @classmethod
     async def open(cls, settings: Settings) -> "Sinks":
@@ -41,7 +43,8 @@ class Sinks:
         celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix)
         following = RedisFollowing(redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s)
         return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines, tweets=tweets,
-                   celebrities=celebrities, following=following)
+                   celebrities=celebrities, following=following,
+                   live=LiveChannels(redis, prefix=settings.redis_prefix))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -33,11 +33,13 @@ from api.errors import describe, problem_response
 from api.kafka import KafkaGateway
 from api.ratelimit import RedisTokenBucket
 from query.handles import ActivityTracker, HandleCache
+from query.live import LiveHub
 from query.metrics import QueryMetrics
 from query.reader import HomeTimelineReader
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_following import RedisFollowing
+from sinks.redis_live import LiveChannels
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import RedisTweets
 
@@ -119,6 +121,7 @@ class QueryResources:
     handles: HandleCache
     activity: ActivityTracker
     limiter: RedisTokenBucket
+    live: LiveHub  # the open streams' pub/sub (query/live.py)
     # bearer tokens -> users (api.auth)
     auth: TokenAuthenticator = field(init=False)
     _reader: HomeTimelineReader | None = None
@@ -145,15 +148,17 @@ class QueryResources:
                                      prefix=settings.redis_prefix),
             limiter=RedisTokenBucket(rds, burst=settings.read_rate_burst, rate_per_s=settings.read_rate_per_s,
                                      prefix=f"{settings.redis_prefix}ratelimit:read:"),
+            live=LiveHub(settings.redis_url, LiveChannels(rds, prefix=settings.redis_prefix)),
         )
         res.auth = TokenAuthenticator(settings, rds, res.pg_conn, metrics)
         return res
 
     async def start(self) -> None:
         await self.pg.open(wait=False)
-        await asyncio.gather(self.kafka.start(), self.cassandra.start())
+        await asyncio.gather(self.kafka.start(), self.cassandra.start(), self.live.start())
 
     async def stop(self) -> None:
+        await self.live.stop()
         await self.activity.drain(timeout=5.0)
         await self.kafka.stop()
         await self.cassandra.stop()

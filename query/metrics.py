@@ -13,7 +13,7 @@ can build many apps in one process). Exposed at ``GET /metrics``.
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from api.common import HttpMetrics
 from query.page import ReadStats
@@ -42,6 +42,17 @@ class QueryMetrics(HttpMetrics):
         self.rate_limited = Counter(
             "query_rate_limited_total", "Reads refused with 429 by the per-reader rate limit", ["timeline"],
             registry=self.registry,
+        )
+        self.live_streams = Gauge(
+            "timeline_live_streams", "Open home-timeline streams (SSE) in this process", registry=self.registry,
+        )
+        self.live_closed = Counter(
+            "timeline_live_closed_total", "Streams ended, by reason: client, behind (reset event), send_timeout",
+            ["reason"], registry=self.registry,
+        )
+        self.live_reads = Histogram(
+            "timeline_live_read_seconds", "A stream's read since its position, after a notice",
+            buckets=_BUCKETS, registry=self.registry,
         )
         self.activity = Counter(
             "timeline_activity_events_total", "user_active events for readers: emitted, throttled or failed",

@@ -62,6 +62,7 @@ from api.ratelimit import RateLimited
 from policies.ratelimit import retry_after_header
 from query.deps import QueryResources, get_query_resources, install_cassandra_errors
 from query.markers import router as markers_router
+from query.stream import router as stream_router
 from query.metrics import QueryMetrics
 from query.page import Page
 from query.params import parse_cursor, parse_limit, parse_since_id, render_page_json
@@ -104,7 +105,7 @@ async def _home_page(res: QueryResources, owner: int, limit: int, below: int | N
         page = await res.reader().page(owner, limit=limit, below=below, above=above,
                                        gate=(res.limiter, f"user:{owner}"))
     except RateLimited as exc:
-        raise _refusal(res, "home", exc.result.retry_after_s) from None
+        raise refusal(res, "home", exc.result.retry_after_s) from None
     await res.activity.touch(owner)  # one Redis command at most every few minutes per user
     return page
 
@@ -168,10 +169,10 @@ async def _rate_limit(res: QueryResources, timeline: str, subject: str) -> None:
         log.warning("read rate limit unavailable: %s", exc)
         return
     if not result.allowed:
-        raise _refusal(res, timeline, result.retry_after_s)
+        raise refusal(res, timeline, result.retry_after_s)
 
 
-def _refusal(res: QueryResources, timeline: str, retry_after_s: float) -> Problem:
+def refusal(res: QueryResources, timeline: str, retry_after_s: float) -> Problem:
     """The 429 of a read the reader's bucket refused (counted)."""
     res.metrics.rate_limited.labels(timeline).inc()
     wait = retry_after_header(retry_after_s)
@@ -185,6 +186,7 @@ def _refusal(res: QueryResources, timeline: str, retry_after_s: float) -> Proble
 
 
 router.include_router(markers_router)
+router.include_router(stream_router)
 
 
 @router.get("/healthz")

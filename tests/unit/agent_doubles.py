@@ -74,6 +74,7 @@ import agents.loop as agent_loop  # noqa: E402  (after faust_app)
 import agents.sinks as agent_sinks  # noqa: E402
 from agents.take import drain_batches  # noqa: E402
 from agents.sinks import Sinks  # noqa: E402
+from sinks.redis_live import LiveChannels  # noqa: E402
 from policies.first_wins import StoredTweet  # noqa: E402
 from policies.partitioning import partition_for_id  # noqa: E402
 from schemas import encode, encode_key  # noqa: E402
@@ -282,6 +283,9 @@ class FakePipeline:
     def expire(self, key: str, seconds: int) -> "FakePipeline":
         return self._queue("expire", key, seconds)
 
+    def publish(self, channel: str, message: bytes) -> "FakePipeline":
+        return self._queue("publish", channel, message)
+
     async def execute(self) -> list:
         out = [self.redis.apply(*command) for command in self.commands]
         self.redis.executed.extend(self.commands)
@@ -310,6 +314,7 @@ class FakeRedis:
         self.ttls: dict[str, int] = {}
         self.executed: list[tuple[Any, ...]] = []
         self.scripts: list[FakeScript] = []
+        self.published: list[tuple[str, bytes]] = []  # (channel, message) of PUBLISH
 
     def pipeline(self, transaction: bool = True) -> FakePipeline:
         assert transaction is False, "the agents use non-transactional pipelines"
@@ -348,6 +353,9 @@ class FakeRedis:
         if op == "expire":
             self.ttls[key] = args[0]
             return 1
+        if op == "publish":
+            self.published.append((key, args[0]))
+            return 0
         raise AssertionError(f"FakeRedis does not model {op!r}")  # pragma: no cover
 
     def commands(self, op: str) -> list[tuple[Any, ...]]:
@@ -429,6 +437,7 @@ def make_sinks(s: Any = settings, journal: Journal | None = None) -> Sinks:
         tweets=FakeTweets(journal),  # type: ignore[arg-type]
         celebrities=FakeCelebrities(journal),  # type: ignore[arg-type]
         following=RedisFollowing(redis, prefix=s.redis_prefix, ttl_s=s.timeline_ttl_s),  # type: ignore[arg-type]
+        live=LiveChannels(redis, prefix=s.redis_prefix),  # type: ignore[arg-type]
     )
 
 

@@ -520,3 +520,25 @@ async def test_bad_deliveries_are_dead_lettered_and_misrouted_activity_is_rerout
     assert [(s.key, s.value, s.partition) for s in sent.on(ACTIVITY)] == [(misrouted.key, misrouted.value, p)]
     assert rec(user) is None or rec(user)["active_at"] is None, "the misrouted activity was not applied"
     assert timeline_writes(sinks) == [("insert_user_tl", (user, 30, A))]
+
+
+# --- live notices ------------------------------------------------------------------------
+
+
+async def test_a_batch_publishes_what_it_wrote_per_user_after_the_stores(
+    driver: AgentDriver, sinks: Any, journal: Journal
+) -> None:
+    from policies.stream import Notice, decode_notice
+
+    u1, u2 = users_on_one_partition(2, start=1700)
+    sinks.cassandra.seed_author_timeline(B, [7])
+    await driver.run([ops_msg(add(40, [u1, u2]), add(41, [u1]), remove(30, [u2]), follow(u1, B), unfollow(u2, B))])
+    prefix = settings.redis_prefix
+    got = {channel: decode_notice(raw) for channel, raw in sinks.redis.published}
+    assert got == {
+        f"{prefix}live:u:{u1}": Notice(added=((7, B), (40, A), (41, A)), followed=(B,), reset=False),
+        f"{prefix}live:u:{u2}": Notice(added=((40, A),), deleted=((30, A),), unfollowed=(B,)),
+    }
+    published = first(journal, "redis", "publish")
+    assert published > last(journal, "cassandra", "insert_user_tl", "delete_user_tl", "set_meta")
+    assert published > last(journal, "timelines", "push_many", "unpush_many", "invalidate")

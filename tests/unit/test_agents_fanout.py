@@ -391,3 +391,21 @@ async def test_a_drifted_follower_count_is_corrected_before_a_transition(
     await driver.run([follow(23), tweet(100)])  # now really 3
     assert author_row()["celebrity"] is True and author_row()["followers"] == 3
     assert recipients_of(sent, "add", 100) == Counter(), "a celebrity's tweet is pulled, not pushed"
+
+
+async def test_celebrity_tweets_deletes_and_transitions_are_published_for_open_streams(
+    driver: AgentDriver, sinks: Any, sent: SentLog, low_threshold: CelebrityRule
+) -> None:
+    from policies.stream import Notice, decode_notice
+
+    prefix = settings.redis_prefix
+    await driver.run([follow(81), tweet(800), follow(82), follow(83)])  # promoted
+    got = [(c, decode_notice(raw)) for c, raw in sinks.redis.published]
+    assert got == [(f"{prefix}live:celebrities", Notice(celebrities=((AUTHOR, True),)))], "pushed: stage 2 tells"
+    sinks.redis.published.clear()
+
+    await driver.run([tweet(801), tweet(802), delete(801), delete(800)])
+
+    got = [(c, decode_notice(raw)) for c, raw in sinks.redis.published]
+    assert got == [(f"{prefix}live:a:{AUTHOR}", Notice(added=((801, AUTHOR), (802, AUTHOR)),
+                                                       deleted=((801, AUTHOR),)))], "800 was pushed"

@@ -1,0 +1,66 @@
+"""Live notices on Redis pub/sub: what the stages wrote, for the open streams of the query service.
+
+Channels (``policies/stream.py`` has the message, :class:`~policies.stream.Notice`):
+
+* ``{prefix}live:u:<user>`` - stage 2 (``agents/deliver.py``) after it wrote a batch: the
+  rows it added to the user's timeline, the deletes it applied, follows and unfollows,
+  a rebuilt timeline;
+* ``{prefix}live:a:<author>`` - stage 1 (``agents/fanout.py``) for a celebrity's pulled
+  tweets and their deletes (they are in no follower's timeline; a stream listens on the
+  channels of the celebrities its user follows);
+* ``{prefix}live:celebrities`` - stage 1 when an author becomes or stops being a celebrity.
+
+Redis is a cache here too: a publish is made once, after the stores were written, and a
+failure is logged and counted, never retried or allowed to stall a batch. A lost notice
+is repaired by the stream's next read since its position (the next notice, its periodic
+check, or the client's reconnect with ``Last-Event-ID``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import redis.exceptions
+from prometheus_client import Counter
+from redis.asyncio import Redis
+
+from policies.stream import Notice, encode_notice
+
+log = logging.getLogger(__name__)
+
+LIVE_PUBLISHED = Counter("timeline_live_notices_total", "Live notices published on Redis pub/sub, by result",
+                         ["result"])
+
+
+class LiveChannels:
+    def __init__(self, redis: Redis, *, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def user(self, user_id: int) -> str:
+        return f"{self.prefix}live:u:{user_id}"
+
+    def author(self, author_id: int) -> str:
+        return f"{self.prefix}live:a:{author_id}"
+
+    def celebrities(self) -> str:
+        return f"{self.prefix}live:celebrities"
+
+    async def publish(self, notices: Mapping[str, Notice]) -> None:
+        """One pipeline of PUBLISH, best effort (see the module doc)."""
+        notices = {c: n for c, n in notices.items() if not n.is_empty()}
+        if not notices:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, notice in notices.items():
+                    pipe.publish(channel, encode_notice(notice))
+                await pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            LIVE_PUBLISHED.labels("failed").inc(len(notices))
+            log.warning("live notices not published (%d): %r", len(notices), exc)
+            return
+        LIVE_PUBLISHED.labels("published").inc(len(notices))
+
+    async def publish_users(self, notices: Mapping[int, Notice]) -> None:
+        await self.publish({self.user(u): n for u, n in notices.items()})
