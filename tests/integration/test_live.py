@@ -1,0 +1,300 @@
+"""What clients need, end to end: since_id, the live stream (SSE) and read markers.
+
+One isolated world (own topics, keyspace, schema, Redis prefix, a real Faust worker) and
+the query service under a real uvicorn server on a free port, so the stream is read over
+real HTTP as a client reads it. Celebrity at 3 followers, so one author of every test is
+pulled. Every expectation comes from the reference (``policies.reference``) over the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+import uvicorn
+from redis.asyncio import Redis
+
+from localenv.worker import Worker
+from policies.timeline import decode_cursor
+from query.service import create_app
+from tests.integration.pipeline_harness import drop, isolated_settings, provision
+from tests.integration.post_fixtures import delete_topics
+from tests.integration.test_query_service import DAY_MS, User, World, followed, ids_of
+
+pytestmark = [pytest.mark.integration]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    tmp: Path = tmp_path_factory.mktemp("live")
+    settings = isolated_settings(tmp, celebrity_threshold=3, celebrity_hysteresis=1, timeline_cap=12,
+                                 backfill_limit=6, inactive_after_ms=DAY_MS)
+    await asyncio.to_thread(provision, settings)
+    worker = Worker(settings, tmp / "worker.log").start()
+    app = create_app(settings)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    serving = asyncio.get_running_loop().create_task(server.serve())
+    redis = Redis.from_url(settings.redis_url)
+    start = time.time_ns() // 1_000_000 - 20 * DAY_MS
+    try:
+        while not server.started:
+            assert not serving.done(), "uvicorn did not start"
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            w = World(settings, worker, client, app, redis, clock_ms=start)
+            yield w
+            if w.accounts:
+                async with app.state.resources.pg_conn() as conn:
+                    await conn.execute("DELETE FROM users WHERE user_id = ANY(%s)", (w.accounts,))
+                    await conn.execute("DELETE FROM timeline_markers WHERE user_id = ANY(%s)", (w.accounts,))
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 10)
+        worker.stop()
+        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
+        if keys:
+            await redis.unlink(*keys)
+        await redis.aclose()
+        await asyncio.to_thread(drop, settings)
+        with contextlib.suppress(Exception):
+            await delete_topics(settings)
+
+
+async def _reader_with_celebrity(w: World) -> tuple[User, list[User], User]:
+    """A reader following two pushed authors and one celebrity (3 followers)."""
+    reader, fans = await w.user(), [await w.user(account=False) for _ in range(2)]
+    pushed = [await w.user() for _ in range(2)]
+    celeb = await w.user()
+    events = [followed(reader.user_id, a.user_id, w.tick()) for a in (*pushed, celeb)]
+    events += [followed(f.user_id, celeb.user_id, w.tick()) for f in fans]
+    await w.publish(events)
+    return reader, pushed, celeb
+
+
+def newer(w: World, user: User, since: int) -> list[int]:
+    return [t for t in w.reference(user) if t > since]
+
+
+async def since_all(w: World, user: User, since: int, limit: int) -> list[int]:
+    ids: list[int] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": limit, "since_id": str(since)}
+        if cursor:
+            params["cursor"] = cursor
+        body = await w.home_page(user, **params)
+        assert len(body["data"]) <= limit
+        ids += ids_of(body)
+        cursor = body["meta"]["next_cursor"]
+        if cursor is None:
+            return ids
+        assert decode_cursor(cursor) == ids[-1]
+
+
+async def test_since_id_is_the_reference_newer_than_n_with_deletes_and_unfollows(world: World):
+    w = world
+    reader, pushed, celeb = await _reader_with_celebrity(w)
+    tweets = [w.tweet([*pushed, celeb][i % 3]) for i in range(15)]
+    await w.publish(tweets)
+    since = tweets[4]["tweet_id"]
+    want = newer(w, reader, since)
+    assert len(want) == 10
+    assert await since_all(w, reader, since, limit=3) == want  # a gap larger than limit is paged
+    count = (await w.client.get(f"/v1/users/{reader.user_id}/timelines/home/count",
+                                params={"since_id": str(since)}, headers=reader.auth)).json()
+    assert count == {"since_id": str(since), "count": 10, "capped": False, "newest_id": str(want[0])}
+
+    await w.publish([w.deleted(tweets[7]), w.deleted(tweets[8]),  # a pushed and a celebrity tweet
+                     {"type": "unfollowed", "follower_id": reader.user_id, "followee_id": pushed[0].user_id,
+                      "at": w.tick()}])
+    want = newer(w, reader, since)
+    assert len(want) == 5
+    assert await since_all(w, reader, since, limit=2) == want
+    assert await since_all(w, reader, want[0], limit=2) == []
+
+    # The author timeline too.
+    author = pushed[1]
+    own = [t["tweet_id"] for t in tweets if t["author_id"] == author.user_id and t is not tweets[7]]
+    resp = await w.client.get(f"/v1/users/{author.user_id}/tweets", params={"since_id": str(own[-1] - 1)})
+    assert ids_of(resp.json()) == [own[-1]]
+    resp = await w.client.get(f"/v1/users/{author.user_id}/tweets/count", params={"since_id": str(own[0])})
+    assert resp.json()["count"] == len(own) - 1
+
+    bad = await w.client.get(f"/v1/users/{reader.user_id}/timelines/home", params={"since_id": "x"},
+                             headers=reader.auth)
+    assert bad.status_code == 400 and bad.json()["type"].endswith("invalid-since-id")
+
+
+class Sse:
+    """A client's view of one stream: events as (event, id, data) until closed."""
+
+    def __init__(self, w: World, user: User, last_event_id: str | None = None) -> None:
+        self.w, self.user, self.last_event_id = w, user, last_event_id
+        self.events: asyncio.Queue[tuple[str, str | None, Any]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.status: int | None = None
+
+    async def open(self) -> "Sse":
+        opened = asyncio.Event()
+
+        async def run() -> None:
+            headers = dict(self.user.auth)
+            if self.last_event_id:
+                headers["Last-Event-ID"] = self.last_event_id
+            url = f"/v1/users/{self.user.user_id}/timelines/home/stream"
+            async with self.w.client.stream("GET", url, headers=headers, timeout=None) as resp:
+                self.status = resp.status_code
+                opened.set()
+                event, eid, data = "message", None, None
+                async for line in resp.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("id: "):
+                        eid = line[4:]
+                    elif line.startswith("data: "):
+                        data = orjson.loads(line[6:])
+                    elif line == "" and data is not None:
+                        if eid is not None:
+                            self.last_event_id = eid
+                        await self.events.put((event, eid, data))
+                        event, eid, data = "message", None, None
+
+        self.task = asyncio.get_running_loop().create_task(run())
+        await asyncio.wait_for(opened.wait(), 10)
+        return self
+
+    async def next(self, timeout: float = 15.0) -> tuple[str, str | None, Any]:
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+    async def close(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+async def tweets_until(sse: Sse, n: int, got: list[int], deletes: list[dict]) -> None:
+    while len(got) < n:
+        event, _, data = await sse.next()
+        if event == "tweet":
+            got.append(int(data["tweet_id"]))
+        elif event == "delete":
+            deletes.append(data)
+        else:
+            assert event == "ready", (event, data)
+
+
+async def test_stream_sends_exactly_the_reference_new_tweets_in_order_across_a_reconnect(world: World):
+    w = world
+    reader, pushed, celeb = await _reader_with_celebrity(w)
+    await w.publish([w.tweet(pushed[0]), w.tweet(celeb)])
+    before = w.reference(reader)
+    sse = await Sse(w, reader).open()
+    assert sse.status == 200
+    event, ready_id, data = await sse.next()
+    assert event == "ready" and data == {"since_id": str(before[0])} and ready_id
+
+    got: list[int] = []
+    deletes: list[dict] = []
+    # Each burst: the celebrity's tweet first (the smallest id): stage 1 tells before stage 2.
+    burst1 = [w.tweet(celeb), w.tweet(pushed[0]), w.tweet(pushed[1])]
+    started = time.perf_counter()
+    await w.publish(burst1)
+    await tweets_until(sse, 3, got, deletes)
+    assert time.perf_counter() - started < 30
+
+    await sse.close()  # forced reconnect; tweets land meanwhile
+    burst2 = [w.tweet(celeb), w.tweet(pushed[1]), w.tweet(pushed[0])]
+    await w.publish(burst2)
+    sse = await Sse(w, reader, sse.last_event_id).open()
+    await tweets_until(sse, 6, got, deletes)
+    burst3 = [w.tweet(celeb), w.tweet(pushed[1])]
+    await w.publish(burst3)
+    await tweets_until(sse, 8, got, deletes)
+
+    want = [t for t in w.reference(reader) if t > before[0]]
+    assert got == sorted(want), "every new tweet once, in order"
+    assert not deletes
+
+    # A shown tweet deleted, a celebrity's deleted, an author unfollowed: delete events.
+    await w.publish([w.deleted(burst3[1]), w.deleted(burst3[0]),
+                     {"type": "unfollowed", "follower_id": reader.user_id, "followee_id": pushed[0].user_id,
+                      "at": w.tick()}])
+    seen: list[dict] = []
+    while not ({"tweet_id": str(burst3[1]["tweet_id"]), "author_id": str(pushed[1].user_id),
+                "reason": "deleted"} in seen
+               and {"tweet_id": str(burst3[0]["tweet_id"]), "author_id": str(celeb.user_id),
+                    "reason": "deleted"} in seen
+               and {"author_id": str(pushed[0].user_id), "reason": "unfollowed"} in seen):
+        event, _, data = await sse.next()
+        assert event == "delete", (event, data)
+        seen.append(data)
+    await sse.close()
+
+    # Resuming from the last event id after the deletes: nothing new, the gone tweets removed.
+    sse = await Sse(w, reader, sse.last_event_id).open()
+    assert (await sse.next())[0] == "ready"
+    removed = set()
+    with contextlib.suppress(asyncio.TimeoutError):
+        while True:
+            event, _, data = await sse.next(timeout=2)
+            assert event == "delete" and data["reason"] == "removed", (event, data)
+            removed.add(int(data["tweet_id"]))
+    assert removed <= {t for t in got if t not in w.reference(reader)}
+    await sse.close()
+
+
+async def test_a_user_cannot_open_another_users_stream(world: World):
+    w = world
+    owner, other = await w.user(), await w.user()
+    url = f"/v1/users/{owner.user_id}/timelines/home/stream"
+    resp = await w.client.get(url, headers=other.auth)
+    assert resp.status_code == 403 and resp.headers["content-type"].startswith("application/problem+json")
+    resp = await w.client.get(url)
+    assert resp.status_code == 401
+    resp = await w.client.get(url, headers={**owner.auth, "Last-Event-ID": "garbage"})
+    assert resp.status_code == 400
+
+
+async def test_markers_never_move_backwards(world: World):
+    w = world
+    user, other = await w.user(), await w.user()
+    url = f"/v1/users/{user.user_id}/markers"
+    assert (await w.client.get(url, headers=user.auth)).json() == {}
+    assert (await w.client.get(url, headers=other.auth)).status_code == 403
+
+    async def put(last: int, version: int | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"last_read_id": str(last)}
+        if version is not None:
+            body["version"] = version
+        return await w.client.put(f"{url}/home", json=body, headers=user.auth)
+
+    # Two devices racing: whatever the order, the newest read position wins.
+    writes = [100 + (i * 37) % 50 for i in range(30)]
+    results = await asyncio.gather(*(put(x) for x in writes))
+    assert {r.status_code for r in results} <= {200, 409}
+    marker = (await w.client.get(url, headers=user.auth)).json()["home"]
+    assert marker["last_read_id"] == str(max(writes))
+
+    stale = await put(max(writes) - 1)
+    assert stale.status_code == 409 and stale.json()["marker"]["last_read_id"] == str(max(writes))
+    back = await put(5, version=marker["version"])  # on purpose, at the current version
+    assert back.status_code == 200 and back.json()["last_read_id"] == "5"
+    assert back.json()["version"] == marker["version"] + 1
+    assert (await put(500, version=marker["version"])).status_code == 409  # that version is gone
+    assert (await w.client.get(url, headers=user.auth)).json()["home"]["last_read_id"] == "5"
