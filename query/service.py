@@ -185,8 +185,8 @@ def refusal(res: QueryResources, timeline: str, retry_after_s: float) -> Problem
     )
 
 
-router.include_router(markers_router)
-router.include_router(stream_router)
+# The routes of query/markers.py and query/stream.py, as this router's own (listed, matched in order).
+router.routes.extend([*markers_router.routes, *stream_router.routes])
 
 
 @router.get("/healthz")

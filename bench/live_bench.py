@@ -1,0 +1,284 @@
+"""Live streams (SSE) measured: idle streams held by one query-service process, its memory per
+stream, and the latency from Kafka's ack of a tweet to its event on an open stream.
+
+    python -m bench.live_bench [--streams 10000] [--probes 20] [--load-rate 50] [--out bench/results/live.md]
+
+One namespace of its own (``bench_<tag>``), a real worker (``localenv.worker.Worker``) and the
+query service as a child process (``python -m query.service``: one process, as the goal is per
+process). Steps:
+
+1. ``--streams`` users with accounts, each a stream opened over a raw socket (this process
+   holds the client ends); the service's RSS at 0, 1/4, 1/2 and all of them open: memory per
+   stream is the slope.
+2. ``--probes`` probe users each following one author of their own; with every stream still
+   open, tweets of those authors, one at a time: Kafka ack -> the stage's notice on Redis
+   pub/sub (published right after the timeline write; the bench subscribes to the probes'
+   channels) -> the ``tweet`` event on the probe's stream. Idle, then with ``--load-rate``
+   background tweets/s whose authors are followed by ``--load-fanout`` stream users each
+   (their streams wake and read too).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from api.auth import hash_token, new_token
+from bench.context import Publisher, bench_settings, log, provision
+from localenv.worker import Worker
+from ops.faults.cluster import ServiceProcess
+from ops.lag import wait_caught_up
+from ops.schema import drop_namespace
+from policies.snowflake import SnowflakeGenerator
+from settings import get_settings
+from sinks.redis_live import LiveChannels
+
+RESULTS = Path(__file__).parent / "results"
+
+
+class StreamClient:
+    """One stream's client end over a raw socket: the ready event, then tweet events timed."""
+
+    def __init__(self, port: int, user_id: int, token: str) -> None:
+        self.port, self.user_id, self.token = port, user_id, token
+        self.writer: asyncio.StreamWriter | None = None
+        self.arrivals: dict[int, float] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write((f"GET /v1/users/{self.user_id}/timelines/home/stream HTTP/1.1\r\n"
+                           f"Host: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"stream of {self.user_id}: {head[:200]!r}")
+        buf = b""
+        while b"event: ready" not in buf:
+            buf += await reader.read(4096)
+        self.task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            now = time.perf_counter()
+            for part in chunk.split(b"\n\n"):
+                if b"event: tweet" in part:
+                    data = part.split(b"data: ", 1)[1].split(b"\n", 1)[0]
+                    self.arrivals[int(orjson.loads(data)["tweet_id"])] = now
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def make_users(settings: Any, n: int) -> list[tuple[int, str]]:
+    import psycopg
+
+    users = [(10**15 + i, new_token()) for i in range(n)]
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True,
+                                                     **settings.postgres_kwargs()) as conn:
+        async with conn.cursor() as cur:
+            async with cur.copy("COPY users (user_id, handle, token_hash) FROM STDIN") as copy:
+                for uid, token in users:
+                    await copy.write_row((uid, f"live_{uid}", hash_token(token)))
+    return users
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+async def probe_latency(settings: Any, pub: Publisher, probes: list[tuple[StreamClient, int]],
+                        ids: SnowflakeGenerator, rounds: int) -> dict[str, Any]:
+    """Tweets of the probes' authors, one at a time: ack, notice and event times."""
+    redis = Redis.from_url(settings.redis_url)
+    live = LiveChannels(redis, prefix=settings.redis_prefix)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(*(live.user(c.user_id) for c, _ in probes))
+    notices: dict[int, float] = {}
+
+    async def listen() -> None:
+        while True:
+            msg = await pubsub.get_message(timeout=1.0)
+            if msg and msg["type"] == "message":
+                for tweet_id, _ in orjson.loads(msg["data"]).get("a", ()):
+                    notices[int(tweet_id)] = time.perf_counter()
+
+    listener = asyncio.get_running_loop().create_task(listen())
+    ack_to_notice, notice_to_event, ack_to_event = [], [], []
+    try:
+        for r in range(rounds):
+            client, author = probes[r % len(probes)]
+            tid = ids.next_id()
+            acked = asyncio.get_running_loop().create_future()
+            fut = await pub.send({"type": "tweet_posted", "tweet_id": tid, "author_id": author,
+                                  "text": f"probe {tid}", "created_at": int(time.time() * 1000)})
+            await fut
+            t_ack = time.perf_counter()
+            acked.set_result(None)
+            end = time.perf_counter() + 10
+            while tid not in client.arrivals and time.perf_counter() < end:
+                await asyncio.sleep(0.001)
+            if tid in client.arrivals and tid in notices:
+                ack_to_notice.append((notices[tid] - t_ack) * 1000)
+                notice_to_event.append((client.arrivals[tid] - notices[tid]) * 1000)
+                ack_to_event.append((client.arrivals[tid] - t_ack) * 1000)
+            await asyncio.sleep(0.05)
+    finally:
+        listener.cancel()
+        await pubsub.aclose()
+        await redis.aclose()
+
+    def summary(xs: list[float]) -> dict[str, float]:
+        return {"p50": round(statistics.median(xs), 1) if xs else float("nan"), "p99": round(pct(xs, 0.99), 1),
+                "max": round(max(xs), 1) if xs else float("nan")}
+
+    return {"rounds": rounds, "received": len(ack_to_event), "ack_to_notice_ms": summary(ack_to_notice),
+            "notice_to_event_ms": summary(notice_to_event), "ack_to_event_ms": summary(ack_to_event)}
+
+
+async def background_load(pub: Publisher, authors: list[int], rate: float, ids: SnowflakeGenerator,
+                          stop: asyncio.Event) -> int:
+    n = 0
+    began = time.perf_counter()
+    while not stop.is_set():
+        due = began + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tid = ids.next_id()
+        await pub.send({"type": "tweet_posted", "tweet_id": tid, "author_id": authors[n % len(authors)],
+                        "text": f"load {tid}", "created_at": int(time.time() * 1000)})
+        n += 1
+    return n
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    workdir = Path(args.workdir) / f"live-{tag}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = bench_settings(get_settings(), tag, workdir, partitions=4, threshold=10**6, hysteresis=1)
+    await provision(settings)
+    result: dict[str, Any] = {"streams": args.streams, "probes": args.probes}
+    worker = Worker(settings, workdir / "worker.log").start()
+    service = ServiceProcess("query.service", settings, workdir / "query.log").start()
+    pub = await Publisher(settings).start()
+    clients: list[StreamClient] = []
+    ids = SnowflakeGenerator(worker_id=77)
+    try:
+        await service.wait_ready()
+        port = service.port
+        users = await make_users(settings, args.streams + args.probes)
+        stream_users, probe_users = users[:args.streams], users[args.streams:]
+        # Followers: each probe follows its own author; load authors are followed by stream users.
+        load_authors = [2 * 10**15 + i for i in range(20)]
+        follows = [{"type": "followed", "follower_id": uid, "followee_id": 3 * 10**15 + i, "at": 1}
+                   for i, (uid, _) in enumerate(probe_users)]
+        follows += [{"type": "followed", "follower_id": stream_users[(i * 97 + j) % len(stream_users)][0],
+                     "followee_id": a, "at": 1}
+                    for i, a in enumerate(load_authors) for j in range(args.load_fanout)]
+        for ev in follows:
+            await pub.send(ev)
+        await wait_caught_up(settings, timeout=300, check=worker.check)
+
+        base = service.rss() or 0
+        rss = [{"streams": 0, "rss_mb": round(base / 2**20, 1)}]
+        log(f"query service RSS with no stream: {base / 2**20:.1f} MB")
+        steps = sorted({args.streams // 4, args.streams // 2, args.streams})
+        opened = 0
+        began = time.perf_counter()
+        for step in steps:
+            todo = stream_users[opened:step]
+            for i in range(0, len(todo), args.open_concurrency):
+                batch = [StreamClient(port, uid, tok) for uid, tok in todo[i:i + args.open_concurrency]]
+                await asyncio.gather(*(c.open() for c in batch))
+                clients.extend(batch)
+            opened = step
+            await asyncio.sleep(2)
+            now = service.rss() or 0
+            rss.append({"streams": step, "rss_mb": round(now / 2**20, 1)})
+            log(f"{step} streams open ({time.perf_counter() - began:.0f} s): RSS {now / 2**20:.1f} MB")
+        result["open_seconds"] = round(time.perf_counter() - began, 1)
+        result["rss"] = rss
+        result["kb_per_stream"] = round((rss[-1]["rss_mb"] - rss[0]["rss_mb"]) * 1024 / max(1, args.streams), 1)
+
+        probes = []
+        for i, (uid, tok) in enumerate(probe_users):
+            c = StreamClient(port, uid, tok)
+            await c.open()
+            clients.append(c)
+            probes.append((c, 3 * 10**15 + i))
+        result["idle"] = await probe_latency(settings, pub, probes, ids, args.rounds)
+        log(f"idle: {result['idle']}")
+        stop = asyncio.Event()
+        load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, args.load_rate, ids, stop))
+        await asyncio.sleep(3)
+        result["load"] = await probe_latency(settings, pub, probes, ids, args.rounds)
+        stop.set()
+        result["load"]["background_tweets"] = await load
+        result["load"]["rate"] = args.load_rate
+        result["load"]["deliveries_per_s"] = args.load_rate * args.load_fanout
+        log(f"load: {result['load']}")
+        result["rss"].append({"streams": len(clients), "rss_mb": round((service.rss() or 0) / 2**20, 1),
+                              "after": "latency runs"})
+    finally:
+        for c in clients:
+            await c.close()
+        await pub.stop()
+        service.stop()
+        worker.stop()
+        await drop_namespace(settings)
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = ["# Live streams (SSE): idle streams per query-service process and event latency", "",
+             f"`python -m bench.live_bench --streams {result['streams']}` "
+             f"({time.strftime('%Y-%m-%d')}, this 2-core machine shared with the four servers).", "",
+             "| streams open | query service RSS (MB) |", "| ---: | ---: |"]
+    lines += [f"| {r['streams']} | {r['rss_mb']} |" for r in result["rss"]]
+    lines += ["", f"Memory per open stream: **{result['kb_per_stream']} KB** (goal: 10,000 streams in one process "
+              f"under 1 GB, i.e. < ~100 KB each); opening {result['streams']} streams took {result['open_seconds']} s.",
+              "", "| load | received | ack -> notice p50 / p99 (ms) | notice -> event p50 / p99 (ms) | "
+              "ack -> event p50 / p99 (ms) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name in ("idle", "load"):
+        r = result[name]
+        label = name if name == "idle" else f"{r['rate']} tweets/s, {r['deliveries_per_s']} deliveries/s to streams"
+        cells = [f"{r[k]['p50']} / {r[k]['p99']}" for k in ("ack_to_notice_ms", "notice_to_event_ms", "ack_to_event_ms")]
+        lines.append(f"| {label} | {r['received']}/{r['rounds']} | " + " | ".join(cells) + " |")
+    lines += ["", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
+              "notice -> event is the stream's part: the goal is within 50 ms of the timeline write."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.live_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--load-rate", type=float, default=50.0)
+    parser.add_argument("--load-fanout", type=int, default=10)
+    parser.add_argument("--open-concurrency", type=int, default=100)
+    parser.add_argument("--workdir", default="/tmp/tl-bench")
+    parser.add_argument("--out", default=str(RESULTS / "live.md"))
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    Path(args.out).with_suffix(".json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    Path(args.out).write_text(render(result))
+    print(render(result))
+
+
+if __name__ == "__main__":
+    main()
