@@ -24,6 +24,7 @@ from sinks.redis_live import LiveChannels
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 1.0
+READ_CONCURRENCY = 32
 
 
 class Listener(Protocol):
@@ -42,6 +43,9 @@ class LiveHub:
         self._lock = asyncio.Lock()
         self.connected = False
         self.notices = 0
+        # Streams' reads at once (a celebrity's tweet wakes every follower's stream together;
+        # the Redis pool and Cassandra see at most this many of them).
+        self.reads = asyncio.Semaphore(READ_CONCURRENCY)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

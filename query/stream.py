@@ -54,7 +54,7 @@ router = APIRouter()
 HEARTBEAT_S = 15.0
 SEND_TIMEOUT_S = 10.0
 ACTIVITY_EVERY_S = 240.0  # a user_active mark while a stream is open (stage 2 keeps delivering)
-READ_PAGE = 200
+READ_PAGE = 20  # a wake reads a few tweets: a small window keeps the read (and its bodies) small
 
 
 class LiveStream:
@@ -206,7 +206,8 @@ class EventStream(Response):
             if stream.read_due and stream.behind is None:
                 stream.read_due = False
                 started = time.perf_counter()
-                out += await stream.catch_up()
+                async with res.live.reads:
+                    out += await stream.catch_up()
                 res.metrics.live_reads.observe(time.perf_counter() - started)
             if stream.behind is not None:
                 res.metrics.live_closed.labels("behind").inc()
@@ -255,7 +256,8 @@ async def home_stream(request: Request, user_id: str) -> Response:
     stream = LiveStream(res, owner, position)
     await stream.subscribe()  # before the first read: nothing lands unseen in between
     try:
-        first = await stream.start()
+        async with res.live.reads:
+            first = await stream.start()
     except BaseException:
         await stream.leave()
         raise
