@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.body import BodyLimitMiddleware
+from api.openapi import describe_app
 from settings import Settings, get_settings
 
 DEFAULT_HOST = "127.0.0.1"
@@ -162,7 +163,8 @@ def build_app(
     error_handlers: Iterable[Callable[[FastAPI], None]] = (),
     **state: Any,
 ) -> FastAPI:
-    """A service's ASGI app: its routes plus ``GET /metrics``, problem-details errors (and
+    """A service's ASGI app: its routes plus ``GET /metrics`` and ``GET /openapi.json``
+    (``api.openapi``), problem-details errors (and
     ``error_handlers``, each installing more), the body size limit and the HTTP metrics.
     ``settings``, ``metrics`` and ``state`` are kept on ``app.state``. The lifespan creates
     the resources with ``resources(app)``, starts them, keeps them on
@@ -186,6 +188,7 @@ def build_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.openapi = lambda: describe_app(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     for name, value in state.items():
@@ -195,7 +198,9 @@ def build_app(
     for install in error_handlers:
         install(app)
     app.include_router(router)
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], responses={
+        200: {"description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+    })
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
