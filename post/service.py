@@ -114,7 +114,7 @@ def create_app(
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(create_app, prog="python -m post.service", description=__doc__.splitlines()[0],
+    serve(create_app, prog="python -m post.service", service="post", description=__doc__.splitlines()[0],
           default_port=DEFAULT_PORT, argv=argv)
 
 

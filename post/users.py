@@ -16,6 +16,7 @@ from api.common import json_response
 from api.errors import Problem
 from api.kafka import KafkaUnavailable
 from api.limits import request_address
+from api.observe import note_user
 from api.openapi import id_path, operation
 from policies.following import over_cap_detail
 from policies.snowflake import wall_clock_ms
@@ -62,6 +63,7 @@ async def sign_up(request: Request) -> Response:
                           slug="handle-taken") from None
         raise
     request.app.state.known_users.add(user_id)
+    note_user(request, user_id)
     return json_response({"user_id": str(user_id), "handle": handle, "token": token}, 201)
 
 

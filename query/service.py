@@ -161,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(create_app, prog="python -m query.service", description=__doc__.splitlines()[0],
+    serve(create_app, prog="python -m query.service", service="query", description=__doc__.splitlines()[0],
           default_port=DEFAULT_PORT, argv=argv)
 
 

@@ -20,15 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceProc:
-    def __init__(self, module: str, settings: Settings, log_path: Path, **env: str) -> None:
+    def __init__(self, module: str, settings: Settings, log_path: Path, log_level: str = "warning") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        full_env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1", **env}
+        env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--port", str(self.port), "--log-level", "warning"],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", module, "--port", str(self.port), "--log-level", log_level],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def healthy(self) -> bool:
@@ -46,8 +46,8 @@ class ServiceProc:
 
 
 @contextmanager
-def running(module: str, settings: Settings, log_path: Path, **env: str) -> Iterator[ServiceProc]:
-    svc = ServiceProc(module, settings, log_path, **env)
+def running(module: str, settings: Settings, log_path: Path, log_level: str = "warning") -> Iterator[ServiceProc]:
+    svc = ServiceProc(module, settings, log_path, log_level)
     try:
         if not wait_for(svc.healthy, timeout=60):
             raise AssertionError(f"{module} did not become healthy:\n" + "\n".join(svc.log_lines()[-40:]))
