@@ -52,6 +52,11 @@ class Settings:
     cassandra_hosts: tuple[str, ...] = _env("TL_CASSANDRA_HOSTS", ("127.0.0.1",), _tuple)
     cassandra_port: int = _env("TL_CASSANDRA_PORT", 9042, int)
     cassandra_keyspace: str = _env("TL_CASSANDRA_KEYSPACE", "timeline")
+    # How the local Cassandra (localenv) makes a write durable before acknowledging it:
+    # "batch" waits for an fsync (a SIGKILLed single node loses nothing it acknowledged),
+    # "periodic" syncs every 10 s (Cassandra's default; a cluster at replication factor 3
+    # and QUORUM writes gets its durability from the replicas). docs/operations.md.
+    cassandra_commitlog_sync: str = _env("TL_CASSANDRA_COMMITLOG_SYNC", "batch")
     redis_url: str = _env("TL_REDIS_URL", "redis://127.0.0.1:6379/0")
     # Prefix of every Redis key the service owns (lets tests and tenants share a server).
     redis_prefix: str = _env("TL_REDIS_PREFIX", "tl:")

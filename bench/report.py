@@ -73,7 +73,8 @@ def header(doc: Doc, r: dict) -> None:
     doc.para(f"Machine: {mach.get('nproc')} cores ({mach.get('cpu_model')}), {mach.get('memory_gb')} GB RAM, "
              f"Linux {mach.get('kernel')}, Python {mach.get('python')}; load average at start "
              f"{mach.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. Commit {m.get('git_commit')}. "
-             f"Whole run {m.get('duration_s')} s.")
+             f"Whole run {m.get('duration_s')} s."
+             + (f" Cassandra: {m['cassandra']}." if m.get("cassandra") else ""))
     doc.para(f"All four servers, one Faust worker and the load generators share these {mach.get('nproc')} cores; "
              "other people's test runs may too (each phase reports the machine's busy share and the CPU used outside "
              "the benchmark's processes). Numbers are a floor for dedicated servers.")
@@ -103,6 +104,7 @@ def fanout_throughput(doc: Doc, f: dict, r: dict) -> None:
              f"({f['kafka_messages_consumed_per_s']:,}/s); table changelog messages produced: "
              f"{f['table_changelog_messages']:,} ({f['changelog_messages_per_1000_deliveries']} per 1,000 "
              f"deliveries). {f['end_resolution']}.")
+    where_time_goes(doc, [("burst", f.get("where_time_goes"))])
 
 
 def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
@@ -123,8 +125,24 @@ def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
             f"worker log: {ev.get('producer_buffer_full', 0)} 'producer buffer full' warnings"
             + (f", and `{'`; `'.join(ev['lines'])}`" if ev.get("lines") else ""))
     doc.lines.append("")
+    where_time_goes(doc, [(run["load"], run.get("where_time_goes")) for run in f["runs"]])
     doc.para("CPU seconds per process during each run: " + "; ".join(
         f"{run['load']}: {run['cpu_s']} (outside: {run['outside_these_processes_cpu_s']})" for run in f["runs"]))
+
+
+def where_time_goes(doc: Doc, points: list[tuple[str, dict | None]]) -> None:
+    """Per load point: each stage's batches, their size and time; the store operations' times
+    (the worker's own histograms, diffed around the load point: ``bench/stage_times.py``)."""
+    points = [(load, w) for load, w in points if w]
+    if not points:
+        return
+    doc.table(["load", "stage", "batches", "events/batch", "mean batch ms", "p99 batch ms (bucket)", "busy s"],
+              [[load, stage, s.get("batches"), s.get("mean_events_per_batch"), s.get("mean_batch_ms"),
+                s.get("p99_batch_ms_at_most"), s.get("busy_s")]
+               for load, w in points for stage, s in w["stages"].items()])
+    doc.table(["load", "store operation", "calls", "mean ms", "total s", "share of store time"],
+              [[load, what, o["calls"], o["mean_ms"], o["total_s"], f"{o['share_of_store_time']:.0%}"]
+               for load, w in points for what, o in list(w["store_ops"].items())[:6]])
 
 
 def reads_http(doc: Doc, h: dict, r: dict) -> None:

@@ -44,7 +44,7 @@ from bench.graph import TweetFactory, generate
 from bench.phases import (ceilings, fanout_lag, fanout_throughput, graph_load, pg_pull_baseline, profile,
                           reads_http, reads_inprocess, write_latency)
 from bench.report import render_md
-from bench.sysstats import machine
+from bench.sysstats import cassandra_durability, machine
 from bench.targets import evaluate_targets
 from ops.schema import drop_namespace
 
@@ -92,6 +92,7 @@ class Bench:
         }
         try:
             await provision(settings)
+            ctx.report["meta"]["cassandra"] = await asyncio.to_thread(cassandra_durability, settings)
             ctx.graph = generate(ctx.spec, ctx.args.seed)
             ctx.factory = TweetFactory(ctx.graph)
             ctx.report["dataset"] = {"graph": ctx.graph.describe(), "partitions": settings.topic_partitions,

@@ -15,6 +15,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -204,3 +205,21 @@ def pid_listening_on(port: int) -> int | None:
             except OSError:
                 continue
     return None
+
+
+CASSANDRA_DURABILITY = ("commitlog_sync", "commitlog_sync_period", "paxos_variant")
+
+
+def cassandra_durability(settings: Any) -> dict[str, str]:
+    """How the running Cassandra acknowledges writes (its ``system_views.settings``): with
+    ``commitlog_sync: batch`` every write group waits for an fsync, which sets the floor of
+    the fanout lag and the write ceilings; the report names it beside the figures."""
+    from ops.schema import cassandra_cluster
+
+    cluster = cassandra_cluster(settings, connect_timeout=10.0)
+    try:
+        session = cluster.connect()
+        rows = session.execute("SELECT name, value FROM system_views.settings")
+        return {row.name: row.value for row in rows if row.name in CASSANDRA_DURABILITY}
+    finally:
+        cluster.shutdown()

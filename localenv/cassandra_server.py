@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import JARS, fetch_jars, find_jar, java17
+from localenv.jmx_exporter import CASSANDRA_RULES, agent_option
 from localenv.service import Service
 from ops import schema
 
 CASSANDRA_VERSION = "5.0.9"
 CASSANDRA_JARS = (f"org.apache.cassandra:cassandra-all:{CASSANDRA_VERSION}",)
+
+
+COMMITLOG_SYNC_MODES = ("batch", "periodic")
 
 
 @dataclass
@@ -39,9 +43,29 @@ class Cassandra(Service):
             return self.internode_port
         return int(os.environ.get("TL_CASSANDRA_STORAGE_PORT", "7000"))
 
+    # Where the JMX exporter agent serves /metrics (localenv/jmx_exporter.py).
+    metrics_port: int | None = None
+
+    @property
+    def agent_port(self) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return int(os.environ.get("TL_CASSANDRA_METRICS_PORT", "7072"))
+
     @property
     def home(self) -> Path:
         return self.state / "cassandra"
+
+    @property
+    def commitlog_sync(self) -> str:
+        mode = self.settings.cassandra_commitlog_sync
+        if mode not in COMMITLOG_SYNC_MODES:
+            raise ValueError(f"TL_CASSANDRA_COMMITLOG_SYNC={mode!r}: use one of {', '.join(COMMITLOG_SYNC_MODES)}")
+        return mode
+
+    @property
+    def commitlog_period(self) -> str:
+        return "commitlog_sync_period: 10000ms\n" if self.commitlog_sync == "periodic" else ""
 
     def log_files(self) -> list[Path]:
         return [self.log_file, self.logs / "cassandra" / "system.log"]
@@ -71,6 +95,7 @@ class Cassandra(Service):
         (self.logs / "cassandra").mkdir(parents=True, exist_ok=True)
         (self.home / "conf" / "cassandra.yaml").write_text(self._yaml())
         (self.home / "conf" / "logback.xml").write_text(_CASSANDRA_LOGBACK)
+        (self.home / "conf" / "jmx-exporter.yml").write_text(CASSANDRA_RULES)
 
     def command(self) -> list[str]:
         conf = self.home / "conf"
@@ -91,6 +116,7 @@ class Cassandra(Service):
             "-Dio.netty.allocator.maxOrder=11",
             # memory measurement agent, as bin/cassandra.in.sh loads it
             f"-javaagent:{find_jar(self.lib, 'jamm')}",
+            agent_option(self.host, self.agent_port, conf / "jmx-exporter.yml"),
             # a single seed node: nothing to wait for
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=1000",
@@ -127,16 +153,17 @@ commitlog_directory: {home / 'commitlog'}
 saved_caches_directory: {home / 'saved_caches'}
 hints_directory: {home / 'hints'}
 cdc_raw_directory: {home / 'cdc_raw'}
-# A write is acknowledged once it is on disk. With "periodic" (fsync every 10 s) a SIGKILLed
+# A write is acknowledged once it is on disk with "batch" (the default,
+# TL_CASSANDRA_COMMITLOG_SYNC). With "periodic" (fsync every 10 s) a SIGKILLed
 # Cassandra replayed its commit log only up to the last sync: 6 and 22 writes it had
 # acknowledged in its last ~0.1 s were gone after the restart, while the pipeline, which
 # commits its Kafka offsets after Cassandra acknowledges, never wrote them again (the
 # fault suite found timelines missing tweets and deletes; docs/reliability.md). "batch"
-# groups concurrent writers into one fsync; measured here: no loss on two kills; plain
-# inserts 780-1,070/s vs 1,020-2,070/s with "periodic", LWTs 300-350/s vs 300-360/s,
-# single writes 2.8 ms vs 2.5-4.3 ms (64 and 32 in flight, two runs each, varying load).
-commitlog_sync: batch
-commitlog_segment_size: 32MiB
+# groups concurrent writers into one fsync and costs throughput and latency (one fsync
+# per write group: 4 ms p50, 65 ms p99 on this kind of machine's disk; the batched-insert
+# ceiling 8,642 vs 16,985 rows/s with "periodic"; docs/operations.md).
+commitlog_sync: {self.commitlog_sync}
+{self.commitlog_period}commitlog_segment_size: 32MiB
 authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 role_manager: CassandraRoleManager

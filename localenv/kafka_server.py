@@ -3,12 +3,14 @@ Maven Central, its ``server.properties`` and log4j configuration."""
 from __future__ import annotations
 
 import base64
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import JARS, fetch_jars, java17, run
+from localenv.jmx_exporter import KAFKA_RULES, agent_option
 from localenv.service import Service
 from ops import schema
 
@@ -28,9 +30,18 @@ class Kafka(Service):
     start_timeout: ClassVar[float] = 120.0
     stop_timeout: ClassVar[float] = 60.0
 
+    # Where the JMX exporter agent serves /metrics (localenv/jmx_exporter.py).
+    metrics_port: int | None = None
+
     @property
     def host(self) -> str:
         return schema.kafka_address(self.settings)[0]
+
+    @property
+    def agent_port(self) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return int(os.environ.get("TL_KAFKA_METRICS_PORT", "7071"))
 
     @property
     def port(self) -> int:
@@ -109,6 +120,7 @@ class Kafka(Service):
         (self.state / "kafka-data").mkdir(parents=True, exist_ok=True)
         (self.home / "server.properties").write_text(self._server_properties())
         (self.home / "log4j.properties").write_text(_KAFKA_LOG4J)
+        (self.home / "jmx-exporter.yml").write_text(KAFKA_RULES)
         if not (self.state / "kafka-data" / "meta.properties").exists():
             run(
                 [java17(), "-Xmx256m", *self._log_opts(), "-cp", f"{self.lib}/*",
@@ -121,6 +133,7 @@ class Kafka(Service):
         return [
             java17(), "-Xms512m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true", *self._log_opts(),
+            agent_option(self.host, self.agent_port, self.home / "jmx-exporter.yml"),
             "-cp", f"{self.lib}/*", "kafka.Kafka", str(self.home / "server.properties"),
         ]
 

@@ -27,7 +27,8 @@ class ServerSet:
     For tests that kill, pause or restart servers (``ops.faults``) without touching the
     shared ones ``./dev services up`` runs on the default ports, and for several instances
     on one machine. Ports from ``base_port``: Kafka +0 (its KRaft controller +1), Cassandra
-    +2 (internode +3), Redis +4, PostgreSQL +5. ``settings`` are the base settings with these
+    +2 (internode +3), Redis +4, PostgreSQL +5, the JMX exporter agents of Kafka +6 and
+    Cassandra +7. ``settings`` are the base settings with these
     servers' addresses (topics, keyspace and the rest stay the caller's business)::
 
         servers = ServerSet(STATE / "faults", ServerSet.free_base_port())
@@ -39,9 +40,9 @@ class ServerSet:
 
     OFFSETS: ClassVar[dict[str, int]] = {
         "kafka": 0, "kafka-controller": 1, "cassandra": 2, "cassandra-internode": 3,
-        "redis": 4, "postgres": 5,
+        "redis": 4, "postgres": 5, "kafka-metrics": 6, "cassandra-metrics": 7,
     }
-    SPAN: ClassVar[int] = 6
+    SPAN: ClassVar[int] = 8
 
     def __init__(self, state_dir: Path, base_port: int, settings: Settings | None = None,
                  host: str = "127.0.0.1") -> None:
@@ -52,8 +53,9 @@ class ServerSet:
         self.settings = self.with_servers(base)
         self._services: dict[str, Service] = {
             svc.name: svc for svc in (
-                Cassandra(self.settings, state=self.state, internode_port=base_port + 3),
-                Kafka(self.settings, state=self.state),
+                Cassandra(self.settings, state=self.state, internode_port=base_port + 3,
+                          metrics_port=base_port + 7),
+                Kafka(self.settings, state=self.state, metrics_port=base_port + 6),
                 Postgres(self.settings, state=self.state),
                 Redis(self.settings, state=self.state),
             )

@@ -109,6 +109,10 @@ class Service:
     def cwd(self) -> Path:
         return self.state
 
+    def env(self) -> dict[str, str] | None:
+        """The process's environment (None: this process's own)."""
+        return None
+
     def ready(self, timeout: float) -> None:
         """Like check(), plus any first-boot setup (PostgreSQL creates its role)."""
         self.check(timeout)
@@ -164,7 +168,7 @@ class Service:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as handle:
             handle.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n")
-        pid = spawn(self.command(), self.log_file, cwd=self.cwd, user=self.run_as)
+        pid = spawn(self.command(), self.log_file, cwd=self.cwd, env=self.env(), user=self.run_as)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{pid}\n")
         return pid

@@ -93,18 +93,15 @@ def wait_ready(svc: Service, began: float) -> Outcome:
 
 
 def start_all(settings: Settings, svcs: list[Service] | None = None) -> list[Outcome]:
-    """Start every server that is not up; wait for each one in parallel from its start."""
-    outcomes: dict[str, Outcome | Future[Outcome]] = {}
-    with ThreadPoolExecutor(max_workers=len(SERVICE_TYPES)) as pool:
-        for svc in svcs or services(settings):
+    """Start every server (or other ``Service``) that is not up; wait for each one in
+    parallel from its start. Outcomes in the order of ``svcs``."""
+    svcs = svcs or services(settings)
+    outcomes: list[Outcome | Future[Outcome]] = []
+    with ThreadPoolExecutor(max_workers=len(svcs)) as pool:
+        for svc in svcs:
             result = start_or_reuse(svc)
-            outcomes[svc.name] = (
-                result if isinstance(result, Outcome) else pool.submit(wait_ready, svc, result)
-            )
-        return [
-            o.result() if isinstance(o, Future) else o
-            for o in (outcomes[cls.name] for cls in SERVICE_TYPES)
-        ]
+            outcomes.append(result if isinstance(result, Outcome) else pool.submit(wait_ready, svc, result))
+        return [o.result() if isinstance(o, Future) else o for o in outcomes]
 
 
 def apply_schemas(settings: Settings, partitions: int | None = None, echo=print) -> None:

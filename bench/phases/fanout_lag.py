@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from bench.context import Publisher, RunContext, bar, paced
 from bench.graph import sample_followers
 from bench.latency import latency_summary
+from bench.stage_times import diff as stage_diff, scrape
 from bench.sysstats import CpuWindow
 from sinks.redis_timeline import member
 
@@ -119,6 +120,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
                 pass
             await asyncio.sleep(1.0)
 
+    stages_before = await asyncio.to_thread(scrape, ctx.worker.web_port)
     window = CpuWindow(ctx.pids()).start()
     poller = asyncio.create_task(poll())
     watcher = asyncio.create_task(watch())
@@ -141,6 +143,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
         await redis.aclose()
     cpu = window.stop()
     ctx.check_worker()
+    where = stage_diff(stages_before, await asyncio.to_thread(scrape, ctx.worker.web_port))
     worst: dict[int, float] = {}
     for at, lag in sent_at:
         worst[int(at)] = max(worst.get(int(at), 0.0), lag)
@@ -159,7 +162,8 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
             "zscore_polls": polls[0], "longest_poll_interval_ms": round(polls[1] * 1000, 1),
             "worst_seconds_by_send_time": worst_seconds, "worker_log_warnings": worker_events,
             "machine_busy_share": cpu["machine_busy_share"], "cpu_s": cpu["cpu_s"],
-            "outside_these_processes_cpu_s": cpu["outside_these_processes_cpu_s"]}
+            "outside_these_processes_cpu_s": cpu["outside_these_processes_cpu_s"],
+            "where_time_goes": where}
 
 
 def worker_log_events(ctx: RunContext, since: float, until: float) -> dict[str, Any]:

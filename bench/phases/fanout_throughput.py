@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from bench.context import Publisher, RunContext, bar, log, open_reader
+from bench.stage_times import diff as stage_diff, scrape
 from bench.sysstats import CpuWindow
 from sinks.cassandra import CassandraStore
 
@@ -50,9 +51,11 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         changelogs = await ctx.monitor.changelog_topics()
         offsets_before = await ctx.monitor.end_offsets(
             [settings.topic_tweets, settings.topic_deliveries, *changelogs])
+        stages_before = await asyncio.to_thread(scrape, ctx.worker.web_port)
         window = CpuWindow(ctx.pids(), threads_of=ctx.worker.proc.pid).start()
         run_ = await sustained(ctx, cfg["throughput_s"], cal_rate)
         cpu = window.stop()
+        where = stage_diff(stages_before, await asyncio.to_thread(scrape, ctx.worker.web_port))
         authors = run_["authors"]
         offsets_after = await ctx.monitor.end_offsets(
             [settings.topic_tweets, settings.topic_deliveries, *changelogs])
@@ -89,6 +92,7 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         "calibration": {"deliveries": cal["expected_deliveries"], "wall_s": round(cal["wall_s"], 1),
                         "deliveries_per_s": round(cal_rate, 1)},
         "redis_pushes": "every active user's timeline is cached, so each delivery is a Cassandra row and a Redis push",
+        "where_time_goes": where,
         "lag_samples": run_["lag_samples"][:: max(1, len(run_["lag_samples"]) // 60)],
     }
 

@@ -13,7 +13,7 @@ import agents.deliver  # noqa: F401 - the worker's agents (autodiscovered by a w
 import agents.fanout  # noqa: F401
 import agents.projection  # noqa: F401
 import faust_app  # noqa: F401 - installs the worker's metrics (agents/metrics.py, faust_*)
-from ops.monitoring import dashboard
+from ops.monitoring import dashboard, scrape
 from post import service as post_service
 from post.metrics import Metrics
 from query import service as query_service
@@ -38,7 +38,8 @@ def exported(registry: CollectorRegistry) -> set[str]:
 
 @pytest.fixture(scope="module")
 def metric_names() -> set[str]:
-    return exported(REGISTRY) | exported(Metrics().registry) | exported(QueryMetrics().registry) | {"up"}
+    servers = {name for names in scrape.SERVER_METRICS.values() for name in names}
+    return exported(REGISTRY) | exported(Metrics().registry) | exported(QueryMetrics().registry) | {"up"} | servers
 
 
 def metrics_in(expr: str) -> set[str]:

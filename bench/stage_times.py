@@ -1,0 +1,94 @@
+"""Where the worker's time goes: its own histograms, read before and after a load point.
+
+The worker exports, per stage, ``timeline_batch_seconds`` (one agent batch, writes
+included) and ``timeline_batch_events`` (events per batch), and per store operation
+``timeline_sink_seconds{what}`` (retries included). Two scrapes of ``/metrics`` around a
+load point, diffed, say how many batches each stage ran there, how big they were, how
+long one took, and which store operation took what share of a stage's time.
+
+``parse`` and ``diff`` are pure (unit-tested); ``scrape`` is the one HTTP call.
+"""
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+HISTOGRAMS = {
+    "timeline_batch_seconds": "stage",
+    "timeline_batch_events": "stage",
+    "timeline_sink_seconds": "what",
+}
+Snapshot = dict[tuple[str, str], dict[str, Any]]  # (histogram, label value) -> count, sum, buckets
+
+
+def parse(text: str) -> Snapshot:
+    """The three histograms of a ``/metrics`` text: count, sum and cumulative buckets per label."""
+    out: Snapshot = {}
+    for family in text_string_to_metric_families(text):
+        label = HISTOGRAMS.get(family.name)
+        if label is None:
+            continue
+        for s in family.samples:
+            key = (family.name, s.labels.get(label, ""))
+            h = out.setdefault(key, {"count": 0.0, "sum": 0.0, "buckets": {}})
+            if s.name.endswith("_count"):
+                h["count"] = s.value
+            elif s.name.endswith("_sum"):
+                h["sum"] = s.value
+            elif s.name.endswith("_bucket"):
+                h["buckets"][float(s.labels["le"])] = s.value
+    return out
+
+
+def _quantile(buckets: dict[float, float], count: float, q: float) -> float | None:
+    """Upper bound of the bucket holding the q-quantile (what a histogram can say)."""
+    if count <= 0:
+        return None
+    rank = q * count
+    for le in sorted(buckets):
+        if buckets[le] >= rank:
+            return le
+    return None
+
+
+def diff(before: Snapshot, after: Snapshot) -> dict[str, Any]:
+    """What happened between two snapshots: per stage batches, events per batch and batch
+    time; per store operation calls, mean time and its share of all store time."""
+    delta: Snapshot = {}
+    for key, h in after.items():
+        b = before.get(key, {"count": 0.0, "sum": 0.0, "buckets": {}})
+        count = h["count"] - b["count"]
+        if count <= 0:
+            continue
+        buckets = {le: v - b["buckets"].get(le, 0.0) for le, v in h["buckets"].items()}
+        delta[key] = {"count": count, "sum": h["sum"] - b["sum"], "buckets": buckets}
+    stages: dict[str, Any] = {}
+    for (name, stage), h in delta.items():
+        if name == "timeline_batch_seconds":
+            s = stages.setdefault(stage, {})
+            s["batches"] = int(h["count"])
+            s["busy_s"] = round(h["sum"], 3)
+            s["mean_batch_ms"] = round(1000 * h["sum"] / h["count"], 2)
+            p99 = _quantile(h["buckets"], h["count"], 0.99)
+            s["p99_batch_ms_at_most"] = None if p99 is None or p99 == float("inf") else round(1000 * p99, 1)
+        elif name == "timeline_batch_events":
+            s = stages.setdefault(stage, {})
+            s["events"] = int(h["sum"])
+            s["mean_events_per_batch"] = round(h["sum"] / h["count"], 1)
+    total_store = sum(h["sum"] for (name, _), h in delta.items() if name == "timeline_sink_seconds")
+    ops = {
+        what: {"calls": int(h["count"]), "mean_ms": round(1000 * h["sum"] / h["count"], 2),
+               "total_s": round(h["sum"], 3),
+               "share_of_store_time": round(h["sum"] / total_store, 3) if total_store else 0.0}
+        for (name, what), h in sorted(delta.items(), key=lambda kv: -kv[1]["sum"])
+        if name == "timeline_sink_seconds"
+    }
+    return {"stages": stages, "store_ops": ops}
+
+
+def scrape(port: int, timeout: float = 5.0) -> Snapshot:
+    """The worker's histograms now (its Faust web server, ``GET /metrics``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        return parse(resp.read().decode())
