@@ -30,8 +30,10 @@ from typing import Any
 
 import orjson
 
-# What every LogRecord has; anything else on a record came from ``extra``.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+# What every LogRecord has; anything else on a record came from ``extra`` (but uvicorn's
+# ``color_message``, the message with terminal colours).
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "taskName", "color_message"}
 
 
 def _iso(created: float) -> str:
@@ -73,7 +75,8 @@ def dict_config(service: str, level: str | int | None = None, stream: str = "ext
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter, "service": service}},
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "json", "stream": stream}},
-        # uvicorn's own access lines are replaced by the services' request events.
+        # uvicorn's own access lines are replaced by the services' request events (and
+        # switched off: ``api.common.serve``).
         "loggers": {"uvicorn.access": {"level": "WARNING"},
                     "uvicorn": {"handlers": [], "propagate": True},
                     "uvicorn.error": {"handlers": [], "propagate": True}},

@@ -194,5 +194,5 @@ def serve(
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level,
-                log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"),
+                log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"), access_log=False,
                 proxy_headers=False, server_header=False)

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration]
 COMMON = {"ts", "level", "service", "logger", "msg"}
 
 
-def events(lines: list[str], event: str) -> list[dict[str, Any]]:
+def events(lines: list[str], event: str | None) -> list[dict[str, Any]]:
     """Every line must be one JSON object; those of ``event``."""
     parsed = []
     for line in lines:
@@ -68,6 +68,8 @@ def test_requests_and_batches_are_json_lines(tmp_path: Path, services: Any, monk
             assert (home["route"], home["status"], home["user_id"], home["service"]) == (
                 "/v1/users/{user_id}/timelines/home", 200, user["user_id"], "query")
             assert (bad["route"], bad["status"], "user_id" in bad) == ("/v1/users/{user_id}/tweets", 422, False)
+            assert not [e for e in events(post.log_lines() + query.log_lines(), None)
+                        if e["logger"] == "uvicorn.access"], "uvicorn's access lines double the request events"
             for line in (signup, tweet, home, bad):
                 assert isinstance(line["latency_ms"], float) and 0 <= line["latency_ms"] < 10_000
                 assert line["level"] == "info" and line["ts"].endswith("Z")

@@ -48,12 +48,13 @@ def test_the_dict_config_routes_every_logger_through_the_formatter():
         config = dict_config("query", "INFO")
         config["handlers"]["default"]["stream"] = stream
         logging.config.dictConfig(config)
-        logging.getLogger("uvicorn.error").info("started", extra={"event": "start"})
+        logging.getLogger("uvicorn.error").info("started", extra={"event": "start", "color_message": "\x1b[1m"})
         logging.getLogger("uvicorn.access").info("GET / 200")  # replaced by the request events
         logging.getLogger("some.lib").debug("below the level")
         lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
         assert [(d["logger"], d["msg"], d["service"], d.get("event")) for d in lines] == [
             ("uvicorn.error", "started", "query", "start")]
+        assert "color_message" not in lines[0]
         assert dict_config("worker")["merge"] is True and "root" not in dict_config("worker")
     finally:
         root.handlers[:], _ = saved
