@@ -119,6 +119,10 @@ class StreamWorker(PythonProcess):
     def env(self) -> dict[str, str]:
         return {**super().env(), "TL_FAUST_WEB_PORT": str(self.port)}
 
+    def prepare(self) -> None:
+        super().prepare()
+        Path(self.env()["TL_FAUST_DATADIR"]).mkdir(parents=True, exist_ok=True)  # Faust makes one level
+
     def command(self) -> list[str]:
         return [str(REPO / ".venv/bin/python"), "-m", "ops.supervise", "--name", self.worker_name, "--",
                 "-l", "info", "--web-port", str(self.port), "--web-host", self.host]
