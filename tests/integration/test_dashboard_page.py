@@ -1,9 +1,10 @@
-"""The dashboard page (ops/monitoring/page.py) in headless Chromium while a load runs: a
-real worker, Post service and query service in a namespace of their own, scraped by a
-real Prometheus (Debian's, ``localenv.prometheus_server``); every panel must end up
-showing a number or a line, not an empty box, and refresh by itself.
+"""The dashboard page (ops/monitoring/page.py) in headless Chromium while a load runs: the
+stack ``./dev up`` starts (a real worker, Post and query services, the exporters and a real
+Prometheus, Debian's), in a namespace of its own; every panel must end up showing a number
+or a line, not an empty box, and refresh by itself.
 
-``TL_DASHBOARD_SCREENSHOT=1`` also writes the page to docs/dashboard.png.
+``TL_DASHBOARD_SCREENSHOT=<seconds>`` also writes the page to docs/dashboard.png after that
+much more load.
 """
 from __future__ import annotations
 
@@ -17,12 +18,9 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from localenv.prometheus_server import Prometheus
-from localenv.worker import Worker, free_port, wait_for
-from ops.monitoring.page import PageServer, page_config
-from ops.monitoring.scrape import POST, QUERY, WORKER
-from tests.integration.pipeline_harness import drop, isolated_settings, provision
-from tests.integration.service_procs import running
+from localenv.stack import Stack, StackPorts
+from ops.monitoring.page import page_config
+from tests.integration.pipeline_harness import drop, isolated_settings
 
 pytestmark = [pytest.mark.integration]
 
@@ -70,33 +68,22 @@ class Load:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, services: Any) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("dashboard")
-    settings = isolated_settings(tmp, signup_rate_burst=100_000, signup_rate_per_s=1000.0)
-    provision(settings)
-    worker = Worker(settings, tmp / "worker.log").start()
-    prom = None
+    """``./dev up``'s code (``localenv.stack``) in a namespace of its own on free ports: the
+    worker, both services, the exporters, Prometheus and the dashboard page."""
+    state = tmp_path_factory.mktemp("dashboard")
+    settings = isolated_settings(state, signup_rate_burst=100_000, signup_rate_per_s=1000.0)
+    stack = Stack(settings, state=state, ports=StackPorts.free())
     try:
-        with running("post.service", settings, tmp / "post.log") as post, \
-                running("query.service", settings, tmp / "query.log") as query:
-            targets = {WORKER: [f"127.0.0.1:{worker.web_port}"], POST: [f"127.0.0.1:{post.port}"],
-                       QUERY: [f"127.0.0.1:{query.port}"]}
-            prom = Prometheus(settings, state=tmp, listen_port=free_port(), targets=targets, interval_s=2)
-            prom.start()
-            assert wait_for(lambda: prom.is_up(2.0), 60), prom.log_tail()
-            load = Load(post.url, query.url)
-            load.thread.start()
-            page = PageServer(("127.0.0.1", 0), prom.url, page_config(refresh_s=2.0, range_s=300, step_s=2)).start()
-            try:
-                yield {"page": page, "prometheus": prom, "load": load, "worker": worker}
-            finally:
-                load.stop.set()
-                load.thread.join(15)
-                page.shutdown()
-                page.server_close()
+        stack.up(seed=False, echo=lambda line: None)
+        load = Load(stack.post.url, stack.query.url)
+        load.thread.start()
+        try:
+            yield {"page": stack.dashboard, "prometheus": stack.prometheus, "load": load}
+        finally:
+            load.stop.set()
+            load.thread.join(15)
     finally:
-        if prom is not None:
-            prom.stop()
-        worker.stop()
+        stack.down(echo=lambda line: None)
         drop(settings)
 
 
@@ -139,10 +126,11 @@ def test_every_panel_shows_a_number_or_a_line_under_load(stack: dict[str, Any], 
             charts = page.locator(".panel.timeseries canvas").count()
             assert charts == len(page.locator(".panel.timeseries").all())
             refreshes = int(page.evaluate("document.body.dataset.refreshes"))
-            page.wait_for_timeout(2500)
+            page.wait_for_timeout(6000)
             assert int(page.evaluate("document.body.dataset.refreshes")) > refreshes, "the page stopped refreshing"
             assert not console, console
             if os.environ.get("TL_DASHBOARD_SCREENSHOT"):
+                page.wait_for_timeout(1000 * float(os.environ["TL_DASHBOARD_SCREENSHOT"]))  # longer lines
                 page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
             browser.close()

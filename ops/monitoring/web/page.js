@@ -12,9 +12,9 @@ function fmt(v, unit) {
   const num = (x, d) => x.toLocaleString("en", {maximumFractionDigits: d});
   switch (unit) {
     case "s": return v < 1 ? num(v * 1000, v < 0.01 ? 2 : 1) + " ms" : num(v, 2) + " s";
-    case "percentunit": return num(v * 100, 1) + "%";
+    case "percentunit": return num(v * 100, v > 0.99 && v < 1 ? 2 : 1) + "%";
     case "reqps": case "ops": return num(v, v < 10 ? 2 : 0) + "/s";
-    case "bytes": return num(v / 1048576, 1) + " MiB";
+    case "bytes": return v >= 1073741824 ? num(v / 1073741824, 2) + " GiB" : num(v / 1048576, 0) + " MiB";
     default: return num(v, v < 10 ? 2 : 0);
   }
 }
@@ -98,7 +98,7 @@ function drawChart(div, p, series) {
     width: Math.max(200, body.clientWidth || div.clientWidth - 16), height: 150,
     legend: {show: true, live: false},
     scales: {x: {time: true}},
-    axes: [{}, {size: 60, values: (u, vals) => vals.map(v => fmt(v, p.unit))}],
+    axes: [{}, {size: 74, values: (u, vals) => vals.map(v => fmt(v, p.unit))}],
     series: [{}, ...series.map((s, i) => ({label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5,
                                            value: (u, v) => fmt(v, p.unit)}))],
   };
@@ -111,7 +111,8 @@ async function refreshPanel(p, cfg) {
     if (p.kind === "alerts") return refreshAlerts(div);
     const series = await seriesOf(p, cfg);
     const last = series.length ? series[0].points[series[0].points.length - 1][1] : null;
-    div.querySelector(".value").textContent = series.length ? fmt(last, p.unit) : "";
+    // The latest value in the title when the panel has one line (the legend names several).
+    div.querySelector(".value").textContent = series.length === 1 ? fmt(last, p.unit) : "";
     if (!series.length) { if (charts[p.id]) { charts[p.id].plot.destroy(); delete charts[p.id]; }
                           return show(div, "empty", "no data"); }
     if (p.kind === "stat") {
