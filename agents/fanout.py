@@ -26,7 +26,7 @@ from faust.streams import current_event
 
 from agents.failures import Isolator
 from agents.loop import consume
-from agents.metrics import FANOUT_TWEETS
+from agents.metrics import FANOUT_TWEETS, count_rows
 from agents.outbox import Outbox
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
@@ -284,6 +284,7 @@ class AuthorBatch:
         author = _author(ev.author_id)
         pulled = is_pulled(author["celebrity"], author["since"], ev.tweet_id)
         FANOUT_TWEETS.labels("pulled" if pulled else "pushed").inc()
+        count_rows(1)
         followers = [] if pulled else self.followers(ev.author_id)
         for batch in plan_fanout(ev, followers, pulled, self.partition_of):
             self.outbox.deliver_to_partition(

@@ -13,15 +13,47 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Any, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence
+
+from pydantic import BaseModel, Field
 
 from api.errors import Problem
+from api.openapi import ID_PATTERN, query_param
 from policies.timeline import CursorError, decode_cursor, encode_cursor
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 _LIMIT_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
 _SHOW_MAX = 40
+
+
+# The two query parameters of a page, as the OpenAPI description shows them (``api.openapi``).
+PAGE_PARAMS = [
+    query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                "Tweets per page"),
+    query_param("cursor", {"type": "string"}, "The next_cursor of the previous page, unchanged"),
+]
+
+
+class TweetItem(BaseModel):
+    tweet_id: str = Field(pattern=ID_PATTERN)
+    author_id: str = Field(pattern=ID_PATTERN)
+    author_handle: str | None = Field(description="null for authors without an account")
+    text: str
+    created_at: str | None = Field(description="ISO-8601 UTC; null if out of range")
+
+
+class PageMeta(BaseModel):
+    result_count: int
+    next_cursor: str | None = Field(description="opaque; null at the real end")
+    source: Literal["cache", "store", "rebuilt"]
+
+
+class PageOut(BaseModel):
+    """A page of a timeline, newest first (:func:`render_page`)."""
+
+    data: list[TweetItem]
+    meta: PageMeta
 
 
 class QueryParams(Protocol):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Annotated
 
 import redis.exceptions
 from fastapi import APIRouter, FastAPI, Request
@@ -52,11 +53,12 @@ from api.common import build_app, health_response, json_response, serve
 from api.dependencies import install_dependency_errors
 from api.errors import Problem
 from api.limits import request_address
+from api.openapi import Health, id_path, operation
 from policies.ratelimit import retry_after_header
 from query.deps import QueryResources, get_query_resources, install_cassandra_errors
 from query.metrics import QueryMetrics
 from query.page import Page
-from query.params import parse_cursor, parse_limit, render_page
+from query.params import PAGE_PARAMS, PageOut, parse_cursor, parse_limit, render_page
 from settings import Settings, get_settings
 
 log = logging.getLogger("query.service")
@@ -74,8 +76,9 @@ async def _page_response(res: QueryResources, timeline: str, page: Page, started
 router = APIRouter()
 
 
-@router.get("/v1/users/{user_id}/timelines/home")
-async def home_timeline(request: Request, user_id: str) -> Response:
+@router.get("/v1/users/{user_id}/timelines/home", **operation(
+    ok=PageOut, params=PAGE_PARAMS, bearer="required", problems=(400, 401, 403, 422, 429, 503)))
+async def home_timeline(request: Request, user_id: Annotated[str, id_path("The caller's own user id")]) -> Response:
     res = get_query_resources(request)
     caller = await authenticate(request)
     owner = parse_id(user_id, "user_id")
@@ -95,8 +98,9 @@ async def home_timeline(request: Request, user_id: str) -> Response:
     return await _page_response(res, "home", page, started)
 
 
-@router.get("/v1/users/{user_id}/tweets")
-async def user_tweets(request: Request, user_id: str) -> Response:
+@router.get("/v1/users/{user_id}/tweets", **operation(
+    ok=PageOut, params=PAGE_PARAMS, bearer="optional", problems=(400, 401, 422, 429, 503)))
+async def user_tweets(request: Request, user_id: Annotated[str, id_path("The author")]) -> Response:
     res = get_query_resources(request)
     caller = None
     if request.headers.get("authorization") is not None:
@@ -131,7 +135,7 @@ async def _rate_limit(res: QueryResources, timeline: str, subject: str) -> None:
         )
 
 
-@router.get("/healthz")
+@router.get("/healthz", **operation(ok=Health, problems=(503,)))
 async def healthz(request: Request) -> Response:
     return health_response(await get_query_resources(request).health())
 
@@ -157,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(create_app, prog="python -m query.service", description=__doc__.splitlines()[0],
+    serve(create_app, prog="python -m query.service", service="query", description=__doc__.splitlines()[0],
           default_port=DEFAULT_PORT, argv=argv)
 
 

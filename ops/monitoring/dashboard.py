@@ -83,8 +83,11 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     )),
     ("Worker health", (
         Panel("Batch time p99 by stage", (("{{stage}}", p99("timeline_batch_seconds", by="stage")),), "s"),
-        Panel("Store retries", (("{{what}}", "sum by (what) (increase(timeline_sink_retries_total[5m]))"),), "short"),
-        Panel("Dead letters", (("{{topic}} {{stage}}", "sum by (topic, stage) (increase(timeline_dead_letters_total[15m]))"),), "short"),
+        # "or vector(0)": these counters have no series until their first increment; 0 is the truth.
+        Panel("Store retries", (("{{what}}", "sum by (what) (increase(timeline_sink_retries_total[5m])) or vector(0)"),),
+              "short"),
+        Panel("Dead letters", (("{{topic}} {{stage}}",
+                                "sum by (topic, stage) (increase(timeline_dead_letters_total[15m])) or vector(0)"),), "short"),
         Panel("Rebalances in progress", (("rebalancing", "max(faust_total_rebalances)"),), "short", "stat"),
         Panel("Process CPU", (("{{job}} {{instance}}", "rate(process_cpu_seconds_total[1m])"),), "percentunit"),
         Panel("Process memory", (("{{job}} {{instance}}", "process_resident_memory_bytes"),), "bytes"),

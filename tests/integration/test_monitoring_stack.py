@@ -5,7 +5,9 @@ one of them (its HTTP API says ``up``), the servers' health metrics are there, t
 rules are loaded; ``down`` stops what the stack started and leaves the shared servers up."""
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -89,6 +91,14 @@ def test_alert_rules_are_loaded(stack: Stack) -> None:
     groups = {g["name"]: [r["name"] for r in g["rules"]] for g in stack.prometheus.api("rules")["groups"]}
     assert {"FanoutLagCritical", "ConsumerLagCritical", "CacheHitRateCritical", "CacheHitRateLow",
             "ReadLatencyHigh", "CpuHigh"} <= {name for rules in groups.values() for name in rules}
+
+
+def test_the_dashboard_page_reads_this_prometheus(stack: Stack) -> None:
+    with urllib.request.urlopen(f"{stack.dashboard.url}/api/v1/query?query=up", timeout=10) as resp:
+        answer = json.load(resp)
+    assert answer["status"] == "success" and answer["data"]["result"], answer
+    with urllib.request.urlopen(f"{stack.dashboard.url}/", timeout=10) as resp:
+        assert b"page.js" in resp.read()
 
 
 # Last: it stops the stack (the fixture's down() then finds nothing to stop).
