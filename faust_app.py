@@ -8,6 +8,7 @@ Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
 from __future__ import annotations
 
 from agents import metrics, shutdown
+from logs import dict_config
 from streams.faust_handover import HandoverSafeApp, SeekThenResumeTableManager
 from schemas import source_topics
 from settings import get_settings
@@ -50,6 +51,8 @@ app = HandoverSafeApp(
     web_enabled=True,
     table_standby_replicas=0,
     TableManager=SeekThenResumeTableManager,
+    # JSON lines, as the HTTP services log (logs.py), at the worker's -l level.
+    logging_config=dict_config("worker"),
 )
 
 # GET /metrics on the worker's web server: Faust's sensor metrics and the pipeline's

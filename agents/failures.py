@@ -130,14 +130,18 @@ class Isolator:
                 if kind == TRANSIENT:  # raised outside a retried store call: retry the batch
                     ERRORS.labels(self.stage, kind).inc()
                     log.warning("%s: batch of %d failed (%s); retrying in %.1fs",
-                                self.stage, len(events), describe(exc), delay)
+                                self.stage, len(events), describe(exc), delay,
+                                extra={"event": "batch_retry", "stage": self.stage, "events": len(events),
+                                       "error": describe(exc), "retry_in_s": round(delay, 2)})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
                 assert kind == PERMANENT
                 if len(events) > 1:
                     log.warning("%s: batch of %d failed (%s); isolating the event behind it",
-                                self.stage, len(events), describe(exc))
+                                self.stage, len(events), describe(exc),
+                                extra={"event": "batch_isolate", "stage": self.stage, "events": len(events),
+                                       "error": describe(exc)})
                     for half in halves(list(events)):
                         await self.run(half, process, dead_letter)
                     return

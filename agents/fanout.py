@@ -26,14 +26,12 @@ from faust.streams import current_event
 
 from agents.failures import Isolator
 from agents.loop import consume
-from agents.metrics import FANOUT_TWEETS
+from agents.metrics import FANOUT_TWEETS, count_rows
 from agents.outbox import Outbox
 from agents.sinks import Sinks, get_sinks, with_retry
-from sinks.redis_live import LiveChannels
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
 from policies.fanout import is_pulled, plan_fanout, plan_recipients, plan_removal
-from policies.stream import Notice
 from policies.first_wins import (
     Delete,
     Post,
@@ -44,6 +42,7 @@ from policies.first_wins import (
     taken_reason,
 )
 from policies.partitioning import partition_for_id
+from policies.stream import Notice
 from schemas import (
     ContractError,
     Limits,
@@ -54,6 +53,7 @@ from schemas import (
     decode,
 )
 from schemas.deliveries import Add, Backfill, Follow, Remove, Unfollow
+from sinks.redis_live import LiveChannels
 from streams.topics import EVENTS_ON, author_events, dead_letters_topic, deliveries_topic
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import authors, early_deletes, follower_edges
@@ -298,6 +298,7 @@ class AuthorBatch:
         author = _author(ev.author_id)
         pulled = is_pulled(author["celebrity"], author["since"], ev.tweet_id)
         FANOUT_TWEETS.labels("pulled" if pulled else "pushed").inc()
+        count_rows(1)
         if pulled:
             self.pulled.setdefault(ev.author_id, ([], []))[0].append((ev.tweet_id, ev.author_id))
         followers = [] if pulled else self.followers(ev.author_id)

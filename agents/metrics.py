@@ -32,12 +32,16 @@ pipeline's; ``ops/monitoring/`` has the dashboard and alert rules built on them.
 """
 from __future__ import annotations
 
+import logging
 import time
+from contextvars import ContextVar
 from typing import Any, Iterable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -85,21 +89,44 @@ def count_deliveries(counts: dict[str, int]) -> None:
     for outcome, n in counts.items():
         if n:
             DELIVERIES.labels(outcome).inc(n)
+    count_rows(sum(n for outcome, n in counts.items() if outcome != "skipped_inactive"))
+
+
+# The rows the batch running in this task wrote so far (count_rows), for its log line.
+_BATCH_ROWS: ContextVar[list[int] | None] = ContextVar("batch_rows", default=None)
+
+
+def count_rows(n: int) -> None:
+    """Add ``n`` rows to what the current batch wrote (timeline rows in stage 2, tweets planned
+    in stage 1); outside a batch, nothing."""
+    rows = _BATCH_ROWS.get()
+    if rows is not None:
+        rows[0] += n
 
 
 class BatchTimer:
-    """``with BatchTimer("deliver", len(events)):`` records a batch's size and duration."""
+    """``with BatchTimer("deliver", len(events)):`` records a batch's size and duration, and
+    logs a ``batch`` event (``logs``): stage, events, rows (when the stage counts them), ms."""
 
     def __init__(self, stage: str, events: int) -> None:
         self.stage = stage
+        self.events = events
         BATCH_EVENTS.labels(stage).observe(events)
 
     def __enter__(self) -> "BatchTimer":
         self.started = time.perf_counter()
+        self.rows = [0]
+        self._token = _BATCH_ROWS.set(self.rows)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - self.started)
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        seconds = time.perf_counter() - self.started
+        _BATCH_ROWS.reset(self._token)
+        BATCH_SECONDS.labels(self.stage).observe(seconds)
+        fields = {"event": "batch", "stage": self.stage, "events": self.events, "rows": self.rows[0],
+                  "ms": round(seconds * 1000, 2), "ok": exc_type is None}
+        log.info("%s batch: %d events, %d rows in %.1f ms", self.stage, self.events, self.rows[0],
+                 seconds * 1000, extra=fields)
 
 
 def consumer_lag(consumer: Any, topics: frozenset[str]) -> dict[tuple[str, int], int]:

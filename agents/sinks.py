@@ -76,7 +76,9 @@ async def with_retry(what: str, fn: Callable[[], Awaitable[T]], *, max_delay: fl
 
     def on_retry(exc: BaseException, attempt: int, delay: float) -> None:
         SINK_RETRIES.labels(what).inc()
-        log.warning("%s failed (attempt %d): %r; retrying in %.1fs", what, attempt, exc, delay)
+        log.warning("%s failed (attempt %d): %r; retrying in %.1fs", what, attempt, exc, delay,
+                    extra={"event": "store_retry", "store_op": what, "attempt": attempt, "error": repr(exc),
+                           "retry_in_s": round(delay, 2)})
 
     result = await backoff_retry(what, fn, max_delay=max_delay, on_retry=on_retry)
     SINK_SECONDS.labels(what).observe(time.perf_counter() - started)

@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 from api.common import HttpMetrics
 from api.errors import Problem
 from api.limits import request_address, token_lookup_limiter
+from api.observe import note_user
 from policies.ttl_cache import TtlLru
 from settings import Settings
 
@@ -166,4 +167,5 @@ async def authenticate(request: Request) -> int:
     user_id = await res.auth.user_for_token(token, request_address(request, res.settings))
     if user_id is None:
         raise _unauthorized("bearer token is not valid", "invalid_token")
+    note_user(request, user_id)
     return user_id

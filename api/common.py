@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
-import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
 
@@ -20,10 +18,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.body import BodyLimitMiddleware
+from api.observe import ObserveMiddleware
+from api.openapi import describe_app
+from logs import dict_config
 from settings import Settings, get_settings
 
 DEFAULT_HOST = "127.0.0.1"
@@ -105,36 +105,6 @@ class HttpMetrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-class MetricsMiddleware:
-    """Counts every HTTP request and its latency by method, route template and status."""
-
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
-
-
 # --- responses ---------------------------------------------------------------------------
 
 
@@ -191,8 +161,9 @@ def build_app(
     error_handlers: Iterable[Callable[[FastAPI], None]] = (),
     **state: Any,
 ) -> FastAPI:
-    """A service's ASGI app: its routes plus ``GET /metrics``, problem-details errors (and
-    ``error_handlers``, each installing more), the body size limit and the HTTP metrics.
+    """A service's ASGI app: its routes plus ``GET /metrics`` and ``GET /openapi.json``
+    (``api.openapi``), problem-details errors (and
+    ``error_handlers``, each installing more), the body size limit, the HTTP metrics and request logs (``api.observe``).
     ``settings``, ``metrics`` and ``state`` are kept on ``app.state``. The lifespan creates
     the resources with ``resources(app)``, starts them, keeps them on
     ``app.state.resources`` and stops them at shutdown."""
@@ -215,6 +186,7 @@ def build_app(
         docs_url=None,
         redoc_url=None,
     )
+    app.openapi = lambda: describe_app(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     for name, value in state.items():
@@ -224,9 +196,11 @@ def build_app(
     for install in error_handlers:
         install(app)
     app.include_router(router)
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], responses={
+        200: {"description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+    })
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
 
 
@@ -251,14 +225,16 @@ def serve(
     create_app: Callable[[Settings], FastAPI],
     *,
     prog: str,
+    service: str,
     description: str,
     default_port: int,
     argv: list[str] | None = None,
 ) -> None:
     """Parse ``--host``, ``--port``, ``--workers`` and ``--log-level`` and run the app under
-    uvicorn (uvloop, httptools). With ``--workers N`` (> 1) uvicorn's supervisor runs N
-    processes on one listening socket, each building its app with ``create_app`` (settings
-    from the environment); stopping the supervisor stops them."""
+    uvicorn (uvloop, httptools), logging JSON lines (``logs``) as ``service``. With
+    ``--workers N`` (> 1) uvicorn's supervisor runs N processes on one listening socket, each
+    building its app with ``create_app`` (settings from the environment); stopping the
+    supervisor stops them."""
     import uvicorn
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -269,9 +245,10 @@ def serve(
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options: dict[str, Any] = dict(host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False,
-                                   server_header=False, **fast_server_options())
+                                   server_header=False, access_log=False,
+                                   log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"),
+                                   **fast_server_options())
     if args.workers > 1:
         module = create_app.__module__
         if module == "__main__":  # python -m query.service: the workers import it by its name

@@ -1,6 +1,6 @@
 """The service's own processes as background ``Service``s for ``./dev up`` (``localenv.stack``):
-the supervised stream worker (``python -m ops.supervise``), the Post service and the query
-service, each with its log in ``<state>/logs/`` and its pid file in ``<state>/run/``.
+the supervised stream worker (``python -m ops.supervise``), the Post service, the query
+service and the dashboard page (``python -m ops.monitoring.page``), each with its log in ``<state>/logs/`` and its pid file in ``<state>/run/``.
 
 Each runs in a folder of its own (``<state>/processes/<name>``) with the repository on
 ``PYTHONPATH``: that working directory is how ``our_pid()`` tells our process from the same
@@ -126,3 +126,17 @@ class StreamWorker(PythonProcess):
     def command(self) -> list[str]:
         return [str(REPO / ".venv/bin/python"), "-m", "ops.supervise", "--name", self.worker_name, "--",
                 "-l", "info", "--web-port", str(self.port), "--web-host", self.host]
+
+
+@dataclass
+class DashboardPage(PythonProcess):
+    """The dashboard page over the stack's Prometheus (``ops.monitoring.page``)."""
+
+    name: ClassVar[str] = "dashboard"
+    health_path: ClassVar[str] = "/config.json"
+    listen_port: int = 9095
+    prometheus_url: str = "http://127.0.0.1:9090"
+
+    def command(self) -> list[str]:
+        return [str(REPO / ".venv/bin/python"), "-m", "ops.monitoring.page", "--prometheus", self.prometheus_url,
+                "--host", self.host, "--port", str(self.port)]

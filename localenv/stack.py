@@ -25,7 +25,7 @@ from pathlib import Path
 from localenv.exporters import PostgresExporter, RedisExporter
 from localenv.host import STATE, HostError
 from localenv.jmx_exporter import agent_answers
-from localenv.processes import PostService, QueryService, StreamWorker
+from localenv.processes import DashboardPage, PostService, QueryService, StreamWorker
 from localenv.prometheus_server import DEFAULT_PORT as PROMETHEUS_PORT, Prometheus
 from localenv.server_set import ServerSet
 from localenv.service import Outcome, Service, ServicesError
@@ -45,6 +45,7 @@ class StackPorts:
     prometheus: int = PROMETHEUS_PORT
     redis_exporter: int = int(os.environ.get("TL_REDIS_EXPORTER_PORT", "9121"))
     postgres_exporter: int = int(os.environ.get("TL_POSTGRES_EXPORTER_PORT", "9187"))
+    dashboard: int = int(os.environ.get("TL_DASHBOARD_PORT", "9095"))
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "StackPorts":
@@ -85,11 +86,13 @@ class Stack:
                           PostgresExporter(s, state=st, listen_port=p.postgres_exporter)]
         self.prometheus = Prometheus(s, state=st, listen_port=p.prometheus)
         self.prometheus.targets = self.scrape_targets()
+        self.dashboard = DashboardPage(s, state=st, listen_port=p.dashboard, prometheus_url=self.prometheus.url)
 
     @property
     def processes(self) -> list[Service]:
-        """What the stack itself runs, in start order (Prometheus last: it scrapes the rest)."""
-        return [self.worker, self.post, self.query, *self.exporters, self.prometheus]
+        """What the stack itself runs, in start order (Prometheus after what it scrapes, then the
+        dashboard page that reads it)."""
+        return [self.worker, self.post, self.query, *self.exporters, self.prometheus, self.dashboard]
 
     @property
     def ledger(self) -> Path:

@@ -66,6 +66,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from api.common import build_app, health_response, serve
+from api.openapi import Health, operation
 from post import tweets, users
 from post.metrics import Metrics
 from post.resources import Resources, get_resources, install_post_errors
@@ -77,7 +78,7 @@ DEFAULT_PORT = 8081
 router = APIRouter(routes=[*users.router.routes, *tweets.router.routes])
 
 
-@router.get("/healthz")
+@router.get("/healthz", **operation(ok=Health, problems=(503,)))
 async def healthz(request: Request) -> Response:
     return health_response(await get_resources(request).health())
 
@@ -113,7 +114,7 @@ def create_app(
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(create_app, prog="python -m post.service", description=__doc__.splitlines()[0],
+    serve(create_app, prog="python -m post.service", service="post", description=__doc__.splitlines()[0],
           default_port=DEFAULT_PORT, argv=argv)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import datetime, timezone
+from typing import Annotated
 
 import psycopg
 import redis.exceptions
@@ -19,9 +20,10 @@ from api.body import parse_id, read_json
 from api.common import json_response
 from api.errors import Problem
 from api.kafka import KafkaUnavailable
+from api.openapi import header_param, id_path, operation
 from policies.snowflake import snowflake_timestamp_ms, wall_clock_ms
 from policies.text import TextRuleError, validate_tweet_text
-from post.bodies import TweetIn, rule_problem
+from post.bodies import TweetIn, TweetOut, rule_problem
 from post.idempotency import MAX_KEY_CHARS, Record, fingerprint
 from post.resources import Resources, get_resources
 from post.worker_id import NoWorkerId
@@ -61,7 +63,16 @@ def _owner_key(tweet_id: int) -> str:
     return f"tweet:owner:{tweet_id}"
 
 
-@router.post("/v1/tweets", status_code=201)
+_IDEMPOTENCY_KEY = header_param(
+    "Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS},
+    "A unique string per tweet, the same on every retry of it: a retry answers the same tweet, posted once "
+    "(Idempotent-Replayed: true)",
+)
+
+
+@router.post("/v1/tweets", status_code=201, **operation(
+    ok=TweetOut, body=TweetIn, params=[_IDEMPOTENCY_KEY], bearer="required",
+    problems=(400, 401, 409, 413, 415, 422, 429, 503)))
 async def post_tweet(request: Request) -> Response:
     res = get_resources(request)
     user_id = await authenticate(request)
@@ -208,8 +219,9 @@ async def _tweet_owner(res: Resources, tweet_id: int) -> tuple[int | None, bool]
     return int(row[0]), row[1] is not None
 
 
-@router.delete("/v1/tweets/{tweet_id}", status_code=204)
-async def delete_tweet(request: Request, tweet_id: str) -> Response:
+@router.delete("/v1/tweets/{tweet_id}", status_code=204, **operation(
+    bearer="required", problems=(401, 403, 404, 422, 429, 503)))
+async def delete_tweet(request: Request, tweet_id: Annotated[str, id_path("The tweet to delete")]) -> Response:
     res = get_resources(request)
     user_id = await authenticate(request)
     tid = parse_id(tweet_id, "tweet_id")

@@ -4,7 +4,7 @@ unfollow (``/v1/users/{user_id}/following``, within ``TL_MAX_FOLLOWING``:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, Request
@@ -16,10 +16,12 @@ from api.common import json_response
 from api.errors import Problem
 from api.kafka import KafkaUnavailable
 from api.limits import request_address
+from api.observe import note_user
+from api.openapi import id_path, operation
 from policies.following import over_cap_detail
 from policies.snowflake import wall_clock_ms
 from policies.text import TextRuleError, validate_handle
-from post.bodies import FollowIn, SignupIn, rule_problem
+from post.bodies import FollowIn, FollowingOut, SignupIn, UserCreated, rule_problem
 from post.follow_cap import FollowCap, FollowCapReached, Intent
 from post.resources import Resources, get_resources
 from schemas.events import Event, UserActive, UserFollowed, UserUnfollowed
@@ -30,8 +32,12 @@ USER_CACHE_MAX = 100_000
 
 router = APIRouter()
 
+UserId = Annotated[str, id_path("The caller's own user id")]
+TargetId = Annotated[str, id_path("The user to unfollow")]
 
-@router.post("/v1/users", status_code=201)
+
+@router.post("/v1/users", status_code=201,
+             **operation(ok=UserCreated, body=SignupIn, problems=(400, 409, 413, 415, 422, 429, 503)))
 async def sign_up(request: Request) -> Response:
     res = get_resources(request)
     body = await read_json(request, SignupIn, res.settings.max_body_bytes)
@@ -57,6 +63,7 @@ async def sign_up(request: Request) -> Response:
                           slug="handle-taken") from None
         raise
     request.app.state.known_users.add(user_id)
+    note_user(request, user_id)
     return json_response({"user_id": str(user_id), "handle": handle, "token": token}, 201)
 
 
@@ -107,8 +114,9 @@ async def _emit_follow_change(res: Resources, cap: FollowCap, intent: Intent, ev
         raise
 
 
-@router.post("/v1/users/{user_id}/following")
-async def follow(request: Request, user_id: str) -> Response:
+@router.post("/v1/users/{user_id}/following", **operation(
+    ok=FollowingOut, body=FollowIn, bearer="required", problems=(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)))
+async def follow(request: Request, user_id: UserId) -> Response:
     res = get_resources(request)
     caller = await authenticate(request)
     _check_caller(user_id, caller)
@@ -126,8 +134,9 @@ async def follow(request: Request, user_id: str) -> Response:
     return json_response({"following": True})
 
 
-@router.delete("/v1/users/{user_id}/following/{target_user_id}")
-async def unfollow(request: Request, user_id: str, target_user_id: str) -> Response:
+@router.delete("/v1/users/{user_id}/following/{target_user_id}", **operation(
+    ok=FollowingOut, bearer="required", problems=(401, 403, 404, 422, 429, 503)))
+async def unfollow(request: Request, user_id: UserId, target_user_id: TargetId) -> Response:
     res = get_resources(request)
     caller = await authenticate(request)
     _check_caller(user_id, caller)

@@ -13,9 +13,9 @@ devices writing at once are decided one after the other.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path as PathParam, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -23,6 +23,7 @@ from api.auth import authenticate
 from api.body import parse_id, read_json
 from api.common import json_response
 from api.errors import Problem
+from api.openapi import ID_PATTERN, id_path, operation
 from policies.markers import TIMELINES, Decision, Marker, decide
 from query.deps import get_query_resources
 
@@ -31,8 +32,23 @@ router = APIRouter()
 
 class MarkerIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    last_read_id: str
-    version: int | None = Field(default=None, ge=0)
+    last_read_id: str = Field(json_schema_extra={"pattern": ID_PATTERN},
+                              description="the newest tweet id read on this timeline")
+    version: int | None = Field(default=None, ge=0, description=(
+        "the version last read: moves the marker to any id (backwards too) if nobody wrote since; "
+        "without it the marker only moves forward"))
+
+
+class MarkerOut(BaseModel):
+    last_read_id: str = Field(pattern=ID_PATTERN)
+    version: int = Field(description="counts the applied writes")
+    updated_at: str = Field(description="ISO-8601 UTC")
+
+
+class MarkersOut(BaseModel):
+    """The caller's markers by timeline (``home``), absent before the first write."""
+
+    home: MarkerOut | None = None
 
 
 def _iso(at: datetime) -> str:
@@ -52,8 +68,9 @@ async def _owner(request: Request, user_id: str) -> int:
     return owner
 
 
-@router.get("/v1/users/{user_id}/markers")
-async def get_markers(request: Request, user_id: str) -> Response:
+@router.get("/v1/users/{user_id}/markers", **operation(
+    ok=MarkersOut, bearer="required", problems=(401, 403, 422, 503)))
+async def get_markers(request: Request, user_id: Annotated[str, id_path("The caller's own user id")]) -> Response:
     owner = await _owner(request, user_id)
     res = get_query_resources(request)
     async with res.pg_conn() as conn:
@@ -91,8 +108,10 @@ async def write_marker(conn: Any, user_id: int, timeline: str, last_read_id: int
     return decision, updated_at
 
 
-@router.put("/v1/users/{user_id}/markers/{timeline}")
-async def put_marker(request: Request, user_id: str, timeline: str) -> Response:
+@router.put("/v1/users/{user_id}/markers/{timeline}", **operation(
+    ok=MarkerOut, body=MarkerIn, bearer="required", problems=(400, 401, 403, 404, 409, 413, 415, 422, 503)))
+async def put_marker(request: Request, user_id: Annotated[str, id_path("The caller's own user id")],
+                     timeline: Annotated[str, PathParam(description="home")]) -> Response:
     owner = await _owner(request, user_id)
     if timeline not in TIMELINES:
         raise Problem(404, f"no marker for timeline {timeline[:40]!r}; timelines with markers: "

@@ -14,9 +14,12 @@ to send instead:
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence
+
+from pydantic import BaseModel, Field
 
 from api.errors import Problem
+from api.openapi import ID_PATTERN, query_param
 from policies.timeline import CursorError, decode_cursor, encode_cursor
 from schemas.events import INT64_MAX
 from schemas.tweet_json import render_handle, render_item, render_tail
@@ -27,6 +30,48 @@ MAX_LIMIT = 200
 _LIMIT_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
 _ID_RE = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
 _SHOW_MAX = 40
+
+
+# The two query parameters of a page, as the OpenAPI description shows them (``api.openapi``).
+PAGE_PARAMS = [
+    query_param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                "Tweets per page"),
+    query_param("cursor", {"type": "string"}, "The next_cursor of the previous page, unchanged"),
+]
+SINCE_PARAM = query_param(
+    "since_id", {"type": "string", "pattern": ID_PATTERN},
+    "Only tweets newer than this tweet id (refresh from the top): the newest `limit` of them; page down with "
+    "next_cursor, sending the same since_id, until next_cursor is null")
+
+
+class TweetItem(BaseModel):
+    tweet_id: str = Field(pattern=ID_PATTERN)
+    author_id: str = Field(pattern=ID_PATTERN)
+    author_handle: str | None = Field(description="null for authors without an account")
+    text: str
+    created_at: str | None = Field(description="ISO-8601 UTC; null if out of range")
+
+
+class PageMeta(BaseModel):
+    result_count: int
+    next_cursor: str | None = Field(description="opaque; null at the real end")
+    source: Literal["cache", "store", "rebuilt"]
+
+
+class PageOut(BaseModel):
+    """A page of a timeline, newest first (:func:`render_page`)."""
+
+    data: list[TweetItem]
+    meta: PageMeta
+
+
+class CountOut(BaseModel):
+    """How many tweets are newer than ``since_id`` (a "12 new posts" badge)."""
+
+    since_id: str
+    count: int = Field(description="tweets newer than since_id, at most 100")
+    capped: bool = Field(description="true: there are more than count")
+    newest_id: str | None = Field(description="the newest of them; null when count is 0")
 
 
 class QueryParams(Protocol):

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Annotated
 
 import redis.exceptions
 from fastapi import APIRouter, FastAPI, Request
@@ -58,14 +59,17 @@ from api.common import build_app, health_response, json_response, serve
 from api.dependencies import install_dependency_errors
 from api.errors import Problem
 from api.limits import request_address
+from api.openapi import Health, id_path, operation
 from api.ratelimit import RateLimited
 from policies.ratelimit import retry_after_header
 from query.deps import QueryResources, get_query_resources, install_cassandra_errors
 from query.markers import router as markers_router
-from query.stream import router as stream_router
 from query.metrics import QueryMetrics
 from query.page import Page
-from query.params import parse_cursor, parse_limit, parse_since_id, render_page_json
+from query.params import (
+    PAGE_PARAMS, SINCE_PARAM, CountOut, PageOut, parse_cursor, parse_limit, parse_since_id, render_page_json,
+)
+from query.stream import router as stream_router
 from settings import Settings, get_settings
 
 log = logging.getLogger("query.service")
@@ -110,8 +114,9 @@ async def _home_page(res: QueryResources, owner: int, limit: int, below: int | N
     return page
 
 
-@router.get("/v1/users/{user_id}/timelines/home")
-async def home_timeline(request: Request, user_id: str) -> Response:
+@router.get("/v1/users/{user_id}/timelines/home", **operation(
+    ok=PageOut, params=[*PAGE_PARAMS, SINCE_PARAM], bearer="required", problems=(400, 401, 403, 422, 429, 503)))
+async def home_timeline(request: Request, user_id: Annotated[str, id_path("The caller's own user id")]) -> Response:
     res = get_query_resources(request)
     owner = await home_owner(request, user_id)
     limit = parse_limit(request.query_params)
@@ -122,8 +127,9 @@ async def home_timeline(request: Request, user_id: str) -> Response:
     return await _page_response(res, "home", page, started)
 
 
-@router.get("/v1/users/{user_id}/timelines/home/count")
-async def home_count(request: Request, user_id: str) -> Response:
+@router.get("/v1/users/{user_id}/timelines/home/count", **operation(
+    ok=CountOut, params=[SINCE_PARAM], bearer="required", problems=(400, 401, 403, 422, 429, 503)))
+async def home_count(request: Request, user_id: Annotated[str, id_path("The caller's own user id")]) -> Response:
     """How many tweets are newer than ``since_id`` (for a badge), counted to COUNT_MAX."""
     res = get_query_resources(request)
     owner = await home_owner(request, user_id)
@@ -139,25 +145,33 @@ def _count_response(above: int, page: Page) -> Response:
                           "newest_id": None if newest is None else str(newest)})
 
 
-@router.get("/v1/users/{user_id}/tweets/count")
-@router.get("/v1/users/{user_id}/tweets")
-async def user_tweets(request: Request, user_id: str) -> Response:
+@router.get("/v1/users/{user_id}/tweets", **operation(
+    ok=PageOut, params=[*PAGE_PARAMS, SINCE_PARAM], bearer="optional", problems=(400, 401, 422, 429, 503)))
+async def user_tweets(request: Request, user_id: Annotated[str, id_path("The author")]) -> Response:
+    started = time.perf_counter()
+    res, page, _ = await _author_page(request, user_id, counting=False)
+    return await _page_response(res, "author", page, started)
+
+
+@router.get("/v1/users/{user_id}/tweets/count", **operation(
+    ok=CountOut, params=[SINCE_PARAM], bearer="optional", problems=(400, 401, 422, 429, 503)))
+async def user_tweets_count(request: Request, user_id: Annotated[str, id_path("The author")]) -> Response:
+    _, page, above = await _author_page(request, user_id, counting=True)
+    return _count_response(above, page)
+
+
+async def _author_page(request: Request, user_id: str, *, counting: bool) -> tuple[QueryResources, Page, int]:
     res = get_query_resources(request)
     caller = None
     if request.headers.get("authorization") is not None:
         caller = await authenticate(request)  # optional, but a token that is sent must be valid
     author = parse_id(user_id, "user_id")
-    counting = request.url.path.endswith("/count")
     limit = COUNT_MAX if counting else parse_limit(request.query_params)
     below = None if counting else parse_cursor(request.query_params)
     above = parse_since_id(request.query_params)
-    started = time.perf_counter()
     client = request_address(request, res.settings)
     await _rate_limit(res, "author", f"user:{caller}" if caller is not None else f"addr:{client}")
-    page = await res.reader().author_page(author, limit=limit, below=below, above=above)
-    if counting:
-        return _count_response(above, page)
-    return await _page_response(res, "author", page, started)
+    return res, await res.reader().author_page(author, limit=limit, below=below, above=above), above
 
 
 async def _rate_limit(res: QueryResources, timeline: str, subject: str) -> None:
@@ -189,7 +203,7 @@ def refusal(res: QueryResources, timeline: str, retry_after_s: float) -> Problem
 router.routes.extend([*markers_router.routes, *stream_router.routes])
 
 
-@router.get("/healthz")
+@router.get("/healthz", **operation(ok=Health, problems=(503,)))
 async def healthz(request: Request) -> Response:
     return health_response(await get_query_resources(request).health())
 
@@ -215,7 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve(create_app, prog="python -m query.service", description=__doc__.splitlines()[0],
+    serve(create_app, prog="python -m query.service", service="query", description=__doc__.splitlines()[0],
           default_port=DEFAULT_PORT, argv=argv)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Request
@@ -38,13 +39,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.errors import Problem
+from api.openapi import header_param, id_path, operation
 from policies.stream import (
     MAX_CATCH_UP, MAX_PENDING, Notice, Position, PositionError, decode_position, encode_position, frame,
     gone, react, tweet_frames, unsent,
 )
 from query.deps import QueryResources, get_query_resources
 from query.page import ReadStats, Tweet
-from query.params import parse_since_id
+from query.params import SINCE_PARAM, parse_since_id
 from schemas.events import INT64_MAX as MAX_ID
 from schemas.tweet_json import render_handle, render_item, render_tail
 
@@ -239,8 +241,17 @@ def _start_position(request: Request) -> Position | None:
     return Position(since) if since else None
 
 
-@router.get("/v1/users/{user_id}/timelines/home/stream")
-async def home_stream(request: Request, user_id: str) -> Response:
+def _described() -> dict:
+    spec = operation(params=[SINCE_PARAM, header_param(
+        "Last-Event-ID", {"type": "string"}, "On a reconnect: the id of the last event received, unchanged")],
+        bearer="required", problems=(400, 401, 403, 422, 429, 503))
+    spec["responses"][200] = {"description": "Server-Sent Events: ready, tweet, delete, reset (docs/clients.md)",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    return spec
+
+
+@router.get("/v1/users/{user_id}/timelines/home/stream", **_described())
+async def home_stream(request: Request, user_id: Annotated[str, id_path("The caller's own user id")]) -> Response:
     from query.service import home_owner, refusal  # the home read's checks (that module imports this one)
 
     res = get_query_resources(request)

@@ -132,11 +132,16 @@ async def quiet_reads(ctx: RunContext, readers: dict[str, list[int]], n: int) ->
 
 async def copy_tweets(ctx: RunContext, conn: Any, count: int) -> None:
     """COPY ``count`` synthetic tweets (authors with the workload's mix) spread over the last 30 days."""
+    await copy_synthetic_tweets(conn, ctx.graph, count, seed=ctx.args.seed + 31,
+                                epoch_ms=ctx.settings.snowflake_epoch_ms)
+
+
+async def copy_synthetic_tweets(conn: Any, g: Any, count: int, *, seed: int, epoch_ms: int) -> None:
+    """COPY ``count`` tweets by ``g``'s authors (drawn with its authorship mix) with Snowflake
+    ids over the last 30 days, into the ``tweets`` table of ``conn``'s search path."""
     if count <= 0:
         return
-    g = ctx.graph
-    rng = random.Random(ctx.args.seed + 31)
-    epoch = ctx.settings.snowflake_epoch_ms
+    rng = random.Random(seed)
     now = int(time.time() * 1000) - 60_000
     span = 30 * 86_400_000
     start = now - span
@@ -152,7 +157,7 @@ async def copy_tweets(ctx: RunContext, conn: Any, count: int) -> None:
                     for j, a in enumerate(authors):
                         i = base + j
                         ms = int(start + i * step)
-                        tid = ((ms - epoch) << 22) | (902 << 12) | (i & 0xFFF)
+                        tid = ((ms - epoch_ms) << 22) | (902 << 12) | (i & 0xFFF)
                         ts = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
                         lines.append(f"{tid}\t{g.ids[a]}\tsynthetic tweet {i} by {g.ids[a]} lorem ipsum dolor\t{ts}\n")
                     await copy.write("".join(lines).encode())

@@ -2,7 +2,7 @@
 
     python -m ops.monitoring.dashboard        # rewrites ops/monitoring/grafana-dashboard.json
 
-Rows follow the design: write path, fanout, read path, worker health. Every query uses
+Rows follow the design: write path, fanout, read path, worker health, the servers' health. Every query uses
 metrics the code exports (tests/unit/test_monitoring.py checks the names, and that the
 JSON file is this module's output).
 """
@@ -83,11 +83,27 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     )),
     ("Worker health", (
         Panel("Batch time p99 by stage", (("{{stage}}", p99("timeline_batch_seconds", by="stage")),), "s"),
-        Panel("Store retries", (("{{what}}", "sum by (what) (increase(timeline_sink_retries_total[5m]))"),), "short"),
-        Panel("Dead letters", (("{{topic}} {{stage}}", "sum by (topic, stage) (increase(timeline_dead_letters_total[15m]))"),), "short"),
+        # "or vector(0)": these counters have no series until their first increment; 0 is the truth.
+        Panel("Store retries", (("{{what}}", "sum by (what) (increase(timeline_sink_retries_total[5m])) or vector(0)"),),
+              "short"),
+        Panel("Dead letters", (("{{topic}} {{stage}}",
+                                "sum by (topic, stage) (increase(timeline_dead_letters_total[15m])) or vector(0)"),), "short"),
         Panel("Rebalances in progress", (("rebalancing", "max(faust_total_rebalances)"),), "short", "stat"),
         Panel("Process CPU", (("{{job}} {{instance}}", "rate(process_cpu_seconds_total[1m])"),), "percentunit"),
         Panel("Process memory", (("{{job}} {{instance}}", "process_resident_memory_bytes"),), "bytes"),
+    )),
+    # From the servers' own exporters (ops/monitoring/scrape.SERVER_METRICS).
+    ("System health (servers)", (
+        Panel("Redis memory", (("used", "sum(redis_memory_used_bytes)"),), "bytes"),
+        Panel("Redis evictions and clients", (("evicted keys/s", "sum(rate(redis_evicted_keys_total[1m]))"),
+                                              ("connected clients", "sum(redis_connected_clients)")), "short"),
+        Panel("Cassandra request latency p99 (coordinator)", (
+            ("{{op}}", 'max by (op) (cassandra_client_request_latency_seconds{quantile="0.99"})'),), "s"),
+        Panel("Cassandra pending compactions", (("pending", "sum(cassandra_compaction_pending_tasks)"),), "short"),
+        Panel("PostgreSQL connections", (("in use", "sum(pg_stat_activity_count)"),
+                                         ("max", "max(pg_settings_max_connections)")), "short"),
+        Panel("Kafka under-replicated partitions", (
+            ("under-replicated", "sum(kafka_server_under_replicated_partitions)"),), "short", "stat"),
     )),
 )
 
@@ -125,7 +141,7 @@ def build() -> dict:
     return {
         "uid": "home-timeline",
         "title": "Home timeline service",
-        "description": "The design's monitoring dashboard (section 12): write path, fanout, read path, worker health.",
+        "description": "The design's monitoring dashboard (section 12): write path, fanout, read path, worker health, the servers' health.",
         "tags": ["timeline"],
         "timezone": "utc",
         "schemaVersion": 39,
