@@ -153,6 +153,8 @@ class LiveStream:
 class EventStream(Response):
     """The raw ASGI response of one stream (not a StreamingResponse: every send has a timeout)."""
 
+    media_type = "text/event-stream"
+
     def __init__(self, stream: LiveStream, first: bytes) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self.stream = stream
@@ -247,7 +249,7 @@ def _described() -> dict:
         bearer="required", problems=(400, 401, 403, 422, 429, 503))
     spec["responses"][200] = {"description": "Server-Sent Events: ready, tweet, delete, reset (docs/clients.md)",
                               "content": {"text/event-stream": {"schema": {"type": "string"}}}}
-    return spec
+    return {**spec, "response_class": EventStream, "status_code": 200}
 
 
 @router.get("/v1/users/{user_id}/timelines/home/stream", **_described())
