@@ -18,6 +18,7 @@ from typing import Iterable, Protocol
 import redis.exceptions
 from redis.asyncio import Redis
 
+from api.common import cancel_task
 from policies.stream import Notice, decode_notice
 from sinks.redis_live import LiveChannels
 
@@ -51,12 +52,7 @@ class LiveHub:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_task(self._task)
         try:
             await self._pubsub.aclose()
         finally:

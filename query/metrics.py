@@ -47,7 +47,7 @@ class QueryMetrics(HttpMetrics):
             "timeline_live_streams", "Open home-timeline streams (SSE) in this process", registry=self.registry,
         )
         self.live_closed = Counter(
-            "timeline_live_closed_total", "Streams ended, by reason: client, behind (reset event), send_timeout",
+            "timeline_live_closed_total", "Streams ended, by reason: client, behind (reset event), send_timeout, error",
             ["reason"], registry=self.registry,
         )
         self.live_reads = Histogram(

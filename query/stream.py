@@ -180,6 +180,9 @@ class EventStream(Response):
         except (asyncio.TimeoutError, OSError) as exc:
             metrics.live_closed.labels("send_timeout").inc()
             log.info("stream of user %d cut: %r", stream.user_id, exc)
+        except Exception as exc:  # noqa: BLE001 - a store failed mid-stream: the client reconnects
+            metrics.live_closed.labels("error").inc()
+            log.warning("stream of user %d ended: %r", stream.user_id, exc)
         finally:
             watcher.cancel()
             metrics.live_streams.dec()
@@ -204,7 +207,8 @@ class EventStream(Response):
             out = b""
             if stream.resubscribe:
                 stream.resubscribe = False
-                await stream.subscribe()
+                async with res.live.reads:
+                    await stream.subscribe()
             deletes, stream.pending = stream.pending, []
             out += b"".join(frame("delete", orjson.dumps(d)) for d in deletes)
             if stream.read_due and stream.behind is None:
@@ -267,9 +271,9 @@ async def home_stream(request: Request, user_id: Annotated[str, id_path("The cal
         if not allowed.allowed:
             raise refusal(res, "stream", allowed.retry_after_s)
     stream = LiveStream(res, owner, position)
-    await stream.subscribe()  # before the first read: nothing lands unseen in between
     try:
         async with res.live.reads:
+            await stream.subscribe()  # before the first read: nothing lands unseen in between
             first = await stream.start()
     except BaseException:
         await stream.leave()

@@ -66,11 +66,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serving, 10)
         worker.stop()
-        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=1000)]
-        if keys:
-            await redis.unlink(*keys)
         await redis.aclose()
-        await asyncio.to_thread(drop, settings)
+        await asyncio.to_thread(drop, settings)  # its Redis keys too
         with contextlib.suppress(Exception):
             await delete_topics(settings)
 
