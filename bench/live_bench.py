@@ -115,6 +115,12 @@ async def make_users(settings: Any, n: int) -> list[tuple[int, str]]:
     return users
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -242,14 +248,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await c.open()
             clients.append(c)
             probes.append((c, 3 * 10**15 + i))
+        cpu0 = cpu_seconds(service.proc.pid)
         result["idle"] = await probe_latency(settings, pub, probes, ids, args.rounds)
+        result["idle"]["query_cpu_s"] = round(cpu_seconds(service.proc.pid) - cpu0, 2)
         log(f"idle: {result['idle']}")
         stop = asyncio.Event()
         load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, args.load_rate, ids, stop))
         await asyncio.sleep(3)
+        cpu0, wall0 = cpu_seconds(service.proc.pid), time.perf_counter()
         result["load"] = await probe_latency(settings, pub, probes, ids, args.rounds)
         stop.set()
         result["load"]["background_tweets"] = await load
+        wall = time.perf_counter() - wall0
+        result["load"]["query_cpu_share"] = round((cpu_seconds(service.proc.pid) - cpu0) / wall, 2)
         result["load"]["rate"] = args.load_rate
         result["load"]["deliveries_per_s"] = args.load_rate * args.load_fanout
         log(f"load: {result['load']}")
@@ -284,7 +295,8 @@ def render(result: dict[str, Any]) -> str:
         label = name if name == "idle" else f"{r['rate']} tweets/s, {r['deliveries_per_s']} deliveries/s to streams"
         cells = [f"{r[k]['p50']} / {r[k]['p99']}" for k in ("ack_to_notice_ms", "notice_to_event_ms", "ack_to_event_ms")]
         lines.append(f"| {label} | {r['received']}/{r['rounds']} | " + " | ".join(cells) + " |")
-    lines += ["", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
+    lines += ["", f"The query service's CPU during the load point: {result['load'].get('query_cpu_share', '?')} of a "
+              "core.", "", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
               "notice -> event is the stream's part: the goal is within 50 ms of the timeline write."]
     return "\n".join(lines) + "\n"
 

@@ -67,7 +67,7 @@ class LiveStream:
         self.user_id = user_id
         self.position = position
         self.wake = asyncio.Event()
-        self.read_due = True
+        self.read_due = False  # a notice since the last read (one during the first read counts)
         self.pending: list[dict[str, str]] = []
         self.resubscribe = False
         self.closed = False
@@ -278,7 +278,6 @@ async def home_stream(request: Request, user_id: Annotated[str, id_path("The cal
     except BaseException:
         await stream.leave()
         raise
-    stream.read_due = False
     await res.activity.touch(owner)
     return EventStream(stream, first)
 
