@@ -123,6 +123,8 @@ class View:
     # Tweet bodies the first round trip read (the window's, followed authors only): None
     # for a body not cached.
     bodies: dict[int, CachedTweet | None] = field(default_factory=dict)
+    # A cache fill still in flight (a miss), awaited by the reader before it answers.
+    pending_fill: asyncio.Future[bool] | None = None
 
 
 def _decode(raw: Any) -> str:
@@ -259,6 +261,11 @@ class UserViews:
         calls = {"timeline": fill_timeline, "following": fill_following, "check": check,
                  "celebrities": fill_celebrities, "followed_celebrities": check_celebrities}
         calls = {k: c for k, c in calls.items() if c is not None}
+        if list(calls) == ["timeline"]:
+            # Only the timeline fill: nothing of the view waits for it, so the read goes on
+            # meanwhile (the reader awaits it before answering).
+            view.pending_fill = asyncio.ensure_future(calls.pop("timeline"))
+            stats.redis_round_trips += 1
         if calls:
             done = dict(zip(calls, await asyncio.gather(*calls.values())))
             stats.redis_round_trips += 1  # concurrent: one round trip of latency
