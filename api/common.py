@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
 
@@ -15,6 +16,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from starlette.responses import Response
 
 from api import errors
@@ -28,6 +30,27 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 # --- metrics -----------------------------------------------------------------------------
+
+
+class BoundLabels:
+    """A labelled metric whose children are bound once per label values: prometheus_client's
+    ``labels()`` validates, stringifies and locks on every call, several times per request.
+    Everything else is the metric's own (attribute access passes through)."""
+
+    __slots__ = ("metric", "_children")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def labels(self, *values: Any) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.metric, name)
 
 
 class HttpMetrics:
@@ -71,6 +94,12 @@ class HttpMetrics:
             ["limit"],
             registry=self.registry,
         )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Every labelled metric of a service (here and in subclasses) binds its children once.
+        if isinstance(value, MetricWrapperBase) and value._labelnames:
+            value = BoundLabels(value)
+        super().__setattr__(name, value)
 
     def response(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -175,6 +204,23 @@ def build_app(
     return app
 
 
+def fast_server_options() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (both locked in
+    ``requirements.lock``), or uvicorn's defaults where they are not installed."""
+    options = {}
+    try:
+        import uvloop  # noqa: F401
+        options["loop"] = "uvloop"
+    except ImportError:
+        pass
+    try:
+        import httptools  # noqa: F401
+        options["http"] = "httptools"
+    except ImportError:
+        pass
+    return options
+
+
 def serve(
     create_app: Callable[[Settings], FastAPI],
     *,
@@ -184,15 +230,29 @@ def serve(
     default_port: int,
     argv: list[str] | None = None,
 ) -> None:
-    """Parse ``--host``, ``--port`` and ``--log-level`` and run the app under uvicorn, logging
-    JSON lines (``logs``) as ``service``."""
+    """Parse ``--host``, ``--port``, ``--workers`` and ``--log-level`` and run the app under
+    uvicorn (uvloop, httptools), logging JSON lines (``logs``) as ``service``. With
+    ``--workers N`` (> 1) uvicorn's supervisor runs N processes on one listening socket, each
+    building its app with ``create_app`` (settings from the environment); stopping the
+    supervisor stops them."""
     import uvicorn
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level,
-                log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"), access_log=False,
-                proxy_headers=False, server_header=False)
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    options: dict[str, Any] = dict(host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False,
+                                   server_header=False, access_log=False,
+                                   log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"),
+                                   **fast_server_options())
+    if args.workers > 1:
+        module = create_app.__module__
+        if module == "__main__":  # python -m query.service: the workers import it by its name
+            module = sys.modules["__main__"].__spec__.name
+        uvicorn.run(f"{module}:{create_app.__name__}", factory=True, workers=args.workers, **options)
+    else:
+        uvicorn.run(create_app(get_settings()), **options)

@@ -144,10 +144,10 @@ class KafkaGateway:
         deadline = time.monotonic() + self.timeout_s
         producer = await self._ensure(deadline)
         key, value = encode_key(event.key), encode(event)
+        # asyncio.timeout, not wait_for: no task of its own per call (two per request here).
         try:
-            fut = await asyncio.wait_for(
-                producer.send(topic, value=value, key=key), max(0.01, deadline - time.monotonic())
-            )
+            async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                fut = await producer.send(topic, value=value, key=key)
         except (KafkaError, asyncio.TimeoutError) as exc:
             self.last_error = describe(exc)
             raise KafkaUnavailable(
@@ -156,7 +156,8 @@ class KafkaGateway:
                 maybe_written=False,
             ) from None
         try:
-            return await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                return await fut
         except (KafkaError, asyncio.TimeoutError) as exc:
             self.last_error = describe(exc)
             if isinstance(exc, KafkaError):

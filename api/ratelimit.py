@@ -58,6 +58,18 @@ redis.call('EXPIRE', KEYS[1], ttl)
 return {allowed, ts, us, string.format('%.17g', retry)}
 """
 
+# TAKE_LUA as a Lua function ``take(KEYS, ARGV)``, for scripts that take a token as their
+# first step (the query service's first round trip, ``query/view.py``).
+TAKE_FUNCTION_LUA = "local function take(KEYS, ARGV)\n" + TAKE_LUA + "end\n"
+
+
+class RateLimited(Exception):
+    """A token was refused (raised by callers that take one inside a script of their own)."""
+
+    def __init__(self, result: TakeResult) -> None:
+        super().__init__(f"rate limited; retry in {result.retry_after_s:.3f} s")
+        self.result = result
+
 
 class RedisTokenBucket:
     def __init__(self, redis: Redis, *, burst: float, rate_per_s: float, prefix: str = KEY_PREFIX) -> None:
@@ -73,20 +85,18 @@ class RedisTokenBucket:
     def key(self, subject: int | str) -> str:
         return f"{self.prefix}{subject}"
 
-    async def take(self, subject: int | str, cost: float = 1, now_s: float | None = None) -> TakeResult:
+    def args(self, cost: float = 1, now_s: float | None = None) -> list[str | int]:
+        """ARGV of TAKE_LUA for one take (after its KEYS: ``[key(subject)]``)."""
         if not 0 <= cost <= self.burst:
             raise ValueError(f"cost must be in 0..{self.burst}, got {cost}")
-        allowed, tokens, updated, retry = await self._script(
-            keys=[self.key(subject)],
-            args=[
-                repr(float(self.burst)),
-                repr(float(self.rate_per_s)),
-                repr(float(cost)),
-                "" if now_s is None else repr(float(now_s)),
-                self.ttl_s,
-                repr(EPSILON),
-            ],
-        )
-        return TakeResult(
-            bool(int(allowed)), BucketState(float(tokens), float(updated)), float(retry)
-        )
+        return [repr(float(self.burst)), repr(float(self.rate_per_s)), repr(float(cost)),
+                "" if now_s is None else repr(float(now_s)), self.ttl_s, repr(EPSILON)]
+
+    @staticmethod
+    def result(raw: list) -> TakeResult:
+        """TAKE_LUA's answer as a TakeResult."""
+        allowed, tokens, updated, retry = raw
+        return TakeResult(bool(int(allowed)), BucketState(float(tokens), float(updated)), float(retry))
+
+    async def take(self, subject: int | str, cost: float = 1, now_s: float | None = None) -> TakeResult:
+        return self.result(await self._script(keys=[self.key(subject)], args=self.args(cost, now_s)))

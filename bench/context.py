@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCALES: dict[str, dict[str, Any]] = {
     "small": dict(
         partitions=4, calibrate_deliveries=1_500, throughput_s=6, lag_s=5, lag_floor_s=3, lag_loads=(0.5, 0.8), mixed_s=6,
-        profile_s=4, pg_tweets=50_000, pg_queries=60, post_users=10, post_requests=300, post_concurrency=16,
+        profile_s=4, pg_tweets=50_000, pg_queries=60, post_users=10, post_requests=300, post_concurrency=(16,),
         read_bench_args=["--requests", "80", "--concurrency", "1", "--readers", "5", "--normal", "20",
                          "--tweets", "10"],
         inactive_sample=100,
@@ -50,7 +50,7 @@ SCALES: dict[str, dict[str, Any]] = {
         partitions=8, calibrate_deliveries=40_000, throughput_s=75, lag_s=60, lag_floor_s=20, lag_loads=(0.25, 0.5, 0.8),
         mixed_s=30,
         profile_s=20, pg_tweets=1_000_000, pg_queries=300, post_users=50, post_requests=3000,
-        post_concurrency=32,
+        post_concurrency=(8, 32),
         read_bench_args=["--requests", "1500", "--concurrency", "1,8"],
         inactive_sample=500,
     ),

@@ -8,7 +8,9 @@ import multiprocessing
 import socket
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -28,15 +30,29 @@ def load_process() -> Iterator[Callable[..., Awaitable[Any]]]:
         yield run
 
 
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on uvloop when it is installed, as the services run (``api.common.serve``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 @asynccontextmanager
 async def uvicorn_server(app: Any) -> AsyncIterator[str]:
-    """Serve ``app`` under uvicorn on a free loopback port in this event loop; yields its base URL."""
+    """Serve ``app`` under uvicorn on a free loopback port in this event loop (its HTTP parser as
+    the services use it: httptools when installed); yields its base URL."""
     import uvicorn
 
+    from api.common import fast_server_options
+
     port = free_port()
+    http = fast_server_options().get("http", "auto")
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                       lifespan="on", server_header=False)
+                       lifespan="on", server_header=False, http=http)
     )
     task = asyncio.create_task(server.serve())
     try:
@@ -98,3 +114,17 @@ class RawConnection:
             except OSError:
                 pass
             self.reader = self.writer = None
+
+
+@asynccontextmanager
+async def service_processes(module: str, settings: Any, log_path: Any, workers: int) -> AsyncIterator[str]:
+    """``python -m <module> --workers N`` as a child process (as it runs in production), until
+    ``/healthz`` is 200; yields its base URL and stops it (SIGTERM) afterwards."""
+    from ops.faults.cluster import ServiceProcess
+
+    service = ServiceProcess(module, settings, log_path, workers=workers).start()
+    try:
+        await service.wait_ready()
+        yield service.url
+    finally:
+        await asyncio.to_thread(service.stop)

@@ -37,7 +37,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
-from bench.http_load import RawConnection, load_process, uvicorn_server
+from bench.http_load import RawConnection, load_process, run_loop, service_processes, uvicorn_server
 from bench.latency import latency_ms
 from post.service import create_app
 from settings import Settings, get_settings
@@ -47,10 +47,19 @@ RESULTS = REPO / "bench" / "results"
 
 
 @asynccontextmanager
-async def service(settings: Settings, mode: str, concurrency: int) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+async def service(settings: Settings, mode: str, concurrency: int, workers: int = 0) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the Post service: uvicorn in this process, the app through httpx's ASGI
+    transport (``mode`` asgi), or with ``workers`` > 0 ``python -m post.service --workers N``."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(30.0)
+    if workers:
+        log = RESULTS / f"post-service-{os.getpid()}.log"
+        async with service_processes("post.service", settings, log, workers) as base_url:
+            async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as c:
+                yield c
+        log.unlink(missing_ok=True)
+        return
+    app = create_app(settings)
     if mode == "asgi":
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -182,12 +191,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 token_lookup_rate_per_s=10**9)
 
     try:
-        async with service(settings, args.mode, args.concurrency) as client:
+        async with service(settings, args.mode, args.concurrency, args.workers) as client:
             health = (await client.get("/healthz")).json()
             run_id = uuid.uuid4().hex[:8]
             auths = await sign_up(client, f"b{run_id}", args.users)
             keys = f"bench-{run_id}" if args.idempotency_keys else None
-            if args.mode == "uvicorn" and args.client == "process":
+            if (args.mode == "uvicorn" or args.workers) and args.client == "process":
                 with load_process() as in_process:
                     outcome = await in_process(load_in_process, str(client.base_url), auths, args.requests,
                                                args.concurrency, args.warmup, keys)
@@ -212,7 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "benchmark": "post_tweets",
         "timestamp": stamp,
-        "mode": args.mode,
+        "mode": args.mode if not args.workers else f"python -m post.service --workers {args.workers}",
         "client": args.client if args.mode == "uvicorn" else "asgi-inline",
         "topics": args.topics,
         "partitions": args.partitions if args.topics == "scratch" else base.topic_partitions,
@@ -242,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["uvicorn", "asgi"], default="uvicorn")
     parser.add_argument("--client", choices=["process", "inline"], default="process",
                         help="uvicorn mode: run the load generator in its own process (default) or in the server's loop")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="0: the service in this process (--mode); N: python -m post.service --workers N")
     parser.add_argument("--topics", choices=["scratch", "real"], default="scratch")
     parser.add_argument("--partitions", type=int, default=8, help="partitions of scratch topics")
     parser.add_argument("--keep-topics", action="store_true")
@@ -249,10 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="send a distinct Idempotency-Key with every tweet (measures the idempotency records)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/post-<ts>.json)")
     args = parser.parse_args(argv)
-    if min(args.users, args.requests, args.concurrency) < 1 or args.warmup < 0:
+    if min(args.users, args.requests, args.concurrency) < 1 or args.warmup < 0 or args.workers < 0:
         parser.error("--users, --requests and --concurrency must be >= 1, --warmup >= 0")
 
-    result = asyncio.run(run(args))
+    result = run_loop(run(args))
     out = args.out or RESULTS / f"post-{result['timestamp']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

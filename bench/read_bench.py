@@ -56,8 +56,9 @@ import orjson
 from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
-from bench.http_load import RawConnection, load_process, uvicorn_server
+from bench.http_load import RawConnection, load_process, run_loop, service_processes, uvicorn_server
 from bench.latency import latency_ms
+from bench.redis_floor import floor_in_process
 from localenv.worker import Worker
 from localenv.workload import produce
 from ops.lag import wait_caught_up
@@ -242,6 +243,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     pop = Population(args.readers, args.normal, args.tweets, args.threshold)
     tokens = {r: new_token() for r in pop.readers()}
     results: dict[str, Any] = {}
+    floors: dict[str, Any] = {}
     try:
         build_s = await build_world(settings, pop, workdir)
         print(f"world built: {len(pop.follows)} follows, {len(pop.tweets)} tweets in {build_s:.1f} s")
@@ -255,8 +257,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for event in pop.follows + pop.tweets:
             reference.apply(event)
 
-        app = create_app(settings)
-        async with uvicorn_server(app) as base:
+        # --workers 0: uvicorn in this process (the app's own counters give per_read); N: the
+        # service as it runs in production, ``python -m query.service --workers N``.
+        app = None if args.workers else create_app(settings)
+        server = (uvicorn_server(app) if app is not None else
+                  service_processes("query.service", settings, workdir / "query.log", args.workers))
+        async with server as base:
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
                 health = (await client.get("/healthz")).json()
                 # Warm up (fills caches, emits the readers' user_active) and check correctness.
@@ -273,6 +279,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         raise SystemExit(f"reader {r}: first page differs from the reference")
             with load_process() as in_process:
                 for concurrency in args.concurrency:
+                    # The bare-Redis floor in the same process, the same minute: HTTP numbers are ratios to it.
+                    bare = await in_process(floor_in_process, settings.redis_url, settings.redis_prefix,
+                                            args.requests, concurrency)
+                    floors[f"c{concurrency}"] = bare
+                    print(f"{'redis_floor@c' + str(concurrency):<14} {bare['reads_per_s']:>8} req/s  "
+                          f"p50 {bare['latency_ms']['p50']} ms  p99 {bare['latency_ms']['p99']} ms")
                     for name, celebs in GROUPS.items():
                         members = pop.groups[celebs]
                         targets = [
@@ -295,6 +307,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             for k in after
                         }
                         lat = results[key]["latency_ms"]
+                        results[key]["vs_redis_floor"] = {
+                            q: round(lat[q] / bare["latency_ms"][q], 2) for q in ("p50", "p99")
+                            if lat[q] and bare["latency_ms"][q]
+                        }
                         print(f"{key:<14} {results[key]['throughput_rps']:>8} req/s  p50 {lat['p50']} ms  "
                               f"p99 {lat['p99']} ms  p999 {lat['p999']} ms  problems {results[key]['problems']}")
     finally:
@@ -304,7 +320,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "read_home_timeline",
         "timestamp": stamp,
-        "mode": "uvicorn in-process (loopback, free port); load generator in a separate process (raw keep-alive HTTP/1.1)",
+        "mode": (f"python -m query.service --workers {args.workers}" if args.workers else "uvicorn in-process")
+        + " (loopback, free port); load generator in a separate process (raw keep-alive HTTP/1.1)",
+        "server_processes": args.workers or 1,
         "limit": LIMIT,
         "population": {
             "readers_per_group": args.readers, "normal_authors": args.normal, "tweets_per_normal_author": args.tweets,
@@ -314,6 +332,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "world_build_s": round(build_s, 1),
         "scenarios": results,
+        "redis_floor": floors,
         "health": health,
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
     }
@@ -321,6 +340,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _counters(app: Any) -> dict[str, float]:
     """The app's own read counters: Cassandra queries and Redis round trips of home reads."""
+    if app is None:
+        return {}
     registry = app.state.metrics.registry
     return {
         "cassandra_queries": registry.get_sample_value("timeline_store_queries_total", {"timeline": "home"}) or 0.0,
@@ -338,18 +359,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normal", type=int, default=60, help="normal authors")
     parser.add_argument("--tweets", type=int, default=25, help="tweets per normal author")
     parser.add_argument("--threshold", type=int, default=25, help="celebrity threshold (followers)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="0: the service under uvicorn in this process; N: python -m query.service --workers N")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/read-<ts>.json)")
     args = parser.parse_args(argv)
     try:
         args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     except ValueError:
         parser.error("--concurrency must be integers separated by commas")
-    if min(args.requests, args.readers, args.tweets, *args.concurrency) < 1:
+    if min(args.requests, args.readers, args.tweets, *args.concurrency) < 1 or args.workers < 0:
         parser.error("--requests, --concurrency, --readers and --tweets must be >= 1")
     if args.normal < FOLLOWS_PER_READER or args.readers * 3 * FOLLOWS_PER_READER // args.normal >= args.threshold - 2:
         parser.error("normal authors would get too many followers (they must stay below the celebrity threshold)")
 
-    result = asyncio.run(run(args))
+    result = run_loop(run(args))
     out = args.out or RESULTS / f"read-{result['timestamp']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -161,11 +161,12 @@ def reads_inprocess(doc: Doc, h: dict, r: dict) -> None:
                 s["mean_tweets_per_page"]] for k, s in h["scenarios"].items()))
 
 
-def write_latency(doc: Doc, p: dict, r: dict) -> None:
-    lat = p["latency"]
-    doc.para(f"{p['how']}. {p['ok']}/{p['requests']} ok at concurrency {p['concurrency']}: "
-             f"**{p['requests_per_s']} requests/s, p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms** "
-             f"(p90 {lat.get('p90')}, max {lat.get('max')}).")
+def write_latency(doc: Doc, w: dict, r: dict) -> None:
+    for p in w.get("points") or [w]:
+        lat = p["latency"]
+        doc.para(f"{p['how']}. {p['ok']}/{p['requests']} ok at concurrency {p['concurrency']}: "
+                 f"**{p['requests_per_s']} requests/s, p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms** "
+                 f"(p90 {lat.get('p90')}, max {lat.get('max')}).")
 
 
 def write_savings(doc: Doc, s: dict, r: dict) -> None:

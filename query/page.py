@@ -14,6 +14,9 @@ class Tweet:
     author_id: int
     text: str
     created_at: int
+    # The page JSON after the author's handle, when the cache had it pre-rendered
+    # (``schemas.tweet_json.render_tail``; the same bytes as rendering the fields).
+    rendered: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

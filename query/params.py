@@ -12,7 +12,6 @@ to send instead:
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, Sequence
 
 from pydantic import BaseModel, Field
@@ -20,6 +19,8 @@ from pydantic import BaseModel, Field
 from api.errors import Problem
 from api.openapi import ID_PATTERN, query_param
 from policies.timeline import CursorError, decode_cursor, encode_cursor
+from schemas.tweet_json import render_handle, render_item, render_tail
+from schemas.tweet_json import render_page as render_items
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -106,19 +107,6 @@ def next_cursor(next_below: int | None, key: bytes = b"") -> str | None:
     return None if next_below is None else encode_cursor(next_below, key)
 
 
-def iso_ms(ms: int) -> str | None:
-    """Epoch milliseconds as ISO-8601 UTC (``2024-01-31T12:00:00.123Z``); None if out of range.
-
-    Integer arithmetic: ms / 1000 as a float can land a microsecond early and truncate.
-    Tweets from outside producers may carry any int64, which no datetime can hold.
-    """
-    try:
-        dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).replace(microsecond=(ms % 1000) * 1000)
-    except (OverflowError, OSError, ValueError):
-        return None
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class TweetLike(Protocol):
     tweet_id: int
     author_id: int
@@ -126,25 +114,23 @@ class TweetLike(Protocol):
     created_at: int
 
 
-def render_page(
+def render_page_json(
     tweets: Sequence[TweetLike],
     handles: dict[int, str | None],
     next_below: int | None,
     source: str,
     key: bytes = b"",
-) -> dict[str, Any]:
-    """The JSON body of a timeline page; ids as strings (JSON numbers lose int64 precision)."""
-    data = [
-        {
-            "tweet_id": str(t.tweet_id),
-            "author_id": str(t.author_id),
-            "author_handle": handles.get(t.author_id),
-            "text": t.text,
-            "created_at": iso_ms(t.created_at),
-        }
+) -> bytes:
+    """The JSON body of a timeline page; ids as strings (JSON numbers lose int64 precision).
+    Assembled from parts (``schemas.tweet_json``): a tweet's pre-rendered tail when the
+    cache had one (``rendered``), else rendered here."""
+    handle_json = {a: render_handle(h) for a, h in handles.items()}
+    null = render_handle(None)
+    items = [
+        render_item(t.tweet_id, t.author_id, handle_json.get(t.author_id, null),
+                    getattr(t, "rendered", None) or render_tail(t.text, t.created_at))
         for t in tweets
     ]
-    return {
-        "data": data,
-        "meta": {"result_count": len(data), "next_cursor": next_cursor(next_below, key), "source": source},
-    }
+    return render_items(items, {"result_count": len(items), "next_cursor": next_cursor(next_below, key),
+                                "source": source})
+

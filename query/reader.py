@@ -18,10 +18,12 @@ cut sources merge and how much a pull asks for are pure decisions
 What a read costs
 -----------------
 
-* The user's view, and the first chunk on a cache hit: one Redis call
-  (``query/view.py``, where the cache misses are described too).
-* Hydration: one pipeline of tweet hashes (``RedisTweets``); Cassandra is asked
-  only for bodies missing from Redis (one ``IN`` query).
+* The user's view, the first chunk and its tweet bodies on a cache hit, and the
+  query service's rate-limit token: one Redis call (``query/view.py``, where the
+  cache misses are described too). A cache hit without celebrities is that call alone.
+* Hydration of what the first call did not read (pulled tweets, later chunks): one
+  pipeline of tweet hashes (``RedisTweets``); Cassandra is asked only for bodies
+  missing from Redis (one ``IN`` query).
 * Celebrity pulls: one ``IN ... PER PARTITION LIMIT`` query per group of authors,
   groups concurrent.
 
@@ -37,6 +39,7 @@ from typing import Awaitable, Callable, Sequence
 
 import redis.exceptions
 
+from api.ratelimit import RedisTokenBucket
 from policies.timeline import SLACK, Source, merge_sources, pull_groups, pull_limit, usable_chunk
 from query.page import Page, ReadStats, Tweet, store_query
 from query.view import UserViews, View
@@ -45,7 +48,7 @@ from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import RedisTimelines
-from sinks.redis_tweets import RedisTweets
+from sinks.redis_tweets import CachedTweet, RedisTweets
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class HomeTimelineReader:
         following = following or RedisFollowing(
             self.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s
         )
-        self.views = UserViews(cassandra, timelines, following, prefix=settings.redis_prefix)
+        self.views = UserViews(cassandra, timelines, following, self.tweets, prefix=settings.redis_prefix)
 
     # --- stores ---------------------------------------------------------------------
 
@@ -105,15 +108,21 @@ class HomeTimelineReader:
             sources.append(Source(kept, kept[-1] if len(kept) == limit else None))
         return sources
 
-    async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None, *, cache: bool = True) -> dict[int, Tweet]:
-        """Bodies of the live tweets among ``ids``: Redis first, one Cassandra query for the rest
-        (Cassandra alone when ``cache`` is False)."""
+    async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None, *, cache: bool = True,
+                      prefetched: dict[int, CachedTweet | None] | None = None) -> dict[int, Tweet]:
+        """Bodies of the live tweets among ``ids``: Redis first (``prefetched``: what the read's
+        first round trip already read of it), one Cassandra query for the rest (Cassandra alone
+        when ``cache`` is False)."""
         stats = stats if stats is not None else ReadStats()
         if not ids:
             return {}
         if cache:
-            cached = await self.tweets.read(ids)
-            stats.redis_round_trips += 1
+            prefetched = prefetched or {}
+            wanted = [t for t in ids if t not in prefetched]
+            cached = await self.tweets.read(wanted) if wanted else {}
+            if wanted:
+                stats.redis_round_trips += 1
+            cached = {t: prefetched[t] if t in prefetched else cached[t] for t in ids}
         else:
             cached = dict.fromkeys(ids)
         out: dict[int, Tweet] = {}
@@ -122,7 +131,7 @@ class HomeTimelineReader:
             if tweet is None:
                 misses.append(tweet_id)
             elif not tweet.deleted_at:
-                out[tweet_id] = Tweet(tweet_id, tweet.author_id, tweet.text, tweet.created_at)
+                out[tweet_id] = Tweet(tweet_id, tweet.author_id, tweet.text, tweet.created_at, tweet.rendered)
         stats.tweet_cache_hits += len(ids) - len(misses)
         stats.tweet_cache_misses += len(misses)
         if misses:
@@ -175,21 +184,39 @@ class HomeTimelineReader:
 
     # --- pages -------------------------------------------------------------------------
 
-    async def page(self, user_id: int, *, limit: int, below: int | None = None) -> Page:
+    async def page(self, user_id: int, *, limit: int, below: int | None = None,
+                   gate: tuple[RedisTokenBucket, str] | None = None) -> Page:
         """One page of the home timeline. Redis is a cache: if it fails (down, out of memory,
-        a timeout) the page is read again from Cassandra alone, with the same answer."""
+        a timeout) the page is read again from Cassandra alone, with the same answer.
+        ``gate`` (a bucket and a subject): a token is taken in the read's first round trip,
+        RateLimited if refused (with Redis failing, the read goes on: the limit fails open)."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         return await _cache_or_store(f"home timeline of {user_id}",
-                                     lambda cache: self._page(user_id, limit, below, cache=cache))
+                                     lambda cache: self._page(user_id, limit, below, cache=cache, gate=gate))
 
-    async def _page(self, user_id: int, limit: int, below: int | None, *, cache: bool) -> Page:
+    async def _page(self, user_id: int, limit: int, below: int | None, *, cache: bool,
+                    gate: tuple[RedisTokenBucket, str] | None = None) -> Page:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
         if cache:
-            view = await self.views.open(user_id, cursor, limit, stats)
+            view = await self.views.open(user_id, cursor, limit, stats, gate)
         else:
             view = await self.views.open_store(user_id, cursor, limit, stats)
+        if view.pending_fill is None:
+            return await self._read(user_id, view, cursor, limit, stats, cache)
+        # The timeline fill of a miss overlaps the rest of the read; its failure fails the read
+        # (a RedisError: read again from Cassandra alone), as when it was awaited first.
+        try:
+            page = await self._read(user_id, view, cursor, limit, stats, cache)
+        except BaseException:
+            view.pending_fill.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise
+        await view.pending_fill
+        return page
+
+    async def _read(self, user_id: int, view: View, cursor: int, limit: int, stats: ReadStats,
+                    cache: bool) -> Page:
         phase = "pull" if view.stale else "materialized"
         source = "rebuilt" if view.stale else ""
         out: list[Tweet] = []
@@ -227,7 +254,7 @@ class HomeTimelineReader:
             done_upto = 0
             while done_upto < len(candidates) and len(out) < limit:
                 chunk = candidates[done_upto : done_upto + (limit - len(out)) + SLACK]
-                bodies = await self.hydrate(chunk, stats, cache=cache)
+                bodies = await self.hydrate(chunk, stats, cache=cache, prefetched=view.bodies)
                 for tweet_id in chunk:
                     done_upto += 1
                     cursor = tweet_id

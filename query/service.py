@@ -38,7 +38,6 @@ Run: ``python -m query.service [--host 127.0.0.1] [--port 8082]``.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Annotated
@@ -49,16 +48,17 @@ from starlette.responses import Response
 
 from api.auth import authenticate
 from api.body import parse_id
-from api.common import build_app, health_response, json_response, serve
+from api.common import build_app, health_response, serve
 from api.dependencies import install_dependency_errors
 from api.errors import Problem
 from api.limits import request_address
 from api.openapi import Health, id_path, operation
+from api.ratelimit import RateLimited
 from policies.ratelimit import retry_after_header
 from query.deps import QueryResources, get_query_resources, install_cassandra_errors
 from query.metrics import QueryMetrics
 from query.page import Page
-from query.params import PAGE_PARAMS, PageOut, parse_cursor, parse_limit, render_page
+from query.params import PAGE_PARAMS, PageOut, parse_cursor, parse_limit, render_page_json
 from settings import Settings, get_settings
 
 log = logging.getLogger("query.service")
@@ -68,9 +68,9 @@ DEFAULT_PORT = 8082
 
 async def _page_response(res: QueryResources, timeline: str, page: Page, started: float) -> Response:
     handles = await res.handles.lookup(t.author_id for t in page.tweets)
-    body = render_page(page.tweets, handles, page.next_below, page.source)
+    body = render_page_json(page.tweets, handles, page.next_below, page.source)
     res.metrics.observe_read(timeline, page.source, time.perf_counter() - started, page.stats)
-    return json_response(body)
+    return Response(body, media_type="application/json")
 
 
 router = APIRouter()
@@ -91,10 +91,13 @@ async def home_timeline(request: Request, user_id: Annotated[str, id_path("The c
     limit = parse_limit(request.query_params)
     below = parse_cursor(request.query_params)
     started = time.perf_counter()
-    await _rate_limit(res, "home", f"user:{caller}")
     reader = res.reader()
-    # The activity mark (one Redis command) overlaps the read.
-    page, _ = await asyncio.gather(reader.page(owner, limit=limit, below=below), res.activity.touch(owner))
+    # The rate-limit token is taken in the read's first Redis round trip.
+    try:
+        page = await reader.page(owner, limit=limit, below=below, gate=(res.limiter, f"user:{caller}"))
+    except RateLimited as exc:
+        raise _refusal(res, "home", exc.result.retry_after_s) from None
+    await res.activity.touch(owner)  # one Redis command at most every few minutes per user
     return await _page_response(res, "home", page, started)
 
 
@@ -124,15 +127,20 @@ async def _rate_limit(res: QueryResources, timeline: str, subject: str) -> None:
         log.warning("read rate limit unavailable: %s", exc)
         return
     if not result.allowed:
-        res.metrics.rate_limited.labels(timeline).inc()
-        wait = retry_after_header(result.retry_after_s)
-        settings = res.settings
-        raise Problem(
-            429,
-            f"rate limit exceeded: at most {settings.read_rate_burst} reads at once, refilled at "
-            f"{settings.read_rate_per_s:g} per second; retry in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+        raise _refusal(res, timeline, result.retry_after_s)
+
+
+def _refusal(res: QueryResources, timeline: str, retry_after_s: float) -> Problem:
+    """The 429 of a read the reader's bucket refused (counted)."""
+    res.metrics.rate_limited.labels(timeline).inc()
+    wait = retry_after_header(retry_after_s)
+    settings = res.settings
+    return Problem(
+        429,
+        f"rate limit exceeded: at most {settings.read_rate_burst} reads at once, refilled at "
+        f"{settings.read_rate_per_s:g} per second; retry in {wait} s",
+        headers={"Retry-After": str(wait)},
+    )
 
 
 @router.get("/healthz", **operation(ok=Health, problems=(503,)))

@@ -1,7 +1,8 @@
 """A user's view at the start of a read: the first round trip, and what the user follows.
 
 :meth:`UserViews.open` makes one Redis call (a Lua script, so its parts agree) that
-reads the timeline window and, from the cached following list, whether each window
+takes the reader's rate-limit token (the query service passes its bucket), reads the
+timeline window, the tweet bodies it names, and, from the cached following list, whether each window
 author is followed, the list's size and the followed celebrities (``SINTER`` with
 the celebrity set) - never the whole list, so the cost does not grow with the
 number of followees. The whole list is read only for a pull-merge
@@ -30,6 +31,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.ratelimit import TAKE_FUNCTION_LUA, RateLimited, RedisTokenBucket
 from policies.timeline import SLACK, usable_chunk
 from query.page import ReadStats, store_query
 from schemas.events import INT64_MAX as MAX_ID
@@ -39,23 +41,34 @@ from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import (
     SENTINEL_ID, RedisTimelines, lex_below, parse_member, version_token, window_entries,
 )
+from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 
 # The first round trip of a read, atomic so that its parts agree with each other.
 # KEYS: timeline, timeline version, following set, following version, celebrity set,
-# celebrity set version.
+# celebrity set version, and the reader's rate-limit bucket.
 # ARGV: upper ZREVRANGEBYLEX bound of the window, window size, a fresh version token,
-# version ttl.
-# Returns: window, lowest member (the sentinel), timeline size, timeline version,
+# version ttl, the prefix of tweet body keys, '1' to take a token from the bucket first
+# (else ''), then the bucket's ARGV (api.ratelimit.TAKE_LUA).
+# Returns: {'limited', take's answer} when the bucket refused the read (nothing else is
+# read), else: window, lowest member (the sentinel), timeline size, timeline version,
 # following set size, per window member whether its author is followed, the
 # followed celebrities, following version, whether the celebrity set is loaded (it
-# holds '0'), its version. Only the window's authors are looked up, so the cost does
-# not grow with the number of followees.
+# holds '0'), its version, and per window member its tweet body (sinks.redis_tweets'
+# HMGET; empty for the sentinel and for authors not followed). Only the window's
+# authors are looked up, so the cost does not grow with the number of followees.
 #
 # A version key that does not exist is created here with the reader's token: a fill
 # compares the version it saw with the one it finds, and "absent" cannot be a version,
 # since a key evicted or expired after a writer bumped it would be absent again (and the
 # fill would install what was read before that write).
-_OPEN = """
+#
+# The body keys are derived from the window, not passed in KEYS: a standalone Redis (as
+# every script here, all of a user's keys and the bodies are assumed on one server).
+_OPEN = TAKE_FUNCTION_LUA + BODY_LUA + """
+if ARGV[6] == '1' then
+  local gate = take({KEYS[7]}, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]})
+  if gate[1] == 0 then return {'limited', gate} end
+end
 local function version(key)
   local v = redis.call('GET', key)
   if v then return v end
@@ -79,7 +92,13 @@ local home_v = version(KEYS[2])
 local following_v = version(KEYS[4])
 local celebs_v = ''
 if loaded == 0 then celebs_v = version(KEYS[6]) end
-return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v}
+local bodies = {}
+for i, m in ipairs(window) do
+  local id = string.match(m, '^0*(%d+):')
+  if id and id ~= '0' and (following == 0 or flags[i] == 1) then bodies[i] = body(ARGV[5] .. id)
+  else bodies[i] = {} end
+end
+return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v, bodies}
 """
 
 
@@ -101,6 +120,11 @@ class View:
     first: tuple[int, list[tuple[int, int]], bool, str] | None = None
     # The cursor at which the cached copy was seen to be too short (ask Cassandra directly).
     cache_short_at: int | None = None
+    # Tweet bodies the first round trip read (the window's, followed authors only): None
+    # for a body not cached.
+    bodies: dict[int, CachedTweet | None] = field(default_factory=dict)
+    # A cache fill still in flight (a miss), awaited by the reader before it answers.
+    pending_fill: asyncio.Future[bool] | None = None
 
 
 def _decode(raw: Any) -> str:
@@ -111,9 +135,11 @@ class UserViews:
     """Opens users' views over the stores, and answers what they follow."""
 
     def __init__(
-        self, cassandra: CassandraStore, timelines: RedisTimelines, following: RedisFollowing, *, prefix: str
+        self, cassandra: CassandraStore, timelines: RedisTimelines, following: RedisFollowing,
+        tweets: RedisTweets, *, prefix: str,
     ) -> None:
         self.cassandra = cassandra
+        self.tweets = tweets
         self.timelines = timelines
         self.redis = timelines.redis
         self.following_cache = following
@@ -140,20 +166,31 @@ class UserViews:
             view.first = usable_chunk(cursor, below, len(entries) < self.timelines.cap, need, "store")
         return view
 
-    async def open(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> View:
-        """One Redis call for the timeline window and the following facts; Cassandra for misses."""
+    async def open(self, user_id: int, cursor: int, need: int, stats: ReadStats,
+                   gate: tuple[RedisTokenBucket, str] | None = None) -> View:
+        """One Redis call for the timeline window, the following facts and the window's bodies
+        (and first a token from ``gate``, a bucket and a subject: RateLimited when refused);
+        Cassandra for misses."""
         n = need + SLACK
         following = self.following_cache
         celebrity_cache = self.celebrity_cache
         keys = [self.timelines.key(user_id), self.timelines.version_key(user_id),
                 following.key(user_id), following.version_key(user_id),
                 celebrity_cache.key(), celebrity_cache.version_key()]
-        (window, lowest, card, home_version, followee_card, flags, celebs, following_version,
-         celebs_loaded, celebs_version) = await self._open_script(
-            keys=keys, args=[lex_below(cursor), n + 1, version_token(), self.timelines.ttl_s])
+        args = [lex_below(cursor), n + 1, version_token(), self.timelines.ttl_s, self.tweets.key_prefix]
+        if gate is not None:
+            bucket, subject = gate
+            keys.append(bucket.key(subject))
+            args += ["1", *bucket.args()]
+        answer = await self._open_script(keys=keys, args=args)
         stats.redis_round_trips += 1
+        if answer[0] == b"limited":
+            raise RateLimited(RedisTokenBucket.result(answer[1]))
+        (window, lowest, card, home_version, followee_card, flags, celebs, following_version,
+         celebs_loaded, celebs_version, bodies) = answer
 
         view = View(max(0, followee_card - 1), [], 0, False, cached=False, whole=False)
+        entries = [parse_member(m) for m in window]  # parsed once: the chunk, the bodies, the follows
         if lowest:
             sentinel_tid, sentinel_floor = parse_member(lowest[0])
             view.cached = sentinel_tid == SENTINEL_ID  # else foreign data under our key: a miss
@@ -161,15 +198,18 @@ class UserViews:
         if view.cached:
             view.floor = sentinel_floor
             view.whole = card - 1 < self.timelines.cap
-            view.first = usable_chunk(cursor, window_entries(window, view.floor), view.whole, need, "cache")
+            view.first = usable_chunk(cursor, window_entries(entries, view.floor), view.whole, need, "cache")
             if view.first is None:
                 view.cache_short_at = cursor
 
         following_hit = followee_card > 0
         stats.following_cache = "hit" if following_hit else "miss"
+        for (tweet_id, _), body in zip(entries, bodies):
+            if body:
+                view.bodies[tweet_id] = parse_body(tweet_id, body)
         if following_hit:
-            for raw, flag in zip(window, flags):
-                view.follows[parse_member(raw)[1]] = bool(flag)
+            for (_, author_id), flag in zip(entries, flags):
+                view.follows[author_id] = bool(flag)
             view.celebrities = sorted(int(c) for c in celebs if int(c) != 0)
 
         reads: dict[str, Any] = {}
@@ -221,6 +261,11 @@ class UserViews:
         calls = {"timeline": fill_timeline, "following": fill_following, "check": check,
                  "celebrities": fill_celebrities, "followed_celebrities": check_celebrities}
         calls = {k: c for k, c in calls.items() if c is not None}
+        if list(calls) == ["timeline"]:
+            # Only the timeline fill: nothing of the view waits for it, so the read goes on
+            # meanwhile (the reader awaits it before answering).
+            view.pending_fill = asyncio.ensure_future(calls.pop("timeline"))
+            stats.redis_round_trips += 1
         if calls:
             done = dict(zip(calls, await asyncio.gather(*calls.values())))
             stats.redis_round_trips += 1  # concurrent: one round trip of latency

@@ -1,10 +1,16 @@
 """Tweet bodies cached in Redis, for one-round-trip hydration of id-only timelines.
 
 ``<prefix>tweet:<id>`` is a hash: ``a`` author id, ``t`` text, ``c`` created_at
-(epoch ms), and ``d`` deleted_at once deleted. A delete only sets ``d``, so it
-wins whatever order the post and the delete are applied in, and a replay of
-either changes nothing. Entries expire; Cassandra's ``tweets`` table is the
-durable copy that a miss falls back to.
+(epoch ms), ``r`` the tweet's page JSON after the author's handle, pre-rendered
+(``schemas.tweet_json.render_tail``, so a page is assembled by concatenation), and
+``d`` deleted_at once deleted. A delete only sets ``d``, so it wins whatever order the
+post and the delete are applied in, and a replay of either changes nothing. A body
+cached without ``r`` (before tails existed) is rendered by the reader. Entries expire;
+Cassandra's ``tweets`` table is the durable copy that a miss falls back to.
+
+A body is read with ``HMGET`` of :data:`FIELDS` (:data:`BODY_LUA` inside a script: the
+query service's first round trip reads the window's bodies too, ``query/view.py``) and
+decoded by :func:`parse_body`.
 """
 from __future__ import annotations
 
@@ -13,7 +19,14 @@ from typing import Iterable, Sequence
 
 from redis.asyncio import Redis
 
+from schemas.tweet_json import render_tail
+
 TWEET_TTL_S = 7 * 24 * 3600
+FIELDS = ("a", "t", "c", "d", "r")
+
+# A Lua function: the HMGET of FIELDS of one body key (for scripts that read bodies).
+BODY_LUA = "local function body(key) return redis.call('HMGET', key, %s) end\n" % ", ".join(
+    f"'{f}'" for f in FIELDS)
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,18 @@ class CachedTweet:
     text: str
     created_at: int
     deleted_at: int | None
+    rendered: bytes | None = None  # the page JSON after the handle (``r``), when cached
+
+
+def parse_body(tweet_id: int, values: Sequence[bytes | None]) -> CachedTweet | None:
+    """A body's cached state from the HMGET of FIELDS: a CachedTweet (a delete mark alone is
+    one with ``deleted_at`` and no author: the delete is known), or None for a miss."""
+    author, text, created, deleted, rendered = values
+    deleted_at = int(deleted) if deleted is not None else None
+    if author is None:
+        return CachedTweet(tweet_id, 0, "", 0, deleted_at) if deleted_at else None
+    return CachedTweet(tweet_id, int(author), text.decode() if text is not None else "",
+                       int(created) if created is not None else 0, deleted_at, rendered)
 
 
 class RedisTweets:
@@ -31,14 +56,20 @@ class RedisTweets:
         self.prefix = prefix
         self.ttl_s = ttl_s
 
+    @property
+    def key_prefix(self) -> str:
+        """What a body key is before the tweet id."""
+        return f"{self.prefix}tweet:"
+
     def key(self, tweet_id: int) -> str:
-        return f"{self.prefix}tweet:{tweet_id}"
+        return f"{self.key_prefix}{tweet_id}"
 
     async def write(self, posted: Iterable[tuple[int, int, str, int]], deleted: Iterable[tuple[int, int]]) -> None:
         """Cache posted tweets (id, author, text, created_at), then mark deletes (id, deleted_at)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for tweet_id, author_id, text, created_at in posted:
-                pipe.hset(self.key(tweet_id), mapping={"a": author_id, "t": text, "c": created_at})
+                pipe.hset(self.key(tweet_id), mapping={"a": author_id, "t": text, "c": created_at,
+                                                       "r": render_tail(text, created_at)})
                 pipe.expire(self.key(tweet_id), self.ttl_s)
             for tweet_id, deleted_at in deleted:
                 pipe.hset(self.key(tweet_id), "d", deleted_at)
@@ -51,17 +82,6 @@ class RedisTweets:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for tweet_id in tweet_ids:
-                pipe.hgetall(self.key(tweet_id))
+                pipe.hmget(self.key(tweet_id), FIELDS)
             rows = await pipe.execute()
-        out: dict[int, CachedTweet | None] = {}
-        for tweet_id, row in zip(tweet_ids, rows):
-            if not row:
-                out[tweet_id] = None
-                continue
-            row = {k.decode(): v for k, v in row.items()}
-            deleted = int(row["d"]) if "d" in row else None
-            if "a" not in row:
-                out[tweet_id] = CachedTweet(tweet_id, 0, "", 0, deleted) if deleted else None
-                continue
-            out[tweet_id] = CachedTweet(tweet_id, int(row["a"]), row["t"].decode(), int(row["c"]), deleted)
-        return out
+        return {tweet_id: parse_body(tweet_id, row) for tweet_id, row in zip(tweet_ids, rows)}

@@ -11,11 +11,20 @@ from bench.latency import latency_summary
 
 
 async def run(ctx: RunContext) -> dict[str, Any]:
+    """One point per ``post_concurrency`` (a tuple); the result's top level is the highest
+    concurrency's point, ``points`` has them all (the targets ask for 8 and 32)."""
     cfg = ctx.cfg
-    conc = cfg["post_concurrency"]
+    points = []
+    for conc in cfg["post_concurrency"]:
+        points.append(await _point(ctx, conc, f"b{ctx.tag[-6:]}c{conc}"))
+    return {**points[-1], "points": points}
+
+
+async def _point(ctx: RunContext, conc: int, handles: str) -> dict[str, Any]:
+    cfg = ctx.cfg
     async with post_bench.service(ctx.settings, "uvicorn", conc) as client:
         health = (await client.get("/healthz")).json()
-        auths = await post_bench.sign_up(client, f"b{ctx.tag[-6:]}", cfg["post_users"])
+        auths = await post_bench.sign_up(client, handles, cfg["post_users"])
         with load_process() as in_process:
             latencies, statuses, errors, elapsed = await in_process(
                 post_bench.load_in_process, str(client.base_url), auths, cfg["post_requests"], conc,

@@ -42,8 +42,10 @@ def rss_bytes(pid: int) -> int | None:
 class ServiceProcess:
     """One HTTP service (``post.service`` or ``query.service``) as a child process."""
 
-    def __init__(self, module: str, settings: Settings, log_path: Path, *, port: int | None = None) -> None:
+    def __init__(self, module: str, settings: Settings, log_path: Path, *, port: int | None = None,
+                 workers: int = 1) -> None:
         self.module = module
+        self.workers = workers  # > 1: uvicorn's supervisor and that many server processes
         self.settings = settings
         self.log_path = log_path
         self.port = port or free_port()
@@ -59,7 +61,8 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", self.module, "--port", str(self.port), "--log-level", "warning",
+             "--workers", str(self.workers)],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self

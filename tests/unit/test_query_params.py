@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import pytest
 from starlette.datastructures import QueryParams
 
 from api.errors import Problem
-from query.params import DEFAULT_LIMIT, MAX_LIMIT, iso_ms, next_cursor, parse_cursor, parse_limit, render_page
+from query.params import DEFAULT_LIMIT, MAX_LIMIT, next_cursor, parse_cursor, parse_limit, render_page_json
+from schemas.tweet_json import iso_ms
 from policies.timeline import encode_cursor
 
 
@@ -74,7 +76,7 @@ class T:
 
 
 def test_render_page_uses_strings_for_ids():
-    body = render_page([T(2**62, 7, "hi", 1000), T(5, 8, "yo", 0)], {7: "ann"}, 5, "cache")
+    body = orjson.loads(render_page_json([T(2**62, 7, "hi", 1000), T(5, 8, "yo", 0)], {7: "ann"}, 5, "cache"))
     assert body == {
         "data": [
             {"tweet_id": str(2**62), "author_id": "7", "author_handle": "ann", "text": "hi",
