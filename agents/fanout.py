@@ -18,6 +18,7 @@ follower from the author timeline it sees every tweet fanned out before it.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -191,12 +192,23 @@ async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]], outbox: Ou
     for event, reason in v.rejected:
         outbox.dead_letter(dead_letters_topic, event, reason, STAGE)
     inserts, deletes = store_tweets(v)
-    await with_retry("store tweets", lambda: sinks.cassandra.execute_many(inserts))
-    await with_retry("store deletes", lambda: sinks.cassandra.execute_many(deletes))
     posted = [(e.tweet_id, e.author_id, e.text, e.created_at) for e in v.posted]
     deleted = [(e.tweet_id, max(e.deleted_at, 1)) for e in v.deletes]
-    if posted or deleted:
-        await with_retry("cache tweets", lambda: sinks.tweets.write(posted, deleted))
+
+    async def store() -> None:
+        await with_retry("store tweets", lambda: sinks.cassandra.execute_many(inserts))
+        await with_retry("store deletes", lambda: sinks.cassandra.execute_many(deletes))
+
+    async def cache_bodies() -> None:
+        if posted:
+            await with_retry("cache tweets", lambda: sinks.tweets.write(posted, []))
+
+    # The bodies' cache alongside the author timelines: the claim above made every posted
+    # tweet's row durable, and a reader that misses the cache reads that row. Delete marks
+    # go to the cache only after Cassandra has them (the cache never knows more than the store).
+    await asyncio.gather(store(), cache_bodies())
+    if deleted:
+        await with_retry("cache deletes", lambda: sinks.tweets.write([], deleted))
     # Table changes last: a crash before them replays the batch with the same outcome
     # (an early delete applied above is then found as the stored deleted_at).
     for event, ev in v.early:

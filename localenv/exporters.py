@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import require_binary
-from localenv.service import Service
+from localenv.service import LocalProcess
 from ops import schema
 
 
 @dataclass
-class Exporter(Service):
+class Exporter(LocalProcess):
     """A process serving ``GET /metrics`` about one server; up when it reports the server up."""
 
     binary: ClassVar[str]
@@ -31,31 +31,9 @@ class Exporter(Service):
     stop_timeout: ClassVar[float] = 10.0
     start_timeout: ClassVar[float] = 30.0
 
-    listen_port: int = 0
-    listen_host: str = "127.0.0.1"
-
-    @property
-    def host(self) -> str:
-        return self.listen_host
-
-    @property
-    def port(self) -> int:
-        return self.listen_port
-
     @property
     def home(self) -> Path:
         return self.state / "exporters" / self.name
-
-    @property
-    def cwd(self) -> Path:
-        return self.home
-
-    @property
-    def marker(self) -> str:
-        return str(self.home)
-
-    def data_dirs(self) -> list[Path]:
-        return [self.home]
 
     def prepare(self) -> None:
         require_binary(self.binary, self.package)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import REPO
-from localenv.service import Service
+from localenv.service import LocalProcess
 from localenv.worker import settings_env
 
 
 @dataclass
-class PythonProcess(Service):
+class PythonProcess(LocalProcess):
     """``python -m <module> ...`` with the settings' environment; up when ``health_path``
     answers 200."""
 
@@ -30,35 +30,9 @@ class PythonProcess(Service):
     stop_timeout: ClassVar[float] = 30.0
     start_timeout: ClassVar[float] = 90.0  # two cores shared with four servers
 
-    listen_port: int = 0
-    listen_host: str = "127.0.0.1"
-
-    @property
-    def host(self) -> str:
-        return self.listen_host
-
-    @property
-    def port(self) -> int:
-        return self.listen_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
     @property
     def home(self) -> Path:
         return self.state / "processes" / self.name
-
-    @property
-    def cwd(self) -> Path:
-        return self.home
-
-    @property
-    def marker(self) -> str:
-        return str(self.home)
-
-    def data_dirs(self) -> list[Path]:
-        return [self.home]
 
     def env(self) -> dict[str, str]:
         settings = self.settings

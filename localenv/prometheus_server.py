@@ -24,35 +24,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from localenv.host import require_binary
-from localenv.service import Service
+from localenv.service import LocalProcess
 from ops.monitoring.scrape import prometheus_config
 
 DEFAULT_PORT = int(os.environ.get("TL_PROMETHEUS_PORT", "9090"))
 
 
 @dataclass
-class Prometheus(Service):
+class Prometheus(LocalProcess):
     name: ClassVar[str] = "prometheus"
     start_timeout: ClassVar[float] = 60.0
     stop_timeout: ClassVar[float] = 20.0
 
     listen_port: int = DEFAULT_PORT
-    listen_host: str = "127.0.0.1"
     targets: dict[str, list[str]] = field(default_factory=dict)  # job -> host:port
     interval_s: int = 5
     retention: str = "2d"  # a local run: enough for a day of watching, small on disk
-
-    @property
-    def host(self) -> str:
-        return self.listen_host
-
-    @property
-    def port(self) -> int:
-        return self.listen_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def home(self) -> Path:

@@ -189,3 +189,40 @@ class Service:
         out = [f"--- {main}", *tail(main, lines)]
         out += [f"--- more in {path}" for path in more if path.exists()]
         return tuple(out)
+
+
+@dataclass
+class LocalProcess(Service):
+    """A process of ``./dev up`` (not a server of ``./dev services``): it listens on
+    ``listen_host:listen_port`` and keeps everything in its own folder ``home``, which is also
+    how a running one is recognised as ours (``marker``)."""
+
+    listen_port: int = 0
+    listen_host: str = "127.0.0.1"
+
+    @property
+    def host(self) -> str:
+        return self.listen_host
+
+    @property
+    def port(self) -> int:
+        return self.listen_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def home(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def cwd(self) -> Path:
+        return self.home
+
+    @property
+    def marker(self) -> str:
+        return str(self.home)
+
+    def data_dirs(self) -> list[Path]:
+        return [self.home]

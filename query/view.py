@@ -123,6 +123,8 @@ class View:
     # Tweet bodies the first round trip read (the window's, followed authors only): None
     # for a body not cached.
     bodies: dict[int, CachedTweet | None] = field(default_factory=dict)
+    # A cache fill still in flight (a miss), awaited by the reader before it answers.
+    pending_fill: asyncio.Future[bool] | None = None
 
 
 def _decode(raw: Any) -> str:
@@ -188,6 +190,7 @@ class UserViews:
          celebs_loaded, celebs_version, bodies) = answer
 
         view = View(max(0, followee_card - 1), [], 0, False, cached=False, whole=False)
+        entries = [parse_member(m) for m in window]  # parsed once: the chunk, the bodies, the follows
         if lowest:
             sentinel_tid, sentinel_floor = parse_member(lowest[0])
             view.cached = sentinel_tid == SENTINEL_ID  # else foreign data under our key: a miss
@@ -195,19 +198,18 @@ class UserViews:
         if view.cached:
             view.floor = sentinel_floor
             view.whole = card - 1 < self.timelines.cap
-            view.first = usable_chunk(cursor, window_entries(window, view.floor), view.whole, need, "cache")
+            view.first = usable_chunk(cursor, window_entries(entries, view.floor), view.whole, need, "cache")
             if view.first is None:
                 view.cache_short_at = cursor
 
         following_hit = followee_card > 0
         stats.following_cache = "hit" if following_hit else "miss"
-        for raw, body in zip(window, bodies):
+        for (tweet_id, _), body in zip(entries, bodies):
             if body:
-                tweet_id = parse_member(raw)[0]
                 view.bodies[tweet_id] = parse_body(tweet_id, body)
         if following_hit:
-            for raw, flag in zip(window, flags):
-                view.follows[parse_member(raw)[1]] = bool(flag)
+            for (_, author_id), flag in zip(entries, flags):
+                view.follows[author_id] = bool(flag)
             view.celebrities = sorted(int(c) for c in celebs if int(c) != 0)
 
         reads: dict[str, Any] = {}
@@ -259,6 +261,11 @@ class UserViews:
         calls = {"timeline": fill_timeline, "following": fill_following, "check": check,
                  "celebrities": fill_celebrities, "followed_celebrities": check_celebrities}
         calls = {k: c for k, c in calls.items() if c is not None}
+        if list(calls) == ["timeline"]:
+            # Only the timeline fill: nothing of the view waits for it, so the read goes on
+            # meanwhile (the reader awaits it before answering).
+            view.pending_fill = asyncio.ensure_future(calls.pop("timeline"))
+            stats.redis_round_trips += 1
         if calls:
             done = dict(zip(calls, await asyncio.gather(*calls.values())))
             stats.redis_round_trips += 1  # concurrent: one round trip of latency

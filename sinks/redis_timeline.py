@@ -88,9 +88,11 @@ def member(tweet_id: int, author_id: int) -> str:
 
 
 def parse_member(raw: bytes | str) -> tuple[int, int]:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    tid, _, aid = text.partition(":")
-    return int(tid), int(aid)
+    """(tweet id, author id) of a member: the id is always ``_PAD`` digits (``member``), and
+    ``int`` reads digits from bytes and str alike (no decode: a read parses ~50 per page)."""
+    if raw[_PAD:_PAD + 1] not in (b":", ":"):
+        raise ValueError(f"not a timeline member: {raw!r}")
+    return int(raw[:_PAD]), int(raw[_PAD + 1:])
 
 
 def lex_below(tweet_id: int) -> str:
@@ -99,9 +101,9 @@ def lex_below(tweet_id: int) -> str:
     return "+" if tweet_id >= INT64_MAX else f"({tweet_id:0{_PAD}d}"
 
 
-def window_entries(window: Iterable[bytes | str], floor: int) -> list[tuple[int, int]]:
-    """Parsed cached members above ``floor`` (drops the sentinel), in the given order."""
-    return [e for e in map(parse_member, window) if e[0] > floor]
+def window_entries(window: Iterable[bytes | str | tuple[int, int]], floor: int) -> list[tuple[int, int]]:
+    """Cached members (raw, or already parsed) above ``floor`` (drops the sentinel), in the given order."""
+    return [e for e in (m if isinstance(m, tuple) else parse_member(m) for m in window) if e[0] > floor]
 
 
 async def drop_and_bump(redis: Redis, keys: Iterable[tuple[str, str]], ttl_s: int) -> None:
