@@ -207,18 +207,18 @@ class HomeTimelineReader:
         else:
             view = await self.views.open_store(user_id, cursor, limit, stats)
         if view.pending_fill is None:
-            return await self._read(user_id, view, cursor, limit, stats, cache)
+            return await self._read(user_id, view, cursor, limit, above, stats, cache)
         # The timeline fill of a miss overlaps the rest of the read; its failure fails the read
         # (a RedisError: read again from Cassandra alone), as when it was awaited first.
         try:
-            page = await self._read(user_id, view, cursor, limit, stats, cache)
+            page = await self._read(user_id, view, cursor, limit, above, stats, cache)
         except BaseException:
             view.pending_fill.add_done_callback(lambda t: t.cancelled() or t.exception())
             raise
         await view.pending_fill
         return page
 
-    async def _read(self, user_id: int, view: View, cursor: int, limit: int, stats: ReadStats,
+    async def _read(self, user_id: int, view: View, cursor: int, limit: int, above: int, stats: ReadStats,
                     cache: bool) -> Page:
         phase = "pull" if view.stale else "materialized"
         source = "rebuilt" if view.stale else ""
