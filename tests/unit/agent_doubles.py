@@ -315,10 +315,15 @@ class FakeRedis:
         self.executed: list[tuple[Any, ...]] = []
         self.scripts: list[FakeScript] = []
         self.published: list[tuple[str, bytes]] = []  # (channel, message) of PUBLISH
+        # Channels with a subscriber (PUBSUB NUMSUB); None: every channel has one.
+        self.listening: set[str] | None = None
 
     def pipeline(self, transaction: bool = True) -> FakePipeline:
         assert transaction is False, "the agents use non-transactional pipelines"
         return FakePipeline(self)
+
+    async def pubsub_numsub(self, *channels: str) -> list[tuple[str, int]]:
+        return [(c, int(self.listening is None or c in self.listening)) for c in channels]
 
     def register_script(self, source: str) -> FakeScript:
         script = FakeScript(source)

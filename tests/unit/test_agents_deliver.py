@@ -542,3 +542,14 @@ async def test_a_batch_publishes_what_it_wrote_per_user_after_the_stores(
     published = first(journal, "redis", "publish")
     assert published > last(journal, "cassandra", "insert_user_tl", "delete_user_tl", "set_meta")
     assert published > last(journal, "timelines", "push_many", "unpush_many", "invalidate")
+
+
+async def test_only_users_with_an_open_stream_get_a_notice(driver: AgentDriver, sinks: Any) -> None:
+    u1, u2 = users_on_one_partition(2, start=1800)
+    prefix = settings.redis_prefix
+    sinks.redis.listening = {f"{prefix}live:u:{u2}"}  # PUBSUB NUMSUB: only u2's stream is open
+    await driver.run([ops_msg(add(42, [u1, u2]))])
+    assert [channel for channel, _ in sinks.redis.published] == [f"{prefix}live:u:{u2}"]
+    sinks.redis.listening = set()
+    await driver.run([ops_msg(add(43, [u1, u2]))])
+    assert len(sinks.redis.published) == 1, "nobody listens: nothing is encoded or published"
