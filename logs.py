@@ -77,9 +77,11 @@ def dict_config(service: str, level: str | int | None = None, stream: str = "ext
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "json", "stream": stream}},
         # uvicorn's own access lines are replaced by the services' request events (and
         # switched off: ``api.common.serve``).
+        # NOTSET: the root's level decides, whatever an earlier uvicorn in this process set
+        # (uvicorn sets its loggers' levels from --log-level after applying this config).
         "loggers": {"uvicorn.access": {"level": "WARNING"},
-                    "uvicorn": {"handlers": [], "propagate": True},
-                    "uvicorn.error": {"handlers": [], "propagate": True}},
+                    "uvicorn": {"level": "NOTSET", "handlers": [], "propagate": True},
+                    "uvicorn.error": {"level": "NOTSET", "handlers": [], "propagate": True}},
     }
     if level is None:
         config["merge"] = True

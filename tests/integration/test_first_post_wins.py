@@ -23,6 +23,7 @@ from policies.first_wins import Post, StoredTweet, post_verdict
 from policies.partitioning import partition_for_id
 from policies.reference import reference_home_timelines
 from schemas import TweetPosted
+from schemas.tweet_json import render_tail
 from sinks.cassandra import CassandraStore
 from tests.integration.pipeline_harness import drop, isolated_settings, provision, reader_for
 from tests.integration.test_pipeline_correctness import read_dead_letters
@@ -135,7 +136,9 @@ async def test_reposts_and_foreign_deletes_change_nothing_and_are_dead_lettered(
         redis = Redis.from_url(settings.redis_url)
         try:
             cached = await redis.hgetall(f"{settings.redis_prefix}tweet:{taken}")
-            assert cached == {b"a": str(a).encode(), b"t": b"the original", b"c": str(NOW).encode()}
+            # The body as first posted, its pre-rendered page JSON included (schemas/tweet_json.py).
+            assert cached == {b"a": str(a).encode(), b"t": b"the original", b"c": str(NOW).encode(),
+                              b"r": render_tail("the original", NOW)}
             assert b"d" not in await redis.hgetall(f"{settings.redis_prefix}tweet:{foreign_delete}")
             assert b"d" not in await redis.hgetall(f"{settings.redis_prefix}tweet:{early_foreign}")
         finally:
