@@ -303,9 +303,14 @@ class RecipientBatch:
         if self.following:  # cached following lists (query/view.py): dropped after Cassandra
             changed = {user_id for user_id, _ in self.following}
             await with_retry("redis following", lambda: self.sinks.following.invalidate(changed))
-        # Last, best effort: open streams of these users read what was just written.
-        follows = {k: since is not None for k, since in self.following.items()}
-        await self.sinks.live.publish_users(stage_notices(self.rows, self.deleted, follows, self.invalidate))
+        # Last, best effort: open streams of these users read what was just written. Notices
+        # are built only for users with an open stream (most have none).
+        touched = {u for u, _ in self.rows} | {u for u, _ in self.following} | self.invalidate
+        live = await self.sinks.live.listening_users(touched)
+        if live:
+            follows = {k: since is not None for k, since in self.following.items()}
+            await self.sinks.live.publish_users(
+                stage_notices(self.rows, self.deleted, follows, self.invalidate, only=live))
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:

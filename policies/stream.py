@@ -171,22 +171,29 @@ def react(notice: Notice) -> Reaction:
 
 
 def stage_notices(rows: dict[tuple[int, int], tuple[bool, int]], deleted: Iterable[tuple[int, int, int]],
-                  follows: dict[tuple[int, int], bool], reset: Iterable[int]) -> dict[int, Notice]:
+                  follows: dict[tuple[int, int], bool], reset: Iterable[int],
+                  only: set[int] | None = None) -> dict[int, Notice]:
     """Stage 2's notices for one batch: per user, the rows it added, the deletes (user, tweet,
     author) it applied, the follows (True) and unfollows (False) and the users whose
-    timeline was rebuilt or whose floor moved."""
+    timeline was rebuilt or whose floor moved. ``only``: for these users alone (those with
+    an open stream), the others' are not built."""
+    def wanted(user: int) -> bool:
+        return only is None or user in only
+
     added: dict[int, list[tuple[int, int]]] = {}
     for (user, tweet), (present, author) in rows.items():
-        if present:
+        if present and wanted(user):
             added.setdefault(user, []).append((tweet, author))
     gone: dict[int, list[tuple[int, int]]] = {}
     for user, tweet, author in deleted:
-        gone.setdefault(user, []).append((tweet, author))
+        if wanted(user):
+            gone.setdefault(user, []).append((tweet, author))
     fol: dict[int, list[int]] = {}
     unf: dict[int, list[int]] = {}
     for (user, author), on in follows.items():
-        (fol if on else unf).setdefault(user, []).append(author)
-    reset = set(reset)
+        if wanted(user):
+            (fol if on else unf).setdefault(user, []).append(author)
+    reset = {u for u in reset if wanted(u)}
     users = set(added) | set(gone) | set(fol) | set(unf) | reset
     return {u: Notice(tuple(sorted(added.get(u, ()))), tuple(sorted(gone.get(u, ()))),
                       tuple(sorted(unf.get(u, ()))), tuple(sorted(fol.get(u, ()))), u in reset)

@@ -18,7 +18,7 @@ check, or the client's reconnect with ``Last-Event-ID``).
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import redis.exceptions
 from prometheus_client import Counter
@@ -46,33 +46,54 @@ class LiveChannels:
     def celebrities(self) -> str:
         return f"{self.prefix}live:celebrities"
 
-    async def publish(self, notices: Mapping[str, Notice]) -> None:
-        """PUBLISH each notice whose channel somebody listens to, best effort (see the module doc).
+    async def listening(self, channels: Iterable[str]) -> set[str]:
+        """The channels somebody listens to: one ``PUBSUB NUMSUB`` for all of them.
 
-        Most users have no open stream: one ``PUBSUB NUMSUB`` for the batch's channels asks
-        Redis which have a subscriber, and only those are encoded and published (a PUBLISH
-        costs this process ~40 us of CPU in redis-py, measured here; at 8,000 deliveries/s,
-        one per user, that was a third of a core for streams nobody had open). No race is
-        added: a stream subscribes before its first read, and the batch's writes precede
-        this call, so a channel subscribed after the count is one whose read sees them.
+        Most users have no open stream, and a PUBLISH costs this process ~40 us of CPU in
+        redis-py (measured here; at 8,000 deliveries/s, one per user, a third of a core for
+        streams nobody had open): notices are built, encoded and published only for these.
+        No race is added: a stream subscribes before its first read, and a batch's writes
+        precede this call, so a channel subscribed after the count is one whose read sees
+        them. Best effort: an error is logged and counted, and nobody is told.
         """
+        channels = list(channels)
+        if not channels:
+            return set()
+        try:
+            counts = await self.redis.pubsub_numsub(*channels)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            LIVE_PUBLISHED.labels("failed").inc(len(channels))
+            log.warning("live notices not published (%d): %r", len(channels), exc)
+            return set()
+        live = {c for c, (_, n) in zip(channels, counts) if n}
+        LIVE_PUBLISHED.labels("no_listener").inc(len(channels) - len(live))
+        return live
+
+    async def listening_users(self, users: Iterable[int]) -> set[int]:
+        by_channel = {self.user(u): u for u in users}
+        return {by_channel[c] for c in await self.listening(by_channel)}
+
+    async def publish(self, notices: Mapping[str, Notice]) -> None:
+        """PUBLISH each notice whose channel somebody listens to (``listening``), best effort
+        (see the module doc)."""
         notices = {c: n for c, n in notices.items() if not n.is_empty()}
+        live = await self.listening(notices)
+        await self._send({c: notices[c] for c in notices if c in live})
+
+    async def publish_users(self, notices: Mapping[int, Notice]) -> None:
+        """PUBLISH users' notices as they are: the caller kept those of ``listening_users``."""
+        await self._send({self.user(u): n for u, n in notices.items() if not n.is_empty()})
+
+    async def _send(self, notices: Mapping[str, Notice]) -> None:
         if not notices:
             return
         try:
-            counts = await self.redis.pubsub_numsub(*notices)
-            live = [c for c, (_, n) in zip(notices, counts) if n]
-            if live:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for channel in live:
-                        pipe.publish(channel, encode_notice(notices[channel]))
-                    await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, notice in notices.items():
+                    pipe.publish(channel, encode_notice(notice))
+                await pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
             LIVE_PUBLISHED.labels("failed").inc(len(notices))
             log.warning("live notices not published (%d): %r", len(notices), exc)
             return
-        LIVE_PUBLISHED.labels("published").inc(len(live))
-        LIVE_PUBLISHED.labels("no_listener").inc(len(notices) - len(live))
-
-    async def publish_users(self, notices: Mapping[int, Notice]) -> None:
-        await self.publish({self.user(u): n for u, n in notices.items()})
+        LIVE_PUBLISHED.labels("published").inc(len(notices))

@@ -115,6 +115,8 @@ def test_stage_notices_per_user():
     assert out[2] == Notice(added=((12, 102),), unfollowed=(100,))
     assert out[3] == Notice(followed=(104,))
     assert out[4] == Notice(reset=True)
+    only = stage_notices(rows, [(1, 11, 101)], {(2, 100): False, (3, 104): True}, [4], only={2, 4})
+    assert only == {2: out[2], 4: out[4]}
 
 
 # --- markers ---------------------------------------------------------------------------
