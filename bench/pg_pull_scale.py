@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.graph import GraphSpec, generate
-from bench.latency import latency_summary
-from bench.phases.pg_pull_baseline import QUERIES, copy_synthetic_tweets
+from bench.phases.pg_pull_baseline import QUERIES, copy_synthetic_tweets, time_query
 from ops.schema import apply_postgres, drop_namespace
 from settings import get_settings
 
@@ -70,17 +69,8 @@ async def time_queries(conn: Any, groups: dict[str, list[int]], n: int) -> dict[
     out: dict[str, Any] = {}
     for qname, sql in QUERIES.items():
         for group, users in groups.items():
-            for u in users[:20]:  # warm the buffers and the prepared statement
-                await (await conn.execute(sql, (u,), prepare=True)).fetchall()
-            times, rows = [], []
-            for i in range(n):
-                t = time.perf_counter()
-                cur = await conn.execute(sql, (users[i % len(users)],), prepare=True)
-                rows.append(len(await cur.fetchall()))
-                times.append(time.perf_counter() - t)
-            out[f"{qname}/{group}"] = {"latency": latency_summary(times), "mean_rows": round(sum(rows) / n, 1)}
-            print(f"{qname}/{group}: p50 {out[f'{qname}/{group}']['latency']['p50']} ms "
-                  f"p99 {out[f'{qname}/{group}']['latency']['p99']} ms", flush=True)
+            out[f"{qname}/{group}"] = q = await time_query(conn, sql, users, n)
+            print(f"{qname}/{group}: p50 {q['latency']['p50']} ms p99 {q['latency']['p99']} ms", flush=True)
     return out
 
 

@@ -57,21 +57,8 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         n = ctx.cfg["pg_queries"]
         for qname, sql in QUERIES.items():
             for group, users in readers.items():
-                if not users:
-                    continue
-                for u in users[:20]:  # warm the cache and the prepared statement
-                    await (await conn.execute(sql, (u,), prepare=True)).fetchall()
-                times = []
-                rows = []
-                began = time.perf_counter()
-                for i in range(n):
-                    t = time.perf_counter()
-                    cur = await conn.execute(sql, (users[i % len(users)],), prepare=True)
-                    rows.append(len(await cur.fetchall()))
-                    times.append(time.perf_counter() - t)
-                elapsed = time.perf_counter() - began
-                out[f"{qname}/{group}"] = {"latency": latency_summary(times), "queries_per_s": round(n / elapsed, 1),
-                                           "mean_rows": round(statistics.fmean(rows), 1)}
+                if users:
+                    out[f"{qname}/{group}"] = await time_query(conn, sql, users, n)
             for group in ("hit", "typical"):
                 if readers.get(group):
                     cur = await conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, (readers[group][0],))
@@ -106,6 +93,23 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         "ours_in_process_same_conditions": ours,
         "plans": plans,
     }
+
+
+async def time_query(conn: Any, sql: str, users: list[int], n: int) -> dict[str, Any]:
+    """``n`` runs of ``sql`` for ``users`` in turn, prepared, one at a time, after 20 warm-up runs
+    (buffers and the prepared statement): latency, queries/s and mean rows."""
+    for u in users[:20]:
+        await (await conn.execute(sql, (u,), prepare=True)).fetchall()
+    times, rows = [], []
+    began = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        cur = await conn.execute(sql, (users[i % len(users)],), prepare=True)
+        rows.append(len(await cur.fetchall()))
+        times.append(time.perf_counter() - t)
+    elapsed = time.perf_counter() - began
+    return {"latency": latency_summary(times), "queries_per_s": round(n / elapsed, 1),
+            "mean_rows": round(statistics.fmean(rows), 1)}
 
 
 async def quiet_reads(ctx: RunContext, readers: dict[str, list[int]], n: int) -> dict[str, Any]:
