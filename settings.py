@@ -58,6 +58,13 @@ class Settings:
     # and QUORUM writes gets its durability from the replicas). docs/operations.md.
     cassandra_commitlog_sync: str = _env("TL_CASSANDRA_COMMITLOG_SYNC", "batch")
     redis_url: str = _env("TL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    # A Redis Cluster instead of one server: every client is a redis-py RedisCluster
+    # (sinks/redis_client.py), TL_REDIS_URL may list several nodes ("redis://h:p1,h:p2"),
+    # and every worker write waits until TL_REDIS_WAIT_REPLICAS replicas of its master hold
+    # it (WAIT, at most TL_REDIS_WAIT_MS; fewer: the batch is retried). docs/reliability.md.
+    redis_cluster: bool = _env("TL_REDIS_CLUSTER", False, _bool)
+    redis_wait_replicas: int = _env("TL_REDIS_WAIT_REPLICAS", 1, int)
+    redis_wait_ms: int = _env("TL_REDIS_WAIT_MS", 1000, int)
     # Prefix of every Redis key the service owns (lets tests and tenants share a server).
     redis_prefix: str = _env("TL_REDIS_PREFIX", "tl:")
     postgres_dsn: str = _env(
@@ -192,6 +199,8 @@ class Settings:
             raise ValueError(f"TL_TRUSTED_PROXIES: {exc}") from None
         if self.event_max_depth < 1 or self.systemic_error_streak < 1 or self.tweet_max_chars < 1:
             raise ValueError("TL_EVENT_MAX_DEPTH, TL_SYSTEMIC_ERROR_STREAK and TL_TWEET_MAX_CHARS must be >= 1")
+        if self.redis_wait_replicas < 0 or self.redis_wait_ms < 1:
+            raise ValueError("TL_REDIS_WAIT_REPLICAS must be >= 0 and TL_REDIS_WAIT_MS >= 1")
         if not self.shutdown_grace_s > 0:
             raise ValueError("TL_SHUTDOWN_GRACE_S must be > 0")
 

@@ -7,13 +7,12 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-from redis.asyncio import Redis
-
 from agents.failures import backoff_retry
 from agents.metrics import SINK_RETRIES, SINK_SECONDS
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
+from sinks.redis_client import Acks, AnyRedis, connect
 from sinks.redis_following import RedisFollowing
 from sinks.redis_live import LiveChannels
 from sinks.redis_timeline import RedisTimelines
@@ -27,7 +26,7 @@ T = TypeVar("T")
 class Sinks:
     settings: Settings
     cassandra: CassandraStore
-    redis: Redis
+    redis: AnyRedis
     timelines: RedisTimelines
     tweets: RedisTweets
     celebrities: RedisCelebrities
@@ -37,11 +36,12 @@ class Sinks:
     @classmethod
     async def open(cls, settings: Settings) -> "Sinks":
         cassandra = await asyncio.to_thread(CassandraStore.open, settings)
-        redis = Redis.from_url(settings.redis_url)
-        timelines = RedisTimelines.from_settings(redis, settings)
-        tweets = RedisTweets(redis, prefix=settings.redis_prefix)
-        celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix)
-        following = RedisFollowing(redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s)
+        redis = connect(settings)
+        acks = Acks.from_settings(settings)  # a cluster: a batch is done once replicas hold it
+        timelines = RedisTimelines.from_settings(redis, settings, acks)
+        tweets = RedisTweets(redis, prefix=settings.redis_prefix, acks=acks)
+        celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix, acks=acks)
+        following = RedisFollowing(redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s, acks=acks)
         return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines, tweets=tweets,
                    celebrities=celebrities, following=following,
                    live=LiveChannels(redis, prefix=settings.redis_prefix))

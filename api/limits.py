@@ -26,7 +26,6 @@ import logging
 import time
 from typing import Callable
 
-import redis.exceptions
 from redis.asyncio import Redis
 from starlette.requests import Request
 
@@ -36,6 +35,7 @@ from api.ratelimit import RedisTokenBucket
 from policies.client_address import address_key, client_address, parse_networks
 from policies.ratelimit import LocalBuckets, retry_after_header
 from settings import Settings
+from sinks.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Limiter:
         if now >= self._bypass_until:
             try:
                 result = await self.bucket.take(subject)
-            except redis.exceptions.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._bypass_until = self.clock() + BYPASS_S
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.warning("rate limit %r: Redis unavailable (%s); %s for %.0f s", self.name, exc,

@@ -21,7 +21,6 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
 from tqdm import tqdm
 
 from bench.graph import Graph, TweetFactory, scaled_spec
@@ -34,6 +33,7 @@ from query.reader import HomeTimelineReader
 from schemas import encode_key
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
+from sinks.redis_client import connect
 from sinks.redis_timeline import RedisTimelines
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ async def paced(rate: float, duration: float, fn: Callable[[int], Any]) -> int:
 async def open_reader(settings: Settings) -> AsyncIterator[HomeTimelineReader]:
     """The read side on the run's stores (``reader.cassandra``, ``reader.redis``), closed afterwards."""
     store = await asyncio.to_thread(CassandraStore.open, settings)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings)
     try:
         yield HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings))
     finally:

@@ -27,8 +27,8 @@ from policies.reference import ReferenceModel
 from query.reader import HomeTimelineReader
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
+from sinks.redis_client import connect
 from sinks.redis_timeline import RedisTimelines
-from redis.asyncio import Redis
 
 
 def demo_settings(workdir: Path) -> Settings:
@@ -69,7 +69,7 @@ async def run(args: argparse.Namespace) -> int:
         waited = await wait_caught_up(settings, timeout=600, check=worker.check)
         print(f"==> pipeline caught up {waited:.1f}s after publishing")
         store = await asyncio.to_thread(CassandraStore.open, settings)
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings)
         reader = HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings))
         try:
             model = ReferenceModel()

@@ -30,7 +30,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
 from tqdm import tqdm
 
 from localenv.worker import Worker
@@ -39,6 +38,7 @@ from ops.schema import cassandra_cluster
 from ops.verify import Report, verify
 from schemas import source_topics
 from settings import Settings, get_settings
+from sinks.redis_client import connect
 
 TABLES = ("follower-edges", "authors", "early-deletes", "following-edges", "recipients")
 CASSANDRA_TABLES = ("tweets", "author_timeline", "user_timeline", "timeline_meta", "following", "author_status")
@@ -54,7 +54,7 @@ def changelog_topics(settings: Settings) -> list[str]:
 
 
 async def flush_redis(settings: Settings) -> int:
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings)
     removed = 0
     try:
         for pattern in REDIS_PATTERNS:

@@ -252,9 +252,9 @@ async def drop_namespace(settings: Settings, *, postgres_schema: bool = True) ->
     except Exception as exc:  # noqa: BLE001 - clean what we can
         done["kafka_error"] = repr(exc)
     try:
-        from redis.asyncio import Redis
+        from sinks.redis_client import connect
 
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings)
         try:
             keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*", count=2000)]
             for i in range(0, len(keys), 1000):

@@ -22,13 +22,13 @@ from typing import Iterable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from redis.asyncio import Redis
 
 from policies.reference import ReferenceModel
 from query.reader import HomeTimelineReader
 from schemas import ALL_EVENTS, ContractError, decode, source_topics
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
+from sinks.redis_client import connect
 from sinks.redis_timeline import RedisTimelines
 
 
@@ -93,7 +93,7 @@ async def verify(settings: Settings, *, sample: int | None = None, seed: int = 0
     own = reader is None
     if own:
         store = await asyncio.to_thread(CassandraStore.open, settings)
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings)
         reader = HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings))
     report = Report(users=len(users))
     try:

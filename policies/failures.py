@@ -82,6 +82,11 @@ _TRANSIENT = {
     "redis.exceptions.BusyLoadingError",
     "redis.exceptions.TryAgainError",
     "redis.exceptions.ClusterDownError",
+    # A Redis Cluster failing over: a slot answered by another node now (MOVED/ASK, a
+    # ResponseError otherwise taken as permanent), a slot with no master yet, retries used up.
+    "redis.exceptions.AskError",
+    "redis.exceptions.SlotNotCoveredError",
+    "redis.exceptions.ClusterError",
     "redis.exceptions.MasterDownError",
     "redis.exceptions.ReadOnlyError",
     "redis.exceptions.OutOfMemoryError",

@@ -35,6 +35,7 @@ from post.metrics import Metrics
 from post.worker_id import NoWorkerId, WorkerIdSource
 from schemas.events import Event, topic_of
 from settings import Settings
+from sinks.redis_client import connect
 
 
 @dataclass
@@ -83,8 +84,8 @@ class Resources:
             kwargs={"autocommit": True, "connect_timeout": 3, **settings.postgres_kwargs()},
             name="post-service",
         )
-        rds = Redis.from_url(
-            settings.redis_url,
+        rds = connect(
+            settings,
             socket_connect_timeout=REDIS_TIMEOUT_S,
             socket_timeout=REDIS_TIMEOUT_S,
             health_check_interval=30,

@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from typing import Annotated
 
 import psycopg
-import redis.exceptions
 from fastapi import APIRouter, Request
 from psycopg_pool import PoolTimeout
 from starlette.responses import Response
@@ -28,6 +27,7 @@ from post.idempotency import MAX_KEY_CHARS, Record, fingerprint
 from post.resources import Resources, get_resources
 from post.worker_id import NoWorkerId
 from schemas.events import TweetDeleted, TweetPosted
+from sinks.redis_client import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ async def _record_owner(res: Resources, tweet_id: int, fields: dict[str, int], *
             pipe.hset(_owner_key(tweet_id), mapping=fields)
             pipe.expire(_owner_key(tweet_id), OWNER_TTL_S)
             await pipe.execute()
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         log.warning(failed, tweet_id, exc)
 
 
@@ -206,7 +206,7 @@ async def _tweet_owner(res: Resources, tweet_id: int) -> tuple[int | None, bool]
     """(author id or None if unknown, already deleted?)"""
     try:
         record = await res.redis.hgetall(_owner_key(tweet_id))
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         log.warning("tweet owner lookup in Redis failed, using PostgreSQL: %s", exc)
         record = {}
     if record and b"a" in record:

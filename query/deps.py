@@ -38,6 +38,7 @@ from query.metrics import QueryMetrics
 from query.reader import HomeTimelineReader
 from settings import Settings
 from sinks.cassandra import CassandraStore
+from sinks.redis_client import connect
 from sinks.redis_following import RedisFollowing
 from sinks.redis_live import LiveChannels
 from sinks.redis_timeline import RedisTimelines
@@ -132,8 +133,8 @@ class QueryResources:
             settings.postgres_dsn, min_size=1, max_size=10, open=False, timeout=PG_TIMEOUT_S,
             kwargs={"autocommit": True, "connect_timeout": 3, **settings.postgres_kwargs()}, name="query-service",
         )
-        rds = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
+        rds = connect(
+            settings, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
             health_check_interval=30,
         )
         kafka = KafkaGateway(settings, timeout_s=kafka_timeout_s)
@@ -148,7 +149,7 @@ class QueryResources:
                                      prefix=settings.redis_prefix),
             limiter=RedisTokenBucket(rds, burst=settings.read_rate_burst, rate_per_s=settings.read_rate_per_s,
                                      prefix=f"{settings.redis_prefix}ratelimit:read:"),
-            live=LiveHub(settings.redis_url, LiveChannels(rds, prefix=settings.redis_prefix)),
+            live=LiveHub(settings, LiveChannels(rds, prefix=settings.redis_prefix)),
         )
         res.auth = TokenAuthenticator(settings, rds, res.pg_conn, metrics)
         return res

@@ -21,12 +21,12 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Callable, Iterable
 
-import redis.exceptions
 from redis.asyncio import Redis
 
 from api.kafka import KafkaGateway, KafkaUnavailable
 from query.metrics import QueryMetrics
 from schemas.events import UserActive
+from sinks.redis_client import REDIS_ERRORS, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ class HandleCache:
             if out:
                 self.metrics.cache.labels("handle", "hit").inc(len(out))
             return out
-        cached = await self.redis.mget([self.key(u) for u in wanted])
+        keys = [self.key(u) for u in wanted]
+        # On a cluster the keys are in many slots: one MGET per slot, concurrently.
+        cached = await (self.redis.mget_nonatomic(keys) if is_cluster(self.redis) else self.redis.mget(keys))
         missing: list[int] = []
         for user_id, raw in zip(wanted, cached):
             if raw is None:
@@ -152,7 +154,7 @@ class ActivityTracker:
             return False
         try:
             first = await self.redis.set(self.key(user_id), b"1", nx=True, ex=self.throttle_s)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("activity throttle for user %d unavailable: %s", user_id, exc)
             self.metrics.activity.labels("failed").inc()
             return False
@@ -180,7 +182,7 @@ class ActivityTracker:
             self._recent.pop(user_id, None)
             try:
                 await self.redis.delete(self.key(user_id))  # the next read tries again
-            except redis.exceptions.RedisError:
+            except REDIS_ERRORS:
                 pass
             return
         self.metrics.activity.labels("emitted").inc()

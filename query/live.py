@@ -8,6 +8,10 @@ stream is also told about celebrity transitions (it may need other author channe
 If the pub/sub connection breaks, notices published meanwhile are lost: once it is back
 (redis-py subscribes again to every channel when it reconnects), every stream is woken
 to read its timeline since its position, which repairs what was missed.
+
+On a Redis Cluster (classic pub/sub: a PUBLISH reaches every node) the hub subscribes on one
+node, any of them; when that node fails it moves to the next one the cluster knows (or the
+next startup node) and subscribes there again to every channel it needs.
 """
 from __future__ import annotations
 
@@ -15,11 +19,12 @@ import asyncio
 import logging
 from typing import Iterable, Protocol
 
-import redis.exceptions
 from redis.asyncio import Redis
 
 from api.common import cancel_task
 from policies.stream import Notice, decode_notice
+from settings import Settings
+from sinks.redis_client import REDIS_ERRORS, is_cluster, startup_nodes
 from sinks.redis_live import LiveChannels
 
 log = logging.getLogger(__name__)
@@ -33,10 +38,12 @@ class Listener(Protocol):
 
 
 class LiveHub:
-    def __init__(self, redis_url: str, channels: LiveChannels) -> None:
-        # Its own connection: a subscribed connection can run no other command.
-        self._redis = Redis.from_url(redis_url, socket_connect_timeout=2.0, health_check_interval=30)
+    def __init__(self, settings: Settings, channels: LiveChannels) -> None:
+        self.settings = settings
         self.channels = channels
+        self._tries = 0  # on a cluster: connections made so far (which node is next)
+        # Its own connection: a subscribed connection can run no other command.
+        self._redis = self._connect()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._subs: dict[str, set[Listener]] = {}
         self.listeners: set[Listener] = set()
@@ -58,11 +65,37 @@ class LiveHub:
         finally:
             await self._redis.aclose()
 
+    def _connect(self) -> Redis:
+        options = dict(socket_connect_timeout=2.0, health_check_interval=30)
+        if not self.settings.redis_cluster:
+            return Redis.from_url(self.settings.redis_url, **options)
+        client = self.channels.redis
+        known = [(n.host, n.port) for n in client.get_nodes()] if is_cluster(client) else []
+        nodes = known or startup_nodes(self.settings.redis_url)
+        host, port = nodes[self._tries % len(nodes)]
+        self._tries += 1
+        return Redis(host=host, port=port, **options)
+
+    async def _next_node(self) -> None:
+        """On a cluster: the subscribed node failed; subscribe on another one."""
+        async with self._lock:
+            old, old_redis = self._pubsub, self._redis
+            self._redis = self._connect()
+            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            for closing in (old.aclose(), old_redis.aclose()):
+                try:
+                    await closing
+                except (*REDIS_ERRORS, OSError):
+                    pass
+
     async def _run(self) -> None:
         while True:
             try:
                 async with self._lock:
-                    await self._pubsub.subscribe(self.channels.celebrities())
+                    # A new node (cluster) knows none of our channels; redis-py subscribes
+                    # again on a reconnect to the same server.
+                    again = list(self._subs) if self.settings.redis_cluster else []
+                    await self._pubsub.subscribe(self.channels.celebrities(), *again)
                 if not self.connected:
                     self.connected = True
                     self._wake_all()  # notices may have been lost while it was down
@@ -72,11 +105,13 @@ class LiveHub:
                         self._dispatch(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (*REDIS_ERRORS, OSError) as exc:
                 if self.connected:
                     log.warning("live pub/sub connection lost: %r; reconnecting", exc)
                 self.connected = False
                 await asyncio.sleep(RECONNECT_S)
+                if self.settings.redis_cluster:
+                    await self._next_node()
 
     def _wake_all(self) -> None:
         for listener in list(self.listeners):
@@ -122,7 +157,7 @@ class LiveHub:
             try:
                 async with self._lock:
                     await self._pubsub.unsubscribe(*old)
-            except (redis.exceptions.RedisError, OSError) as exc:  # resubscribed on reconnect: harmless
+            except (*REDIS_ERRORS, OSError) as exc:  # resubscribed on reconnect: harmless
                 log.warning("live unsubscribe failed: %r", exc)
 
     def subscribed(self) -> int:

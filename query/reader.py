@@ -37,7 +37,6 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Sequence
 
-import redis.exceptions
 
 from api.ratelimit import RedisTokenBucket
 from policies.timeline import SLACK, Source, merge_sources, pull_groups, pull_limit, usable_chunk
@@ -46,6 +45,7 @@ from query.view import UserViews, View
 from schemas.events import INT64_MAX as MAX_ID
 from settings import Settings
 from sinks.cassandra import CassandraStore
+from sinks.redis_client import REDIS_ERRORS
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import CachedTweet, RedisTweets
@@ -58,7 +58,7 @@ async def _cache_or_store(what: str, read: Callable[[bool], Awaitable[Page]]) ->
     the same page from Cassandra alone. Redis is a cache, never the reason a read fails."""
     try:
         return await read(True)
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         log.warning("%s read without Redis: %r", what, exc)
         page = await read(False)
         page.stats.cache_bypassed = True

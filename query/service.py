@@ -49,7 +49,6 @@ import logging
 import time
 from typing import Annotated
 
-import redis.exceptions
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
@@ -71,6 +70,7 @@ from query.params import (
 )
 from query.stream import router as stream_router
 from settings import Settings, get_settings
+from sinks.redis_client import REDIS_ERRORS
 
 log = logging.getLogger("query.service")
 
@@ -179,7 +179,7 @@ async def _rate_limit(res: QueryResources, timeline: str, subject: str) -> None:
     read goes on (and degrades as the reader does), it is not refused."""
     try:
         result = await res.limiter.take(subject)
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         log.warning("read rate limit unavailable: %s", exc)
         return
     if not result.allowed:

@@ -34,9 +34,11 @@ from typing import Any
 from api.ratelimit import TAKE_FUNCTION_LUA, RateLimited, RedisTokenBucket
 from policies.timeline import SLACK, usable_chunk
 from query.page import ReadStats, store_query
+from query.view_cluster import VERSION_LUA, WINDOW_LUA, ClusterScripts, open_cluster
 from schemas.events import INT64_MAX as MAX_ID
 from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
+from sinks.redis_client import is_cluster
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import (
     SENTINEL_ID, RedisTimelines, lex_below, parse_member, version_token, window_entries,
@@ -62,36 +64,21 @@ from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 # since a key evicted or expired after a writer bumped it would be absent again (and the
 # fill would install what was read before that write).
 #
-# The body keys are derived from the window, not passed in KEYS: a standalone Redis (as
-# every script here, all of a user's keys and the bodies are assumed on one server).
-_OPEN = TAKE_FUNCTION_LUA + BODY_LUA + """
+# The body keys are derived from the window, not passed in KEYS: one server only. On a
+# Redis Cluster the same answer takes two round trips (query/view_cluster.py).
+_OPEN = TAKE_FUNCTION_LUA + BODY_LUA + VERSION_LUA + """
 if ARGV[6] == '1' then
   local gate = take({KEYS[7]}, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]})
   if gate[1] == 0 then return {'limited', gate} end
 end
-local function version(key)
-  local v = redis.call('GET', key)
-  if v then return v end
-  redis.call('SET', key, ARGV[3], 'EX', ARGV[4])
-  return ARGV[3]
-end
-local window = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, tonumber(ARGV[2]))
-local lowest = redis.call('ZRANGE', KEYS[1], 0, 0)
-local size = redis.call('ZCARD', KEYS[1])
-local following = redis.call('SCARD', KEYS[3])
-local flags = {}
+""" + WINDOW_LUA + """
 local celebs = {}
-if following > 0 then
-  for i, m in ipairs(window) do
-    flags[i] = redis.call('SISMEMBER', KEYS[3], string.match(m, ':(%d+)$') or '')
-  end
-  celebs = redis.call('SINTER', KEYS[3], KEYS[5])
-end
+if following > 0 then celebs = redis.call('SINTER', KEYS[3], KEYS[5]) end
 local loaded = redis.call('SISMEMBER', KEYS[5], '0')
-local home_v = version(KEYS[2])
-local following_v = version(KEYS[4])
+local home_v = version(KEYS[2], ARGV[3], ARGV[4])
+local following_v = version(KEYS[4], ARGV[3], ARGV[4])
 local celebs_v = ''
-if loaded == 0 then celebs_v = version(KEYS[6]) end
+if loaded == 0 then celebs_v = version(KEYS[6], ARGV[3], ARGV[4]) end
 local bodies = {}
 for i, m in ipairs(window) do
   local id = string.match(m, '^0*(%d+):')
@@ -145,6 +132,7 @@ class UserViews:
         self.following_cache = following
         self.celebrity_cache = RedisCelebrities(self.redis, prefix=prefix)
         self._open_script = self.redis.register_script(_OPEN)
+        self.cluster_scripts = ClusterScripts(self.redis) if is_cluster(self.redis) else None
 
     async def open_store(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> View:
         """The user's view from Cassandra alone (Redis failed): following list, celebrities,
@@ -178,14 +166,17 @@ class UserViews:
                 following.key(user_id), following.version_key(user_id),
                 celebrity_cache.key(), celebrity_cache.version_key()]
         args = [lex_below(cursor), n + 1, version_token(), self.timelines.ttl_s, self.tweets.key_prefix]
-        if gate is not None:
-            bucket, subject = gate
-            keys.append(bucket.key(subject))
-            args += ["1", *bucket.args()]
-        answer = await self._open_script(keys=keys, args=args)
-        stats.redis_round_trips += 1
-        if answer[0] == b"limited":
-            raise RateLimited(RedisTokenBucket.result(answer[1]))
+        if self.cluster_scripts is not None:
+            answer = await open_cluster(self, user_id, keys, args, gate, stats)
+        else:
+            if gate is not None:
+                bucket, subject = gate
+                keys.append(bucket.key(subject))
+                args += ["1", *bucket.args()]
+            answer = await self._open_script(keys=keys, args=args)
+            stats.redis_round_trips += 1
+            if answer[0] == b"limited":
+                raise RateLimited(RedisTokenBucket.result(answer[1]))
         (window, lowest, card, home_version, followee_card, flags, celebs, following_version,
          celebs_loaded, celebs_version, bodies) = answer
 
@@ -318,13 +309,26 @@ class UserViews:
     async def _fill_following(self, user_id: int, seen_version: str, followees: list[int]) -> list[int] | None:
         """Cache the list (version-checked) and return the celebrities in it: one round trip.
         None when the celebrity set is not loaded (it may have been evicted since the read began)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await self.following_cache.queue_fill(pipe, user_id, seen_version, followees)
-            pipe.sismember(self.celebrity_cache.key(), "0")
-            if followees:
-                pipe.smismember(self.celebrity_cache.key(), followees)
-            results = await pipe.execute()
+        if self.cluster_scripts is not None:  # two slots: the user's, the celebrity set's
+            _, celebrity_flags = await asyncio.gather(self.following_cache.fill(user_id, seen_version, followees),
+                                                      self._celebrity_flags(followees))
+            results = [None, *celebrity_flags]
+        else:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await self.following_cache.queue_fill(pipe, user_id, seen_version, followees)
+                pipe.sismember(self.celebrity_cache.key(), "0")
+                if followees:
+                    pipe.smismember(self.celebrity_cache.key(), followees)
+                results = await pipe.execute()
         if not results[1]:
             return None
         flags = results[2] if followees else []
         return [a for a, flag in zip(followees, flags) if flag]
+
+    async def _celebrity_flags(self, authors: list[int]) -> list[Any]:
+        """[set loaded?, per author whether a celebrity] in one MULTI on the set's slot."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sismember(self.celebrity_cache.key(), "0")
+            if authors:
+                pipe.smismember(self.celebrity_cache.key(), authors)
+            return await pipe.execute()

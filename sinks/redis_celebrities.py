@@ -20,6 +20,7 @@ from typing import Iterable
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from sinks.redis_client import Acks, execute, register_script
 from sinks.redis_timeline import version_token
 
 LOADED = b"0"
@@ -49,17 +50,19 @@ return 1
 """
 
 class RedisCelebrities:
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, acks: Acks | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._update = redis.register_script(_UPDATE)
-        self._fill = redis.register_script(_FILL)
+        self.acks = acks
+        self._update = register_script(redis, _UPDATE)
+        self._fill = register_script(redis, _FILL)
 
     def key(self) -> str:
         return f"{self.prefix}celebrities"
 
     def version_key(self) -> str:
-        return f"{self.prefix}celebritiesv"
+        """Hash-tagged with the set's name: the set and its version share a slot."""
+        return f"{self.prefix}celebritiesv:{{{self.key()}}}"
 
     async def update(self, changes: Iterable[tuple[int, bool]]) -> None:
         """After Cassandra was written: ``(author, is_celebrity)`` applied to a loaded set,
@@ -67,8 +70,15 @@ class RedisCelebrities:
         args: list[str | int] = [version_token()]
         for author_id, celebrity in changes:
             args += ["a" if celebrity else "r", author_id]
-        if len(args) > 1:
-            await self._update(keys=[self.key(), self.version_key()], args=args)
+        if len(args) <= 1:
+            return
+        keys = [self.key(), self.version_key()]
+        if self.acks is None:
+            await self._update(keys=keys, args=args)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._update(keys=keys, args=args, client=pipe)
+            await execute(self.redis, pipe, keys[:1], self.acks)
 
     def queue_fill(self, pipe: Pipeline, seen_version: str, authors: Iterable[int]) -> None:
         self._fill(keys=[self.key(), self.version_key()], args=[seen_version, *authors], client=pipe)

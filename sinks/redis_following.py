@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from policies.redis_cluster import tagged
+from sinks.redis_client import Acks, register_script
 from sinks.redis_timeline import drop_and_bump
 
 # Member of every cached following set: an empty list is cached too.
@@ -38,21 +40,24 @@ class RedisFollowing:
     unchanged. The set always holds ``0`` so that an empty list is cached too.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str, ttl_s: int = 3600) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, ttl_s: int = 3600, acks: Acks | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._fill = redis.register_script(_FOLLOWING_FILL)
+        self.acks = acks
+        self._fill = register_script(redis, _FOLLOWING_FILL)
 
+    # In the slot of the user's timeline (hash tag {user}): query/view.py reads both in one script.
     def key(self, user_id: int) -> str:
-        return f"{self.prefix}following:{user_id}"
+        return tagged(self.prefix, "following", user_id)
 
     def version_key(self, user_id: int) -> str:
-        return f"{self.prefix}followingv:{user_id}"
+        return tagged(self.prefix, "followingv", user_id)
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
         """Drop cached lists and bump their versions (after ``following`` changed in Cassandra)."""
-        await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s)
+        await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s,
+                            self.acks)
 
     async def members(self, user_id: int) -> set[int] | None:
         """The cached list; None if it is not cached."""
@@ -74,3 +79,7 @@ class RedisFollowing:
             args=[seen_version, self.ttl_s, FOLLOWING_SENTINEL, *followees],
             client=pipe,
         )
+
+    async def fill(self, user_id: int, seen_version: str, followees: Sequence[int]) -> bool:
+        return bool(await self._fill(keys=[self.key(user_id), self.version_key(user_id)],
+                                     args=[seen_version, self.ttl_s, FOLLOWING_SENTINEL, *followees]))

@@ -10,6 +10,10 @@ Channels (``policies/stream.py`` has the message, :class:`~policies.stream.Notic
   channels of the celebrities its user follows);
 * ``{prefix}live:celebrities`` - stage 1 when an author becomes or stops being a celebrity.
 
+On a Redis Cluster this is the cluster's classic pub/sub: a PUBLISH (sent to the node of the
+channel's slot) reaches the subscribers of every node, and ``PUBSUB NUMSUB`` is asked of every
+node and summed; the query service's hub subscribes on any one node (``query/live.py``).
+
 Redis is a cache here too: a publish is made once, after the stores were written, and a
 failure is logged and counted, never retried or allowed to stall a batch. A lost notice
 is repaired by the stream's next read since its position (the next notice, its periodic
@@ -20,11 +24,11 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Mapping
 
-import redis.exceptions
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from policies.stream import Notice, encode_notice
+from sinks.redis_client import REDIS_ERRORS, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,11 @@ class LiveChannels:
         if not channels:
             return set()
         try:
-            counts = await self.redis.pubsub_numsub(*channels)
-        except (redis.exceptions.RedisError, OSError) as exc:
+            if is_cluster(self.redis):  # each node counts its own subscribers
+                counts = await self.redis.pubsub_numsub(*channels, target_nodes=self.redis.ALL_NODES)
+            else:
+                counts = await self.redis.pubsub_numsub(*channels)
+        except (*REDIS_ERRORS, OSError) as exc:
             LIVE_PUBLISHED.labels("failed").inc(len(channels))
             log.warning("live notices not published (%d): %r", len(channels), exc)
             return set()
@@ -88,11 +95,15 @@ class LiveChannels:
         if not notices:
             return
         try:
+            cluster = is_cluster(self.redis)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for channel, notice in notices.items():
-                    pipe.publish(channel, encode_notice(notice))
+                    if cluster:  # a cluster pipeline refuses publish(); the command routes by channel
+                        pipe.execute_command("PUBLISH", channel, encode_notice(notice))
+                    else:
+                        pipe.publish(channel, encode_notice(notice))
                 await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except (*REDIS_ERRORS, OSError) as exc:
             LIVE_PUBLISHED.labels("failed").inc(len(notices))
             log.warning("live notices not published (%d): %r", len(notices), exc)
             return

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from redis.asyncio import Redis
 
+from policies.redis_cluster import tagged
 from schemas.events import INT64_MAX
+from sinks.redis_client import Acks, execute, register_script
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -106,7 +108,8 @@ def window_entries(window: Iterable[bytes | str | tuple[int, int]], floor: int) 
     return [e for e in (m if isinstance(m, tuple) else parse_member(m) for m in window) if e[0] > floor]
 
 
-async def drop_and_bump(redis: Redis, keys: Iterable[tuple[str, str]], ttl_s: int) -> None:
+async def drop_and_bump(redis: Redis, keys: Iterable[tuple[str, str]], ttl_s: int,
+                        acks: Acks | None = None) -> None:
     """Delete cached keys and bump their versions (which expire after ``ttl_s``), one
     pipeline for all: ``keys`` are (cached key, version key) pairs. A reader that saw the
     old version will not refill the key with what it read before.
@@ -122,7 +125,7 @@ async def drop_and_bump(redis: Redis, keys: Iterable[tuple[str, str]], ttl_s: in
         for key, version_key in keys:
             pipe.delete(key)
             pipe.set(version_key, token, ex=ttl_s)
-        await pipe.execute()
+        await execute(redis, pipe, (key for key, _ in keys), acks)
 
 
 @dataclass(frozen=True)
@@ -135,25 +138,29 @@ class CachedTimeline:
 class RedisTimelines:
     """Home timelines in Redis: write-through pushes and version-checked fills."""
 
-    def __init__(self, redis: Redis, *, prefix: str, cap: int, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, cap: int, ttl_s: int, acks: Acks | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
         self.cap = cap
         self.ttl_s = ttl_s
-        self._push = redis.register_script(_PUSH)
-        self._unpush = redis.register_script(_UNPUSH)
-        self._fill = redis.register_script(_FILL)
+        self.acks = acks  # the worker's writes wait for replicas (sinks/redis_client.py)
+        self._push = register_script(redis, _PUSH)
+        self._unpush = register_script(redis, _UNPUSH)
+        self._fill = register_script(redis, _FILL)
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: "Settings") -> "RedisTimelines":
+    def from_settings(cls, redis: Redis, settings: "Settings", acks: Acks | None = None) -> "RedisTimelines":
         """The cached timelines of ``settings``' namespace (prefix, ``TL_TIMELINE_CAP``, ``TL_TIMELINE_TTL_S``)."""
-        return cls(redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s)
+        return cls(redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s,
+                   acks=acks)
 
+    # A user's keys carry the hash tag {user}: one slot for the timeline, its version and
+    # the following list (policies/redis_cluster.py), so each script touches one slot.
     def key(self, user_id: int) -> str:
-        return f"{self.prefix}home:{user_id}"
+        return tagged(self.prefix, "home", user_id)
 
     def version_key(self, user_id: int) -> str:
-        return f"{self.prefix}homev:{user_id}"
+        return tagged(self.prefix, "homev", user_id)
 
     async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]]) -> None:
         """Add entries to the timelines that are cached; one pipeline for all users."""
@@ -168,7 +175,7 @@ class RedisTimelines:
                     args=[self.cap, self.ttl_s, token, *members],
                     client=pipe,
                 )
-            await pipe.execute()
+            await execute(self.redis, pipe, map(self.key, adds), self.acks)
 
     async def unpush_many(self, removes: dict[int, Sequence[tuple[int, int]]]) -> None:
         if not removes:
@@ -182,11 +189,12 @@ class RedisTimelines:
                     args=[self.ttl_s, self.cap, token, *members],
                     client=pipe,
                 )
-            await pipe.execute()
+            await execute(self.redis, pipe, map(self.key, removes), self.acks)
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
         """Drop cached timelines (after a rebuild or a floor change) and bump versions."""
-        await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s)
+        await drop_and_bump(self.redis, ((self.key(u), self.version_key(u)) for u in user_ids), self.ttl_s,
+                            self.acks)
 
     async def version(self, user_id: int) -> str:
         raw = await self.redis.get(self.version_key(user_id))

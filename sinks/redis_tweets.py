@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 from redis.asyncio import Redis
 
 from schemas.tweet_json import render_tail
+from sinks.redis_client import Acks, execute
 
 TWEET_TTL_S = 7 * 24 * 3600
 FIELDS = ("a", "t", "c", "d", "r")
@@ -51,10 +52,11 @@ def parse_body(tweet_id: int, values: Sequence[bytes | None]) -> CachedTweet | N
 
 
 class RedisTweets:
-    def __init__(self, redis: Redis, *, prefix: str, ttl_s: int = TWEET_TTL_S) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, ttl_s: int = TWEET_TTL_S, acks: Acks | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = ttl_s
+        self.acks = acks  # the worker's writes wait for replicas; a reader's refill need not
 
     @property
     def key_prefix(self) -> str:
@@ -66,22 +68,29 @@ class RedisTweets:
 
     async def write(self, posted: Iterable[tuple[int, int, str, int]], deleted: Iterable[tuple[int, int]]) -> None:
         """Cache posted tweets (id, author, text, created_at), then mark deletes (id, deleted_at)."""
+        keys = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for tweet_id, author_id, text, created_at in posted:
                 pipe.hset(self.key(tweet_id), mapping={"a": author_id, "t": text, "c": created_at,
                                                        "r": render_tail(text, created_at)})
                 pipe.expire(self.key(tweet_id), self.ttl_s)
+                keys.append(self.key(tweet_id))
             for tweet_id, deleted_at in deleted:
                 pipe.hset(self.key(tweet_id), "d", deleted_at)
                 pipe.expire(self.key(tweet_id), self.ttl_s)
-            await pipe.execute()
+                keys.append(self.key(tweet_id))
+            await execute(self.redis, pipe, keys, self.acks)
 
     async def read(self, tweet_ids: Sequence[int]) -> dict[int, CachedTweet | None]:
         """Cached state per id: a CachedTweet, or None for a miss (not cached, or only a delete mark)."""
         if not tweet_ids:
             return {}
+        rows = await self.rows(tweet_ids)
+        return {tweet_id: parse_body(tweet_id, row) for tweet_id, row in zip(tweet_ids, rows)}
+
+    async def rows(self, tweet_ids: Sequence[int]) -> list[list[bytes | None]]:
+        """The HMGET of FIELDS per id: one pipeline (on a cluster, one per node, concurrently)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for tweet_id in tweet_ids:
                 pipe.hmget(self.key(tweet_id), FIELDS)
-            rows = await pipe.execute()
-        return {tweet_id: parse_body(tweet_id, row) for tweet_id, row in zip(tweet_ids, rows)}
+            return await pipe.execute()

@@ -432,9 +432,9 @@ async def test_cassandra_is_written_before_the_redis_caches_are_touched(
     assert sinks.timelines.pushed() == {u1: {(40, A)}}
     assert sinks.timelines.invalidated() == {u2}, "floor raised by the backfill: dropped, not patched"
     # the cached following lists of both users are dropped (and their versions bumped)
-    prefix = settings.redis_prefix
-    assert {c[1] for c in sinks.redis.commands("delete")} >= {f"{prefix}following:{u1}", f"{prefix}following:{u2}"}
-    assert {c[1] for c in sinks.redis.commands("set")} >= {f"{prefix}followingv:{u1}", f"{prefix}followingv:{u2}"}
+    following = sinks.following
+    assert {c[1] for c in sinks.redis.commands("delete")} >= {following.key(u1), following.key(u2)}
+    assert {c[1] for c in sinks.redis.commands("set")} >= {following.version_key(u1), following.version_key(u2)}
 
 
 # --- replay after a crash -------------------------------------------------------------------
