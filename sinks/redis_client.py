@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from policies.redis_cluster import parse_nodes, required_acks
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from settings import Settings
 
 AnyRedis = Redis | RedisCluster
+CLUSTER_RETRIES = 2  # a call's retries, each after refreshing the cluster's slot map
 # What a failing Redis raises: a cluster client also raises errors of its own outside
 # RedisError (a slot without a master while one fails over: SlotNotCoveredError).
 REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
@@ -70,6 +73,9 @@ def connect(settings: "Settings", **options: Any) -> AnyRedis:
     if not settings.redis_cluster:
         return Redis.from_url(settings.redis_url, **options)
     nodes = [ClusterNode(host, port) for host, port in startup_nodes(settings.redis_url)]
+    # Fail fast while a master fails over (a read falls back to Cassandra, a worker's batch
+    # retries with its own backoff): redis-py's default backs off 0.4-0.9 s per failed call.
+    options.setdefault("retry", Retry(ExponentialBackoff(cap=0.2, base=0.02), CLUSTER_RETRIES))
     return RedisCluster(startup_nodes=nodes, **options)
 
 
