@@ -67,6 +67,7 @@ from policies.reference import ReferenceModel
 from policies.snowflake import SnowflakeGenerator
 from query.service import create_app
 from settings import Settings, get_settings
+from sinks.redis_timeline import timeline_key
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -289,7 +290,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         members = pop.groups[celebs]
                         targets = [
                             (f"/v1/users/{r}/timelines/home?limit={LIMIT}", {"Authorization": f"Bearer {tokens[r]}"},
-                             f"{settings.redis_prefix}home:{r}" if name == "cache_miss" else None)
+                             timeline_key(settings.redis_prefix, r) if name == "cache_miss" else None)
                             for r in members
                         ]
                         expected = EXPECTED_SOURCE[name]

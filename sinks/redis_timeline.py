@@ -85,6 +85,11 @@ def version_token() -> str:
     return f"{time.time_ns()}-{os.getpid()}-{next(_counter)}"
 
 
+def timeline_key(prefix: str, user_id: int) -> str:
+    """The cached home timeline of a user: ``<prefix>home:{<user>}`` (the user's hash tag)."""
+    return tagged(prefix, "home", user_id)
+
+
 def member(tweet_id: int, author_id: int) -> str:
     return f"{tweet_id:0{_PAD}d}:{author_id}"
 
@@ -157,7 +162,7 @@ class RedisTimelines:
     # A user's keys carry the hash tag {user}: one slot for the timeline, its version and
     # the following list (policies/redis_cluster.py), so each script touches one slot.
     def key(self, user_id: int) -> str:
-        return tagged(self.prefix, "home", user_id)
+        return timeline_key(self.prefix, user_id)
 
     def version_key(self, user_id: int) -> str:
         return tagged(self.prefix, "homev", user_id)

@@ -20,7 +20,7 @@ from bench.graph import sample_followers
 from bench.latency import latency_summary
 from bench.stage_times import diff as stage_diff, scrape
 from bench.sysstats import CpuWindow
-from sinks.redis_timeline import member
+from sinks.redis_timeline import member, timeline_key
 
 
 async def run(ctx: RunContext) -> dict[str, Any]:
@@ -105,7 +105,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
         if g.celebrity[a]:
             return
         for f in sample_followers(g, a, probes_per_class.get(cls, 8), rng):
-            pending.append({"key": f"{settings.redis_prefix}home:{g.ids[f]}",
+            pending.append({"key": timeline_key(settings.redis_prefix, g.ids[f]),
                             "member": member(ev["tweet_id"], ev["author_id"]), "cls": cls,
                             "created": ev["created_at"], "sent": sent, "ack": ack})
 
