@@ -22,11 +22,9 @@ design promises under 30 s (section 6); ``tests/cluster/test_redis_cluster.py`` 
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import log, require_binary, run
+from localenv.server_set import ServerSet, wait_gone
 from localenv.service import Outcome, Service, ServicesError
 from localenv.services import start_all, start_or_reuse, wait_ready
 from policies.redis_cluster import NodeInfo, live_masters, myself, parse_nodes, slots_covered
@@ -174,20 +173,13 @@ class RedisCluster:
     def index(self, port: int) -> int:
         return self.ports.index(port)
 
-    @classmethod
-    def ports_free(cls, base_port: int, host: str = "127.0.0.1") -> bool:
-        for port in range(base_port, base_port + cls.SPAN):
-            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-                return False
-        return True
+    # ServerSet's port search, over this class's SPAN (and away from the fault suite's 291xx-293xx).
+    ports_free = classmethod(ServerSet.ports_free.__func__)  # type: ignore[attr-defined]
 
     @classmethod
-    def free_base_port(cls, start: int = 30600, step: int = 20, tries: int = 50) -> int:
+    def free_base_port(cls, start: int = 31400, step: int = 20) -> int:
         """The first ``start + k * step`` whose ports nobody listens on."""
-        for k in range(tries):
-            if cls.ports_free(start + k * step):
-                return start + k * step
-        raise ServicesError(f"no free block of {cls.SPAN} ports from {start}")
+        return ServerSet.free_base_port.__func__(cls, start, step)  # type: ignore[attr-defined]
 
     # -- life cycle
     def up(self, echo=log, timeout: float = 60.0) -> list[Outcome]:
@@ -304,12 +296,7 @@ class RedisCluster:
         if pid is None:
             raise ServicesError(f"{node.name} of {self.state} is not running")
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while Path(f"/proc/{pid}").exists() or node.port_taken():
-            if time.monotonic() > deadline:
-                raise ServicesError(f"{node.name} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
-            time.sleep(0.05)
-        node.pid_file.unlink(missing_ok=True)
+        wait_gone(node, pid, timeout)
         return pid
 
     def start(self, index: int) -> Outcome:

@@ -21,6 +21,18 @@ from localenv.services import SERVICE_TYPES, exclusive, failure_report, start_al
 from settings import Settings, get_settings
 
 
+def wait_gone(svc: Service, pid: int, timeout: float) -> None:
+    """After a SIGKILL: until ``pid`` is gone and the server's port free; then its pid file goes."""
+    deadline = time.monotonic() + timeout
+    # Until reaped, a zombie still "exists" for kill(pid, 0): PostgreSQL would then take
+    # its postmaster.pid for a live server and refuse to start.
+    while Path(f"/proc/{pid}").exists() or svc.port_taken():
+        if time.monotonic() > deadline:
+            raise ServicesError(f"{svc.name} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
+        time.sleep(0.05)
+    svc.pid_file.unlink(missing_ok=True)
+
+
 class ServerSet:
     """The four servers in a folder of their own, on ports of their own.
 
@@ -136,16 +148,8 @@ class ServerSet:
     def kill(self, name: str, timeout: float = 30.0) -> int:
         """SIGKILL, as a crash or an out-of-memory kill would: no shutdown, nothing flushed
         by the server itself. Returns when the process is gone and its port is free."""
-        svc = self._services[name]
         pid = self.signal(name, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        # Until reaped, a zombie still "exists" for kill(pid, 0): PostgreSQL would then take
-        # its postmaster.pid for a live server and refuse to start.
-        while Path(f"/proc/{pid}").exists() or svc.port_taken():
-            if time.monotonic() > deadline:
-                raise ServicesError(f"{name} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
-            time.sleep(0.05)
-        svc.pid_file.unlink(missing_ok=True)
+        wait_gone(self._services[name], pid, timeout)
         return pid
 
     def pause(self, name: str) -> int:
