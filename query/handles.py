@@ -85,8 +85,13 @@ class HandleCache:
                 self.metrics.cache.labels("handle", "hit").inc(len(out))
             return out
         keys = [self.key(u) for u in wanted]
-        # On a cluster the keys are in many slots: one MGET per slot, concurrently.
-        cached = await (self.redis.mget_nonatomic(keys) if is_cluster(self.redis) else self.redis.mget(keys))
+        try:  # on a cluster the keys are in many slots: one MGET per slot, concurrently
+            cached = await (self.redis.mget_nonatomic(keys) if is_cluster(self.redis) else self.redis.mget(keys))
+        except REDIS_ERRORS as exc:  # a cache: PostgreSQL has every handle (a master failing over)
+            log.warning("handle lookup without Redis: %r", exc)
+            cached, cache_ok = [None] * len(wanted), False
+        else:
+            cache_ok = True
         missing: list[int] = []
         for user_id, raw in zip(wanted, cached):
             if raw is None:
@@ -99,17 +104,25 @@ class HandleCache:
         if missing:
             self.metrics.cache.labels("handle", "miss").inc(len(missing))
             found = await self._from_postgres(missing)
+            for user_id in missing:
+                out[user_id] = found.get(user_id)
+                self._remember(user_id, out[user_id], now)
+            if cache_ok:
+                await self._cache(missing, out)
+        return out
+
+    async def _cache(self, user_ids: list[int], handles: dict[int, str | None]) -> None:
+        """Cache what PostgreSQL answered; best effort (the next lookup asks again)."""
+        try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for user_id in missing:
-                    handle = found.get(user_id)
-                    out[user_id] = handle
-                    self._remember(user_id, handle, now)
-                    if handle is None:
+                for user_id in user_ids:
+                    if handles[user_id] is None:
                         pipe.set(self.key(user_id), _UNKNOWN, ex=self.miss_ttl_s)
                     else:
-                        pipe.set(self.key(user_id), handle, ex=self.ttl_s)
+                        pipe.set(self.key(user_id), handles[user_id], ex=self.ttl_s)
                 await pipe.execute()
-        return out
+        except REDIS_ERRORS as exc:
+            log.warning("handles not cached: %r", exc)
 
     async def _from_postgres(self, user_ids: list[int]) -> dict[int, str]:
         async with self.pg_conn() as conn:
