@@ -14,6 +14,7 @@ moment everything is served from Redis again; the design promises under 30 s (se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -27,8 +28,11 @@ from localenv.worker import Worker
 from localenv.workload import generate, produce
 from ops.lag import wait_caught_up
 from policies.reference import reference_home_timelines
+from policies.stream import Notice
+from query.live import LiveHub
 from settings import get_settings
 from sinks.redis_client import connect
+from sinks.redis_live import LiveChannels
 from sinks.redis_timeline import RedisTimelines
 from tests.integration.pipeline_harness import (
     diff_timelines, diff_timelines_http, drop, isolated_settings, provision, query_client, reader_for,
@@ -101,6 +105,70 @@ async def test_pipeline_delivers_into_the_cluster_and_timelines_equal_the_refere
     finally:
         worker.stop()
         drop(settings)
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.notices: list[Notice] = []
+        self.woken = asyncio.Event()
+
+    def notify(self, notice: Notice) -> None:
+        self.notices.append(notice)
+        self.woken.set()
+
+
+async def test_live_notices_cross_the_cluster_and_survive_the_loss_of_the_hubs_node(redis_cluster):
+    """Stage 2's pub/sub on the cluster: who listens (PUBSUB NUMSUB summed over every node), a
+    PUBLISH routed by channel reaching the hub's node, and the hub moving to another node (and
+    waking its streams) when its node is killed."""
+    settings = redis_cluster.with_servers(get_settings().replace(redis_prefix=f"live-{uuid.uuid4().hex[:6]}:"))
+    client = connect(settings)
+    channels = LiveChannels(client, prefix=settings.redis_prefix)
+    hub = LiveHub(settings, channels)
+    listener = _Listener()
+    await hub.start()
+    try:
+        users = list(range(1, 40))  # channels in many slots, on every master
+        await hub.subscribe(listener, [channels.user(u) for u in users])
+
+        async def delivered(user: int) -> Notice:
+            """Publish (best effort, like stage 2: again until it arrives) once every channel
+            counts its listener; the notice that arrived."""
+            while await channels.listening_users(users) != set(users):
+                await asyncio.sleep(0.05)
+            listener.notices.clear()
+            while not listener.notices:
+                listener.woken.clear()
+                await channels.publish_users({user: Notice(added=((100 + user, 7),))})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(listener.woken.wait(), 0.5)
+            return listener.notices[0]
+
+        assert await asyncio.wait_for(delivered(5), 10) == Notice(added=((105, 7),))
+        assert await asyncio.wait_for(delivered(33), 10) == Notice(added=((133, 7),))
+        node = hub._redis.connection_pool.connection_kwargs["port"]
+        index = redis_cluster.index(node)
+        slots = redis_cluster.slots_of(node)  # empty for a replica
+        await asyncio.to_thread(redis_cluster.kill, index)
+        try:
+            # Its node gone, the hub moves on and wakes every stream (notices may have been lost).
+            await asyncio.wait_for(_reset_seen(listener), 30)
+            assert hub._redis.connection_pool.connection_kwargs["port"] != node
+            if slots:  # it was a master: notices go on once its replica took over
+                await asyncio.to_thread(redis_cluster.wait_promoted, node, 60, slots)
+            assert await asyncio.wait_for(delivered(12), 30) == Notice(added=((112, 7),))
+        finally:
+            await asyncio.to_thread(redis_cluster.start, index)
+            await asyncio.to_thread(redis_cluster.wait_ok, 60)
+    finally:
+        await hub.stop()
+        await client.aclose()
+
+
+async def _reset_seen(listener: _Listener) -> None:
+    while not any(n.reset for n in listener.notices):
+        listener.woken.clear()
+        await listener.woken.wait()
 
 
 async def _keys_on(client, port: int, count: int, make) -> list[str]:
