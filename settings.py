@@ -94,6 +94,10 @@ class Settings:
     worker_static_membership: bool = _env("TL_WORKER_STATIC_MEMBERSHIP", False, _bool)
     # After SIGTERM/SIGINT a worker has this long to stop, then exits hard (agents/shutdown.py).
     shutdown_grace_s: float = _env("TL_SHUTDOWN_GRACE_S", 8.0, float)
+    # The PostgreSQL projection is off the timeline path: it starts a batch at most this often
+    # unless a full batch is waiting (agents/take.pace_pause), so under light load it writes a
+    # few larger batches instead of one per event (each costs a Cassandra read and a transaction).
+    projection_pace_ms: int = _env("TL_PROJECTION_PACE_MS", 250, int)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
