@@ -79,7 +79,7 @@ class Kafka(Service):
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap,
+        admin = AIOKafkaAdminClient(**self.settings.kafka_kwargs(),
                                     request_timeout_ms=int(timeout * 1000))
         try:
             await asyncio.wait_for(admin.start(), timeout)
@@ -99,7 +99,7 @@ class Kafka(Service):
         from aiokafka.admin import AIOKafkaAdminClient
 
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka_kwargs(),
             request_timeout_ms=int(timeout * 1000),
         )
         try:
@@ -144,13 +144,7 @@ class Kafka(Service):
         ]
 
     def _cluster_id(self) -> str:
-        path = self.home / "cluster-id"
-        if not path.exists():
-            cluster_id = "-"
-            while cluster_id.startswith("-"):  # a leading '-' would read as an option
-                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            path.write_text(cluster_id + "\n")
-        return path.read_text().strip()
+        return cluster_id(self.home / "cluster-id")
 
     def _server_properties(self) -> str:
         host, port = self.host, self.port
@@ -183,6 +177,17 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 log.cleaner.dedupe.buffer.size=33554432
 """
+
+
+def cluster_id(path: Path) -> str:
+    """The KRaft cluster id kept in ``path`` (a new random one the first time)."""
+    if not path.exists():
+        new = "-"
+        while new.startswith("-"):  # a leading '-' would read as an option
+            new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new + "\n")
+    return path.read_text().strip()
 
 
 def parse_properties(text: str) -> dict[str, str]:
