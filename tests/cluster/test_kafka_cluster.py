@@ -224,9 +224,9 @@ async def post_tweets(client, users: list[dict], load: Load, stop: asyncio.Event
     while not stop.is_set():
         author = rng.choice(users)
         headers = {**author["auth"], "Idempotency-Key": uuid.uuid4().hex}
+        body = {"text": f"under failover {rng.random():.6f}"}
         for _ in range(120):
-            resp = await client.post("/v1/tweets", json={"text": f"under failover {rng.random():.6f}"},
-                                     headers=headers)
+            resp = await client.post("/v1/tweets", json=body, headers=headers)
             if resp.status_code == 201:
                 load.acked[int(resp.json()["tweet_id"])] = time.monotonic()
                 break
@@ -307,8 +307,9 @@ async def test_sigkill_one_broker_under_load_loses_no_acknowledged_tweet(cluster
         after_kill = sorted(t for t in load.acked.values() if t > killed)
         errors = [e for e in load.errors if e[0] > killed]
         statuses = sorted({(status, title) for _, status, title in errors})
+        window = f" within {errors[0][0] - killed:.1f}..{errors[-1][0] - killed:.1f}s" if errors else ""
         print(f"\nkilled broker {victim} (the group coordinator); {len(load.acked)} tweets acknowledged, "
-              f"{len(after_kill)} after the kill; produce errors after the kill: {len(errors)} {statuses}, "
+              f"{len(after_kill)} after the kill; produce errors after the kill: {len(errors)} {statuses}{window}, "
               f"gave up {load.gave_up}; first ack after the kill {after_kill[0] - killed:.2f}s; "
               f"first delivery after the kill {delivered - killed:.2f}s; caught up {caught_up:.1f}s after the restart")
         assert worker.alive(), worker.log_tail()
