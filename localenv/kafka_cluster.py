@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import ClassVar, Iterable
 
 from localenv.host import JARS, fetch_jars, java17, log, run
-from localenv.kafka_server import _KAFKA_LOG4J, KAFKA_JARS, Kafka, cluster_id
+from localenv.kafka_server import _KAFKA_LOG4J, KAFKA_JARS, Kafka, cluster_id, log_properties
 from localenv.server_set import ServerSet
 from localenv.service import Outcome, Service, ServicesError
 from ops import schema
@@ -111,7 +111,7 @@ class KafkaNode(Kafka):
     def command(self) -> list[str]:
         return [
             java17(), "-Xms128m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+            "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
             *self._log_opts(), "-cp", f"{self.lib}/*", "kafka.Kafka", str(self.home / "server.properties"),
         ]
 
@@ -138,29 +138,12 @@ sasl.mechanism.controller.protocol=PLAIN
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:{ADMIN}
-log.dirs={self.data}
-num.partitions=8
-default.replication.factor=3
-min.insync.replicas=2
 unclean.leader.election.enable=false
-auto.create.topics.enable=false
-delete.topic.enable=true
-offsets.topic.replication.factor=3
-offsets.topic.num.partitions=16
-transaction.state.log.replication.factor=3
-transaction.state.log.min.isr=2
-transaction.state.log.num.partitions=8
-group.initial.rebalance.delay.ms=0
 # A dead broker is fenced (and leaves every ISR) after 6 s without a heartbeat (default 9 s).
 broker.heartbeat.interval.ms=1000
 broker.session.timeout.ms=6000
-log.retention.hours=168
-num.network.threads=2
-num.io.threads=2
 num.replica.fetchers=1
-num.recovery.threads.per.data.dir=1
-log.cleaner.dedupe.buffer.size=16777216
-"""
+""" + log_properties(self.data, replication=len(NODES), io_threads=2, dedupe_buffer=16 << 20)
 
 
 def _log4j() -> str:

@@ -6,6 +6,8 @@ stores the default single-node Cassandra, Redis and PostgreSQL in a namespace pe
 * ACLs: a client without credentials, or with a wrong password, gets nothing; each role's
   principal is refused what it should not do, with the broker's own error code (and the
   broker logs the denial); the records it tried to write are not in the log.
+* Workers join and leave under load (the single-broker version is
+  tests/integration/test_scale_out.py): nothing delivered twice to a timeline or skipped.
 * A broker SIGKILLed under load: tweets posted continuously through the real Post service
   (as its principal, acks=all), a real worker (as its principal) delivering them; no
   acknowledged tweet is lost (all in the log, the followers' timelines and PostgreSQL,
@@ -36,6 +38,7 @@ from localenv.host import STATE
 from localenv.kafka_cluster import KafkaCluster
 from localenv.services import ensure_up
 from localenv.worker import Worker
+from ops.group import describe as describe_group
 from ops.lag import wait_caught_up
 from ops.schema import run_sync
 from ops.verify import read_log, verify
@@ -237,6 +240,21 @@ async def post_tweets(client, users: list[dict], load: Load, stop: asyncio.Event
         await asyncio.sleep(interval)
 
 
+async def social_graph(client, n: int = 24) -> tuple[list[dict], dict]:
+    """``n`` users following 4 others each, and a watcher who follows them all (through the
+    Post service)."""
+    users = [await signup(client) for _ in range(n)]
+    watcher = await signup(client)
+    rng = random.Random(16)
+    follows = [(watcher, u) for u in users]
+    follows += [(u, v) for u in users for v in rng.sample(users, 4) if u is not v]
+    for a, b in follows:
+        resp = await client.post(f"/v1/users/{a['user_id']}/following", headers=a["auth"],
+                                 json={"target_user_id": b["user_id"]})
+        assert resp.status_code == 200, resp.text
+    return users, watcher
+
+
 async def first_delivery_after(reader, watcher: int, after_ms: int, epoch_ms: int, stop: asyncio.Event) -> float | None:
     """Monotonic time at which the watcher's materialized timeline (pushed by stage 2, not
     pulled at read time) first shows a tweet created after ``after_ms``."""
@@ -272,15 +290,7 @@ async def pg_tweet_ids(settings: Settings) -> set[int]:
 async def test_sigkill_one_broker_under_load_loses_no_acknowledged_tweet(cluster: KafkaCluster, world: World) -> None:
     worker = world.start_worker("w1")
     async with running_client(world.post) as client, reader_for(world.admin) as reader:
-        users = [await signup(client) for _ in range(24)]
-        watcher = await signup(client)
-        rng = random.Random(16)
-        follows = [(watcher, u) for u in users]
-        follows += [(u, v) for u in users for v in rng.sample(users, 4) if u is not v]
-        for a, b in follows:
-            resp = await client.post(f"/v1/users/{a['user_id']}/following", headers=a["auth"],
-                                     json={"target_user_id": b["user_id"]})
-            assert resp.status_code == 200, resp.text
+        users, watcher = await social_graph(client)
         await wait_caught_up(world.admin, timeout=180, check=worker.check)
 
         load, stop, stop_watch = Load(), asyncio.Event(), asyncio.Event()
@@ -323,6 +333,61 @@ async def test_sigkill_one_broker_under_load_loses_no_acknowledged_tweet(cluster
         assert not missing_pg, f"{len(missing_pg)} acknowledged tweets not in PostgreSQL"
         watched = set(await reader.all_ids(int(watcher["user_id"]), page_size=200))
         assert set(load.acked) <= watched, f"{len(set(load.acked) - watched)} acknowledged tweets not delivered"
+        report = await verify(world.admin, page_size=100, reader=reader)
+        assert report.entries >= len(load.acked)
+        assert report.diffs == {}, f"{len(report.diffs)} users differ: {list(report.diffs.items())[:3]}"
+
+
+async def wait_members(settings: Settings, n: int, timeout: float = 120.0) -> None:
+    """Until the group is stable with ``n`` members that each own partitions of ``tweets``."""
+    last: object = None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            last = await describe_group(settings)
+            owned = [m.partitions.get(settings.topic_tweets) for m in last.members]
+            if last.state == "Stable" and len(owned) == n and all(owned):
+                return
+        except KafkaError as exc:  # the coordinator is not ready yet
+            last = exc
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"the group never had {n} stable members owning partitions: {last!r}")
+
+
+@pytest.mark.slow
+async def test_workers_join_and_leave_under_load_nothing_twice_nothing_skipped(world: World) -> None:
+    w1, w2 = world.start_worker("w1"), world.start_worker("w2")
+    async with running_client(world.post) as client, reader_for(world.admin) as reader:
+        users, watcher = await social_graph(client)
+        await wait_members(world.admin, 2)
+        load, stop = Load(), asyncio.Event()
+        posters = [asyncio.create_task(post_tweets(client, users, load, stop, seed, 0.25)) for seed in range(4)]
+        await asyncio.sleep(5)
+        began = time.monotonic()
+        w3 = world.start_worker("w3")
+        await wait_members(world.admin, 3)
+        joined = time.monotonic() - began
+        await asyncio.sleep(5)
+        began = time.monotonic()
+        await asyncio.to_thread(w1.stop)
+        await wait_members(world.admin, 2)
+        left = time.monotonic() - began
+        await asyncio.sleep(5)
+        stop.set()
+        await asyncio.gather(*posters)
+
+        def check() -> None:
+            w2.check()
+            w3.check()
+
+        await wait_caught_up(world.admin, timeout=300, check=check)
+        print(f"\n{len(load.acked)} tweets acknowledged, {len(load.errors)} refused; a third worker owned "
+              f"partitions {joined:.1f}s after it started, the group was stable without the first "
+              f"{left:.1f}s after its SIGTERM")
+        assert not load.errors and load.gave_up == 0, load.errors[:3]
+        watched = await reader.all_ids(int(watcher["user_id"]), page_size=200)
+        assert len(watched) == len(set(watched)), "a tweet is twice in the watcher's timeline"
+        assert set(load.acked) <= set(watched), f"{len(set(load.acked) - set(watched))} tweets skipped"
         report = await verify(world.admin, page_size=100, reader=reader)
         assert report.entries >= len(load.acked)
         assert report.diffs == {}, f"{len(report.diffs)} users differ: {list(report.diffs.items())[:3]}"
