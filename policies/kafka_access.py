@@ -6,9 +6,10 @@ resource and operation (the cluster topology authenticates every client, ``docs/
 * the query service writes ``user-activity`` only (``user_active`` when a user reads);
 * workers read the source topics in their consumer group (the app id), and read, write and
   create their own topics: deliveries, dead letters and Faust's ``<app id>-...`` changelogs
-  and leader topic. They cannot write a source topic: an event a producer put on the wrong
-  partition is not moved by the worker (``agents/outbox.reroute``) but refused, so producers
-  must use Kafka's partitioner.
+  and leader topic. They cannot write a source topic, so a worker cannot move an event a
+  producer put on the wrong partition (``agents/outbox.reroute_if_misplaced``): the refused
+  send is a systemic fault that stops it (exit 78). Producers on this topology must use
+  Kafka's partitioner (the Post service does; kcat with ``partitioner=murmur2_random``).
 
 Nobody else gets anything (the brokers run with ``allow.everyone.if.no.acl.found=false``);
 the admin principal is a super user and needs no binding. Writing a topic lets a producer be
