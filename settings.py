@@ -14,8 +14,8 @@ from functools import lru_cache
 from typing import Any, Callable
 
 
-def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
-    return field(default=default, metadata={"env": name, "cast": cast})
+def _env(name: str, default: Any, cast: Callable[[str], Any] = str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": name, "cast": cast}, repr=not secret)
 
 
 def _bool(raw: str) -> bool:
@@ -30,6 +30,9 @@ def _bool(raw: str) -> bool:
 def _tuple(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 # The per-client rate limits: each has ``<name>_rate_burst`` and ``<name>_rate_per_s``.
 RATE_LIMITS = ("post", "read", "signup", "follow", "token_lookup")
@@ -49,6 +52,13 @@ def unthrottled() -> dict[str, Any]:
 class Settings:
     # --- servers -----------------------------------------------------------
     kafka_bootstrap: str = _env("TL_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    # How every Kafka client of the service authenticates (``kafka_kwargs``; the worker through
+    # Faust's broker credentials): PLAINTEXT (the single broker), or SASL_PLAINTEXT with a SCRAM
+    # principal of its own per process kind (the cluster topology, localenv/kafka_cluster.py).
+    kafka_security_protocol: str = _env("TL_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    kafka_sasl_mechanism: str = _env("TL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    kafka_username: str = _env("TL_KAFKA_USERNAME", "")
+    kafka_password: str = _env("TL_KAFKA_PASSWORD", "", secret=True)
     cassandra_hosts: tuple[str, ...] = _env("TL_CASSANDRA_HOSTS", ("127.0.0.1",), _tuple)
     cassandra_port: int = _env("TL_CASSANDRA_PORT", 9042, int)
     cassandra_keyspace: str = _env("TL_CASSANDRA_KEYSPACE", "timeline")
@@ -198,6 +208,15 @@ class Settings:
             raise ValueError("TL_EVENT_MAX_DEPTH, TL_SYSTEMIC_ERROR_STREAK and TL_TWEET_MAX_CHARS must be >= 1")
         if not self.shutdown_grace_s > 0:
             raise ValueError("TL_SHUTDOWN_GRACE_S must be > 0")
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(f"TL_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        if self.kafka_security_protocol == "SASL_PLAINTEXT":
+            if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+                raise ValueError(f"TL_KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+            if not self.kafka_username or not self.kafka_password:
+                raise ValueError("TL_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT needs TL_KAFKA_USERNAME and TL_KAFKA_PASSWORD")
+        if self.topic_replication < 1:
+            raise ValueError("TL_TOPIC_REPLICATION must be >= 1")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -221,6 +240,17 @@ class Settings:
     def postgres_kwargs(self) -> dict[str, Any]:
         """Connection options that select the schema (psycopg ``connect(dsn, **kwargs)``)."""
         return {"options": f"-c search_path={self.postgres_schema}"}
+
+    def kafka_kwargs(self) -> dict[str, Any]:
+        """Where and how a Kafka client connects: the keyword arguments every
+        ``AIOKafkaProducer``/``AIOKafkaConsumer``/``AIOKafkaAdminClient`` of the service starts
+        with (the bootstrap list and, with SASL, the principal's SCRAM credentials)."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap,
+                                  "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol == "SASL_PLAINTEXT":
+            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_username,
+                          sasl_plain_password=self.kafka_password)
+        return kwargs
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -133,13 +133,22 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
+def min_insync_replicas(replication: int) -> int:
+    """Replicas that must have a record before an ``acks=all`` write is acknowledged: a
+    majority (1 of 1, 2 of 3), so one broker can be lost without losing an acknowledged record
+    or refusing writes."""
+    return replication // 2 + 1
+
+
 def topic_specs(settings: Settings, partitions: int | None = None) -> list[TopicSpec]:
-    """The service's topics: the three source logs, deliveries and dead letters."""
+    """The service's topics: the three source logs, deliveries and dead letters, each at
+    ``TL_TOPIC_REPLICATION`` replicas with a majority of them in sync for a write."""
     n = partitions or settings.topic_partitions
+    durability = {"min.insync.replicas": str(min_insync_replicas(settings.topic_replication))}
     return [
-        *(TopicSpec(topic, n, INFINITE_RETENTION) for topic in source_topics(settings)),
-        TopicSpec(settings.topic_deliveries, n, WEEK_RETENTION),
-        TopicSpec(settings.topic_dead_letters, n, WEEK_RETENTION),
+        *(TopicSpec(topic, n, INFINITE_RETENTION | durability) for topic in source_topics(settings)),
+        TopicSpec(settings.topic_deliveries, n, WEEK_RETENTION | durability),
+        TopicSpec(settings.topic_dead_letters, n, WEEK_RETENTION | durability),
     ]
 
 
@@ -162,7 +171,7 @@ async def create_topics_async(
 
     specs = {spec.name: spec for spec in topic_specs(settings, partitions)}
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=60_000
+        **settings.kafka_kwargs(), request_timeout_ms=60_000
     )
     await admin.start()
     try:
@@ -204,7 +213,7 @@ async def delete_topics_async(settings: Settings) -> None:
     the real log."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
     await admin.start()
     try:
         await admin.delete_topics([spec.name for spec in topic_specs(settings)])
@@ -239,7 +248,7 @@ async def drop_namespace(settings: Settings, *, postgres_schema: bool = True) ->
     try:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
         await admin.start()
         try:
             ours = {spec.name for spec in topic_specs(settings)}
