@@ -59,6 +59,10 @@ class Settings:
     kafka_sasl_mechanism: str = _env("TL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
     kafka_username: str = _env("TL_KAFKA_USERNAME", "")
     kafka_password: str = _env("TL_KAFKA_PASSWORD", "", secret=True)
+    # An event a producer put on the wrong partition (another partitioner than Kafka's):
+    # "reroute" re-sends it to its key's partition of the same topic; "dead-letter" refuses it
+    # with the reason (a worker whose principal may not write the source topics: the cluster's ACLs).
+    misplaced_events: str = _env("TL_MISPLACED_EVENTS", "reroute")
     cassandra_hosts: tuple[str, ...] = _env("TL_CASSANDRA_HOSTS", ("127.0.0.1",), _tuple)
     cassandra_port: int = _env("TL_CASSANDRA_PORT", 9042, int)
     cassandra_keyspace: str = _env("TL_CASSANDRA_KEYSPACE", "timeline")
@@ -217,6 +221,8 @@ class Settings:
                 raise ValueError("TL_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT needs TL_KAFKA_USERNAME and TL_KAFKA_PASSWORD")
         if self.topic_replication < 1:
             raise ValueError("TL_TOPIC_REPLICATION must be >= 1")
+        if self.misplaced_events not in ("reroute", "dead-letter"):
+            raise ValueError("TL_MISPLACED_EVENTS must be reroute or dead-letter")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -27,7 +27,7 @@ from faust.streams import current_event
 from agents.failures import Isolator
 from agents.loop import consume
 from agents.metrics import count_deliveries, observe_fanout_lag
-from agents.outbox import Outbox
+from agents.outbox import Outbox, misplaced_policy
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.activity import is_active
@@ -350,7 +350,8 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
 
 
 async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
-    outbox = Outbox(settings.topic_partitions)
+    misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
+    outbox = Outbox(settings.topic_partitions, misplaced_dead_letters=misplaced)
     batch = RecipientBatch(sinks)
     for event, payload in decode_batch(events, outbox):
         with event_scope(event):

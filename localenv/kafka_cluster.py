@@ -189,6 +189,7 @@ class KafkaCluster(ServerSet):
             raise KeyError(f"no SCRAM user {principal!r} in {self.state} (known: {sorted(self.credentials)})")
         return (settings or self.base).replace(
             kafka_bootstrap=self.bootstrap, kafka_security_protocol="SASL_PLAINTEXT",
+            misplaced_events="dead-letter",  # the worker may not write the source topics
             kafka_sasl_mechanism=MECHANISM, kafka_username=principal,
             kafka_password=self.credentials[principal], topic_replication=len(NODES))
 

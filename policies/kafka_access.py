@@ -7,9 +7,10 @@ resource and operation (the cluster topology authenticates every client, ``docs/
 * workers read the source topics in their consumer group (the app id), and read, write and
   create their own topics: deliveries, dead letters and Faust's ``<app id>-...`` changelogs
   and leader topic. They cannot write a source topic, so a worker cannot move an event a
-  producer put on the wrong partition (``agents/outbox.reroute_if_misplaced``): the refused
-  send is a systemic fault that stops it (exit 78). Producers on this topology must use
-  Kafka's partitioner (the Post service does; kcat with ``partitioner=murmur2_random``).
+  producer put on the wrong partition (``agents/outbox.reroute_if_misplaced``): on this
+  topology the workers run with ``TL_MISPLACED_EVENTS=dead-letter`` and dead-letter it with
+  the reason. Producers here must use Kafka's partitioner (the Post service does; kcat with
+  ``partitioner=murmur2_random``).
 
 Nobody else gets anything (the brokers run with ``allow.everyone.if.no.acl.found=false``);
 the admin principal is a super user and needs no binding. Writing a topic lets a producer be
