@@ -225,7 +225,7 @@ class CassandraRing:
             for n, node in enumerate(self.nodes, start=1)
         ]
 
-    def pending_hints(self, timeout: float = 5.0) -> dict[str, dict[str, int]]:
+    def pending_hints(self, timeout: float = 10.0) -> dict[str, dict[str, int]]:
         """Per answering node, the hint files it keeps for each other node
         (``system_views.pending_hints``): a node that was down gets them when it is back."""
         answers = self.ask_each("SELECT address, files FROM system_views.pending_hints", timeout)

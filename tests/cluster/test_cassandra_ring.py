@@ -58,7 +58,7 @@ def record(**values: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def ring():
+def ring(request):
     ensure_up(get_settings())  # the shared Kafka, Redis and PostgreSQL
     port, internode = CassandraRing.free_ports()
     ring = CassandraRing(FOLDER / f"ring-{os.getpid()}", port, internode)
@@ -69,7 +69,10 @@ def ring():
         yield ring
     finally:
         began = time.monotonic()
-        ring.reset()
+        if request.session.testsfailed:
+            ring.down()  # the nodes' logs stay in the ring's folder
+        else:
+            ring.reset()
         record(ring_down_s=round(time.monotonic() - began, 1))
 
 
@@ -211,7 +214,8 @@ async def test_one_node_killed_under_load_reads_and_writes_go_on_at_quorum(ring,
             stop.set()
             await asyncio.gather(*tasks[:2])
             load_ended = time.monotonic()
-        retries = sum("store_retry" in line for line in (tmp_path / "worker.log").read_text(errors="replace").splitlines())
+        retries = [line for line in (tmp_path / "worker.log").read_text(errors="replace").splitlines()
+                   if "store_retry" in line]
         down = (killed_at, back_at)
         record(
             failover_node_killed="node1 (seed, first contact point)",
@@ -227,7 +231,10 @@ async def test_one_node_killed_under_load_reads_and_writes_go_on_at_quorum(ring,
             failover_reads_ok_errors_while_down=reads.count(*down),
             failover_read_longest_gap_s_at=reads.longest_gap(load_began, load_ended),
             failover_first_errors=[e for _, e in (writes.errors + reads.errors)[:5]],
-            failover_worker_store_retries=retries,
+            failover_killed_at_s=round(killed_at - load_began, 1),
+            failover_back_at_s=round(back_at - load_began, 1),
+            failover_worker_store_retries=len(retries),
+            failover_worker_first_retries=[line[-300:] for line in retries[:3]],
         )
         assert any(ADDRESSES[0] in per for per in hints_down.values()), f"no hints kept for node1: {hints_down}"
         assert replayed_at is not None, "the hints for node1 were not replayed within 300 s"
