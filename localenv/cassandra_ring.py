@@ -20,9 +20,7 @@ There is no JMX (so no ``nodetool``): ``status`` reads ``system_views.gossip_inf
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -232,21 +230,9 @@ class CassandraRing:
         return {node: {row.address: row.files for row in rows if row.files} for node, rows in answers.items()}
 
     def kill(self, n: int, timeout: float = 30.0) -> int:
-        """SIGKILL node ``n``, as a crash or an out-of-memory kill would: no drain, the commit
-        log not synced since its last period. Returns when the process is gone and its port
-        is free."""
-        node = self.node(n)
-        pid = node.our_pid()
-        if pid is None:
-            raise ServicesError(f"node{n} of {self.folder} is not running")
-        os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while Path(f"/proc/{pid}").exists() or node.port_taken():
-            if time.monotonic() > deadline:
-                raise ServicesError(f"node{n} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
-            time.sleep(0.05)
-        node.pid_file.unlink(missing_ok=True)
-        return pid
+        """SIGKILL node ``n`` (``Service.kill``): no drain, the commit log not synced since its
+        last period. Returns when the process is gone and its port is free."""
+        return self.node(n).kill(timeout)
 
     def down(self, echo=log) -> None:
         """Stop every node (drained, in parallel)."""
