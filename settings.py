@@ -33,6 +33,8 @@ def _tuple(raw: str) -> tuple[str, ...]:
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+# Consistency levels a read or write may use (the driver's names).
+CASSANDRA_CONSISTENCIES = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 
 # The per-client rate limits: each has ``<name>_rate_burst`` and ``<name>_rate_per_s``.
 RATE_LIMITS = ("post", "read", "signup", "follow", "token_lookup")
@@ -71,6 +73,16 @@ class Settings:
     # "periodic" syncs every 10 s (Cassandra's default; a cluster at replication factor 3
     # and QUORUM writes gets its durability from the replicas). docs/operations.md.
     cassandra_commitlog_sync: str = _env("TL_CASSANDRA_COMMITLOG_SYNC", "batch")
+    # Replication of the keyspace ops/schema.py creates: without a local DC, SimpleStrategy
+    # (the single node); with one, NetworkTopologyStrategy {dc: factor} (the three-node ring
+    # of localenv/cassandra_ring.py: dc1, 3). Every client routes token-aware over the
+    # local DC's nodes (empty: the DC of the contact point) and reads and writes at
+    # TL_CASSANDRA_CONSISTENCY; the first-post-wins claim (a lightweight transaction) runs
+    # its Paxos round at TL_CASSANDRA_SERIAL_CONSISTENCY.
+    cassandra_replication_factor: int = _env("TL_CASSANDRA_REPLICATION_FACTOR", 1, int)
+    cassandra_local_dc: str = _env("TL_CASSANDRA_LOCAL_DC", "")
+    cassandra_consistency: str = _env("TL_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")
+    cassandra_serial_consistency: str = _env("TL_CASSANDRA_SERIAL_CONSISTENCY", "LOCAL_SERIAL")
     redis_url: str = _env("TL_REDIS_URL", "redis://127.0.0.1:6379/0")
     # Prefix of every Redis key the service owns (lets tests and tenants share a server).
     redis_prefix: str = _env("TL_REDIS_PREFIX", "tl:")
@@ -223,6 +235,12 @@ class Settings:
             raise ValueError("TL_TOPIC_REPLICATION must be >= 1")
         if self.misplaced_events not in ("reroute", "dead-letter"):
             raise ValueError("TL_MISPLACED_EVENTS must be reroute or dead-letter")
+        if self.cassandra_replication_factor < 1:
+            raise ValueError("TL_CASSANDRA_REPLICATION_FACTOR must be >= 1")
+        if self.cassandra_consistency not in CASSANDRA_CONSISTENCIES:
+            raise ValueError(f"TL_CASSANDRA_CONSISTENCY must be one of {', '.join(CASSANDRA_CONSISTENCIES)}")
+        if self.cassandra_serial_consistency not in ("SERIAL", "LOCAL_SERIAL"):
+            raise ValueError("TL_CASSANDRA_SERIAL_CONSISTENCY must be SERIAL or LOCAL_SERIAL")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":

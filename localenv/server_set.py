@@ -134,19 +134,8 @@ class ServerSet:
         return pid
 
     def kill(self, name: str, timeout: float = 30.0) -> int:
-        """SIGKILL, as a crash or an out-of-memory kill would: no shutdown, nothing flushed
-        by the server itself. Returns when the process is gone and its port is free."""
-        svc = self._services[name]
-        pid = self.signal(name, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        # Until reaped, a zombie still "exists" for kill(pid, 0): PostgreSQL would then take
-        # its postmaster.pid for a live server and refuse to start.
-        while Path(f"/proc/{pid}").exists() or svc.port_taken():
-            if time.monotonic() > deadline:
-                raise ServicesError(f"{name} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
-            time.sleep(0.05)
-        svc.pid_file.unlink(missing_ok=True)
-        return pid
+        """SIGKILL one server (``Service.kill``); returns when it is gone and its port is free."""
+        return self._services[name].kill(timeout)
 
     def pause(self, name: str) -> int:
         return self.signal(name, signal.SIGSTOP)

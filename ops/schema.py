@@ -49,22 +49,12 @@ def run_sync(coro: Awaitable[T]) -> T:
 
 
 def cassandra_cluster(settings: Settings, connect_timeout: float = 10.0) -> Any:
-    """A cassandra-driver ``Cluster`` for the configured hosts (caller shuts it down)."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import RoundRobinPolicy
+    """A cassandra-driver ``Cluster`` for the configured hosts (caller shuts it down): the
+    sinks' one (``sinks.cassandra.new_cluster``), with requests timing out after
+    ``max(connect_timeout, 10)`` s."""
+    from sinks.cassandra import new_cluster
 
-    profile = ExecutionProfile(
-        load_balancing_policy=RoundRobinPolicy(),
-        request_timeout=max(connect_timeout, 10.0),
-    )
-    return Cluster(
-        contact_points=list(settings.cassandra_hosts),
-        port=settings.cassandra_port,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-        connect_timeout=connect_timeout,
-        control_connection_timeout=connect_timeout,
-        protocol_version=5,
-    )
+    return new_cluster(settings, connect_timeout=connect_timeout, request_timeout=max(connect_timeout, 10.0))
 
 
 def redis_address(settings: Settings) -> tuple[str, int]:
@@ -81,19 +71,29 @@ def kafka_address(settings: Settings) -> tuple[str, int]:
 # --- Cassandra --------------------------------------------------------------------
 
 
-def cql_statements(text: str, keyspace: str) -> list[str]:
-    """Split a CQL script into statements: drop comments, fill in {keyspace}, split on ';'."""
+def keyspace_replication(settings: Settings) -> str:
+    """The keyspace's replication map: ``NetworkTopologyStrategy`` with the replication
+    factor in the local DC when one is configured (the ring), else ``SimpleStrategy``."""
+    factor = settings.cassandra_replication_factor
+    if settings.cassandra_local_dc:
+        return f"{{'class': 'NetworkTopologyStrategy', '{settings.cassandra_local_dc}': {factor}}}"
+    return f"{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}"
+
+
+def cql_statements(text: str, keyspace: str, replication: str = "") -> list[str]:
+    """Split a CQL script into statements: drop comments, fill in {keyspace} and
+    {replication}, split on ';'."""
     without_comments = "\n".join(
         line for line in text.splitlines() if not line.lstrip().startswith(("--", "//"))
     )
     without_comments = re.sub(r"/\*.*?\*/", "", without_comments, flags=re.S)
-    formatted = without_comments.format(keyspace=keyspace)
+    formatted = without_comments.format(keyspace=keyspace, replication=replication)
     return [stmt.strip() for stmt in formatted.split(";") if stmt.strip()]
 
 
 def apply_cassandra(settings: Settings, cql_file: Path = CQL_FILE) -> int:
     """Create the keyspace and tables of ``ops/schema.cql``; returns the statement count."""
-    statements = cql_statements(cql_file.read_text(), settings.cassandra_keyspace)
+    statements = cql_statements(cql_file.read_text(), settings.cassandra_keyspace, keyspace_replication(settings))
     cluster = cassandra_cluster(settings)
     try:
         session = cluster.connect()
