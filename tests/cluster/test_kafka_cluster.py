@@ -122,6 +122,7 @@ def broker_log(cluster: KafkaCluster) -> str:
     return "\n".join(node.log_file.read_text(errors="replace") for node in cluster.nodes())
 
 
+@pytest.mark.short
 async def test_acls_refuse_what_a_principal_may_not_do(cluster: KafkaCluster, world: World, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="aiokafka")
     # No credentials: the SASL listener answers nothing but the handshake; the broker logs why.
@@ -193,6 +194,7 @@ def run_doc_kcat(lines: list[str], settings: Settings, topic: str, cwd: Path) ->
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.short
 async def test_docs_kcat_example_with_a_named_producer(cluster: KafkaCluster, world: World) -> None:
     lines = doc_kcat_with_credentials()
     topic = world.admin.topic_tweets
@@ -287,6 +289,7 @@ async def pg_tweet_ids(settings: Settings) -> set[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.short
 async def test_sigkill_one_broker_under_load_loses_no_acknowledged_tweet(cluster: KafkaCluster, world: World) -> None:
     worker = world.start_worker("w1")
     async with running_client(world.post) as client, reader_for(world.admin) as reader:
