@@ -7,6 +7,8 @@ Agents (``agents/``), tables (``tables/``) and topics (``streams/``) import
 """
 from __future__ import annotations
 
+from faust.auth import SASLCredentials
+
 from agents import metrics, shutdown
 from logs import dict_config
 from streams.faust_handover import HandoverSafeApp, SeekThenResumeTableManager
@@ -15,6 +17,17 @@ from settings import get_settings
 
 settings = get_settings()
 
+
+def broker_credentials(kafka_kwargs: dict) -> SASLCredentials | None:
+    """Faust's form of ``Settings.kafka_kwargs()``: the worker authenticates as the other
+    clients do (None: PLAINTEXT)."""
+    if kafka_kwargs["security_protocol"] == "PLAINTEXT":
+        return None
+    return SASLCredentials(username=kafka_kwargs["sasl_plain_username"],
+                           password=kafka_kwargs["sasl_plain_password"],
+                           mechanism=kafka_kwargs["sasl_mechanism"])
+
+
 # HandoverSafeApp and SeekThenResumeTableManager are faust.App and its table
 # manager with the partition hand-over after a rebalance fixed (see
 # streams/faust_handover.py): without them a worker that takes partitions over can
@@ -22,6 +35,7 @@ settings = get_settings()
 app = HandoverSafeApp(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
+    broker_credentials=broker_credentials(settings.kafka_kwargs()),
     store=settings.faust_store,
     datadir=settings.faust_datadir,
     autodiscover=["streams", "tables", "agents"],

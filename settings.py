@@ -14,8 +14,8 @@ from functools import lru_cache
 from typing import Any, Callable
 
 
-def _env(name: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
-    return field(default=default, metadata={"env": name, "cast": cast})
+def _env(name: str, default: Any, cast: Callable[[str], Any] = str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": name, "cast": cast}, repr=not secret)
 
 
 def _bool(raw: str) -> bool:
@@ -30,6 +30,11 @@ def _bool(raw: str) -> bool:
 def _tuple(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+# Consistency levels a read or write may use (the driver's names).
+CASSANDRA_CONSISTENCIES = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 
 # The per-client rate limits: each has ``<name>_rate_burst`` and ``<name>_rate_per_s``.
 RATE_LIMITS = ("post", "read", "signup", "follow", "token_lookup")
@@ -49,6 +54,17 @@ def unthrottled() -> dict[str, Any]:
 class Settings:
     # --- servers -----------------------------------------------------------
     kafka_bootstrap: str = _env("TL_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    # How every Kafka client of the service authenticates (``kafka_kwargs``; the worker through
+    # Faust's broker credentials): PLAINTEXT (the single broker), or SASL_PLAINTEXT with a SCRAM
+    # principal of its own per process kind (the cluster topology, localenv/kafka_cluster.py).
+    kafka_security_protocol: str = _env("TL_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    kafka_sasl_mechanism: str = _env("TL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    kafka_username: str = _env("TL_KAFKA_USERNAME", "")
+    kafka_password: str = _env("TL_KAFKA_PASSWORD", "", secret=True)
+    # An event a producer put on the wrong partition (another partitioner than Kafka's):
+    # "reroute" re-sends it to its key's partition of the same topic; "dead-letter" refuses it
+    # with the reason (a worker whose principal may not write the source topics: the cluster's ACLs).
+    misplaced_events: str = _env("TL_MISPLACED_EVENTS", "reroute")
     cassandra_hosts: tuple[str, ...] = _env("TL_CASSANDRA_HOSTS", ("127.0.0.1",), _tuple)
     cassandra_port: int = _env("TL_CASSANDRA_PORT", 9042, int)
     cassandra_keyspace: str = _env("TL_CASSANDRA_KEYSPACE", "timeline")
@@ -57,6 +73,16 @@ class Settings:
     # "periodic" syncs every 10 s (Cassandra's default; a cluster at replication factor 3
     # and QUORUM writes gets its durability from the replicas). docs/operations.md.
     cassandra_commitlog_sync: str = _env("TL_CASSANDRA_COMMITLOG_SYNC", "batch")
+    # Replication of the keyspace ops/schema.py creates: without a local DC, SimpleStrategy
+    # (the single node); with one, NetworkTopologyStrategy {dc: factor} (the three-node ring
+    # of localenv/cassandra_ring.py: dc1, 3). Every client routes token-aware over the
+    # local DC's nodes (empty: the DC of the contact point) and reads and writes at
+    # TL_CASSANDRA_CONSISTENCY; the first-post-wins claim (a lightweight transaction) runs
+    # its Paxos round at TL_CASSANDRA_SERIAL_CONSISTENCY.
+    cassandra_replication_factor: int = _env("TL_CASSANDRA_REPLICATION_FACTOR", 1, int)
+    cassandra_local_dc: str = _env("TL_CASSANDRA_LOCAL_DC", "")
+    cassandra_consistency: str = _env("TL_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")
+    cassandra_serial_consistency: str = _env("TL_CASSANDRA_SERIAL_CONSISTENCY", "LOCAL_SERIAL")
     redis_url: str = _env("TL_REDIS_URL", "redis://127.0.0.1:6379/0")
     # A Redis Cluster instead of one server: every client is a redis-py RedisCluster
     # (sinks/redis_client.py), TL_REDIS_URL may list several nodes ("redis://h:p1,h:p2"),
@@ -101,6 +127,10 @@ class Settings:
     worker_static_membership: bool = _env("TL_WORKER_STATIC_MEMBERSHIP", False, _bool)
     # After SIGTERM/SIGINT a worker has this long to stop, then exits hard (agents/shutdown.py).
     shutdown_grace_s: float = _env("TL_SHUTDOWN_GRACE_S", 8.0, float)
+    # The PostgreSQL projection is off the timeline path: it starts a batch at most this often
+    # unless a full batch is waiting (agents/take.pace_pause), so under light load it writes a
+    # few larger batches instead of one per event (each costs a Cassandra read and a transaction).
+    projection_pace_ms: int = _env("TL_PROJECTION_PACE_MS", 250, int)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
@@ -203,6 +233,23 @@ class Settings:
             raise ValueError("TL_REDIS_WAIT_REPLICAS must be >= 0 and TL_REDIS_WAIT_MS >= 1")
         if not self.shutdown_grace_s > 0:
             raise ValueError("TL_SHUTDOWN_GRACE_S must be > 0")
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(f"TL_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        if self.kafka_security_protocol == "SASL_PLAINTEXT":
+            if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+                raise ValueError(f"TL_KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+            if not self.kafka_username or not self.kafka_password:
+                raise ValueError("TL_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT needs TL_KAFKA_USERNAME and TL_KAFKA_PASSWORD")
+        if self.topic_replication < 1:
+            raise ValueError("TL_TOPIC_REPLICATION must be >= 1")
+        if self.misplaced_events not in ("reroute", "dead-letter"):
+            raise ValueError("TL_MISPLACED_EVENTS must be reroute or dead-letter")
+        if self.cassandra_replication_factor < 1:
+            raise ValueError("TL_CASSANDRA_REPLICATION_FACTOR must be >= 1")
+        if self.cassandra_consistency not in CASSANDRA_CONSISTENCIES:
+            raise ValueError(f"TL_CASSANDRA_CONSISTENCY must be one of {', '.join(CASSANDRA_CONSISTENCIES)}")
+        if self.cassandra_serial_consistency not in ("SERIAL", "LOCAL_SERIAL"):
+            raise ValueError("TL_CASSANDRA_SERIAL_CONSISTENCY must be SERIAL or LOCAL_SERIAL")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -226,6 +273,17 @@ class Settings:
     def postgres_kwargs(self) -> dict[str, Any]:
         """Connection options that select the schema (psycopg ``connect(dsn, **kwargs)``)."""
         return {"options": f"-c search_path={self.postgres_schema}"}
+
+    def kafka_kwargs(self) -> dict[str, Any]:
+        """Where and how a Kafka client connects: the keyword arguments every
+        ``AIOKafkaProducer``/``AIOKafkaConsumer``/``AIOKafkaAdminClient`` of the service starts
+        with (the bootstrap list and, with SASL, the principal's SCRAM credentials)."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap,
+                                  "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol == "SASL_PLAINTEXT":
+            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_username,
+                          sasl_plain_password=self.kafka_password)
+        return kwargs
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -27,7 +27,7 @@ from faust.streams import current_event
 from agents.failures import Isolator
 from agents.loop import consume
 from agents.metrics import count_deliveries, observe_fanout_lag
-from agents.outbox import Outbox
+from agents.outbox import Outbox, misplaced_policy
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.activity import is_active
@@ -41,6 +41,7 @@ from schemas.events import INT64_MAX as MAX_ID
 from streams.topics import EVENTS_ON, dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import following_edges, recipients
+from tables.row_cache import RowCache
 
 log = logging.getLogger(__name__)
 STAGE = "deliver"
@@ -48,6 +49,19 @@ BATCH_MAX = 500
 NEW_RECIPIENT = {"active_at": None, "stale": False, "floor": 0}
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
+# The ``recipients`` rows between batches (only this agent writes them); cleared whenever
+# partitions move, since another worker may have changed a partition this one gets back.
+RECIPIENTS = RowCache(recipients)
+
+
+@app.on_partitions_revoked.connect
+def _recipients_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    RECIPIENTS.clear()
+
+
+@app.on_partitions_assigned.connect
+def _recipients_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    RECIPIENTS.clear()
 
 
 class RecipientBatch:
@@ -70,8 +84,7 @@ class RecipientBatch:
         self.counts: dict[str, int] = dict.fromkeys(("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt"), 0)
         self.created_at: list[int] = []
         # user -> a private copy of their ``recipients`` row as of the last read or
-        # save in this batch: a recipient of many ops in one batch is read (a RocksDB
-        # get and a JSON decode) once. Only this batch writes the rows meanwhile
+        # save in this batch (``RECIPIENTS`` keeps the rows between batches). Only this batch writes the rows meanwhile
         # (the agent runs with concurrency=1), and save() keeps the copy current.
         self._recs: dict[int, dict] = {}
 
@@ -79,7 +92,7 @@ class RecipientBatch:
     def _stored(self, user_id: int) -> dict:
         rec = self._recs.get(user_id)
         if rec is None:
-            rec = self._recs[user_id] = dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
+            rec = self._recs[user_id] = RECIPIENTS.get(entity_key(user_id)) or dict(NEW_RECIPIENT)
         return rec
 
     def state(self, user_id: int) -> dict:
@@ -97,17 +110,17 @@ class RecipientBatch:
             self.meta[user_id] = rec
             self.invalidate.add(user_id)
             self.pending[user_id] = current_event()
-        recipients[entity_key(user_id)] = rec
+        RECIPIENTS.put(entity_key(user_id), rec)
         self._recs[user_id] = dict(rec)
 
     def confirm(self) -> None:
         """After apply(): the mirrored state and rebuilds are written; clear their flags."""
         for user_id, event in self.pending.items():
             with event_scope(event):
-                rec = dict(recipients.get(entity_key(user_id)) or NEW_RECIPIENT)
+                rec = RECIPIENTS.get(entity_key(user_id)) or dict(NEW_RECIPIENT)
                 rec.pop("mirror_pending", None)
                 rec.pop("rebuild_pending", None)
-                recipients[entity_key(user_id)] = rec
+                RECIPIENTS.put(entity_key(user_id), rec)
 
     def accepts(self, user_id: int, rec: dict, at: int) -> bool:
         """Whether the user's timeline is kept up to date; marks it stale when not."""
@@ -337,7 +350,8 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
 
 
 async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
-    outbox = Outbox(settings.topic_partitions)
+    misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
+    outbox = Outbox(settings.topic_partitions, misplaced_dead_letters=misplaced)
     batch = RecipientBatch(sinks)
     for event, payload in decode_batch(events, outbox):
         with event_scope(event):

@@ -28,7 +28,7 @@ from faust.streams import current_event
 from agents.failures import Isolator
 from agents.loop import consume
 from agents.metrics import FANOUT_TWEETS, count_rows
-from agents.outbox import Outbox
+from agents.outbox import Outbox, misplaced_policy
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
@@ -359,7 +359,8 @@ async def publish_author_status(sinks: Sinks, batch: AuthorBatch) -> None:
 
 
 def new_outbox() -> Outbox:
-    return Outbox(settings.topic_partitions, settings.delivery_max_bytes)
+    misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
+    return Outbox(settings.topic_partitions, settings.delivery_max_bytes, misplaced_dead_letters=misplaced)
 
 
 async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:

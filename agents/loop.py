@@ -7,12 +7,14 @@ only when ``process`` returned, so every store write of its events is done.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from agents.failures import Isolator, guard
 from agents.metrics import BatchTimer
 from agents.outbox import publish_dead_letter
-from agents.take import drain_batches
+from agents.take import drain_batches, pace_pause
 
 R = TypeVar("R")
 
@@ -26,9 +28,13 @@ async def consume(
     batch_max: int,
     dead_letters_topic: Any,
     partitions: int,
+    pace_s: float = 0.0,
 ) -> None:
     """Open the agent's stores (``setup``), then process each batch; an event that cannot be
-    processed is dead-lettered, a systemic fault stops the worker (``agents/failures.py``)."""
+    processed is dead-lettered, a systemic fault stops the worker (``agents/failures.py``).
+    ``pace_s``: a stage off the latency path waits between batches (``take.pace_pause``); the
+    wait comes after the batch's processing and before its ack, so a stop meanwhile only
+    replays a batch whose writes are idempotent."""
     stage = isolator.stage
     async with guard(stage):
         resource = await setup()
@@ -37,5 +43,9 @@ async def consume(
             await publish_dead_letter(dead_letters_topic, event, reason, stage, partitions)
 
         async for events in drain_batches(stream, batch_max):
+            began = time.monotonic()
             with BatchTimer(stage, len(events)):
                 await isolator.run(events, lambda part: process(resource, part), dead_letter)
+            pause = pace_pause(len(events), batch_max, time.monotonic() - began, pace_s)
+            if pause:
+                await asyncio.sleep(pause)

@@ -13,6 +13,16 @@ from schemas.deliveries import DeliveryOp, encode_messages
 DEFAULT_DELIVERY_MAX_BYTES = 256 * 1024
 
 
+def misplaced_reason(partition: int, expected: int) -> str:
+    return (f"misplaced: on partition {partition}, its key belongs on partition {expected} (a producer "
+            "with another partitioner than Kafka's; this worker may not re-send to a source topic)")
+
+
+def misplaced_policy(mode: str, dead_letters_topic: Any, stage: str) -> tuple[Any, str] | None:
+    """``Outbox.misplaced_dead_letters`` for the setting ``TL_MISPLACED_EVENTS`` (``mode``)."""
+    return (dead_letters_topic, stage) if mode == "dead-letter" else None
+
+
 @dataclass
 class Outbox:
     """Collects sends; ``flush`` publishes them all and waits for Kafka's acks.
@@ -28,6 +38,10 @@ class Outbox:
     messages: list[tuple[Any, bytes | None, bytes, int | None]] = field(default_factory=list)
     # destination partition -> ordered delivery ops
     deliveries: dict[int, list[DeliveryOp]] = field(default_factory=dict)
+    # An event on the wrong partition: None re-sends it to the right one; (dead-letter topic,
+    # stage) refuses it instead (TL_MISPLACED_EVENTS=dead-letter: the worker may not write
+    # the source topics, as under the cluster topology's ACLs).
+    misplaced_dead_letters: tuple[Any, str] | None = None
 
     def dead_letter(self, topic: Any, event: Any, reason: str, stage: str) -> None:
         count_dead_letter(event, reason, stage)
@@ -40,13 +54,18 @@ class Outbox:
     def reroute_if_misplaced(self, app: Any, event: Any, key_id: int) -> bool:
         """Re-send ``event`` to the partition of ``key_id`` if it arrived on another one.
 
-        True when it was re-sent: the caller must not process it where it landed. A
+        True when it was re-sent (or dead-lettered, see ``misplaced_dead_letters``): the
+        caller must not process it where it landed. A
         producer that used another partitioner (e.g. librdkafka's default) would
         otherwise have the event miss the state kept on its key's partition.
         """
         expected = partition_for_id(key_id, self.partitions)
         if expected == event.message.partition:
             return False
+        if self.misplaced_dead_letters is not None:
+            topic, stage = self.misplaced_dead_letters
+            self.dead_letter(topic, event, misplaced_reason(event.message.partition, expected), stage)
+            return True
         topic = app.topic(event.message.topic, key_serializer="raw", value_serializer="raw")
         self.reroute(topic, event, expected)
         return True

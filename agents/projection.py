@@ -86,5 +86,5 @@ async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[A
 @app.agent(projection_events, concurrency=1)
 async def project_to_postgres(stream: Any) -> None:
     await consume(stream, ISOLATOR, get_pool, process_projection_batch,
-                  batch_max=BATCH_MAX,
+                  batch_max=BATCH_MAX, pace_s=settings.projection_pace_ms / 1000,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

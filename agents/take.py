@@ -32,6 +32,15 @@ from typing import Any, AsyncIterator
 LINGER_TICKS = 2
 
 
+def pace_pause(batch_len: int, batch_max: int, elapsed_s: float, pace_s: float) -> float:
+    """Seconds to wait after a batch before taking the next one, for a stage that may trade
+    latency for fewer, larger batches: none after a full batch (a backlog goes at full speed)
+    or with no pace; else what is left of ``pace_s`` since the batch began."""
+    if pace_s <= 0 or batch_len >= batch_max:
+        return 0.0
+    return max(0.0, pace_s - elapsed_s)
+
+
 def drain_batches(stream: Any, max_: int, *, min_: int = 1,
                   linger_ticks: int = LINGER_TICKS) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``, each as soon as ``min_`` (one) are

@@ -60,7 +60,7 @@ class KafkaGateway:
     def _new_producer(self) -> AIOKafkaProducer:
         timeout_ms = max(1000, int(self.timeout_s * 1000))
         return AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **self._settings.kafka_kwargs(),
             client_id="post-service",
             acks="all",
             enable_idempotence=True,

@@ -92,7 +92,7 @@ class Publisher:
 
     def __init__(self, settings: Settings, linger_ms: int = 0) -> None:
         self.settings = settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+        self.producer = AIOKafkaProducer(**settings.kafka_kwargs(), acks="all",
                                          enable_idempotence=True, linger_ms=linger_ms,
                                          max_batch_size=256 * 1024)
 

@@ -79,7 +79,7 @@ class Kafka(Service):
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap,
+        admin = AIOKafkaAdminClient(**self.settings.kafka_kwargs(),
                                     request_timeout_ms=int(timeout * 1000))
         try:
             await asyncio.wait_for(admin.start(), timeout)
@@ -99,7 +99,7 @@ class Kafka(Service):
         from aiokafka.admin import AIOKafkaAdminClient
 
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka_kwargs(),
             request_timeout_ms=int(timeout * 1000),
         )
         try:
@@ -144,13 +144,7 @@ class Kafka(Service):
         ]
 
     def _cluster_id(self) -> str:
-        path = self.home / "cluster-id"
-        if not path.exists():
-            cluster_id = "-"
-            while cluster_id.startswith("-"):  # a leading '-' would read as an option
-                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            path.write_text(cluster_id + "\n")
-        return path.read_text().strip()
+        return cluster_id(self.home / "cluster-id")
 
     def _server_properties(self) -> str:
         host, port = self.host, self.port
@@ -163,26 +157,46 @@ advertised.listeners=PLAINTEXT://{host}:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={self.state / 'kafka-data'}
+""" + log_properties(self.state / "kafka-data", replication=1)
+
+
+def log_properties(data: Path, replication: int, io_threads: int = 4, dedupe_buffer: int = 32 << 20) -> str:
+    """The topic and log defaults of a broker, alone (``replication=1``) or in a cluster:
+    ``replication`` copies of every topic, the internal ones too, with a majority of them in
+    sync for an ``acks=all`` write (``ops.schema.min_insync_replicas``)."""
+    min_isr = schema.min_insync_replicas(replication)
+    return f"""log.dirs={data}
 num.partitions=8
-default.replication.factor=1
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
 # As in production: a topic exists because someone created it (ops.schema.create_topics for
 # the service's topics, Faust's admin calls for its changelogs), never because a client
 # asked for its metadata or produced to a misspelt name.
 auto.create.topics.enable=false
 delete.topic.enable=true
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=16
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=8
 group.initial.rebalance.delay.ms=0
 log.retention.hours=168
 num.network.threads=2
-num.io.threads=4
+num.io.threads={io_threads}
 num.recovery.threads.per.data.dir=1
-log.cleaner.dedupe.buffer.size=33554432
+log.cleaner.dedupe.buffer.size={dedupe_buffer}
 """
+
+
+def cluster_id(path: Path) -> str:
+    """The KRaft cluster id kept in ``path`` (a new random one the first time)."""
+    if not path.exists():
+        new = "-"
+        while new.startswith("-"):  # a leading '-' would read as an option
+            new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new + "\n")
+    return path.read_text().strip()
 
 
 def parse_properties(text: str) -> dict[str, str]:

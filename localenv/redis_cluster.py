@@ -22,9 +22,7 @@ design promises under 30 s (section 6); ``tests/cluster/test_redis_cluster.py`` 
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import log, require_binary, run
-from localenv.server_set import ServerSet, wait_gone
+from localenv.server_set import ServerSet
 from localenv.service import Outcome, Service, ServicesError
 from localenv.services import start_all, start_or_reuse, wait_ready
 from policies.redis_cluster import NodeInfo, live_masters, myself, parse_nodes, slots_covered
@@ -290,14 +288,9 @@ class RedisCluster:
         return lines
 
     def kill(self, index: int, timeout: float = 30.0) -> int:
-        """SIGKILL one node, as a crash would; returns when it is gone and its port is free."""
-        node = self.nodes[index]
-        pid = node.our_pid()
-        if pid is None:
-            raise ServicesError(f"{node.name} of {self.state} is not running")
-        os.kill(pid, signal.SIGKILL)
-        wait_gone(node, pid, timeout)
-        return pid
+        """SIGKILL one node, as a crash would (``Service.kill``); returns when it is gone and its
+        port is free."""
+        return self.nodes[index].kill(timeout)
 
     def start(self, index: int) -> Outcome:
         """Start one node again (after ``kill``) and wait until it answers; it rejoins from its

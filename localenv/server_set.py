@@ -21,18 +21,6 @@ from localenv.services import SERVICE_TYPES, exclusive, failure_report, start_al
 from settings import Settings, get_settings
 
 
-def wait_gone(svc: Service, pid: int, timeout: float) -> None:
-    """After a SIGKILL: until ``pid`` is gone and the server's port free; then its pid file goes."""
-    deadline = time.monotonic() + timeout
-    # Until reaped, a zombie still "exists" for kill(pid, 0): PostgreSQL would then take
-    # its postmaster.pid for a live server and refuse to start.
-    while Path(f"/proc/{pid}").exists() or svc.port_taken():
-        if time.monotonic() > deadline:
-            raise ServicesError(f"{svc.name} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
-        time.sleep(0.05)
-    svc.pid_file.unlink(missing_ok=True)
-
-
 class ServerSet:
     """The four servers in a folder of their own, on ports of their own.
 
@@ -146,11 +134,8 @@ class ServerSet:
         return pid
 
     def kill(self, name: str, timeout: float = 30.0) -> int:
-        """SIGKILL, as a crash or an out-of-memory kill would: no shutdown, nothing flushed
-        by the server itself. Returns when the process is gone and its port is free."""
-        pid = self.signal(name, signal.SIGKILL)
-        wait_gone(self._services[name], pid, timeout)
-        return pid
+        """SIGKILL one server (``Service.kill``); returns when it is gone and its port is free."""
+        return self._services[name].kill(timeout)
 
     def pause(self, name: str) -> int:
         return self.signal(name, signal.SIGSTOP)

@@ -6,6 +6,7 @@ One module per server builds on it: ``kafka_server``, ``cassandra_server``, ``re
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -171,6 +172,24 @@ class Service:
         pid = spawn(self.command(), self.log_file, cwd=self.cwd, env=self.env(), user=self.run_as)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{pid}\n")
+        return pid
+
+    def kill(self, timeout: float = 30.0) -> int:
+        """SIGKILL the server's process group (PostgreSQL: the postmaster and its backends), as
+        a crash or an out-of-memory kill would: no shutdown, nothing flushed by the server
+        itself. Returns its pid when the process is gone and its port is free."""
+        pid = self.our_pid()
+        if pid is None:
+            raise ServicesError(f"{self.name} of {self.state} is not running")
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        # Until reaped, a zombie still "exists" for kill(pid, 0): PostgreSQL would then take
+        # its postmaster.pid for a live server and refuse to start.
+        while Path(f"/proc/{pid}").exists() or self.port_taken():
+            if time.monotonic() > deadline:
+                raise ServicesError(f"{self.name} (pid {pid}) still there {timeout:.0f}s after SIGKILL")
+            time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
         return pid
 
     def stop(self) -> str:

@@ -162,7 +162,7 @@ async def produce(
     Acks are awaited ``chunk`` sends at a time (so a long iterator is not all in memory);
     ``progress`` gets the count sent after each chunk."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+        **settings.kafka_kwargs(), acks="all", enable_idempotence=True,
         linger_ms=5, max_batch_size=256 * 1024,
     )
     await producer.start()

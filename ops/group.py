@@ -50,7 +50,7 @@ class Group:
 
 
 async def describe(settings: Settings) -> Group:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
     await admin.start()
     try:
         (response,) = await admin.describe_consumer_groups([settings.app_id])
@@ -75,7 +75,7 @@ async def remove_members(settings: Settings, member_ids: list[str]) -> dict[str,
     simply joins again."""
     if not member_ids:
         return {}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
     await admin.start()
     out: dict[str, str] = {}
     try:
@@ -132,7 +132,7 @@ class GroupWatch:
 
     async def _connect(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=5000)
+            admin = AIOKafkaAdminClient(**self.settings.kafka_kwargs(), request_timeout_ms=5000)
             await admin.start()
             self._admin = admin
         if self._coordinator is None:

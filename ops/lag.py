@@ -53,9 +53,9 @@ class LagMonitor:
         self._tps: list[TopicPartition] = []
 
     async def start(self) -> "LagMonitor":
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        self.admin = AIOKafkaAdminClient(**self.settings.kafka_kwargs())
         await self.admin.start()
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+        self.consumer = AIOKafkaConsumer(**self.settings.kafka_kwargs(), enable_auto_commit=False)
         await self.consumer.start()
         return self
 

@@ -88,7 +88,7 @@ def truncate_postgres(settings: Settings) -> None:
 
 async def reset_kafka_state(settings: Settings) -> None:
     """Recreate the deliveries topic empty, drop the changelogs, rewind the group to the start."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
     await admin.start()
     try:
         for response in await admin.describe_consumer_groups([settings.app_id]):
@@ -115,7 +115,7 @@ async def reset_kafka_state(settings: Settings) -> None:
 
 async def rewind_group(settings: Settings, topics: list[str]) -> None:
     """Commit the beginning offset of every partition for the (empty) consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id,
+    consumer = AIOKafkaConsumer(**settings.kafka_kwargs(), group_id=settings.app_id,
                                 enable_auto_commit=False)
     await consumer.start()
     try:

@@ -49,22 +49,12 @@ def run_sync(coro: Awaitable[T]) -> T:
 
 
 def cassandra_cluster(settings: Settings, connect_timeout: float = 10.0) -> Any:
-    """A cassandra-driver ``Cluster`` for the configured hosts (caller shuts it down)."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import RoundRobinPolicy
+    """A cassandra-driver ``Cluster`` for the configured hosts (caller shuts it down): the
+    sinks' one (``sinks.cassandra.new_cluster``), with requests timing out after
+    ``max(connect_timeout, 10)`` s."""
+    from sinks.cassandra import new_cluster
 
-    profile = ExecutionProfile(
-        load_balancing_policy=RoundRobinPolicy(),
-        request_timeout=max(connect_timeout, 10.0),
-    )
-    return Cluster(
-        contact_points=list(settings.cassandra_hosts),
-        port=settings.cassandra_port,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-        connect_timeout=connect_timeout,
-        control_connection_timeout=connect_timeout,
-        protocol_version=5,
-    )
+    return new_cluster(settings, connect_timeout=connect_timeout, request_timeout=max(connect_timeout, 10.0))
 
 
 def redis_address(settings: Settings) -> tuple[str, int]:
@@ -81,19 +71,29 @@ def kafka_address(settings: Settings) -> tuple[str, int]:
 # --- Cassandra --------------------------------------------------------------------
 
 
-def cql_statements(text: str, keyspace: str) -> list[str]:
-    """Split a CQL script into statements: drop comments, fill in {keyspace}, split on ';'."""
+def keyspace_replication(settings: Settings) -> str:
+    """The keyspace's replication map: ``NetworkTopologyStrategy`` with the replication
+    factor in the local DC when one is configured (the ring), else ``SimpleStrategy``."""
+    factor = settings.cassandra_replication_factor
+    if settings.cassandra_local_dc:
+        return f"{{'class': 'NetworkTopologyStrategy', '{settings.cassandra_local_dc}': {factor}}}"
+    return f"{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}"
+
+
+def cql_statements(text: str, keyspace: str, replication: str = "") -> list[str]:
+    """Split a CQL script into statements: drop comments, fill in {keyspace} and
+    {replication}, split on ';'."""
     without_comments = "\n".join(
         line for line in text.splitlines() if not line.lstrip().startswith(("--", "//"))
     )
     without_comments = re.sub(r"/\*.*?\*/", "", without_comments, flags=re.S)
-    formatted = without_comments.format(keyspace=keyspace)
+    formatted = without_comments.format(keyspace=keyspace, replication=replication)
     return [stmt.strip() for stmt in formatted.split(";") if stmt.strip()]
 
 
 def apply_cassandra(settings: Settings, cql_file: Path = CQL_FILE) -> int:
     """Create the keyspace and tables of ``ops/schema.cql``; returns the statement count."""
-    statements = cql_statements(cql_file.read_text(), settings.cassandra_keyspace)
+    statements = cql_statements(cql_file.read_text(), settings.cassandra_keyspace, keyspace_replication(settings))
     cluster = cassandra_cluster(settings)
     try:
         session = cluster.connect()
@@ -133,13 +133,22 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
+def min_insync_replicas(replication: int) -> int:
+    """Replicas that must have a record before an ``acks=all`` write is acknowledged: a
+    majority (1 of 1, 2 of 3), so one broker can be lost without losing an acknowledged record
+    or refusing writes."""
+    return replication // 2 + 1
+
+
 def topic_specs(settings: Settings, partitions: int | None = None) -> list[TopicSpec]:
-    """The service's topics: the three source logs, deliveries and dead letters."""
+    """The service's topics: the three source logs, deliveries and dead letters, each at
+    ``TL_TOPIC_REPLICATION`` replicas with a majority of them in sync for a write."""
     n = partitions or settings.topic_partitions
+    durability = {"min.insync.replicas": str(min_insync_replicas(settings.topic_replication))}
     return [
-        *(TopicSpec(topic, n, INFINITE_RETENTION) for topic in source_topics(settings)),
-        TopicSpec(settings.topic_deliveries, n, WEEK_RETENTION),
-        TopicSpec(settings.topic_dead_letters, n, WEEK_RETENTION),
+        *(TopicSpec(topic, n, INFINITE_RETENTION | durability) for topic in source_topics(settings)),
+        TopicSpec(settings.topic_deliveries, n, WEEK_RETENTION | durability),
+        TopicSpec(settings.topic_dead_letters, n, WEEK_RETENTION | durability),
     ]
 
 
@@ -162,7 +171,7 @@ async def create_topics_async(
 
     specs = {spec.name: spec for spec in topic_specs(settings, partitions)}
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=60_000
+        **settings.kafka_kwargs(), request_timeout_ms=60_000
     )
     await admin.start()
     try:
@@ -204,7 +213,7 @@ async def delete_topics_async(settings: Settings) -> None:
     the real log."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
     await admin.start()
     try:
         await admin.delete_topics([spec.name for spec in topic_specs(settings)])
@@ -239,7 +248,7 @@ async def drop_namespace(settings: Settings, *, postgres_schema: bool = True) ->
     try:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
         await admin.start()
         try:
             ours = {spec.name for spec in topic_specs(settings)}

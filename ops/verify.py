@@ -35,7 +35,7 @@ from sinks.redis_timeline import RedisTimelines
 async def read_log(settings: Settings, topics: Iterable[str] | None = None) -> list:
     """Every valid event of the source topics up to their current end, per partition in log order."""
     topics = list(topics or source_topics(settings))
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka_kwargs(), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_poll_records=5000)
     await consumer.start()
     events: list = []

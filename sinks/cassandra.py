@@ -38,7 +38,7 @@ from typing import Any, Callable, ClassVar, Hashable, Iterable, Sequence
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, ExecutionProfile, EXEC_PROFILE_DEFAULT, Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from policies.first_wins import StoredTweet
@@ -54,22 +54,33 @@ from settings import Settings
 LWT_CONCURRENCY = 32
 
 
-def connect(settings: Settings, *, keyspace: str | None = None) -> tuple[Cluster, Session]:
+def new_cluster(settings: Settings, *, connect_timeout: float = 10.0, request_timeout: float = 30.0) -> Cluster:
+    """A driver ``Cluster`` for the configured Cassandra, the one every part of the tree uses
+    (the caller shuts it down): token-aware routing (a request goes to a replica of its
+    partition) over round robin in the local DC, reads and writes at
+    ``TL_CASSANDRA_CONSISTENCY``, lightweight transactions at ``TL_CASSANDRA_SERIAL_CONSISTENCY``."""
     profile = ExecutionProfile(
-        load_balancing_policy=RoundRobinPolicy(),
-        consistency_level=ConsistencyLevel.LOCAL_QUORUM,
-        request_timeout=30,
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc or None)),
+        consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
+        serial_consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_serial_consistency],
+        request_timeout=request_timeout,
     )
-    cluster = Cluster(
+    return Cluster(
         list(settings.cassandra_hosts),
         port=settings.cassandra_port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         protocol_version=5,
+        connect_timeout=connect_timeout,
+        control_connection_timeout=connect_timeout,
         # The driver's default (exponential from 1 s up to 10 minutes) tried a Cassandra that
         # was back after 88 s only about 40 s later (the fault suite, ops/faults): retry a
         # lost host at most every 4 s.
         reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=4.0),
     )
+
+
+def connect(settings: Settings, *, keyspace: str | None = None) -> tuple[Cluster, Session]:
+    cluster = new_cluster(settings)
     session = cluster.connect(keyspace)
     return cluster, session
 

@@ -1,4 +1,4 @@
-"""Session-wide hooks: tests marked ``last`` run after every other test of the session.
+"""Session-wide hooks: which cluster tests are collected (below), and tests marked ``last`` run after every other test.
 
 When such a test is selected (``tests/integration/test_default_namespace.py``), the servers
 are made sure of and the broker's state outside the test namespaces is recorded before the
@@ -7,13 +7,32 @@ can tell what the whole session did to the service's own namespace.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.integration.namespace_guard import SNAPSHOT
 
 
+# tests/cluster starts private clusters of real servers (minutes each): collected only with
+# TL_CLUSTER_TESTS=1 (all of them: ./dev test-cluster) or =short (those marked ``short``,
+# the form CI runs after the rest: ./dev test).
+CLUSTER_TESTS = os.environ.get("TL_CLUSTER_TESTS", "")
+collect_ignore_glob = [] if CLUSTER_TESTS in ("1", "short") else ["cluster/*"]
+
+
+def keep_short_cluster_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep = [item for item in items if not item.get_closest_marker("cluster") or item.get_closest_marker("short")]
+    dropped = [item for item in items if item not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if CLUSTER_TESTS == "short":
+        keep_short_cluster_tests(config, items)
     last = [item for item in items if item.get_closest_marker("last")]
     if not last:
         return

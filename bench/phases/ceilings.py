@@ -144,11 +144,11 @@ async def cassandra_ceiling(settings: Settings, *, rows: int, concurrencies: tup
 
 async def kafka_ceiling(settings: Settings, *, messages: int, partitions: int, size: int = 220) -> dict:
     topic = f"{settings.topic_tweets}-ceiling"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=60_000)
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs(), request_timeout_ms=60_000)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, settings.topic_replication)])
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+        producer = AIOKafkaProducer(**settings.kafka_kwargs(), acks="all",
                                     enable_idempotence=True, linger_ms=5, max_batch_size=256 * 1024)
         await producer.start()
         body = orjson.dumps({"type": "tweet_posted", "text": "x" * max(0, size - 40)})
@@ -164,7 +164,7 @@ async def kafka_ceiling(settings: Settings, *, messages: int, partitions: int, s
             produce_s = time.perf_counter() - began
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(topic, **settings.kafka_kwargs(), group_id=None,
                                     auto_offset_reset="earliest", enable_auto_commit=False,
                                     max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
         await consumer.start()

@@ -16,8 +16,8 @@ from settings import Settings
 
 async def partition_lag(settings: Settings) -> dict[str, int]:
     """"topic[partition]" -> messages not committed by the group, for partitions behind."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs(), request_timeout_ms=5000)
+    consumer = AIOKafkaConsumer(**settings.kafka_kwargs(), enable_auto_commit=False,
                                 request_timeout_ms=5000)
     await admin.start()
     try:

@@ -1,23 +1,4 @@
-"""The cluster topology's tests (``tests/cluster/``): private clusters of real servers, started
-by the tests themselves. Marked ``cluster``; skipped unless ``TL_CLUSTER_TESTS=1``."""
-from __future__ import annotations
-
-import os
-from pathlib import Path
-
-import pytest
-
-HERE = Path(__file__).resolve().parent
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cluster: starts a private cluster of real servers (TL_CLUSTER_TESTS=1)")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("TL_CLUSTER_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="cluster tests run with TL_CLUSTER_TESTS=1")
-    for item in items:
-        if HERE in Path(item.path).resolve().parents:
-            item.add_marker(skip)
+"""The cluster topology's tests (issue 16): private clusters of real servers, started by the
+tests themselves, in private folders and ports. Collected only with ``TL_CLUSTER_TESTS=1``
+(``tests/conftest.py``): ``./dev test-cluster`` runs them all; ``./dev test`` runs the short
+form CI can afford (``TL_CLUSTER_TESTS=short``, see ``dev``)."""

@@ -83,7 +83,7 @@ def expected_partition(key: bytes, partitions: int) -> int:
 async def read_topic(settings: Settings, topic: str) -> list[Any]:
     """All records of ``topic`` from the beginning up to the end offsets as of now."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
+        **settings.kafka_kwargs(), enable_auto_commit=False, group_id=None,
         auto_offset_reset="earliest",
     )
     await consumer.start()

@@ -627,6 +627,9 @@ def reset_tables() -> None:
         store = table.data
         assert type(store).__module__ == "faust.stores.memory", f"{table.name} is not in memory: {store!r}"
         store._clear()
+    import agents.deliver  # its cache of recipients rows mirrors a table just emptied
+
+    agents.deliver.RECIPIENTS.clear()
 
 
 def close_consumer_thread_loop() -> None:

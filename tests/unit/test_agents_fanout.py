@@ -378,6 +378,20 @@ async def test_message_on_the_wrong_partition_is_rerouted_not_processed(
     assert [op["follower"] for _, op in sent.delivery_ops("follow")] == [91]
 
 
+async def test_a_worker_that_may_not_write_source_topics_dead_letters_a_misplaced_event(
+    driver: AgentDriver, sinks: Any, sent: SentLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout_mod, "settings", fanout_mod.settings.replace(misplaced_events="dead-letter"))
+    right = part(AUTHOR)
+    wrong = (right + 1) % P
+    await driver.run([Msg(TWEETS, b"7", tweet(901).value, wrong), follow(93)])
+    assert [s for s in sent.sent if s.topic in (FOLLOWS, TWEETS)] == []  # nothing re-sent
+    [letter] = sent.dead_letters()
+    assert letter["reason"].startswith(f"misplaced: on partition {wrong}, its key belongs on partition {right}")
+    assert not [w for w in sinks.cassandra.writes() if w[0] in ("claim_tweet", "insert_author_tl")]
+    assert [op["follower"] for _, op in sent.delivery_ops("follow")] == [93]  # the rest goes on
+
+
 async def test_a_drifted_follower_count_is_corrected_before_a_transition(
     driver: AgentDriver, sinks: Any, sent: SentLog, low_threshold: CelebrityRule
 ) -> None:

@@ -28,3 +28,78 @@ def test_periodic_syncs_every_ten_seconds():
 def test_an_unknown_mode_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="batch, periodic"):
         _config("group")
+
+
+# --- the three-node ring (localenv/cassandra_ring.py) and the client settings both topologies share
+
+
+def _ring():
+    from localenv.cassandra_ring import CassandraRing
+
+    return CassandraRing(Path("/nowhere/ring"), 19442, 19443, settings=Settings())
+
+
+def test_ring_nodes_gossip_in_dc1_with_node1_as_seed_and_periodic_commitlog():
+    ring = _ring()
+    assert [node.state for node in ring.nodes] == [Path(f"/nowhere/ring/node{i}") for i in (1, 2, 3)]
+    for i, node in enumerate(ring.nodes, start=1):
+        conf = yaml.safe_load(node._yaml())
+        assert conf["listen_address"] == conf["rpc_address"] == f"127.0.0.{i}"
+        assert (conf["native_transport_port"], conf["storage_port"]) == (19442, 19443)
+        assert conf["endpoint_snitch"] == "GossipingPropertyFileSnitch"
+        assert conf["seed_provider"][0]["parameters"][0]["seeds"] == "127.0.0.1:19443"
+        assert (conf["num_tokens"], conf["allocate_tokens_for_local_replication_factor"]) == (4, 3)
+        assert conf["commitlog_sync"] == "periodic"
+        assert conf["cluster_name"] == "timeline-ring"
+        assert f"-Dcassandra-rackdc.properties=file://{node.rackdc}" in node.topology_flags()
+        assert node.heap == "512M" and node.agent_port == 19444
+    # the single node keeps its own topology
+    single = yaml.safe_load(Cassandra(settings=Settings(), state=Path("/nowhere"))._yaml())
+    assert (single["endpoint_snitch"], single["num_tokens"], single["cluster_name"]) == ("SimpleSnitch", 16, "timeline-local")
+    assert single["seed_provider"][0]["parameters"][0]["seeds"] == "127.0.0.1:7000"
+
+
+def test_ring_settings_replicate_three_times_in_dc1_at_local_quorum():
+    from ops.schema import keyspace_replication
+
+    default = Settings()
+    assert keyspace_replication(default) == "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    assert (default.cassandra_consistency, default.cassandra_serial_consistency) == ("LOCAL_QUORUM", "LOCAL_SERIAL")
+    ring = _ring().with_servers(default)
+    assert ring.cassandra_hosts == ("127.0.0.1", "127.0.0.2", "127.0.0.3") and ring.cassandra_port == 19442
+    assert keyspace_replication(ring) == "{'class': 'NetworkTopologyStrategy', 'dc1': 3}"
+    assert ring.cassandra_keyspace == default.cassandra_keyspace  # namespaces stay the caller's
+
+
+def test_consistency_settings_are_checked():
+    with pytest.raises(ValueError, match="TL_CASSANDRA_CONSISTENCY"):
+        Settings(cassandra_consistency="LOCAL_SERIAL")
+    with pytest.raises(ValueError, match="TL_CASSANDRA_SERIAL_CONSISTENCY"):
+        Settings(cassandra_serial_consistency="QUORUM")
+    with pytest.raises(ValueError, match="TL_CASSANDRA_REPLICATION_FACTOR"):
+        Settings(cassandra_replication_factor=0)
+
+
+def test_every_cluster_routes_token_aware_in_the_local_dc_at_the_configured_consistency():
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+    from ops.schema import cassandra_cluster
+    from sinks.cassandra import new_cluster
+
+    ring = _ring().with_servers(Settings())
+    for cluster in (new_cluster(ring), cassandra_cluster(ring), cassandra_cluster(Settings(cassandra_consistency="ONE"))):
+        try:
+            profile = cluster.profile_manager.profiles[EXEC_PROFILE_DEFAULT]
+            policy = profile.load_balancing_policy
+            assert isinstance(policy, TokenAwarePolicy) and isinstance(policy._child_policy, DCAwareRoundRobinPolicy)
+            assert profile.serial_consistency_level == ConsistencyLevel.LOCAL_SERIAL
+            if cluster.contact_points == list(ring.cassandra_hosts):
+                assert policy._child_policy.local_dc == "dc1"
+                assert profile.consistency_level == ConsistencyLevel.LOCAL_QUORUM
+            else:
+                assert policy._child_policy.local_dc is None  # the single node: its contact point's DC
+                assert profile.consistency_level == ConsistencyLevel.ONE
+        finally:
+            cluster.shutdown()

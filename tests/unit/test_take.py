@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agents.take import drain_batches
+from agents.take import drain_batches, pace_pause
 from tests.unit.agent_doubles import app  # the unit tests' Faust app (own app id, no broker)
 
 batches: list[list[Any]] = []
@@ -92,3 +92,10 @@ def test_bounds() -> None:
         drain_batches(object(), 0)
     with pytest.raises(ValueError):
         drain_batches(object(), 4, min_=5)
+
+
+def test_pace_pause_waits_out_the_pace_unless_a_full_batch_or_no_pace() -> None:
+    assert pace_pause(3, 1000, 0.05, 0.25) == pytest.approx(0.2)  # what is left of the pace
+    assert pace_pause(3, 1000, 0.30, 0.25) == 0.0  # the batch took longer than the pace
+    assert pace_pause(1000, 1000, 0.01, 0.25) == 0.0  # a full batch: a backlog goes at full speed
+    assert pace_pause(3, 1000, 0.01, 0.0) == 0.0  # no pace (the timeline stages)
