@@ -4,6 +4,8 @@
     python -m localenv status                # real checks, quick timeouts
     python -m localenv down                  # stop the servers this package started
     python -m localenv reset                 # down + delete their data (jars stay cached)
+    python -m localenv up --topology cluster # Redis Cluster, 3 Kafka brokers, 3 Cassandra nodes
+                                             # (localenv/cluster_topology.py; same commands)
 
 Real servers on 127.0.0.1 (``localenv.services``); state, logs and pid files in ``.state/``.
 A server already answering on a port (e.g. the machine's own PostgreSQL) is reused and
@@ -35,11 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=None,
                         help="partitions of the topics created by `up` "
                              "(default: TL_TOPIC_PARTITIONS, 64)")
+    parser.add_argument("--topology", choices=["single", "cluster"], default="single",
+                        help="single: one node of each server (the default); cluster: every engine "
+                             "clustered, state in .state/cluster (localenv/cluster_topology.py)")
     args = parser.parse_args(argv)
     if args.partitions is not None and args.partitions < 1:
         parser.error("--partitions must be >= 1")
     _quiet_client_logs()
     settings = get_settings()
+    if args.topology == "cluster":
+        return cluster(args.command, args.partitions)
     try:
         if args.command == "up":
             up(settings, args.partitions)
@@ -52,6 +59,27 @@ def main(argv: list[str] | None = None) -> int:
             down(settings)
         else:
             reset(settings)
+    except (ServicesError, HostError) as exc:
+        print(f"\nFAILED\n{exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cluster(command: str, partitions: int | None) -> int:
+    from localenv.cluster_topology import ClusterTopology
+
+    topology = ClusterTopology()
+    try:
+        if command == "up":
+            topology.up(partitions)
+        elif command == "status":
+            lines, ok = topology.status()
+            print("\n".join(lines))
+            return 0 if ok else 1
+        elif command == "down":
+            topology.down()
+        else:
+            topology.reset()
     except (ServicesError, HostError) as exc:
         print(f"\nFAILED\n{exc}", file=sys.stderr)
         return 1
