@@ -45,7 +45,7 @@ from query.view import UserViews, View
 from schemas.events import INT64_MAX as MAX_ID
 from settings import Settings
 from sinks.cassandra import CassandraStore
-from sinks.redis_client import REDIS_ERRORS
+from sinks.redis_client import REDIS_ERRORS, raised_by_redis_py
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import CachedTweet, RedisTweets
@@ -58,7 +58,13 @@ async def _cache_or_store(what: str, read: Callable[[bool], Awaitable[Page]]) ->
     the same page from Cassandra alone. Redis is a cache, never the reason a read fails."""
     try:
         return await read(True)
-    except REDIS_ERRORS as exc:
+    except (*REDIS_ERRORS, AttributeError) as exc:
+        # redis-py's cluster client can raise AttributeError ('NoneType' object has no attribute
+        # 'writelines') on a connection it disconnected while this read used it (its aclose()
+        # after MOVED or CLUSTERDOWN): a Redis failure, not a 500. Only when raised inside
+        # redis-py: an AttributeError of our own code is a bug and propagates.
+        if isinstance(exc, AttributeError) and not raised_by_redis_py(exc):
+            raise
         log.warning("%s read without Redis: %r", what, exc)
         page = await read(False)
         page.stats.cache_bypassed = True

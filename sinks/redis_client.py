@@ -17,14 +17,17 @@
 """
 from __future__ import annotations
 
+import os
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import redis.exceptions
+from redis._parsers.commands import CommandPolicies, RequestPolicy, ResponsePolicy
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.backoff import ExponentialBackoff
+from redis.commands.policies import AsyncStaticPolicyResolver
 from redis.retry import Retry
 
 from policies.redis_cluster import parse_nodes, required_acks
@@ -37,6 +40,19 @@ CLUSTER_RETRIES = 2  # a call's retries, each after refreshing the cluster's slo
 # What a failing Redis raises: a cluster client also raises errors of its own outside
 # RedisError (a slot without a master while one fails over: SlotNotCoveredError).
 REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+_REDIS_PY = os.path.dirname(redis.__file__) + os.sep
+
+
+def raised_by_redis_py(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside redis-py's own code (its innermost frame): an
+    ``AttributeError`` there is a connection another call disconnected under this one
+    (``_writer`` None), a broken connection, not a bug of ours."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(_REDIS_PY)
 
 
 class NotReplicated(redis.exceptions.TimeoutError):
@@ -76,7 +92,31 @@ def connect(settings: "Settings", **options: Any) -> AnyRedis:
     # Fail fast while a master fails over (a read falls back to Cassandra, a worker's batch
     # retries with its own backoff): redis-py's default backs off 0.4-0.9 s per failed call.
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.2, base=0.02), CLUSTER_RETRIES))
+    options.setdefault("policy_resolver", KeyedPolicies())
     return RedisCluster(startup_nodes=nodes, **options)
+
+
+_KEYED = CommandPolicies(request_policy=RequestPolicy.DEFAULT_KEYED, response_policy=ResponsePolicy.DEFAULT_KEYED)
+
+
+class KeyedPolicies(AsyncStaticPolicyResolver):
+    """redis-py's routing policies, with every core command redis-py has no policy or node flag
+    for routed by its keys' slot - what redis-py itself does once it knows a default node.
+
+    Why: redis-py 8.1's ``RedisCluster.execute_command`` (and the cluster pipeline) picks a
+    command's policy BEFORE it initializes the client, and while it knows no default node
+    (a fresh client, or right after ``aclose()``, which every 5th MOVED and every
+    CLUSTERDOWN call) it falls back to "keyless": a random primary. Concurrent calls on a
+    fresh client so went to random masters, got MOVED, every 5th MOVED ran ``aclose()``,
+    which forgets the default node again (more random routing) and disconnects every
+    connection, also those other calls are using: the read path's ``Connection lost`` and
+    ``'NoneType' object has no attribute 'writelines'``."""
+
+    async def resolve(self, command_name: str) -> CommandPolicies | None:
+        found = await super().resolve(command_name)
+        if found is not None or "." in command_name or command_name.upper() in RedisCluster.COMMAND_FLAGS:
+            return found
+        return _KEYED
 
 
 def is_cluster(client: Any) -> bool:

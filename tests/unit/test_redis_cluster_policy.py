@@ -1,6 +1,7 @@
 """Pure parts of the Redis Cluster support: hash tags and slots, CLUSTER NODES, WAIT's target."""
 from __future__ import annotations
 
+import pytest
 import redis.exceptions
 from redis.crc import key_slot
 
@@ -111,3 +112,48 @@ def test_body_ids_follow_the_view_scripts_rule():
     window = [member(30, 7).encode(), member(20, 8).encode(), member(0, 5).encode()]
     assert body_ids(window, 0, []) == [(0, 30), (1, 20)]  # following not cached: every body
     assert body_ids(window, 3, [1, 0, 0]) == [(0, 30)]  # cached: followed authors only
+
+
+# --- routing before the client knows a default node (sinks/redis_client.KeyedPolicies) ------
+
+
+async def test_keyed_commands_are_routed_by_slot_even_before_the_client_is_initialized():
+    from redis._parsers.commands import RequestPolicy
+    from redis.asyncio import RedisCluster
+    from sinks.redis_client import KeyedPolicies, connect
+
+    client = connect(Settings(redis_cluster=True, redis_url="redis://127.0.0.1:1,127.0.0.1:2"))
+    assert isinstance(client._policy_resolver, KeyedPolicies)  # no connection made
+    assert client.get_default_node() is None  # what redis-py's own fallback sends to a random primary
+    resolver = KeyedPolicies()
+    for command in ("evalsha", "eval", "get", "sismember", "smismember", "hgetall", "zrevrangebylex", "publish"):
+        assert (await resolver.resolve(command)).request_policy == RequestPolicy.DEFAULT_KEYED, command
+    # Commands with a node flag keep redis-py's own routing (the flag decides).
+    for command in ("cluster nodes", "ping", "script load", "info"):
+        assert command.upper() in RedisCluster.COMMAND_FLAGS
+        assert await resolver.resolve(command) is None, command
+
+
+async def test_a_read_whose_redis_py_connection_broke_is_read_without_redis_and_a_bug_of_ours_is_not():
+    from redis.asyncio.connection import Connection
+    from query.page import Page
+    from query.reader import _cache_or_store
+    from sinks.redis_client import raised_by_redis_py
+
+    calls = []
+
+    async def broken_connection(cache: bool) -> Page:
+        calls.append(cache)
+        if cache:  # what a connection disconnected under a call raises: _writer is None
+            await Connection()._send_packed_command([b"PING\r\n"])
+        return Page([], None, "cache" if cache else "store")
+
+    page = await _cache_or_store("test", broken_connection)
+    assert calls == [True, False] and page.stats.cache_bypassed
+
+    async def our_bug(cache: bool) -> Page:
+        return None.stats  # type: ignore[attr-defined]
+
+    with pytest.raises(AttributeError) as caught:
+        await _cache_or_store("test", our_bug)
+    assert not raised_by_redis_py(caught.value)
