@@ -130,6 +130,7 @@ async def _read_concurrently(settings, users: list[int], reads: int, in_flight: 
     return bypassed, errors
 
 
+@pytest.mark.short
 async def test_concurrent_reads_on_a_fresh_client_neither_fail_nor_bypass_redis(tmp_path, redis_cluster):
     # The reads' mix (scripts, cluster pipelines, a MULTI, the rate-limit bucket) through one
     # fresh RedisCluster client: redis-py 8.1 routed them to random masters until it knew a
@@ -226,6 +227,7 @@ async def _keys_on(client, port: int, count: int, make) -> list[str]:
     return out
 
 
+@pytest.mark.short
 async def test_a_master_killed_under_load_fails_over_and_timelines_equal_the_reference(tmp_path, redis_cluster):
     settings = world(tmp_path, redis_cluster)
     workload = generate(47, users=120, tweets=1400, celebrity_threshold=20)
