@@ -23,14 +23,13 @@ import contextlib
 import shutil
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from localenv.cassandra_server import Cassandra
 from localenv.host import log
-from localenv.service import Outcome, ServicesError
+from localenv.service import Outcome, ServicesError, stop_all
 from localenv.services import exclusive, failure_report, start_or_reuse, wait_ready
 from ops import schema
 from settings import Settings, get_settings
@@ -236,9 +235,7 @@ class CassandraRing:
 
     def down(self, echo=log) -> None:
         """Stop every node (drained, in parallel)."""
-        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
-            for n, result in enumerate(pool.map(lambda node: node.stop(), self.nodes), start=1):
-                echo(f"node{n} {result}")
+        stop_all(self.nodes, [f"node{n}" for n in range(1, len(self.nodes) + 1)], echo)
 
     def reset(self, echo=log) -> None:
         """down, then delete the ring's folder."""

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from localenv.host import log, require_binary, run
 from localenv.server_set import ServerSet
-from localenv.service import Outcome, Service, ServicesError
+from localenv.service import Outcome, Service, ServicesError, stop_all
 from localenv.services import start_all, start_or_reuse, wait_ready
 from policies.redis_cluster import NodeInfo, live_masters, myself, parse_nodes, slots_covered
 from settings import Settings, get_settings
@@ -325,9 +324,7 @@ class RedisCluster:
         raise ServicesError(f"no replica of {old_master} promoted after {timeout:.0f}s")
 
     def down(self, echo=log) -> None:
-        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
-            for node, result in zip(self.nodes, pool.map(lambda n: n.stop(), self.nodes)):
-                echo(f"{node.name:<13} {result}")
+        stop_all(self.nodes, [f"{node.name:<13}" for node in self.nodes], echo)
 
     def reset(self, echo=log) -> None:
         """down, then delete the cluster's folder (data and nodes.conf)."""

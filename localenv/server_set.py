@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,7 +15,7 @@ from localenv.host import log
 from localenv.kafka_server import Kafka
 from localenv.postgres_server import Postgres
 from localenv.redis_server import Redis
-from localenv.service import Outcome, Service, ServicesError
+from localenv.service import Outcome, Service, ServicesError, stop_all
 from localenv.services import SERVICE_TYPES, exclusive, failure_report, start_all, start_or_reuse, wait_ready
 from settings import Settings, get_settings
 
@@ -160,9 +159,7 @@ class ServerSet:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGCONT)
-        with ThreadPoolExecutor(max_workers=len(svcs)) as pool:
-            for svc, result in zip(svcs, pool.map(lambda s: s.stop(), svcs)):
-                echo(f"{svc.name:<10} {result}")
+        stop_all(svcs, [f"{svc.name:<10}" for svc in svcs], echo)
 
     def reset(self, echo=log) -> None:
         """down, then delete everything the set keeps (its folder, PostgreSQL's data)."""

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -208,6 +209,13 @@ class Service:
         out = [f"--- {main}", *tail(main, lines)]
         out += [f"--- more in {path}" for path in more if path.exists()]
         return tuple(out)
+
+
+def stop_all(svcs: "list[Service]", labels: list[str], echo) -> None:
+    """Stop ``svcs`` in parallel; echo ``<label> <what stop() did>`` for each, in order."""
+    with ThreadPoolExecutor(max_workers=max(1, len(svcs))) as pool:
+        for label, result in zip(labels, pool.map(lambda svc: svc.stop(), svcs)):
+            echo(f"{label} {result}")
 
 
 @dataclass
