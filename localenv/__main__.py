@@ -20,7 +20,7 @@ import sys
 from localenv.host import HostError
 from localenv.service import ServicesError
 from localenv.services import down, reset, status, up
-from settings import get_settings
+from settings import Settings, get_settings
 
 
 def _quiet_client_logs() -> None:
@@ -44,39 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.partitions is not None and args.partitions < 1:
         parser.error("--partitions must be >= 1")
     _quiet_client_logs()
-    settings = get_settings()
     if args.topology == "cluster":
-        return cluster(args.command, args.partitions)
+        from localenv.cluster_topology import ClusterTopology
+
+        topology: SingleNode | ClusterTopology = ClusterTopology()
+    else:
+        topology = SingleNode(get_settings())
     try:
         if args.command == "up":
-            up(settings, args.partitions)
+            topology.up(args.partitions)
         elif args.command == "status":
-            outcomes = status(settings)
-            for outcome in outcomes:
-                print(outcome.line())
-            return 0 if all(o.up for o in outcomes) else 1
-        elif args.command == "down":
-            down(settings)
-        else:
-            reset(settings)
-    except (ServicesError, HostError) as exc:
-        print(f"\nFAILED\n{exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cluster(command: str, partitions: int | None) -> int:
-    from localenv.cluster_topology import ClusterTopology
-
-    topology = ClusterTopology()
-    try:
-        if command == "up":
-            topology.up(partitions)
-        elif command == "status":
             lines, ok = topology.status()
             print("\n".join(lines))
             return 0 if ok else 1
-        elif command == "down":
+        elif args.command == "down":
             topology.down()
         else:
             topology.reset()
@@ -84,6 +65,26 @@ def cluster(command: str, partitions: int | None) -> int:
         print(f"\nFAILED\n{exc}", file=sys.stderr)
         return 1
     return 0
+
+
+class SingleNode:
+    """The default topology (``localenv.services``), with ``ClusterTopology``'s four commands."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def up(self, partitions: int | None) -> None:
+        up(self.settings, partitions)
+
+    def status(self) -> tuple[list[str], bool]:
+        outcomes = status(self.settings)
+        return [o.line() for o in outcomes], all(o.up for o in outcomes)
+
+    def down(self) -> None:
+        down(self.settings)
+
+    def reset(self) -> None:
+        reset(self.settings)
 
 
 if __name__ == "__main__":
