@@ -36,6 +36,9 @@ KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 # Consistency levels a read or write may use (the driver's names).
 CASSANDRA_CONSISTENCIES = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 
+# A region either takes writes (the primary) or forwards them to the primary (a secondary).
+REGION_ROLES = ("primary", "secondary")
+
 # The per-client rate limits: each has ``<name>_rate_burst`` and ``<name>_rate_per_s``.
 RATE_LIMITS = ("post", "read", "signup", "follow", "token_lookup")
 
@@ -98,6 +101,19 @@ class Settings:
     )
     # Schema of the tables (accounts and the log's projection): one per namespace.
     postgres_schema: str = _env("TL_POSTGRES_SCHEMA", "public")
+
+    # --- regions (docs/operations.md "Two regions") --------------------------
+    # The region this process runs in ("" = the only one) and its role. A secondary region
+    # reads its own stores (its Redis, its Cassandra data center, a PostgreSQL replica) and
+    # fans out from a mirror of the primary's log, but takes no writes of its own: its worker
+    # does not project into PostgreSQL (the replica is read-only; the primary's worker does
+    # it), its Post service forwards every request to TL_PRIMARY_POST_URL, its query service
+    # writes markers through TL_POSTGRES_PRIMARY_DSN and sends user_active events to the
+    # primary's Kafka (its TL_KAFKA_BOOTSTRAP), so both regions' workers read the same log.
+    region: str = _env("TL_REGION", "")
+    region_role: str = _env("TL_REGION_ROLE", "primary")
+    primary_post_url: str = _env("TL_PRIMARY_POST_URL", "")
+    postgres_primary_dsn: str = _env("TL_POSTGRES_PRIMARY_DSN", "")
 
     # --- topics ------------------------------------------------------------
     topic_tweets: str = _env("TL_TOPIC_TWEETS", "tweets")
@@ -204,6 +220,11 @@ class Settings:
             raise ValueError("TL_BACKFILL_LIMIT must not exceed TL_TIMELINE_CAP")
         if not self.postgres_schema.replace("_", "").isalnum():
             raise ValueError("TL_POSTGRES_SCHEMA must be letters, digits and underscores")
+        if self.region_role not in REGION_ROLES:
+            raise ValueError(f"TL_REGION_ROLE must be one of {', '.join(REGION_ROLES)}")
+        if self.region_role == "secondary" and not self.primary_post_url.startswith(("http://", "https://")):
+            raise ValueError("TL_REGION_ROLE=secondary needs TL_PRIMARY_POST_URL (http(s)://host:port of the "
+                             "primary region's Post service): a secondary region forwards writes there")
         if self.snowflake_lease_ttl_s < 1:
             raise ValueError("TL_SNOWFLAKE_LEASE_TTL_S must be >= 1")
         if self.worker_static_membership and not self.worker_name:
@@ -269,6 +290,16 @@ class Settings:
     def env_vars(cls) -> dict[str, str]:
         """Field name -> environment variable name, for docs and tests."""
         return {f.name: f.metadata["env"] for f in dataclasses.fields(cls)}
+
+    @property
+    def secondary_region(self) -> bool:
+        """A secondary region takes no writes of its own (see ``region_role``)."""
+        return self.region_role == "secondary"
+
+    @property
+    def postgres_write_dsn(self) -> str:
+        """Where this process writes PostgreSQL: the primary region's server."""
+        return self.postgres_primary_dsn or self.postgres_dsn
 
     def postgres_kwargs(self) -> dict[str, Any]:
         """Connection options that select the schema (psycopg ``connect(dsn, **kwargs)``)."""

@@ -83,8 +83,13 @@ async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[A
         await with_retry("postgres projection", lambda: write_batch(pool, stmts))
 
 
-@app.agent(projection_events, concurrency=1)
 async def project_to_postgres(stream: Any) -> None:
     await consume(stream, ISOLATOR, get_pool, process_projection_batch,
                   batch_max=BATCH_MAX, pace_s=settings.projection_pace_ms / 1000,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)
+
+
+# A secondary region's PostgreSQL is a read-only replica of the primary's, which the
+# primary region's worker projects into: the agent (and its consumer) exists only there.
+if not settings.secondary_region:
+    project_to_postgres = app.agent(projection_events, concurrency=1)(project_to_postgres)

@@ -96,6 +96,14 @@ async def _on_missing_schema(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _on_read_only(request: Request, exc: Exception) -> Response:
+    log.error("PostgreSQL refused a write as a read-only replica: %s", describe(exc))
+    return unavailable(
+        "this region's PostgreSQL is a read-only replica and this write was sent to it; writes go to the "
+        "primary region's server (TL_POSTGRES_PRIMARY_DSN, docs/operations.md \"Two regions\")", retry_after=30
+    )
+
+
 async def _on_redis(request: Request, exc: Exception) -> Response:
     log.warning("Redis unavailable: %s", describe(exc))
     return unavailable(f"Redis is unavailable: {describe(exc)}")
@@ -106,5 +114,6 @@ def install_dependency_errors(app: FastAPI) -> None:
     app.add_exception_handler(PoolTimeout, _on_postgres)
     app.add_exception_handler(psycopg.OperationalError, _on_postgres)
     app.add_exception_handler(psycopg.errors.UndefinedTable, _on_missing_schema)
+    app.add_exception_handler(psycopg.errors.ReadOnlySqlTransaction, _on_read_only)
     app.add_exception_handler(redis.exceptions.ConnectionError, _on_redis)
     app.add_exception_handler(redis.exceptions.TimeoutError, _on_redis)

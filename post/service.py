@@ -58,6 +58,9 @@ Semantics worth knowing:
   time) - see ``post.worker_id``. Without a lease, ids stop (503) before another process
   could take the number, so two processes never issue the same id.
 
+In a secondary region (``TL_REGION_ROLE=secondary``) the service is ``post.forward``'s
+instead: every request forwarded to the primary region's Post service.
+
 Run: ``python -m post.service [--host 127.0.0.1] [--port 8081]``.
 """
 from __future__ import annotations
@@ -68,6 +71,7 @@ from starlette.responses import Response
 from api.common import build_app, health_response, serve
 from api.openapi import Health, operation
 from post import tweets, users
+from post.forward import create_forwarding_app
 from post.metrics import Metrics
 from post.resources import Resources, get_resources, install_post_errors
 from settings import Settings, get_settings
@@ -100,6 +104,8 @@ def create_app(
 ) -> FastAPI:
     """The Post service as an ASGI app. Its lifespan opens (and closes) the connections."""
     settings = settings or get_settings()
+    if settings.secondary_region:
+        return create_forwarding_app(settings)
     return build_app(
         title="Home timeline - Post service",
         settings=settings,

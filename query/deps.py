@@ -125,14 +125,20 @@ class QueryResources:
     live: LiveHub  # the open streams' pub/sub (query/live.py)
     # bearer tokens -> users (api.auth)
     auth: TokenAuthenticator = field(init=False)
+    # The primary region's PostgreSQL for the writes (markers) of a secondary region's
+    # service, whose own ``pg`` is a read-only replica; None: ``pg`` takes them.
+    pg_primary: AsyncConnectionPool | None = None
     _reader: HomeTimelineReader | None = None
 
     @classmethod
     def create(cls, settings: Settings, *, metrics: QueryMetrics, kafka_timeout_s: float = 5.0) -> "QueryResources":
-        pg = AsyncConnectionPool(
-            settings.postgres_dsn, min_size=1, max_size=10, open=False, timeout=PG_TIMEOUT_S,
-            kwargs={"autocommit": True, "connect_timeout": 3, **settings.postgres_kwargs()}, name="query-service",
-        )
+        def pool(dsn: str, name: str, min_size: int = 1) -> AsyncConnectionPool:
+            return AsyncConnectionPool(
+                dsn, min_size=min_size, max_size=10, open=False, timeout=PG_TIMEOUT_S,
+                kwargs={"autocommit": True, "connect_timeout": 3, **settings.postgres_kwargs()}, name=name,
+            )
+
+        pg = pool(settings.postgres_dsn, "query-service")
         rds = connect(
             settings, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S,
             health_check_interval=30,
@@ -151,11 +157,15 @@ class QueryResources:
                                      prefix=f"{settings.redis_prefix}ratelimit:read:"),
             live=LiveHub(settings, LiveChannels(rds, prefix=settings.redis_prefix)),
         )
+        if settings.postgres_write_dsn != settings.postgres_dsn:
+            res.pg_primary = pool(settings.postgres_write_dsn, "query-service-writes", min_size=0)
         res.auth = TokenAuthenticator(settings, rds, res.pg_conn, metrics)
         return res
 
     async def start(self) -> None:
         await self.pg.open(wait=False)
+        if self.pg_primary is not None:
+            await self.pg_primary.open(wait=False)
         await asyncio.gather(self.kafka.start(), self.cassandra.start(), self.live.start())
 
     async def stop(self) -> None:
@@ -164,10 +174,16 @@ class QueryResources:
         await self.kafka.stop()
         await self.cassandra.stop()
         await self.pg.close(timeout=2.0)
+        if self.pg_primary is not None:
+            await self.pg_primary.close(timeout=2.0)
         await self.redis.aclose()
 
     def pg_conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         return _connections(self.pg)()
+
+    def pg_write_conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection to the server that takes this service's writes (the primary region's)."""
+        return _connections(self.pg_primary or self.pg)()
 
     def reader(self) -> HomeTimelineReader:
         """The reader over the connected stores; CassandraUnavailable (503) until Cassandra answers."""

@@ -8,7 +8,9 @@ never moves a marker backwards by accident (``policies/markers.py``): without ``
 only a newer ``last_read_id`` is applied (a stale write answers 409 with the stored
 marker in ``marker``); with the ``version`` last read, any id is applied if nobody wrote
 since (else 409). The row is read ``FOR UPDATE`` and written in one transaction, so two
-devices writing at once are decided one after the other.
+devices writing at once are decided one after the other. In a secondary region both
+routes use the primary region's server (``TL_POSTGRES_PRIMARY_DSN``), so a device reads
+back what any device wrote, wherever it was written.
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ async def _owner(request: Request, user_id: str) -> int:
 async def get_markers(request: Request, user_id: Annotated[str, id_path("The caller's own user id")]) -> Response:
     owner = await _owner(request, user_id)
     res = get_query_resources(request)
-    async with res.pg_conn() as conn:
+    async with res.pg_write_conn() as conn:  # the writes' server: a device reads back its own write
         cur = await conn.execute(
             "SELECT timeline, last_read_id, version, updated_at FROM timeline_markers WHERE user_id = %s",
             (owner,))
@@ -119,7 +121,7 @@ async def put_marker(request: Request, user_id: Annotated[str, id_path("The call
     res = get_query_resources(request)
     body = await read_json(request, MarkerIn, res.settings.max_body_bytes)
     last_read_id = parse_id(body.last_read_id, "last_read_id")
-    async with res.pg_conn() as conn:
+    async with res.pg_write_conn() as conn:
         decision, updated_at = await write_marker(conn, owner, timeline, last_read_id, body.version)
     marker = decision.marker
     shown = render_marker(marker.last_read_id, marker.version, updated_at) if marker and updated_at else None
