@@ -287,6 +287,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"{'redis_floor@c' + str(concurrency):<14} {bare['reads_per_s']:>8} req/s  "
                           f"p50 {bare['latency_ms']['p50']} ms  p99 {bare['latency_ms']['p99']} ms")
                     for name, celebs in GROUPS.items():
+                        if args.scenarios and name not in args.scenarios:
+                            continue
                         members = pop.groups[celebs]
                         targets = [
                             (f"/v1/users/{r}/timelines/home?limit={LIMIT}", {"Authorization": f"Bearer {tokens[r]}"},
@@ -362,8 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=int, default=25, help="celebrity threshold (followers)")
     parser.add_argument("--workers", type=int, default=0,
                         help="0: the service under uvicorn in this process; N: python -m query.service --workers N")
+    parser.add_argument("--scenarios", default="",
+                        help=f"comma-separated subset of {', '.join(GROUPS)} (default: all); e.g. to profile one")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/read-<ts>.json)")
     args = parser.parse_args(argv)
+    args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    if args.scenarios - set(GROUPS):
+        parser.error(f"--scenarios: unknown {', '.join(sorted(args.scenarios - set(GROUPS)))}")
     try:
         args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     except ValueError:

@@ -99,7 +99,7 @@ class StreamWorker(PythonProcess):
 
     def command(self) -> list[str]:
         return [str(REPO / ".venv/bin/python"), "-m", "ops.supervise", "--name", self.worker_name, "--",
-                "-l", "info", "--web-port", str(self.port), "--web-host", self.host]
+                "-l", "info", "--web-port", str(self.port), "--web-host", self.host, "--web-bind", self.host]
 
 
 @dataclass

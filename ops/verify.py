@@ -83,9 +83,13 @@ def describe(got: list[int], want: list[int]) -> dict:
 
 
 async def verify(settings: Settings, *, sample: int | None = None, seed: int = 0,
-                 page_size: int = 200, reader: HomeTimelineReader | None = None) -> Report:
+                 page_size: int = 200, reader: HomeTimelineReader | None = None,
+                 log_settings: Settings | None = None) -> Report:
+    """The timelines of ``settings``' stores against the reference of its log, or of
+    ``log_settings``' log (another region's: its primary's log is the one every region
+    must match)."""
     model = ReferenceModel(validate=False)
-    for event in await read_log(settings):
+    for event in await read_log(log_settings or settings):
         model.apply(event)
     users = sorted(model.users())
     if sample is not None and sample < len(users):
