@@ -84,6 +84,9 @@ class Settings:
     # its Paxos round at TL_CASSANDRA_SERIAL_CONSISTENCY.
     cassandra_replication_factor: int = _env("TL_CASSANDRA_REPLICATION_FACTOR", 1, int)
     cassandra_local_dc: str = _env("TL_CASSANDRA_LOCAL_DC", "")
+    # Replicas per data center, "dc1:1,dc2:1" (policies/dc_replication.py): when set, the keyspace
+    # is NetworkTopologyStrategy with these factors (one cluster across regions); empty: as above.
+    cassandra_replication: str = _env("TL_CASSANDRA_REPLICATION", "")
     cassandra_consistency: str = _env("TL_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")
     cassandra_serial_consistency: str = _env("TL_CASSANDRA_SERIAL_CONSISTENCY", "LOCAL_SERIAL")
     redis_url: str = _env("TL_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -267,6 +270,12 @@ class Settings:
             raise ValueError("TL_MISPLACED_EVENTS must be reroute or dead-letter")
         if self.cassandra_replication_factor < 1:
             raise ValueError("TL_CASSANDRA_REPLICATION_FACTOR must be >= 1")
+        from policies.dc_replication import parse_dc_factors
+
+        try:
+            parse_dc_factors(self.cassandra_replication)
+        except ValueError as exc:
+            raise ValueError(f"TL_CASSANDRA_REPLICATION: {exc}") from None
         if self.cassandra_consistency not in CASSANDRA_CONSISTENCIES:
             raise ValueError(f"TL_CASSANDRA_CONSISTENCY must be one of {', '.join(CASSANDRA_CONSISTENCIES)}")
         if self.cassandra_serial_consistency not in ("SERIAL", "LOCAL_SERIAL"):

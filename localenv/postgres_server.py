@@ -97,16 +97,21 @@ class Postgres(Service):
                 shutil.chown(path, self.run_as, self.run_as)
         if not (data / "PG_VERSION").exists():
             shutil.rmtree(data, ignore_errors=True)
-            as_user = (
-                {"user": self.run_as, "group": self.run_as, "extra_groups": []}
-                if self.run_as else {}
-            )
-            run(
-                [str(PG_BIN / "initdb"), "-D", str(data), "-U", self.superuser,
-                 "--auth-local=trust", "--auth-host=scram-sha-256",
-                 "--encoding=UTF8", "--no-locale"],
-                cwd=home, timeout=300, **as_user,
-            )
+            self.init_data(data)
+
+    @property
+    def as_user(self) -> dict:
+        """``run``'s keywords that run a command as the server's system user."""
+        return {"user": self.run_as, "group": self.run_as, "extra_groups": []} if self.run_as else {}
+
+    def init_data(self, data: Path) -> None:
+        """A new data folder (``localenv/postgres_replica.py``: a copy of the primary's)."""
+        run(
+            [str(PG_BIN / "initdb"), "-D", str(data), "-U", self.superuser,
+             "--auth-local=trust", "--auth-host=scram-sha-256",
+             "--encoding=UTF8", "--no-locale"],
+            cwd=self.home, timeout=300, **self.as_user,
+        )
 
     def command(self) -> list[str]:
         return [

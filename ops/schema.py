@@ -72,8 +72,13 @@ def kafka_address(settings: Settings) -> tuple[str, int]:
 
 
 def keyspace_replication(settings: Settings) -> str:
-    """The keyspace's replication map: ``NetworkTopologyStrategy`` with the replication
+    """The keyspace's replication map: ``NetworkTopologyStrategy`` with the factor of each DC
+    ``TL_CASSANDRA_REPLICATION`` lists (the regions' two DCs), else with the replication
     factor in the local DC when one is configured (the ring), else ``SimpleStrategy``."""
+    from policies.dc_replication import network_topology, parse_dc_factors
+
+    if settings.cassandra_replication:
+        return network_topology(parse_dc_factors(settings.cassandra_replication))
     factor = settings.cassandra_replication_factor
     if settings.cassandra_local_dc:
         return f"{{'class': 'NetworkTopologyStrategy', '{settings.cassandra_local_dc}': {factor}}}"

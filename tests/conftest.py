@@ -19,6 +19,9 @@ from tests.integration.namespace_guard import SNAPSHOT
 # the form CI runs after the rest: ./dev test).
 CLUSTER_TESTS = os.environ.get("TL_CLUSTER_TESTS", "")
 collect_ignore_glob = [] if CLUSTER_TESTS in ("1", "short") else ["cluster/*"]
+# tests/regions (issue 17) likewise, with TL_REGION_TESTS=1|short.
+if os.environ.get("TL_REGION_TESTS", "") not in ("1", "short"):
+    collect_ignore_glob.append("regions/*")
 
 
 def keep_short_cluster_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
