@@ -6,6 +6,8 @@
     python -m localenv reset                 # down + delete their data (jars stay cached)
     python -m localenv up --topology cluster # Redis Cluster, 3 Kafka brokers, 3 Cassandra nodes
                                              # (localenv/cluster_topology.py; same commands)
+    python -m localenv up --topology regions # two regions, each a whole stack, MirrorMaker 2 a -> b
+                                             # (localenv/regions.py; same commands)
 
 Real servers on 127.0.0.1 (``localenv.services``); state, logs and pid files in ``.state/``.
 A server already answering on a port (e.g. the machine's own PostgreSQL) is reused and
@@ -37,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=None,
                         help="partitions of the topics created by `up` "
                              "(default: TL_TOPIC_PARTITIONS, 64)")
-    parser.add_argument("--topology", choices=["single", "cluster"], default="single",
+    parser.add_argument("--topology", choices=["single", "cluster", "regions"], default="single",
                         help="single: one node of each server (the default); cluster: every engine "
-                             "clustered, state in .state/cluster (localenv/cluster_topology.py)")
+                             "clustered, state in .state/cluster (localenv/cluster_topology.py); regions: "
+                             "two regions with their services, state in .state/regions (localenv/regions.py)")
     args = parser.parse_args(argv)
     if args.partitions is not None and args.partitions < 1:
         parser.error("--partitions must be >= 1")
@@ -47,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.topology == "cluster":
         from localenv.cluster_topology import ClusterTopology
 
-        topology: SingleNode | ClusterTopology = ClusterTopology()
+        topology: SingleNode | ClusterTopology | RegionsTopology = ClusterTopology()
+    elif args.topology == "regions":
+        from localenv.regions import RegionsTopology
+
+        topology = RegionsTopology()
     else:
         topology = SingleNode(get_settings())
     try:

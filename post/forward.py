@@ -8,7 +8,9 @@ request (method, path, query, body, headers but the hop-by-hop ones) to
 unchanged, so a client sees one API wherever it is routed. ``X-Forwarded-For`` gets the
 client's address appended (the primary lists this region's address in
 ``TL_TRUSTED_PROXIES`` so its per-address limits see the client, not the forwarder);
-``X-Request-Id`` is passed on, so both services' logs name the same request.
+``X-Request-Id`` is passed on, so both services' logs name the same request. Connections
+to the primary leave from the address the request came in on, so the primary sees this
+region's address whatever source address the kernel would pick.
 
 When the primary does not answer, nothing was written and the answer is a 503 problem that
 says so; when it stopped answering after the request was sent, the outcome is unknown and
@@ -21,6 +23,7 @@ naming it) and ``GET /metrics`` (``post_http_*`` of this process and
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import httpx
@@ -57,16 +60,37 @@ class Forwarder:
     def __init__(self, settings: Settings, metrics: ForwardMetrics) -> None:
         self.primary = settings.primary_post_url.rstrip("/")
         self.metrics = metrics
-        self.client = httpx.AsyncClient(
+        self.client = self._client(None)
+        # Per local address the service was reached on: connections to the primary leave from
+        # it, so the primary sees this region's address (the one its TL_TRUSTED_PROXIES names),
+        # not whatever source address the kernel picks.
+        self._bound: dict[str, httpx.AsyncClient] = {}
+
+    def _client(self, local_address: str | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             base_url=self.primary, timeout=FORWARD_TIMEOUT_S,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=httpx.AsyncHTTPTransport(local_address=local_address) if local_address else None,
         )
+
+    def client_for(self, request: Request) -> httpx.AsyncClient:
+        server = request.scope.get("server")
+        local = server[0] if server else None
+        try:
+            if not local or ipaddress.ip_address(local).is_unspecified:
+                return self.client
+        except ValueError:  # a name, a Unix socket: the kernel chooses
+            return self.client
+        if local not in self._bound:
+            self._bound[local] = self._client(local)
+        return self._bound[local]
 
     async def start(self) -> None:
         pass
 
     async def stop(self) -> None:
-        await self.client.aclose()
+        for client in [self.client, *self._bound.values()]:
+            await client.aclose()
 
     async def forward(self, request: Request) -> Response:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
@@ -74,12 +98,13 @@ class Forwarder:
             prior = request.headers.get("x-forwarded-for")
             headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
             headers.append(("x-forwarded-for", f"{prior}, {request.client.host}" if prior else request.client.host))
-        outgoing = self.client.build_request(
+        client = self.client_for(request)
+        outgoing = client.build_request(
             request.method, request.url.path, params=request.url.query or None,
             headers=headers, content=await request.body(),
         )
         try:
-            answer = await self.client.send(outgoing)
+            answer = await client.send(outgoing)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             self.metrics.forwarded.labels("unreachable").inc()
             return problem_response(
