@@ -255,7 +255,24 @@ class RegionsTopology:
             lines.append(f"{label:<12} {'up' if up else 'DOWN':<4}  {svc.address}")
         ring = self.cassandra.status()
         lines += [n.line() for n in ring]
+        lines += self.replication_lines()
         return lines, ok and all(n.answers for n in ring)
+
+    def replication_lines(self) -> list[str]:
+        """How far b is behind a: records of a's source topics not yet in b, PostgreSQL's replay."""
+        out = []
+        try:
+            behind = sum(max(0, n) for n in self.mirror.lag().values())
+            out.append(f"mirror       a -> b: {behind} records of a's source topics not yet in b")
+        except Exception as exc:  # noqa: BLE001 - a status line, whatever is down
+            out.append(f"mirror       lag unknown: {exc}")
+        try:
+            for r in self.postgres_primary.replication():
+                out.append(f"postgres     {r['name']} {r['state']}: {r['behind_bytes']} bytes to replay, "
+                           f"replay lag {r['replay_lag_s'] or 0:.3f} s")
+        except Exception as exc:  # noqa: BLE001
+            out.append(f"postgres     replication unknown: {exc}")
+        return out
 
     def down(self, echo=log) -> None:
         labelled = self.everything()
