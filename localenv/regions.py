@@ -13,17 +13,20 @@ binds that address only), each a complete stack:
   a's, its own stream worker, a Post service that forwards every request to a's
   (``post/forward.py``), its own query service;
 * Cassandra: one cluster, data center ``dc1`` on a's address and ``dc2`` on b's (one node
-  each), keyspace ``NetworkTopologyStrategy {'dc1': 1, 'dc2': 1}``, every region's clients
-  at ``LOCAL_QUORUM`` in their own data center (``localenv/cassandra_ring.py``);
+  each), a keyspace per region (``timeline_a``, ``timeline_b``), each
+  ``NetworkTopologyStrategy {'dc1': 1, 'dc2': 1}``, every region's clients at
+  ``LOCAL_QUORUM`` in their own data center (``localenv/cassandra_ring.py``);
 * MirrorMaker 2 (Kafka's own, ``localenv/kafka_mirror.py``) copies a's source topics
   (tweets, follows, user-activity) to b, same names, same partitions, same order.
 
 Where each projection is computed (docs/operations.md "Two regions"): every region fans out
 from its own copy of the log. b's worker reads the mirrored topics with its own follower
 graph (RocksDB, changelogs in b's Kafka) and writes its own Redis and, through its data
-center, the shared keyspace; a's does the same; both write the same rows (every write is
-idempotent and decided from the log alone), so a region keeps its timelines right when the
-other is gone. Only the primary's worker projects into PostgreSQL (b's is a read-only
+center, its own keyspace (replicated to the other data center: a copy of every region's
+projections in both); a's does the same. A region never reads or writes the other's
+projections, so a worker that lags (a region coming back from an outage replays hours of
+the log) cannot put older state under the other region's readers, and a region keeps its
+timelines right when the other is gone. Only the primary's worker projects into PostgreSQL (b's is a read-only
 replica of it). Writes go to the primary: b's Post service forwards them; b's query
 service sends ``user_active`` events to a's Kafka and writes markers on a's PostgreSQL, so
 both workers read the same log.
@@ -144,6 +147,7 @@ class Region:
         primary = Endpoints(self.topology.primary_spec, self.ports)
         s = self.topology.cassandra.settings_for(self.spec.dc, self.topology.base).replace(
             region=self.spec.name,
+            cassandra_keyspace=f"{self.topology.base.cassandra_keyspace}_{self.spec.name}",
             kafka_bootstrap=self.at.kafka_bootstrap,
             redis_url=self.at.redis_url,
             postgres_dsn=self.at.postgres_dsn,
@@ -198,9 +202,11 @@ class RegionsTopology:
             outcomes = start_all(self.base, self.servers())
             outcomes += ring.result()
         self._raise_failed(outcomes)
+        for region in (a, b):
+            mine = region.settings_for("worker")
+            count = schema.apply_cassandra(mine)
+            echo(f"schema     ok    cassandra keyspace {mine.cassandra_keyspace} in dc1 and dc2: {count} statements")
         admin = a.settings_for("worker")
-        count = schema.apply_cassandra(admin)
-        echo(f"schema     ok    cassandra keyspace {admin.cassandra_keyspace} in dc1 and dc2: {count} statements")
         schema.apply_postgres(admin)
         echo("schema     ok    postgres (primary, region a)")
         self._raise_failed(start_all(self.base, [self.postgres_replica]))

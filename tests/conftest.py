@@ -20,12 +20,14 @@ from tests.integration.namespace_guard import SNAPSHOT
 CLUSTER_TESTS = os.environ.get("TL_CLUSTER_TESTS", "")
 collect_ignore_glob = [] if CLUSTER_TESTS in ("1", "short") else ["cluster/*"]
 # tests/regions (issue 17) likewise, with TL_REGION_TESTS=1|short.
-if os.environ.get("TL_REGION_TESTS", "") not in ("1", "short"):
+REGION_TESTS = os.environ.get("TL_REGION_TESTS", "")
+if REGION_TESTS not in ("1", "short"):
     collect_ignore_glob.append("regions/*")
 
 
-def keep_short_cluster_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
-    keep = [item for item in items if not item.get_closest_marker("cluster") or item.get_closest_marker("short")]
+def keep_short_tests(config: pytest.Config, items: list[pytest.Item], marker: str) -> None:
+    """Of the tests marked ``marker`` (cluster, regions), only those also marked ``short``."""
+    keep = [item for item in items if not item.get_closest_marker(marker) or item.get_closest_marker("short")]
     dropped = [item for item in items if item not in keep]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
@@ -35,7 +37,9 @@ def keep_short_cluster_tests(config: pytest.Config, items: list[pytest.Item]) ->
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if CLUSTER_TESTS == "short":
-        keep_short_cluster_tests(config, items)
+        keep_short_tests(config, items, "cluster")
+    if REGION_TESTS == "short":
+        keep_short_tests(config, items, "regions")
     last = [item for item in items if item.get_closest_marker("last")]
     if not last:
         return

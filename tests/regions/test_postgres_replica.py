@@ -16,7 +16,7 @@ from localenv.services import start_all
 from ops import schema
 from settings import get_settings
 
-pytestmark = [pytest.mark.regions]
+pytestmark = [pytest.mark.regions, pytest.mark.short]
 
 PORT = 21532
 DSN = "postgresql://timeline:timeline@{}:%d/timeline" % PORT

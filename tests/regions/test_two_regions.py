@@ -29,7 +29,7 @@ from ops.verify import read_log, verify
 from schemas.events import TweetPosted
 from settings import get_settings, unthrottled
 
-pytestmark = [pytest.mark.regions]
+pytestmark = [pytest.mark.regions, pytest.mark.short]
 
 SPECS = (RegionSpec("a", "127.0.3.1", "dc1", "primary"), RegionSpec("b", "127.0.4.1", "dc2", "secondary"))
 PARTITIONS = 8
