@@ -238,11 +238,12 @@ def plan_wake(position: Position, ready: Sequence[Item], *, read_due: bool, dele
 
 def stage_notices(rows: dict[tuple[int, int], tuple[bool, int]], deleted: Iterable[tuple[int, int, int]],
                   follows: dict[tuple[int, int], bool], reset: Iterable[int],
-                  only: set[int] | None = None) -> dict[int, Notice]:
+                  only: set[int] | None = None, tails: dict[int, bytes] | None = None) -> dict[int, Notice]:
     """Stage 2's notices for one batch: per user, the rows it added, the deletes (user, tweet,
     author) it applied, the follows (True) and unfollows (False) and the users whose
     timeline was rebuilt or whose floor moved. ``only``: for these users alone (those with
-    an open stream), the others' are not built."""
+    an open stream), the others' are not built. ``tails``: tweet -> page-item tail, carried
+    as the notice's items (a tweet without one: the stream reads)."""
     def wanted(user: int) -> bool:
         return only is None or user in only
 
@@ -261,8 +262,10 @@ def stage_notices(rows: dict[tuple[int, int], tuple[bool, int]], deleted: Iterab
             (fol if on else unf).setdefault(user, []).append(author)
     reset = {u for u in reset if wanted(u)}
     users = set(added) | set(gone) | set(fol) | set(unf) | reset
+    tails = tails or {}
     return {u: Notice(tuple(sorted(added.get(u, ()))), tuple(sorted(gone.get(u, ()))),
-                      tuple(sorted(unf.get(u, ()))), tuple(sorted(fol.get(u, ()))), u in reset)
+                      tuple(sorted(unf.get(u, ()))), tuple(sorted(fol.get(u, ()))), u in reset,
+                      items=tuple((t, a, tails[t]) for t, a in sorted(added.get(u, ())) if t in tails))
             for u in users}
 
 
