@@ -38,6 +38,7 @@ from policies.partitioning import partition_for_id
 from schemas import ContractError, Limits, UserActive, decode
 from schemas.deliveries import Add, Backfill, DeliveryOp, Follow, Remove, Unfollow, decode_ops
 from schemas.events import INT64_MAX as MAX_ID
+from sinks.redis_client import REDIS_ERRORS
 from streams.topics import EVENTS_ON, dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import following_edges, recipients
@@ -322,8 +323,21 @@ class RecipientBatch:
         live = await self.sinks.live.listening_users(touched)
         if live:
             follows = {k: since is not None for k, since in self.following.items()}
-            await self.sinks.live.publish_users(
-                stage_notices(self.rows, self.deleted, follows, self.invalidate, only=live))
+            await self.sinks.live.publish_users(stage_notices(
+                self.rows, self.deleted, follows, self.invalidate, only=live, tails=await self.live_tails(live)))
+
+    async def live_tails(self, live: set[int]) -> dict[int, bytes]:
+        """The page-item tails of the tweets added to these users' timelines (their notices carry
+        them: an open stream sends them without a read); best effort, one Redis read."""
+        ids = {t for (u, t), (present, _) in self.rows.items() if present and u in live and u not in self.invalidate}
+        if not ids:
+            return {}
+        try:
+            bodies = await self.sinks.tweets.read(sorted(ids))
+        except (*REDIS_ERRORS, OSError) as exc:
+            log.warning("live notices without items: %r", exc)
+            return {}
+        return {t: b.rendered for t, b in bodies.items() if b is not None and b.rendered and not b.deleted_at}
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:

@@ -1,7 +1,7 @@
 """Live streams (SSE) measured: idle streams held by one query-service process, its memory per
 stream, and the latency from Kafka's ack of a tweet to its event on an open stream.
 
-    python -m bench.live_bench [--streams 10000] [--probes 20] [--load-rate 50] [--out bench/results/live.md]
+    python -m bench.live_bench [--streams 10000] [--probes 20] [--load-rate 20,50%] [--out bench/results/live.md]
 
 One namespace of its own (``bench_<tag>``), a real worker (``localenv.worker.Worker``) and the
 query service as a child process (``python -m query.service``: one process, as the goal is per
@@ -13,9 +13,11 @@ process). Steps:
 2. ``--probes`` probe users each following one author of their own; with every stream still
    open, tweets of those authors, one at a time: Kafka ack -> the stage's notice on Redis
    pub/sub (published right after the timeline write; the bench subscribes to the probes'
-   channels) -> the ``tweet`` event on the probe's stream. Idle, then with ``--load-rate``
-   background tweets/s whose authors are followed by ``--load-fanout`` stream users each
-   (their streams wake and read too).
+   channels) -> the ``tweet`` event on the probe's stream. Idle, then at each ``--load-rate``
+   (a comma list: background tweets/s, or ``N%`` of ``--burst-deliveries``, the pipeline's
+   burst capacity in deliveries/s, divided by the fanout) whose authors are followed by
+   ``--load-fanout`` stream users each (their streams wake too). At each point, the CPU of the
+   query service and of the worker per stream event (one tweet delivered to one open stream).
 """
 from __future__ import annotations
 
@@ -191,6 +193,15 @@ async def background_load(pub: Publisher, authors: list[int], rate: float, ids: 
     return n
 
 
+def load_rate(spec: str, burst: float, fanout: int) -> float:
+    """Background tweets/s of a ``--load-rate`` item: ``20`` (tweets/s) or ``50%`` (of the burst
+    capacity in deliveries/s, each tweet being ``fanout`` deliveries)."""
+    spec = spec.strip()
+    if spec.endswith("%"):
+        return float(spec[:-1]) / 100 * burst / fanout
+    return float(spec)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     workdir = Path(args.workdir) / f"live-{tag}"
@@ -248,22 +259,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await c.open()
             clients.append(c)
             probes.append((c, 3 * 10**15 + i))
-        cpu0 = cpu_seconds(service.proc.pid)
+        def cpu() -> tuple[float, float, float]:
+            return cpu_seconds(service.proc.pid), cpu_seconds(worker.proc.pid), time.perf_counter()
+
+        def account(point: dict[str, Any], before: tuple[float, float, float], events: int) -> None:
+            (q0, w0, t0), (q1, w1, t1) = before, cpu()
+            point["wall_s"] = round(t1 - t0, 1)
+            point["stream_events"] = events
+            point["query_cpu_share"] = round((q1 - q0) / (t1 - t0), 2)
+            point["worker_cpu_share"] = round((w1 - w0) / (t1 - t0), 2)
+            point["query_cpu_ms_per_event"] = round((q1 - q0) * 1000 / max(1, events), 3)
+            point["worker_cpu_ms_per_event"] = round((w1 - w0) * 1000 / max(1, events), 3)
+
+        before = cpu()
         result["idle"] = await probe_latency(settings, pub, probes, ids, args.rounds)
-        result["idle"]["query_cpu_s"] = round(cpu_seconds(service.proc.pid) - cpu0, 2)
+        account(result["idle"], before, result["idle"]["received"])
         log(f"idle: {result['idle']}")
-        stop = asyncio.Event()
-        load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, args.load_rate, ids, stop))
-        await asyncio.sleep(3)
-        cpu0, wall0 = cpu_seconds(service.proc.pid), time.perf_counter()
-        result["load"] = await probe_latency(settings, pub, probes, ids, args.rounds)
-        stop.set()
-        result["load"]["background_tweets"] = await load
-        wall = time.perf_counter() - wall0
-        result["load"]["query_cpu_share"] = round((cpu_seconds(service.proc.pid) - cpu0) / wall, 2)
-        result["load"]["rate"] = args.load_rate
-        result["load"]["deliveries_per_s"] = args.load_rate * args.load_fanout
-        log(f"load: {result['load']}")
+        result["loads"] = []
+        for spec in args.load_rate.split(","):
+            rate = load_rate(spec, args.burst_deliveries, args.load_fanout)
+            stop = asyncio.Event()
+            sent0 = sum(len(c.arrivals) for c in clients)
+            load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, rate, ids, stop))
+            await asyncio.sleep(3)
+            before, events0 = cpu(), sum(len(c.arrivals) for c in clients)
+            point = await probe_latency(settings, pub, probes, ids, args.rounds)
+            account(point, before, sum(len(c.arrivals) for c in clients) - events0)
+            stop.set()
+            point["background_tweets"] = await load
+            await asyncio.sleep(2)
+            point["background_events_received"] = sum(len(c.arrivals) for c in clients) - sent0 - point["received"]
+            point["background_events_expected"] = point["background_tweets"] * args.load_fanout
+            point["spec"], point["rate"] = spec, round(rate, 1)
+            point["deliveries_per_s"] = round(rate * args.load_fanout, 1)
+            result["loads"].append(point)
+            log(f"load {spec}: {point}")
         result["loadavg_at_end"] = [round(x, 1) for x in os.getloadavg()]
         result["rss"].append({"streams": len(clients), "rss_mb": round((service.rss() or 0) / 2**20, 1),
                               "after": "latency runs"})
@@ -290,14 +320,23 @@ def render(result: dict[str, Any]) -> str:
               f"({result.get('open_retries_after_503', 0)} opens retried after a 503).",
               "", "| load | received | ack -> notice p50 / p99 (ms) | notice -> event p50 / p99 (ms) | "
               "ack -> event p50 / p99 (ms) |", "| --- | ---: | ---: | ---: | ---: |"]
-    for name in ("idle", "load"):
-        r = result[name]
-        label = name if name == "idle" else f"{r['rate']} tweets/s, {r['deliveries_per_s']} deliveries/s to streams"
+    points = [("idle", result["idle"])] + [
+        (f"{r['spec']}: {r['rate']} tweets/s, {r['deliveries_per_s']} deliveries/s to streams", r)
+        for r in result["loads"]]
+    for label, r in points:
         cells = [f"{r[k]['p50']} / {r[k]['p99']}" for k in ("ack_to_notice_ms", "notice_to_event_ms", "ack_to_event_ms")]
         lines.append(f"| {label} | {r['received']}/{r['rounds']} | " + " | ".join(cells) + " |")
-    lines += ["", f"The query service's CPU during the load point: {result['load'].get('query_cpu_share', '?')} of a "
-              "core.", "", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
-              "notice -> event is the stream's part: the goal is within 50 ms of the timeline write."]
+    lines += ["", "| load | stream events | query CPU (share of a core) | query CPU ms / stream event | "
+              "worker CPU (share) | worker CPU ms / stream event | background events received / expected |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, r in points:
+        lines.append(f"| {label} | {r['stream_events']} | {r['query_cpu_share']} | {r['query_cpu_ms_per_event']} | "
+                     f"{r['worker_cpu_share']} | {r['worker_cpu_ms_per_event']} | "
+                     f"{r.get('background_events_received', '-')} / {r.get('background_events_expected', '-')} |")
+    lines += ["", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
+              "notice -> event is the stream's part: the goal is within 50 ms of the timeline write. "
+              "CPU per stream event: the process's CPU over the probe rounds divided by the tweet events its "
+              "open streams received meanwhile (idle: the probes' alone, heartbeats included)."]
     return "\n".join(lines) + "\n"
 
 
@@ -306,7 +345,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--load-rate", type=float, default=20.0)
+    parser.add_argument("--load-rate", default="20", help="comma list: tweets/s, or N%% of --burst-deliveries")
+    parser.add_argument("--burst-deliveries", type=float, default=4233.0,
+                        help="the pipeline's burst capacity (bench/results/latest.md)")
     parser.add_argument("--load-fanout", type=int, default=10)
     parser.add_argument("--open-concurrency", type=int, default=20)
     parser.add_argument("--workdir", default="/tmp/tl-bench")

@@ -50,6 +50,9 @@ KEEP = 16
 MAX_CATCH_UP = 1000
 # Delete events waiting to be sent before a stream counts as fallen behind.
 MAX_PENDING = 256
+# A notice carries the written tweets' page items up to this many bytes of tails; over it, the
+# notice only says "look" (the stream reads).
+ITEMS_MAX_BYTES = 16_384
 
 _POSITION_RE = re.compile(r"1\.(0|[1-9][0-9]{0,18})((?:\.[1-9][0-9]{0,18}){0,%d})" % KEEP, re.ASCII)
 _ID_RE = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
@@ -124,6 +127,10 @@ class Notice(NamedTuple):
     followed: tuple[int, ...] = ()  # authors followed (their celebrity channel may be needed)
     reset: bool = False  # the timeline was rebuilt or its floor moved: read it again
     celebrities: tuple[tuple[int, bool], ...] = ()  # (author, is celebrity now): subscriptions change
+    # What was written, for a stream to send without a read (see ``plan_wake``): the page item's
+    # tail (``schemas.tweet_json.render_tail``) of each tweet in ``added``, all of them or none.
+    items: tuple[tuple[int, int, bytes], ...] = ()  # (tweet, author, tail)
+    pulled: bool = False  # on a celebrity's channel (stage 1): a follower's stream must follow them now
 
     def is_empty(self) -> bool:
         return not (self.added or self.deleted or self.unfollowed or self.followed or self.reset
@@ -139,6 +146,12 @@ def encode_notice(notice: Notice) -> bytes:
             out[key] = [list(v) if isinstance(v, tuple) else v for v in value]
     if notice.reset:
         out["r"] = 1
+    if notice.pulled:
+        out["p"] = 1
+    if notice.items:
+        items = [[t, a, tail.decode()] for t, a, tail in notice.items]
+        if sum(len(tail) for _, _, tail in notice.items) <= ITEMS_MAX_BYTES:
+            out["i"] = items
     return orjson.dumps(out)
 
 
@@ -153,30 +166,84 @@ def decode_notice(raw: bytes | str) -> Notice:
 
     return Notice(pairs("a"), pairs("d"), tuple(int(a) for a in data.get("u", ())),
                   tuple(int(a) for a in data.get("f", ())), bool(data.get("r")),
-                  tuple((int(a), bool(c)) for a, c in data.get("c", ())))
+                  tuple((int(a), bool(c)) for a, c in data.get("c", ())),
+                  tuple((int(t), int(a), str(tail).encode()) for t, a, tail in data.get("i", ())),
+                  bool(data.get("p")))
+
+
+class Item(NamedTuple):
+    """A tweet a notice says was written, ready to send: its page item's tail."""
+
+    tweet_id: int
+    author_id: int
+    tail: bytes
+    pulled: bool  # a celebrity's tweet (their channel), not a row of the user's timeline
 
 
 class Reaction(NamedTuple):
     read: bool  # read the timeline since the position
     deletes: list[dict[str, str]]  # delete events to send
     resubscribe: bool  # the followed celebrities may have changed
+    items: list[Item] = []  # sendable without a read (when ``read`` is False)
+
+
+def notice_items(notice: Notice) -> list[Item] | None:
+    """The notice's written tweets, ready to send; None when a read is needed instead: the
+    timeline was rebuilt or a followee added (older tweets land), or the notice does not
+    carry every added tweet (over the bytes cap, a body missing or deleted, an older stage)."""
+    if notice.reset or notice.followed:
+        return None
+    tails = {t: (a, tail) for t, a, tail in notice.items}
+    if any(t not in tails or tails[t][0] != a for t, a in notice.added):
+        return None
+    return [Item(t, a, tails[t][1], notice.pulled) for t, a in notice.added]
 
 
 def react(notice: Notice) -> Reaction:
     """What an open stream does with a notice."""
     deletes = [{"tweet_id": str(t), "author_id": str(a), "reason": "deleted"} for t, a in notice.deleted]
     deletes += [{"author_id": str(a), "reason": "unfollowed"} for a in notice.unfollowed]
-    return Reaction(bool(notice.added or notice.reset or notice.followed),
-                    deletes, bool(notice.followed or notice.unfollowed or notice.celebrities))
+    resubscribe = bool(notice.followed or notice.unfollowed or notice.celebrities)
+    items = notice_items(notice) if notice.added else []
+    if items is not None and not notice.reset and not notice.followed:
+        return Reaction(False, deletes, resubscribe, items)
+    return Reaction(True, deletes, resubscribe)
+
+
+class Wake(NamedTuple):
+    read: bool  # read the timeline since the position (what was ready is covered by it)
+    send: list[Item]  # else: these, oldest first (not sent yet, above the floor)
+
+
+def plan_wake(position: Position, ready: Sequence[Item], *, read_due: bool, deletes: bool,
+              resubscribed: bool, celebrities: set[int], max_ready: int = MAX_CATCH_UP) -> Wake:
+    """What a woken stream does: send the notices' items without a read when it can be sure
+    they are what a read would add (a read since the floor finds them, nothing else is due),
+    else read. A read when: a notice asked for one (``read_due``: no items, a rebuilt
+    timeline, a follow, the pub/sub connection was lost); delete events are due or the
+    followed celebrities changed in the same wake (a ready tweet may have left the timeline
+    meanwhile); a celebrity's tweet whose author the user does not follow (now); more ready
+    than ``max_ready`` (the read decides whether the stream is behind)."""
+    if read_due:
+        return Wake(True, [])
+    if not ready:
+        return Wake(False, [])
+    if deletes or resubscribed or len(ready) > max_ready:
+        return Wake(True, [])
+    if any(i.pulled and i.author_id not in celebrities for i in ready):
+        return Wake(True, [])
+    by_id = {i.tweet_id: i for i in ready}
+    return Wake(False, [by_id[t] for t in unsent(position, by_id)])
 
 
 def stage_notices(rows: dict[tuple[int, int], tuple[bool, int]], deleted: Iterable[tuple[int, int, int]],
                   follows: dict[tuple[int, int], bool], reset: Iterable[int],
-                  only: set[int] | None = None) -> dict[int, Notice]:
+                  only: set[int] | None = None, tails: dict[int, bytes] | None = None) -> dict[int, Notice]:
     """Stage 2's notices for one batch: per user, the rows it added, the deletes (user, tweet,
     author) it applied, the follows (True) and unfollows (False) and the users whose
     timeline was rebuilt or whose floor moved. ``only``: for these users alone (those with
-    an open stream), the others' are not built."""
+    an open stream), the others' are not built. ``tails``: tweet -> page-item tail, carried
+    as the notice's items (a tweet without one: the stream reads)."""
     def wanted(user: int) -> bool:
         return only is None or user in only
 
@@ -195,8 +262,10 @@ def stage_notices(rows: dict[tuple[int, int], tuple[bool, int]], deleted: Iterab
             (fol if on else unf).setdefault(user, []).append(author)
     reset = {u for u in reset if wanted(u)}
     users = set(added) | set(gone) | set(fol) | set(unf) | reset
+    tails = tails or {}
     return {u: Notice(tuple(sorted(added.get(u, ()))), tuple(sorted(gone.get(u, ()))),
-                      tuple(sorted(unf.get(u, ()))), tuple(sorted(fol.get(u, ()))), u in reset)
+                      tuple(sorted(unf.get(u, ()))), tuple(sorted(fol.get(u, ()))), u in reset,
+                      items=tuple((t, a, tails[t]) for t, a in sorted(added.get(u, ())) if t in tails))
             for u in users}
 
 

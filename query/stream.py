@@ -41,8 +41,8 @@ from starlette.types import Receive, Scope, Send
 from api.errors import Problem
 from api.openapi import header_param, id_path, operation
 from policies.stream import (
-    MAX_CATCH_UP, MAX_PENDING, Notice, Position, PositionError, decode_position, encode_position, frame,
-    gone, react, tweet_frames, unsent,
+    MAX_CATCH_UP, MAX_PENDING, Item, Notice, Position, PositionError, decode_position, encode_position, frame,
+    gone, plan_wake, react, tweet_frames, unsent,
 )
 from query.deps import QueryResources, get_query_resources
 from query.page import ReadStats, Tweet
@@ -69,6 +69,8 @@ class LiveStream:
         self.wake = asyncio.Event()
         self.read_due = False  # a notice since the last read (one during the first read counts)
         self.pending: list[dict[str, str]] = []
+        self.ready: list[Item] = []  # written tweets the notices carried (sent without a read if sure)
+        self.fast_sends = 0  # wakes served without a read (tests, metrics)
         self.resubscribe = False
         self.closed = False
         self.behind: str | None = None
@@ -79,6 +81,7 @@ class LiveStream:
         reaction = react(notice)
         self.read_due = self.read_due or reaction.read
         self.resubscribe = self.resubscribe or reaction.resubscribe
+        self.ready.extend(reaction.items)
         self.pending.extend(reaction.deletes)
         if len(self.pending) > MAX_PENDING:
             self.behind = f"more than {MAX_PENDING} delete events waiting"
@@ -149,6 +152,16 @@ class LiveStream:
         frames, self.position = tweet_frames(items, position)
         return b"".join(out) + frames
 
+    async def send_ready(self, items: list[Item]) -> bytes:
+        """The frames of tweets a notice carried (``plan_wake`` chose them); the position moves."""
+        assert self.position is not None
+        handles = await self.res.handles.lookup(i.author_id for i in items)
+        rendered = [(i.tweet_id, render_item(i.tweet_id, i.author_id, render_handle(handles.get(i.author_id)), i.tail))
+                    for i in items]
+        frames, self.position = tweet_frames(rendered, self.position)
+        self.fast_sends += 1
+        return frames
+
 
 class EventStream(Response):
     """The raw ASGI response of one stream (not a StreamingResponse: every send has a timeout)."""
@@ -205,13 +218,21 @@ class EventStream(Response):
                 res.metrics.live_closed.labels("client").inc()
                 return
             out = b""
+            resubscribed = stream.resubscribe
             if stream.resubscribe:
                 stream.resubscribe = False
                 async with res.live.reads:
                     await stream.subscribe()
             deletes, stream.pending = stream.pending, []
+            ready, stream.ready = stream.ready, []  # what arrives during a read is kept for after it
             out += b"".join(frame("delete", orjson.dumps(d)) for d in deletes)
-            if stream.read_due and stream.behind is None:
+            assert stream.position is not None
+            wake = plan_wake(stream.position, ready, read_due=stream.read_due, deletes=bool(deletes),
+                             resubscribed=resubscribed, celebrities=stream.authors)
+            if wake.send and stream.behind is None:
+                async with res.live.reads:  # a handle lookup may miss the local map
+                    out += await stream.send_ready(wake.send)
+            if wake.read and stream.behind is None:
                 stream.read_due = False
                 started = time.perf_counter()
                 async with res.live.reads:

@@ -295,3 +295,39 @@ async def test_markers_never_move_backwards(world: World):
     assert back.json()["version"] == marker["version"] + 1
     assert (await put(500, version=marker["version"])).status_code == 409  # that version is gone
     assert (await w.client.get(url, headers=user.auth)).json()["home"]["last_read_id"] == "5"
+
+
+async def test_a_notice_carrying_items_is_sent_without_a_read_and_falls_back_when_unsure(world: World):
+    """The fast path: a notice whose items are ready is sent as it is (a fabricated tweet that no
+    read could find arrives: no read was made); the same notice with a rebuilt timeline, or
+    without its items, makes the stream read instead (the fabricated tweet never arrives), and
+    a real tweet still arrives after either."""
+    from policies.stream import Notice, encode_notice
+    from sinks.redis_live import LiveChannels
+
+    w = world
+    reader, author = await w.user(), await w.user()
+    await w.publish([followed(reader.user_id, author.user_id, w.tick())])
+    sse = await Sse(w, reader).open()
+    assert (await sse.next())[0] == "ready"
+    channel = LiveChannels(w.redis, prefix=w.settings.redis_prefix).user(reader.user_id)
+    tail = b',"text":"made up","created_at":null}'
+    fake = [w.tweet(author)["tweet_id"] for _ in range(3)]  # ids only: never posted
+
+    got: list[int] = []
+    deletes: list[dict] = []
+    await w.redis.publish(channel, encode_notice(Notice(added=((fake[0], author.user_id),),
+                                                        items=((fake[0], author.user_id, tail),))))
+    await tweets_until(sse, 1, got, deletes)
+    assert got == [fake[0]], "the fast path sends what the notice carried"
+
+    await w.redis.publish(channel, encode_notice(Notice(added=((fake[1], author.user_id),),
+                                                        items=((fake[1], author.user_id, tail),), reset=True)))
+    await w.redis.publish(channel, encode_notice(Notice(added=((fake[2], author.user_id),))))
+    real = w.tweet(author)
+    await w.publish([real])
+    await tweets_until(sse, 2, got, deletes)
+    assert got == [fake[0], real["tweet_id"]], "unsure notices were read: the fabricated tweets never came"
+    # The read did not find the fabricated tweet sent by the fast path: it is withdrawn.
+    assert {"tweet_id": str(fake[0]), "reason": "removed"} in deletes
+    await sse.close()

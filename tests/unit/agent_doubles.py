@@ -417,6 +417,10 @@ class FakeTweets:
         self.writes.append((list(posted), list(deleted)))
         self.journal.append(("tweets", "write", self.writes[-1]))
 
+    async def read(self, tweet_ids: Iterable[int]) -> dict[int, None]:
+        """``RedisTweets.read`` (stage 2's live notice items): every body a miss, so notices carry none."""
+        return dict.fromkeys(tweet_ids)
+
 
 class FakeCelebrities:
     """``RedisCelebrities.update`` over a set (the cache loaded from the start)."""
