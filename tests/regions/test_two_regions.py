@@ -85,6 +85,15 @@ async def test_a_tweet_in_a_reaches_a_follower_in_b(topology: RegionsTopology) -
         for region in ("a", "b"):
             await client.wait_for(region, follower, lambda ids: forwarded in ids)
 
+        # A read marker written through b is on a's PostgreSQL: every device reads it back.
+        put = await client.http.put(f"{client.url('b', 'query')}/v1/users/{follower}/markers/home",
+                                    json={"last_read_id": str(forwarded)}, headers=client.auth(follower))
+        assert put.status_code == 200, put.text
+        for region in ("a", "b"):
+            got = await client.http.get(f"{client.url(region, 'query')}/v1/users/{follower}/markers",
+                                        headers=client.auth(follower))
+            assert got.status_code == 200 and got.json()["home"]["last_read_id"] == str(forwarded), got.text
+
         # Deletes and unfollows cross too.
         author = world.authors[1]
         follower = world.follows[author][0]
