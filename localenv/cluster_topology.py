@@ -31,9 +31,8 @@ from localenv.host import STATE, log
 from localenv.kafka_cluster import KafkaCluster
 from localenv.postgres_server import Postgres
 from localenv.redis_cluster import RedisCluster
-from localenv.service import Outcome, ServicesError
-from localenv.services import failure_report, start_all
-from localenv.worker import settings_env
+from localenv.services import raise_failed, start_all
+from localenv.worker import env_file_text
 from ops import schema
 from settings import Settings, get_settings
 
@@ -65,9 +64,7 @@ class ClusterTopology:
             kafka = pool.submit(self.kafka.up, echo)
             outcomes = [*redis.result(), *kafka.result(), *ring.result()]
         outcomes += start_all(self.base, [Postgres(self.base)])
-        failed = [o for o in outcomes if isinstance(o, Outcome) and not o.up]
-        if failed:
-            raise ServicesError(failure_report(failed))
+        raise_failed(outcomes)
         admin = self.settings_for("admin")
         count = schema.apply_cassandra(admin)
         echo(f"schema     ok    cassandra keyspace {admin.cassandra_keyspace} at RF 3: {count} statements")
@@ -83,13 +80,10 @@ class ClusterTopology:
         """``env/<role>.env``: the settings that differ from the defaults, one ``TL_X=value`` a line."""
         folder = self.state / "env"
         folder.mkdir(parents=True, exist_ok=True)
-        defaults = settings_env(Settings())
         paths = []
         for role in ROLES:
-            env = settings_env(self.settings_for(role))
-            lines = [f"{k}={v}" for k, v in sorted(env.items()) if defaults.get(k) != v]
             path = folder / f"{role}.env"
-            path.write_text("\n".join(lines) + "\n")
+            path.write_text(env_file_text(self.settings_for(role)))
             path.chmod(0o600)  # it holds the principal's password
             paths.append(path)
         return paths

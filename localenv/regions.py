@@ -38,6 +38,7 @@ as ``.state/regions/env/<region>-<role>.env`` (roles post, query, worker).
 """
 from __future__ import annotations
 
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,9 +51,9 @@ from localenv.kafka_server import Kafka
 from localenv.postgres_replica import PostgresPrimary, PostgresReplica
 from localenv.processes import PostService, QueryService, StreamWorker
 from localenv.redis_server import Redis
-from localenv.service import Outcome, Service, ServicesError, stop_all
-from localenv.services import failure_report, start_all
-from localenv.worker import settings_env
+from localenv.service import Service, stop_all
+from localenv.services import raise_failed, start_all
+from localenv.worker import env_file_text
 from ops import schema
 from settings import Settings, get_settings
 
@@ -184,10 +185,6 @@ class RegionsTopology:
         self.mirror = MirrorMaker(b.settings_for("worker"), state=b.state, source=a.settings_for("worker"),
                                   source_alias=a.name, target_alias=b.name)
 
-    @property
-    def primary(self) -> Region:
-        return next(r for r in self.regions.values() if r.primary)
-
     def region(self, name: str) -> Region:
         return self.regions[name]
 
@@ -201,7 +198,7 @@ class RegionsTopology:
             ring = pool.submit(self.cassandra.up, echo)
             outcomes = start_all(self.base, self.servers())
             outcomes += ring.result()
-        self._raise_failed(outcomes)
+        raise_failed(outcomes)
         for region in (a, b):
             mine = region.settings_for("worker")
             count = schema.apply_cassandra(mine)
@@ -209,36 +206,28 @@ class RegionsTopology:
         admin = a.settings_for("worker")
         schema.apply_postgres(admin)
         echo("schema     ok    postgres (primary, region a)")
-        self._raise_failed(start_all(self.base, [self.postgres_replica]))
+        raise_failed(start_all(self.base, [self.postgres_replica]))
         for region in (a, b):
             topics = schema.create_topics(region.settings_for("worker"), partitions)
             echo(f"topics     ok    region {region.name}: {', '.join(f'{n} {st}' for n, st in topics.items())}")
-        self._raise_failed(start_all(self.base, [self.mirror]))
+        raise_failed(start_all(self.base, [self.mirror]))
         if processes:
-            self._raise_failed(start_all(self.base, [p for r in (a, b) for p in r.processes.values()]))
+            raise_failed(start_all(self.base, [p for r in (a, b) for p in r.processes.values()]))
         for path in self.write_env():
             echo(f"env        ok    {path}")
         echo(f"regions topology up in {time.monotonic() - began:.1f}s (state in {self.state})")
         for region in (a, b):
             echo(f"region {region.name} ({region.spec.role}): post {region.at.post_url}  query {region.at.query_url}")
 
-    @staticmethod
-    def _raise_failed(outcomes: list) -> None:
-        failed = [o for o in outcomes if isinstance(o, Outcome) and not o.up]
-        if failed:
-            raise ServicesError(failure_report(failed))
-
     def write_env(self) -> list[Path]:
         """``env/<region>-<role>.env``: the settings that differ from the defaults."""
         folder = self.state / "env"
         folder.mkdir(parents=True, exist_ok=True)
-        defaults = settings_env(Settings())
         paths = []
         for region in self.regions.values():
             for role in ROLES:
-                env = settings_env(region.settings_for(role))
                 path = folder / f"{region.name}-{role}.env"
-                path.write_text("\n".join(f"{k}={v}" for k, v in sorted(env.items()) if defaults.get(k) != v) + "\n")
+                path.write_text(env_file_text(region.settings_for(role)))
                 paths.append(path)
         return paths
 
@@ -289,8 +278,6 @@ class RegionsTopology:
         self.cassandra.down(echo)
 
     def reset(self, echo=log) -> None:
-        import shutil
-
         self.down(echo)
         self.cassandra.reset(echo)
         shutil.rmtree(self.state, ignore_errors=True)

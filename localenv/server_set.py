@@ -16,7 +16,8 @@ from localenv.kafka_server import Kafka
 from localenv.postgres_server import Postgres
 from localenv.redis_server import Redis
 from localenv.service import Outcome, Service, ServicesError, stop_all
-from localenv.services import SERVICE_TYPES, exclusive, failure_report, start_all, start_or_reuse, wait_ready
+from localenv.services import (SERVICE_TYPES, exclusive, failure_report, raise_failed, start_all, start_or_reuse,
+                               wait_ready)
 from settings import Settings, get_settings
 
 
@@ -113,9 +114,7 @@ class ServerSet:
             outcomes = start_all(self.settings, self.services())
             for outcome in outcomes:
                 echo(outcome.line())
-            failed = [o for o in outcomes if not o.up]
-            if failed:
-                raise ServicesError(failure_report(failed))
+            raise_failed(outcomes)
         echo(f"server set {self.state} on ports {self.base_port}..{self.base_port + self.SPAN - 1}"
              f" up in {time.monotonic() - began:.1f}s")
         return outcomes

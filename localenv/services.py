@@ -140,6 +140,14 @@ def failure_report(failed: list[Outcome]) -> str:
     return "\n".join(parts)
 
 
+def raise_failed(outcomes: list) -> None:
+    """ServicesError with every failed outcome's report, if any of ``outcomes`` (start_all's,
+    a ring's; items that are not Outcomes are ignored) did not come up."""
+    failed = [o for o in outcomes if isinstance(o, Outcome) and not o.up]
+    if failed:
+        raise ServicesError(failure_report(failed))
+
+
 def drift_warnings(settings: Settings, outcomes: list[Outcome]) -> list[str]:
     """One line per server that was already running with another config than the one
     ``up`` would start it with; ``up`` does not restart a server others may be using."""
@@ -172,9 +180,7 @@ def up(settings: Settings | None = None, partitions: int | None = None,
             echo(outcome.line())
         for line in drift_warnings(settings, outcomes):
             echo(line)
-        failed = [o for o in outcomes if not o.up]
-        if failed:
-            raise ServicesError(failure_report(failed))
+        raise_failed(outcomes)
         apply_schemas(settings, partitions, echo)
     echo(f"all up in {time.monotonic() - began:.1f}s (state in {STATE})")
     return outcomes

@@ -29,7 +29,7 @@ from localenv.processes import DashboardPage, PostService, QueryService, StreamW
 from localenv.prometheus_server import DEFAULT_PORT as PROMETHEUS_PORT, Prometheus
 from localenv.server_set import ServerSet
 from localenv.service import Outcome, Service, ServicesError
-from localenv.services import apply_schemas, exclusive, failure_report, start_all
+from localenv.services import apply_schemas, exclusive, raise_failed, start_all
 from localenv.services import services as shared_servers
 from localenv.services import up as shared_up
 from localenv.worker import free_port
@@ -121,10 +121,7 @@ class Stack:
             for line in self.agent_notes():
                 echo(line)
             self.prometheus.set_targets(self.scrape_targets())
-            results = start_all(self.settings, self.processes)
-            failed = [o for o in results if not o.up]
-            if failed:
-                raise ServicesError(failure_report(failed))
+            raise_failed(start_all(self.settings, self.processes))
             if seed and not (self.state / "run" / "dev-seeded").exists():
                 echo(self.seed())
                 (self.state / "run" / "dev-seeded").write_text(self.settings.app_id + "\n")

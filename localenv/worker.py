@@ -30,6 +30,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def env_file_text(settings: Settings) -> str:
+    """An environment file of ``settings``: the ``TL_X=value`` lines that differ from the defaults."""
+    defaults = settings_env(Settings())
+    return "".join(f"{k}={v}\n" for k, v in sorted(settings_env(settings).items()) if defaults.get(k) != v)
+
+
 class Worker:
     """One ``faust -A faust_app worker`` process."""
 
