@@ -30,8 +30,10 @@ from localenv.regions import RegionSpec, RegionsTopology
 from localenv.services import start_all
 from ops.lag import wait_caught_up
 from ops.verify import read_log, verify
+from schemas import source_topics
 from schemas.events import TweetPosted
 from settings import get_settings, unthrottled
+from tests.integration.post_fixtures import read_topic
 
 pytestmark = [pytest.mark.regions]
 
@@ -194,8 +196,8 @@ async def test_mirrormaker_killed_mid_stream_loses_nothing(topology: RegionsTopo
                 out.setdefault((r.topic, r.partition), []).append(r.value)
             return out
 
-        source = per_partition(await raw_records(a))
-        copied = per_partition(await raw_records(b))
+        source = per_partition([r for t in source_topics(a) for r in await read_topic(a, t)])
+        copied = per_partition([r for t in source_topics(b) for r in await read_topic(b, t)])
         duplicates = 0
         for tp, values in source.items():
             got = copied.get(tp, [])
@@ -210,29 +212,3 @@ async def test_mirrormaker_killed_mid_stream_loses_nothing(topology: RegionsTopo
     finally:
         await client.aclose()
 
-
-async def raw_records(settings) -> list:
-    """Every record of the source topics, as the broker holds them."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    from schemas import source_topics
-
-    consumer = AIOKafkaConsumer(**settings.kafka_kwargs(), enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(t, p) for t in source_topics(settings) for p in sorted(cluster.partitions_for_topic(t))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        out: list = []
-        remaining = {tp for tp in tps if end[tp] > 0}
-        while remaining:
-            for tp, msgs in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
-                out.extend(m for m in msgs if m.offset < end[tp])
-            remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
-        return out
-    finally:
-        await consumer.stop()
