@@ -89,9 +89,9 @@ class TokenAuthenticator:
         self._inflight: dict[bytes, asyncio.Future[int | None]] = {}
         self.lookups = 0  # PostgreSQL lookups made by this process
 
-    async def user_for_token(self, token: str, address: str) -> int | None:
+    async def user_for_token(self, token: str, address: str | Callable[[], str]) -> int | None:
         """The user id of ``token``, None if PostgreSQL does not know it; 429 (Problem) if
-        ``address`` has used up its lookups."""
+        ``address`` (or what it returns: only a lookup needs it) has used up its lookups."""
         digest = hash_token(token)
         now = self.clock()
         user_id = self.valid.get(digest, now)
@@ -105,7 +105,7 @@ class TokenAuthenticator:
         if pending is not None:
             self.metrics.authentications.labels("joined").inc()
             return await asyncio.shield(pending)
-        await self.limiter.check(address)
+        await self.limiter.check(address() if callable(address) else address)
         pending = self._inflight.get(digest)  # another request may have started it meanwhile
         if pending is not None:
             self.metrics.authentications.labels("joined").inc()
@@ -164,7 +164,7 @@ async def authenticate(request: Request) -> int:
     if not _TOKEN_RE.fullmatch(token):
         raise _unauthorized("bearer token is malformed", "invalid_token")
     res: Authenticating = request.app.state.resources
-    user_id = await res.auth.user_for_token(token, request_address(request, res.settings))
+    user_id = await res.auth.user_for_token(token, lambda: request_address(request, res.settings))
     if user_id is None:
         raise _unauthorized("bearer token is not valid", "invalid_token")
     note_user(request, user_id)

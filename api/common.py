@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from api import errors
 from api.body import BodyLimitMiddleware
@@ -142,6 +144,21 @@ async def metrics_endpoint(request: Request) -> Response:
 # --- the app and its entry point -----------------------------------------------------------
 
 
+class DirectRoute(Route):
+    """A plain Starlette route (``endpoint(request) -> Response``, no FastAPI parameter
+    solving) for a service's hottest path, placed before the FastAPI route of the same path,
+    which stays for the API description. Errors go through the app's exception handlers as
+    for any route, and the request is counted and logged under the same route template
+    (``api.observe`` reads ``scope["route"]``)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match != Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+
 class ServiceResources(Protocol):
     """The connections a service holds for its lifetime (``post.resources.Resources``,
     ``query.deps.QueryResources``)."""
@@ -185,6 +202,9 @@ def build_app(
         redirect_slashes=False,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks look up the global providers on every request; the
+        # services export Prometheus metrics and JSON logs instead (``api.observe``).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.openapi = lambda: describe_app(app)  # type: ignore[method-assign]
     app.state.settings = settings

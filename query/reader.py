@@ -41,7 +41,7 @@ from typing import Awaitable, Callable, Sequence
 from api.ratelimit import RedisTokenBucket
 from policies.timeline import SLACK, Source, merge_sources, pull_groups, pull_limit, usable_chunk
 from query.page import Page, ReadStats, Tweet, store_query
-from query.view import UserViews, View
+from query.view import UserViews, View, plain_hit
 from schemas.events import INT64_MAX as MAX_ID
 from settings import Settings
 from sinks.cassandra import CassandraStore
@@ -209,7 +209,11 @@ class HomeTimelineReader:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
         if cache:
-            view = await self.views.open(user_id, cursor, limit, stats, gate)
+            answer = await self.views.round_trip(user_id, cursor, limit, stats, gate)
+            page = plain_hit(answer, cursor, limit, above, self.timelines.cap)
+            if page is not None:
+                return page
+            view = await self.views.open(user_id, cursor, limit, stats, answer=answer)
         else:
             view = await self.views.open_store(user_id, cursor, limit, stats)
         if view.pending_fill is None:
@@ -243,10 +247,13 @@ class HomeTimelineReader:
                     continue
                 celebs = view.celebrities
                 per_author = pull_limit(need + SLACK, len(celebs) + 1, first_round)
-                (mat_source, src), pulls = await asyncio.gather(
-                    self._materialized_source(user_id, view, cursor, need, stats),
-                    self.pull(celebs, cursor, max(view.floor, above), per_author, stats),
-                )
+                if celebs:
+                    (mat_source, src), pulls = await asyncio.gather(
+                        self._materialized_source(user_id, view, cursor, need, stats),
+                        self.pull(celebs, cursor, max(view.floor, above), per_author, stats),
+                    )
+                else:  # no task per source when there is one source
+                    (mat_source, src), pulls = await self._materialized_source(user_id, view, cursor, need, stats), []
                 source = source or src
                 merged = merge_sources([mat_source, *pulls])
                 pulled.update(t for p in pulls for t in p.ids)

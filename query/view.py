@@ -33,7 +33,7 @@ from typing import Any
 
 from api.ratelimit import TAKE_FUNCTION_LUA, RateLimited, RedisTokenBucket
 from policies.timeline import SLACK, usable_chunk
-from query.page import ReadStats, store_query
+from query.page import Page, ReadStats, Tweet, store_query
 from query.view_cluster import VERSION_LUA, WINDOW_LUA, ClusterScripts, open_cluster
 from schemas.events import INT64_MAX as MAX_ID
 from sinks.cassandra import CassandraStore
@@ -114,6 +114,59 @@ class View:
     pending_fill: asyncio.Future[bool] | None = None
 
 
+def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int) -> Page | None:
+    """The page of a read that the first round trip answered alone, or None.
+
+    A plain cache hit - the timeline and the following list cached, no celebrities
+    followed (none to pull), every needed tweet body in the answer, the page inside the
+    window - is most reads. Its page is computed here straight from the answer, with the
+    same result (tweets, ``next_below``, ``source``) as :meth:`HomeTimelineReader.page`'s
+    general path (``tests/unit/test_plain_hit.py`` compares the two), which answers
+    everything else (None) from the same answer, without a second round trip."""
+    (window, lowest, card, _, followee_card, flags, celebs, _, celebs_loaded, _, bodies) = answer
+    if not lowest or followee_card <= 1 or not celebs_loaded or any(int(c) != 0 for c in celebs):
+        return None
+    sentinel_tid, floor = parse_member(lowest[0])
+    if sentinel_tid != SENTINEL_ID or cursor <= above + 1 or cursor <= floor + 1:
+        return None
+    entries = [parse_member(m) for m in window]
+    first = usable_chunk(cursor, [e for e in entries if e[0] > floor], card - 1 < cap, limit, "cache")
+    if first is None:
+        return None
+    _, chunk, done, _ = first
+    followed = {a for (_, a), flag in zip(entries, flags) if flag}
+    body_of = {t: b for (t, _), b in zip(entries, bodies) if b}
+    candidates: list[int] = []
+    for tweet_id, author_id in chunk:  # unique, as policies.timeline.merge_desc makes them
+        if author_id in followed and (not candidates or candidates[-1] != tweet_id):
+            candidates.append(tweet_id)
+    horizon = None if done or not chunk else chunk[-1][0]
+    reached = bool(candidates) and candidates[-1] <= above
+    if reached:
+        candidates = [t for t in candidates if t > above]
+    out: list[Tweet] = []
+    consumed = 0
+    for tweet_id in candidates:
+        consumed += 1
+        raw = body_of.get(tweet_id)
+        tweet = parse_body(tweet_id, raw) if raw is not None else None
+        if tweet is None:
+            return None  # not cached: the general path reads it from Cassandra
+        if not tweet.deleted_at:
+            out.append(Tweet(tweet_id, tweet.author_id, tweet.text, tweet.created_at, tweet.rendered))
+            if len(out) == limit:
+                break
+    region_done = consumed == len(candidates) and (horizon is None or reached)
+    if len(out) == limit:
+        at_end = region_done and (reached or floor == 0)
+    elif region_done and (reached or floor == 0):
+        at_end = True  # floor 0: nothing below the materialized region either
+    else:
+        return None  # more to read: below the floor, or past the window
+    stats = ReadStats(redis_round_trips=1, timeline_cache="hit", following_cache="hit", tweet_cache_hits=consumed)
+    return Page(out, None if at_end else out[-1].tweet_id, "cache", set(), stats)
+
+
 def _decode(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else (raw or "")
 
@@ -154,11 +207,11 @@ class UserViews:
             view.first = usable_chunk(cursor, below, len(entries) < self.timelines.cap, need, "store")
         return view
 
-    async def open(self, user_id: int, cursor: int, need: int, stats: ReadStats,
-                   gate: tuple[RedisTokenBucket, str] | None = None) -> View:
-        """One Redis call for the timeline window, the following facts and the window's bodies
-        (and first a token from ``gate``, a bucket and a subject: RateLimited when refused);
-        Cassandra for misses."""
+    async def round_trip(self, user_id: int, cursor: int, need: int, stats: ReadStats,
+                         gate: tuple[RedisTokenBucket, str] | None = None) -> list[Any]:
+        """The first round trip of a read (``_OPEN``'s answer): the timeline window, the
+        following facts and the window's bodies, after a token from ``gate`` (a bucket and a
+        subject: RateLimited when refused)."""
         n = need + SLACK
         following = self.following_cache
         celebrity_cache = self.celebrity_cache
@@ -177,6 +230,14 @@ class UserViews:
             stats.redis_round_trips += 1
             if answer[0] == b"limited":
                 raise RateLimited(RedisTokenBucket.result(answer[1]))
+        return answer
+
+    async def open(self, user_id: int, cursor: int, need: int, stats: ReadStats,
+                   gate: tuple[RedisTokenBucket, str] | None = None, *, answer: list[Any] | None = None) -> View:
+        """The user's view: the first round trip (:meth:`round_trip`, or its ``answer`` when
+        the caller made it already), Cassandra for misses."""
+        if answer is None:
+            answer = await self.round_trip(user_id, cursor, need, stats, gate)
         (window, lowest, card, home_version, followee_card, flags, celebs, following_version,
          celebs_loaded, celebs_version, bodies) = answer
 

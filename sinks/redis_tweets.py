@@ -30,7 +30,7 @@ BODY_LUA = "local function body(key) return redis.call('HMGET', key, %s) end\n" 
     f"'{f}'" for f in FIELDS)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see query.page.Tweet
 class CachedTweet:
     tweet_id: int
     author_id: int
