@@ -54,6 +54,7 @@ from schemas import (
     decode,
 )
 from schemas.deliveries import Add, Backfill, Follow, Remove, Unfollow
+from schemas.tweet_json import render_tail
 from sinks.redis_live import LiveChannels
 from streams.topics import EVENTS_ON, author_events, dead_letters_topic, deliveries_topic
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
@@ -236,10 +237,14 @@ class AuthorBatch:
         self.backfills: dict[int, Any] = {}
         # Live notices (sinks/redis_live.py): pulled tweets and deletes, celebrity transitions.
         self.pulled: dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        self.tails: dict[int, bytes] = {}  # pulled tweet -> its page item's tail (the notice's items)
         self.transitions: list[tuple[int, bool]] = []
 
     def notices(self, live: LiveChannels) -> dict[str, Notice]:
-        out = {live.author(a): Notice(added=tuple(added), deleted=tuple(deleted))
+        """A celebrity's notice carries its pulled tweets' items (``policies.stream.Notice``), so
+        a follower's open stream can send them without a read, as stage 2's notices do."""
+        out = {live.author(a): Notice(added=tuple(added), deleted=tuple(deleted),
+                                      items=tuple((t, a, self.tails[t]) for t, a in added), pulled=True)
                for a, (added, deleted) in self.pulled.items()}
         if self.transitions:
             out[live.celebrities()] = Notice(celebrities=tuple(self.transitions))
@@ -313,6 +318,7 @@ class AuthorBatch:
         count_rows(1)
         if pulled:
             self.pulled.setdefault(ev.author_id, ([], []))[0].append((ev.tweet_id, ev.author_id))
+            self.tails[ev.tweet_id] = render_tail(ev.text, ev.created_at)  # as the body cache renders it
         followers = [] if pulled else self.followers(ev.author_id)
         for batch in plan_fanout(ev, followers, pulled, self.partition_of):
             self.outbox.deliver_to_partition(

@@ -331,3 +331,37 @@ async def test_a_notice_carrying_items_is_sent_without_a_read_and_falls_back_whe
     # The read did not find the fabricated tweet sent by the fast path: it is withdrawn.
     assert {"tweet_id": str(fake[0]), "reason": "removed"} in deletes
     await sse.close()
+
+
+async def test_a_celebrity_notice_carrying_items_is_sent_without_a_read(world: World):
+    """Stage 1's notices on a celebrity's channel carry the pulled tweets' items: a fabricated
+    one (no read could find it) arrives, so the stream sends such items without a read; and a
+    real pulled tweet, posted through the pipeline, arrives with no stream read at all."""
+    from policies.stream import Notice, encode_notice
+    from sinks.redis_live import LiveChannels
+
+    w = world
+    reader, _, celeb = await _reader_with_celebrity(w)
+    sse = await Sse(w, reader).open()
+    assert (await sse.next())[0] == "ready"
+    channel = LiveChannels(w.redis, prefix=w.settings.redis_prefix).author(celeb.user_id)
+    fake = w.tweet(celeb)["tweet_id"]  # an id only: never posted
+    got: list[int] = []
+    deletes: list[dict] = []
+    await w.redis.publish(channel, encode_notice(Notice(
+        added=((fake, celeb.user_id),), items=((fake, celeb.user_id, b',"text":"made up","created_at":null}'),),
+        pulled=True)))
+    await tweets_until(sse, 1, got, deletes)
+    assert got == [fake], "the celebrity's notice was sent as it came"
+
+    def stream_reads() -> float:
+        histogram = w.app.state.metrics.live_reads
+        return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+    reads = stream_reads()
+    real = w.tweet(celeb)
+    await w.publish([real])
+    await tweets_until(sse, 2, got, deletes)
+    assert got == [fake, real["tweet_id"]]
+    assert stream_reads() == reads, "stage 1's notice carried the pulled tweet: the stream did not read"
+    await sse.close()

@@ -15,7 +15,9 @@ import agents.fanout as fanout_mod
 from faust_app import settings
 from policies.celebrity import CelebrityRule
 from policies.partitioning import partition_for_id
+from policies.stream import Item, Notice, decode_notice, notice_items
 from schemas import TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed
+from schemas.tweet_json import render_tail
 from tables.edges import entity_key
 from tables.graph import authors, follower_edges
 from tests.unit.agent_doubles import (
@@ -182,6 +184,24 @@ async def test_celebrity_tweet_is_not_pushed(
     assert sent.delivery_ops("add") == []
     assert ("insert_author_tl", (AUTHOR, 101)) in sinks.cassandra.writes(), "still stored, for pulls"
     assert author_row()["last_pushed"] == 100
+
+
+async def test_a_celebrity_notice_carries_its_pulled_tweets_items(
+    driver: AgentDriver, sinks: Any, sent: SentLog, low_threshold: CelebrityRule
+) -> None:
+    """Open streams of a celebrity's followers get the pulled tweet's page item (the same bytes
+    the body cache renders), so they can send it without a read; a delete only says so."""
+    await driver.run([follow(21), tweet(100), follow(22), follow(23)])  # promoted
+    sinks.redis.published.clear()
+    await driver.run([tweet(101, text="pulled \u00e9")])
+    await driver.run([delete(101)])
+    channel = sinks.live.author(AUTHOR)
+    notices = [decode_notice(m) for c, m in sinks.redis.published if c == channel]
+    assert notices == [
+        Notice(added=((101, AUTHOR),), items=((101, AUTHOR, render_tail("pulled \u00e9", 5_000)),), pulled=True),
+        Notice(deleted=((101, AUTHOR),), pulled=True),
+    ]
+    assert notice_items(notices[0]) == [Item(101, AUTHOR, render_tail("pulled \u00e9", 5_000), True)]
 
 
 async def test_promotion_and_demotion_use_hysteresis_and_demotion_queues_a_backfill(
@@ -410,8 +430,6 @@ async def test_a_drifted_follower_count_is_corrected_before_a_transition(
 async def test_celebrity_tweets_deletes_and_transitions_are_published_for_open_streams(
     driver: AgentDriver, sinks: Any, sent: SentLog, low_threshold: CelebrityRule
 ) -> None:
-    from policies.stream import Notice, decode_notice
-
     prefix = settings.redis_prefix
     await driver.run([follow(81), tweet(800), follow(82), follow(83)])  # promoted
     got = [(c, decode_notice(raw)) for c, raw in sinks.redis.published]
@@ -421,5 +439,8 @@ async def test_celebrity_tweets_deletes_and_transitions_are_published_for_open_s
     await driver.run([tweet(801), tweet(802), delete(801), delete(800)])
 
     got = [(c, decode_notice(raw)) for c, raw in sinks.redis.published]
+    tail = render_tail("hello", 5_000)
     assert got == [(f"{prefix}live:a:{AUTHOR}", Notice(added=((801, AUTHOR), (802, AUTHOR)),
-                                                       deleted=((801, AUTHOR),)))], "800 was pushed"
+                                                       deleted=((801, AUTHOR),),
+                                                       items=((801, AUTHOR, tail), (802, AUTHOR, tail)),
+                                                       pulled=True))], "800 was pushed"
