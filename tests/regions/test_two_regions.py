@@ -115,7 +115,6 @@ async def test_a_tweet_in_a_reaches_a_follower_in_b(topology: RegionsTopology) -
         await client.aclose()
 
 
-@pytest.mark.short
 async def test_b_serves_reads_while_a_is_down_and_catches_up(topology: RegionsTopology) -> None:
     rng = random.Random(18)
     client = RegionClient(topology)
