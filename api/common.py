@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
@@ -168,6 +169,15 @@ class ServiceResources(Protocol):
     async def stop(self) -> None: ...
 
 
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up (modules, app, connections: hundreds of thousands of
+    objects) out of the garbage collector's reach (``gc.freeze``): a full collection no longer
+    walks them, which stalled every request in flight for 100+ ms a few times per second
+    under load (POST at concurrency 32: p99 150-166 ms with, 58-65 ms without those pauses)."""
+    gc.collect()
+    gc.freeze()
+
+
 def build_app(
     *,
     title: str,
@@ -176,10 +186,11 @@ def build_app(
     router: APIRouter,
     metrics: HttpMetrics,
     error_handlers: Iterable[Callable[[FastAPI], None]] = (),
+    direct: Sequence[DirectRoute] = (),
     **state: Any,
 ) -> FastAPI:
     """A service's ASGI app: its routes plus ``GET /metrics`` and ``GET /openapi.json``
-    (``api.openapi``), problem-details errors (and
+    (``api.openapi``), ``direct`` routes matched first (:class:`DirectRoute`), problem-details errors (and
     ``error_handlers``, each installing more), the body size limit, the HTTP metrics and request logs (``api.observe``).
     ``settings``, ``metrics`` and ``state`` are kept on ``app.state``. The lifespan creates
     the resources with ``resources(app)``, starts them, keeps them on
@@ -190,6 +201,7 @@ def build_app(
         res = resources(app)
         await res.start()
         app.state.resources = res
+        freeze_startup_heap()
         try:
             yield
         finally:
@@ -216,6 +228,7 @@ def build_app(
     for install in error_handlers:
         install(app)
     app.include_router(router)
+    app.router.routes[0:0] = list(direct)  # matched before every other route
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], responses={
         200: {"description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
     })

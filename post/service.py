@@ -68,7 +68,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
-from api.common import build_app, health_response, serve
+from api.common import DirectRoute, build_app, health_response, serve
 from api.openapi import Health, operation
 from post import tweets, users
 from post.forward import create_forwarding_app
@@ -113,6 +113,7 @@ def create_app(
         router=router,
         metrics=Metrics(),
         error_handlers=[install_post_errors],
+        direct=[DirectRoute("/v1/tweets", tweets.post_tweet, methods=["POST"])],  # most of this service's requests
         kafka_timeout_s=kafka_timeout_s,
         instance=instance,
         known_users=set(),

@@ -224,20 +224,16 @@ def _resources(app: FastAPI) -> QueryResources:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The query service as an ASGI app. Its lifespan opens (and closes) the connections."""
     settings = settings or get_settings()
-    app = build_app(
+    return build_app(
         title="Home timeline - query service",
         settings=settings,
         resources=_resources,
         router=router,
         metrics=QueryMetrics(),
         error_handlers=[install_dependency_errors, install_cassandra_errors],
+        # Nearly every request of this service is this one.
+        direct=[DirectRoute("/v1/users/{user_id}/timelines/home", _home_timeline_direct, methods=["GET"])],
     )
-    # Nearly every request of this service is this one: it is matched first, as a plain
-    # Starlette route (the same path, methods, errors and metrics template), so it skips
-    # FastAPI's per-request parameter solving. The FastAPI route stays for the API description.
-    app.router.routes.insert(0, DirectRoute("/v1/users/{user_id}/timelines/home", _home_timeline_direct,
-                                            methods=["GET"]))
-    return app
 
 
 def main(argv: list[str] | None = None) -> None:
