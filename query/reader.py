@@ -210,7 +210,7 @@ class HomeTimelineReader:
         cursor = MAX_ID if below is None else below
         if cache:
             answer = await self.views.round_trip(user_id, cursor, limit, stats, gate)
-            page = plain_hit(answer, cursor, limit, above, self.timelines.cap)
+            page = plain_hit(answer, cursor, limit, above, self.timelines.cap, stats)
             if page is not None:
                 return page
             view = await self.views.open(user_id, cursor, limit, stats, answer=answer)

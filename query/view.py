@@ -114,7 +114,8 @@ class View:
     pending_fill: asyncio.Future[bool] | None = None
 
 
-def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int) -> Page | None:
+def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
+              stats: ReadStats | None = None) -> Page | None:
     """The page of a read that the first round trip answered alone, or None.
 
     A plain cache hit - the timeline and the following list cached, no celebrities
@@ -163,7 +164,9 @@ def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int) 
         at_end = True  # floor 0: nothing below the materialized region either
     else:
         return None  # more to read: below the floor, or past the window
-    stats = ReadStats(redis_round_trips=1, timeline_cache="hit", following_cache="hit", tweet_cache_hits=consumed)
+    stats = stats if stats is not None else ReadStats(redis_round_trips=1)  # the round trip's own
+    stats.timeline_cache = stats.following_cache = "hit"
+    stats.tweet_cache_hits += consumed
     return Page(out, None if at_end else out[-1].tweet_id, "cache", set(), stats)
 
 
