@@ -152,6 +152,11 @@ class DirectRoute(Route):
     for any route, and the request is counted and logged under the same route template
     (``api.observe`` reads ``scope["route"]``)."""
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], *, methods: Sequence[str]) -> None:
+        super().__init__(path, endpoint, methods=list(methods))
+        # Exactly these methods, as the FastAPI route has them (Starlette adds HEAD to GET).
+        self.methods = {m.upper() for m in methods}
+
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child_scope = super().matches(scope)
         if match != Match.NONE:
