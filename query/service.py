@@ -207,8 +207,6 @@ async def _home_timeline_direct(request: Request) -> Response:
     return await home_timeline(request, request.path_params["user_id"])
 
 
-
-
 @router.get("/healthz", **operation(ok=Health, problems=(503,)))
 async def healthz(request: Request) -> Response:
     return health_response(await get_query_resources(request).health())
