@@ -74,6 +74,9 @@ async def test_a_tweet_in_a_reaches_a_follower_in_b(topology: RegionsTopology) -
     client = RegionClient(topology)
     try:
         world = await World.build(client, rng)
+        # Measured from here: both workers have consumed the world's follows (a worker still
+        # starting or rebalancing would otherwise show as lag, or fail the first probes).
+        await caught_up(topology)
         samples = await measure(client, world, 40, 4, rng)
         lag = summary(samples)["all"]
         print(f"\ncross-region lag over {lag['b']['n']} tweets (201 in a -> a follower's first page): "
