@@ -89,9 +89,10 @@ class TokenAuthenticator:
         self._inflight: dict[bytes, asyncio.Future[int | None]] = {}
         self.lookups = 0  # PostgreSQL lookups made by this process
 
-    async def user_for_token(self, token: str, address: str | Callable[[], str]) -> int | None:
-        """The user id of ``token``, None if PostgreSQL does not know it; 429 (Problem) if
-        ``address`` (or what it returns: only a lookup needs it) has used up its lookups."""
+    async def user_for_token(self, token: str, address: Callable[[], str]) -> int | None:
+        """The user id of ``token``, None if PostgreSQL does not know it; 429 (Problem) if the
+        client address ``address()`` returns (called only when a lookup is needed) has used up
+        its lookups."""
         digest = hash_token(token)
         now = self.clock()
         user_id = self.valid.get(digest, now)
@@ -105,7 +106,7 @@ class TokenAuthenticator:
         if pending is not None:
             self.metrics.authentications.labels("joined").inc()
             return await asyncio.shield(pending)
-        await self.limiter.check(address() if callable(address) else address)
+        await self.limiter.check(address())
         pending = self._inflight.get(digest)  # another request may have started it meanwhile
         if pending is not None:
             self.metrics.authentications.labels("joined").inc()

@@ -131,7 +131,7 @@ def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
     if sentinel_tid != SENTINEL_ID or cursor <= above + 1 or cursor <= floor + 1:
         return None
     entries = [parse_member(m) for m in window]
-    first = usable_chunk(cursor, [e for e in entries if e[0] > floor], card - 1 < cap, limit, "cache")
+    first = usable_chunk(cursor, window_entries(entries, floor), card - 1 < cap, limit, "cache")
     if first is None:
         return None
     _, chunk, done, _ = first
