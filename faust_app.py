@@ -65,6 +65,9 @@ app = HandoverSafeApp(
     web_enabled=True,
     table_standby_replicas=0,
     TableManager=SeekThenResumeTableManager,
+    # faust's worker without its terminal spinner, which put the root logger at DEBUG at
+    # -l warn (streams/faust_worker.py).
+    Worker="streams.faust_worker:Worker",
     # JSON lines, as the HTTP services log (logs.py), at the worker's -l level.
     logging_config=dict_config("worker"),
 )

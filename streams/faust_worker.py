@@ -1,0 +1,21 @@
+"""The worker class of the app (``Worker`` in ``faust_app``): faust's, without the terminal spinner.
+
+faust-streaming 0.15.3's ``Worker.on_setup_root_logger``, at ``-l warn`` or above (the
+level every worker started by ``localenv.worker`` runs at), adds a handler that spins a
+terminal spinner on every log record and sets the *root logger* to DEBUG for it. From then
+on every ``log.debug`` of aiokafka, faust and the Cassandra driver builds a ``LogRecord``
+that the output handler then drops: 7.6% of the worker's busy samples (37% of the
+consumer thread's) at half the fanout capacity (py-spy, 2026-12-01). A worker runs
+headless (its output is a log file or a service manager's journal), so it never spins.
+"""
+from __future__ import annotations
+
+import logging
+
+import faust
+
+
+class Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None  # no spinner, no spinner handler, the root logger keeps ``level``
+        super().on_setup_root_logger(logger, level)
