@@ -58,6 +58,7 @@ from schemas.tweet_json import render_tail
 from sinks.redis_live import LiveChannels
 from streams.topics import EVENTS_ON, author_events, dead_letters_topic, deliveries_topic
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
+from tables.follower_plans import FollowerPlans
 from tables.graph import authors, early_deletes, follower_edges
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,19 @@ RULE = CelebrityRule(settings.celebrity_threshold, settings.celebrity_hysteresis
 NEW_AUTHOR = {"followers": 0, "celebrity": False, "since": 0, "last_pushed": 0}
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
+# Each author's followers grouped by partition, between batches (tables/follower_plans.py);
+# cleared whenever partitions move, since another worker may have changed an author meanwhile.
+PLANS = FollowerPlans()
+
+
+@app.on_partitions_revoked.connect
+def _plans_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    PLANS.clear()
+
+
+@app.on_partitions_assigned.connect
+def _plans_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    PLANS.clear()
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:
@@ -261,9 +275,11 @@ class AuthorBatch:
         if following and not exists:
             follower_edges[key] = b"%d" % ev.at
             author["followers"] += 1
+            PLANS.drop(ev.followee_id)
         elif not following and exists:
             del follower_edges[key]
             author["followers"] = max(0, author["followers"] - 1)
+            PLANS.drop(ev.followee_id)
         self._apply_celebrity_rule(ev.followee_id, author)
         if author.get("backfill_pending") and ev.followee_id not in self.backfills:
             self._queue_backfill(ev.followee_id, author)
@@ -306,8 +322,13 @@ class AuthorBatch:
         """The author's followers, read from the local edge table (one prefix scan)."""
         return list(iter_edges(follower_edges, author_id))
 
+    def recipient_groups(self, author_id: int) -> list[tuple[int, tuple[int, ...]]]:
+        """The author's followers by destination partition (``plan_recipients``), kept between
+        batches until one of the author's edges changes (``PLANS``)."""
+        return PLANS.get(author_id, lambda: plan_recipients(self.followers(author_id), author_id, self.partition_of))
+
     def _queue_backfill(self, author_id: int, author: dict) -> None:
-        for partition, recipients in plan_recipients(self.followers(author_id), author_id, self.partition_of):
+        for partition, recipients in self.recipient_groups(author_id):
             self.outbox.deliver_to_partition(partition, Backfill(author_id, author["since"], recipients))
         self.backfills[author_id] = current_event()
 
@@ -319,8 +340,7 @@ class AuthorBatch:
         if pulled:
             self.pulled.setdefault(ev.author_id, ([], []))[0].append((ev.tweet_id, ev.author_id))
             self.tails[ev.tweet_id] = render_tail(ev.text, ev.created_at)  # as the body cache renders it
-        followers = [] if pulled else self.followers(ev.author_id)
-        for batch in plan_fanout(ev, followers, pulled, self.partition_of):
+        for batch in plan_fanout(ev, [] if pulled else self.recipient_groups(ev.author_id), pulled):
             self.outbox.deliver_to_partition(
                 batch.partition,
                 Add(ev.tweet_id, ev.author_id, ev.created_at, batch.recipients),
@@ -335,7 +355,7 @@ class AuthorBatch:
             # Never pushed (reads drop deleted tweets anyway); open streams are told.
             self.pulled.setdefault(ev.author_id, ([], []))[1].append((ev.tweet_id, ev.author_id))
             return
-        for batch in plan_removal(ev, self.followers(ev.author_id), self.partition_of):
+        for batch in plan_removal(ev, self.recipient_groups(ev.author_id)):
             self.outbox.deliver_to_partition(
                 batch.partition,
                 Remove(ev.tweet_id, ev.author_id, batch.recipients),

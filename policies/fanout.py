@@ -12,7 +12,7 @@ partition, so a replay produces identical messages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, NamedTuple, Protocol
+from typing import Callable, Iterable, Literal, NamedTuple, Protocol, Sequence
 
 Op = Literal["add", "remove"]
 DEFAULT_BATCH_SIZE = 500
@@ -80,50 +80,33 @@ def plan_recipients(
     return out
 
 
-def _plan(
-    tweet: TweetLike,
-    followers: Iterable[int],
-    partition_for: Callable[[int], int],
-    batch_size: int,
-    op: Op,
-) -> list[DeliveryBatch]:
-    return [
-        DeliveryBatch(partition, recipients, tweet.tweet_id, tweet.author_id, op)
-        for partition, recipients in plan_recipients(followers, tweet.author_id, partition_for, batch_size)
-    ]
+Groups = Sequence[tuple[int, tuple[int, ...]]]  # plan_recipients' answer
 
 
-def plan_fanout(
-    tweet: TweetLike,
-    followers: Iterable[int],
-    pulled: bool,
-    partition_for: Callable[[int], int],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[DeliveryBatch]:
-    """Batches (op="add") delivering ``tweet`` to its author's followers; [] for a tweet that
-    is pulled at read time (``is_pulled``: a celebrity's).
+def _plan(tweet: TweetLike, groups: Groups, op: Op) -> list[DeliveryBatch]:
+    return [DeliveryBatch(partition, recipients, tweet.tweet_id, tweet.author_id, op) for partition, recipients in groups]
 
-    ``followers`` is consumed once; duplicates and the author themself are dropped.
-    """
+
+def plan_fanout(tweet: TweetLike, groups: Groups, pulled: bool) -> list[DeliveryBatch]:
+    """Batches (op="add") delivering ``tweet`` to its author's followers, ``groups`` being
+    ``plan_recipients`` of them (the fanout agent keeps an author's groups between tweets,
+    ``tables/follower_plans.py``); [] for a tweet that is pulled at read time (``is_pulled``:
+    a celebrity's)."""
     if pulled:
         return []
-    return _plan(tweet, followers, partition_for, batch_size, "add")
+    return _plan(tweet, groups, "add")
 
 
-def plan_removal(
-    tweet: TweetLike,
-    followers: Iterable[int],
-    partition_for: Callable[[int], int],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-) -> list[DeliveryBatch]:
-    """Batches (op="remove") taking a deleted tweet out of followers' timelines.
+def plan_removal(tweet: TweetLike, groups: Groups) -> list[DeliveryBatch]:
+    """Batches (op="remove") taking a deleted tweet out of followers' timelines (``groups``:
+    ``plan_recipients`` of the author's followers).
 
     Not skipped for celebrities: the author's status may have changed since the
     tweet was pushed, and removing an absent entry is a no-op. (Reads must still
     drop deleted tweets when hydrating, for timelines this cannot reach, e.g.
     users who unfollowed in between.)
     """
-    return _plan(tweet, followers, partition_for, batch_size, "remove")
+    return _plan(tweet, groups, "remove")
 
 
 def group_by_partition(deliveries: Iterable[DeliveryBatch]) -> dict[int, list[DeliveryBatch]]:

@@ -632,8 +632,10 @@ def reset_tables() -> None:
         assert type(store).__module__ == "faust.stores.memory", f"{table.name} is not in memory: {store!r}"
         store._clear()
     import agents.deliver  # its cache of recipients rows mirrors a table just emptied
+    import agents.fanout  # its followers' groups too
 
     agents.deliver.RECIPIENTS.clear()
+    agents.fanout.PLANS.clear()
 
 
 def close_consumer_thread_loop() -> None:

@@ -152,6 +152,37 @@ async def test_follow_and_unfollow_are_idempotent(driver: AgentDriver, sinks: An
     assert [op["follower"] for _, op in sent.delivery_ops("unfollow")] == [11, 11, 11, 99]
 
 
+async def test_each_tweet_goes_to_the_followers_of_its_moment_though_they_are_kept_between_tweets(
+    driver: AgentDriver, sinks: Any, sent: SentLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An author's followers are kept grouped between tweets (``tables/follower_plans.py``):
+    every follow and unfollow of the author changes what the next tweet gets, in one batch too,
+    and a tweet of an author whose edges did not change reads no edge."""
+    scans: list[int] = []
+    real = fanout_mod.AuthorBatch.followers
+
+    def counted(author_id: int) -> list[int]:
+        scans.append(author_id)
+        return real(author_id)
+
+    monkeypatch.setattr(fanout_mod.AuthorBatch, "followers", staticmethod(counted))
+    await driver.run([follow(21), follow(22)])
+    await driver.run([tweet(701)])
+    await driver.run([follow(23), tweet(702), unfollow(21), tweet(703)])
+    scans.clear()
+    await driver.run([tweet(704), follow(22)])  # a repeated follow changes no edge
+    await driver.run([tweet(705)])
+    assert scans == [], "the kept groups were used"
+    await driver.run([unfollow(22), follow(21), tweet(706)])
+
+    expected = {701: {21, 22}, 702: {21, 22, 23}, 703: {22, 23}, 704: {22, 23}, 705: {22, 23}, 706: {21, 23}}
+    for tweet_id, users in expected.items():
+        assert recipients_of(sent, "add", tweet_id) == Counter(dict.fromkeys(users, 1)), tweet_id
+    sent.clear()
+    await driver.run([delete(706)])
+    assert recipients_of(sent, "remove", 706) == Counter({21: 1, 23: 1})
+
+
 async def test_tweets_are_stored_before_the_deliveries_are_published(
     driver: AgentDriver, sinks: Any, sent: SentLog, journal: Journal
 ) -> None:

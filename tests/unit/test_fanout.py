@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.fanout import DeliveryBatch, TweetRef, group_by_partition, plan_fanout, plan_removal
+from policies.fanout import DEFAULT_BATCH_SIZE, DeliveryBatch, TweetRef, group_by_partition, plan_recipients
+from policies.fanout import plan_fanout as plan_grouped_fanout, plan_removal as plan_grouped_removal
 from policies.partitioning import partition_for_id
 from schemas.events import TweetPosted
 
@@ -14,6 +15,15 @@ TWEET = TweetRef(tweet_id=9001, author_id=7)
 
 def mod(n):
     return lambda user_id: user_id % n
+
+
+def plan_fanout(tweet, followers, pulled, partition_for, batch_size=DEFAULT_BATCH_SIZE):
+    """The fanout agent's way: the author's followers grouped, then the tweet's batches."""
+    return plan_grouped_fanout(tweet, plan_recipients(followers, tweet.author_id, partition_for, batch_size), pulled)
+
+
+def plan_removal(tweet, followers, partition_for, batch_size=DEFAULT_BATCH_SIZE):
+    return plan_grouped_removal(tweet, plan_recipients(followers, tweet.author_id, partition_for, batch_size))
 
 
 def test_celebrity_gets_no_batches():
