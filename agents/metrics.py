@@ -29,9 +29,12 @@ pipeline's; ``ops/monitoring/`` has the dashboard and alert rules built on them.
   error) and ``timeline_isolated_events_total{stage}`` (events a store refused),
   from ``agents/failures.py``. ``GET /healthz`` answers 503 ``waiting_for_stores``
   while any store operation is retrying.
+* ``timeline_gc_pause_seconds{generation}``: the garbage collector's pauses (every
+  coroutine of the worker stops meanwhile; a full collection walks every object alive).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from contextvars import ContextVar
@@ -180,6 +183,30 @@ class ConsumerLagCollector(Collector):
         yield family
 
 
+GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+GC_PAUSE = Histogram("timeline_gc_pause_seconds", "Garbage collector pauses of the worker, by generation",
+                     ["generation"], buckets=GC_BUCKETS)
+
+
+class GcPauses:
+    """``gc.callbacks`` entry timing each collection into ``GC_PAUSE``."""
+
+    def __init__(self) -> None:
+        self.began = 0.0
+        self.children = {g: GC_PAUSE.labels(str(g)) for g in (0, 1, 2)}
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.began = time.perf_counter()
+        else:
+            self.children[info["generation"]].observe(time.perf_counter() - self.began)
+
+
+def watch_gc() -> None:
+    if not any(isinstance(cb, GcPauses) for cb in gc.callbacks):
+        gc.callbacks.append(GcPauses())
+
+
 def install(app: Any, topics: Iterable[str]) -> None:
     """Faust's sensor metrics (``faust_*``) and ours, at ``GET /metrics`` of the worker;
     ``topics`` are the source topics whose consumer lag is reported."""
@@ -189,6 +216,7 @@ def install(app: Any, topics: Iterable[str]) -> None:
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
     REGISTRY.register(ConsumerLagCollector(app, topics))
+    watch_gc()
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:

@@ -101,3 +101,18 @@ def test_consumer_lag_covers_owned_source_partitions_only() -> None:
     app.consumer = consumer  # type: ignore[attr-defined]
     family = next(iter(ConsumerLagCollector(app, ["tweets"]).collect()))
     assert {(s.labels["partition"], s.value) for s in family.samples} == {("0", 20), ("1", 50)}
+
+
+def test_garbage_collector_pauses_are_timed_by_generation() -> None:
+    import gc
+
+    from agents.metrics import GcPauses, watch_gc
+
+    watch_gc()
+    watch_gc()  # installed once
+    assert sum(isinstance(cb, GcPauses) for cb in gc.callbacks) == 1
+    before = {g: sample("timeline_gc_pause_seconds_count", generation=str(g)) for g in (0, 2)}
+    gc.collect(0)
+    gc.collect(2)
+    assert sample("timeline_gc_pause_seconds_count", generation="0") >= before[0] + 1
+    assert sample("timeline_gc_pause_seconds_count", generation="2") >= before[2] + 1
