@@ -37,3 +37,18 @@ def test_faust_own_worker_puts_the_root_logger_at_debug(faust_test_app: faust.Ap
     # What the class exists for: if faust stops doing this, the class can go.
     logger = root_after_setup(faust.Worker, faust_test_app, logging.WARNING)
     assert logger.level == logging.DEBUG
+
+
+def test_once_started_the_collector_spares_the_start_up_heap_and_collects_young_objects_less_often() -> None:
+    import gc
+
+    from streams.faust_worker import GC_THRESHOLD0, tune_gc
+
+    thresholds = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 1000, "what start-up built is out of the collector's reach"
+        assert gc.get_threshold() == (GC_THRESHOLD0, *thresholds[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
