@@ -370,7 +370,9 @@ async def test_garbage_tokens_get_401_and_bounded_postgres_lookups(world: Settin
     scans = await scans_after(world, before, lookups)
     assert scans == lookups, (scans, lookups)
     assert lookups <= bound, (lookups, bound, elapsed, redis_failures, redis_error)
-    assert lookups >= burst + 2  # the garbage really was looked up until the limit
+    # The garbage really was looked up until the limit: the burst less my token's lookup (more if
+    # the bucket refilled during the flood), my token, the neighbour's.
+    assert lookups >= (burst - 1) + 1 + 1
 
 
 # --- Redis down, proxies ---------------------------------------------------------------------
