@@ -129,8 +129,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def probe_latency(settings: Any, pub: Publisher, probes: list[tuple[StreamClient, int]],
-                        ids: SnowflakeGenerator, rounds: int) -> dict[str, Any]:
-    """Tweets of the probes' authors, one at a time: ack, notice and event times."""
+                        ids: SnowflakeGenerator, rounds: int, interval: float) -> dict[str, Any]:
+    """Tweets of the probes' authors, one at a time, a round every ``interval`` s at most (so that
+    a load point lasts ``rounds * interval`` s whatever the latency): ack, notice and event times."""
     redis = Redis.from_url(settings.redis_url)
     live = LiveChannels(redis, prefix=settings.redis_prefix)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
@@ -149,6 +150,7 @@ async def probe_latency(settings: Any, pub: Publisher, probes: list[tuple[Stream
     try:
         for r in range(rounds):
             client, author = probes[r % len(probes)]
+            round_began = time.perf_counter()
             tid = ids.next_id()
             acked = asyncio.get_running_loop().create_future()
             fut = await pub.send({"type": "tweet_posted", "tweet_id": tid, "author_id": author,
@@ -163,7 +165,7 @@ async def probe_latency(settings: Any, pub: Publisher, probes: list[tuple[Stream
                 ack_to_notice.append((notices[tid] - t_ack) * 1000)
                 notice_to_event.append((client.arrivals[tid] - notices[tid]) * 1000)
                 ack_to_event.append((client.arrivals[tid] - t_ack) * 1000)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(max(0.05, interval - (time.perf_counter() - round_began)))
     finally:
         listener.cancel()
         await pubsub.aclose()
@@ -272,7 +274,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             point["worker_cpu_ms_per_event"] = round((w1 - w0) * 1000 / max(1, events), 3)
 
         before = cpu()
-        result["idle"] = await probe_latency(settings, pub, probes, ids, args.rounds)
+        result["idle"] = await probe_latency(settings, pub, probes, ids, args.rounds, args.probe_interval)
         account(result["idle"], before, result["idle"]["received"])
         log(f"idle: {result['idle']}")
         result["loads"] = []
@@ -283,7 +285,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, rate, ids, stop))
             await asyncio.sleep(3)
             before, events0 = cpu(), sum(len(c.arrivals) for c in clients)
-            point = await probe_latency(settings, pub, probes, ids, args.rounds)
+            point = await probe_latency(settings, pub, probes, ids, args.rounds, args.probe_interval)
             account(point, before, sum(len(c.arrivals) for c in clients) - events0)
             stop.set()
             point["background_tweets"] = await load
@@ -326,11 +328,11 @@ def render(result: dict[str, Any]) -> str:
     for label, r in points:
         cells = [f"{r[k]['p50']} / {r[k]['p99']}" for k in ("ack_to_notice_ms", "notice_to_event_ms", "ack_to_event_ms")]
         lines.append(f"| {label} | {r['received']}/{r['rounds']} | " + " | ".join(cells) + " |")
-    lines += ["", "| load | stream events | query CPU (share of a core) | query CPU ms / stream event | "
+    lines += ["", "| load | seconds | stream events | query CPU (share of a core) | query CPU ms / stream event | "
               "worker CPU (share) | worker CPU ms / stream event | background events received / expected |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, r in points:
-        lines.append(f"| {label} | {r['stream_events']} | {r['query_cpu_share']} | {r['query_cpu_ms_per_event']} | "
+        lines.append(f"| {label} | {r['wall_s']} | {r['stream_events']} | {r['query_cpu_share']} | {r['query_cpu_ms_per_event']} | "
                      f"{r['worker_cpu_share']} | {r['worker_cpu_ms_per_event']} | "
                      f"{r.get('background_events_received', '-')} / {r.get('background_events_expected', '-')} |")
     lines += ["", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
@@ -345,6 +347,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--probe-interval", type=float, default=1.0,
+                        help="seconds between probe rounds (at least): a load point lasts rounds x this")
     parser.add_argument("--load-rate", default="20", help="comma list: tweets/s, or N%% of --burst-deliveries")
     parser.add_argument("--burst-deliveries", type=float, default=4233.0,
                         help="the pipeline's burst capacity (bench/results/latest.md)")
