@@ -50,6 +50,9 @@ def is_pulled(celebrity: bool, since: int, tweet_id: int) -> bool:
     return celebrity and tweet_id > since
 
 
+Groups = Sequence[tuple[int, tuple[int, ...]]]  # (partition, recipients): plan_recipients' answer
+
+
 def plan_recipients(
     followers: Iterable[int],
     author_id: int,
@@ -78,9 +81,6 @@ def plan_recipients(
         for start in range(0, len(members), batch_size):
             out.append((partition, tuple(members[start : start + batch_size])))
     return out
-
-
-Groups = Sequence[tuple[int, tuple[int, ...]]]  # plan_recipients' answer
 
 
 def _plan(tweet: TweetLike, groups: Groups, op: Op) -> list[DeliveryBatch]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-Groups = list[tuple[int, tuple[int, ...]]]  # (partition, recipients), as plan_recipients gives them
+from policies.fanout import Groups
 
 
 class FollowerPlans:
