@@ -42,7 +42,7 @@ from sinks.redis_client import REDIS_ERRORS
 from streams.topics import EVENTS_ON, dead_letters_topic, recipient_events
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.graph import following_edges, recipients
-from tables.row_cache import RowCache
+from tables.row_cache import RowCache, cleared_when_partitions_move
 
 log = logging.getLogger(__name__)
 STAGE = "deliver"
@@ -51,18 +51,8 @@ NEW_RECIPIENT = {"active_at": None, "stale": False, "floor": 0}
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
 # The ``recipients`` rows between batches (only this agent writes them); cleared whenever
-# partitions move, since another worker may have changed a partition this one gets back.
-RECIPIENTS = RowCache(recipients)
-
-
-@app.on_partitions_revoked.connect
-def _recipients_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-    RECIPIENTS.clear()
-
-
-@app.on_partitions_assigned.connect
-def _recipients_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
-    RECIPIENTS.clear()
+# partitions move.
+RECIPIENTS = cleared_when_partitions_move(app, RowCache(recipients))
 
 
 class RecipientBatch:

@@ -32,7 +32,7 @@ from agents.outbox import Outbox, misplaced_policy
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
-from policies.fanout import is_pulled, plan_fanout, plan_recipients, plan_removal
+from policies.fanout import Groups, is_pulled, plan_fanout, plan_recipients, plan_removal
 from policies.first_wins import (
     Delete,
     Post,
@@ -60,6 +60,7 @@ from streams.topics import EVENTS_ON, author_events, dead_letters_topic, deliver
 from tables.edges import edge_key, entity_key, event_scope, iter_edges
 from tables.follower_plans import FollowerPlans
 from tables.graph import authors, early_deletes, follower_edges
+from tables.row_cache import cleared_when_partitions_move
 
 log = logging.getLogger(__name__)
 STAGE = "fanout"
@@ -69,18 +70,8 @@ NEW_AUTHOR = {"followers": 0, "celebrity": False, "since": 0, "last_pushed": 0}
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
 # Each author's followers grouped by partition, between batches (tables/follower_plans.py);
-# cleared whenever partitions move, since another worker may have changed an author meanwhile.
-PLANS = FollowerPlans()
-
-
-@app.on_partitions_revoked.connect
-def _plans_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-    PLANS.clear()
-
-
-@app.on_partitions_assigned.connect
-def _plans_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
-    PLANS.clear()
+# cleared whenever partitions move.
+PLANS = cleared_when_partitions_move(app, FollowerPlans())
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:
@@ -322,7 +313,7 @@ class AuthorBatch:
         """The author's followers, read from the local edge table (one prefix scan)."""
         return list(iter_edges(follower_edges, author_id))
 
-    def recipient_groups(self, author_id: int) -> list[tuple[int, tuple[int, ...]]]:
+    def recipient_groups(self, author_id: int) -> Groups:
         """The author's followers by destination partition (``plan_recipients``), kept between
         batches until one of the author's edges changes (``PLANS``)."""
         return PLANS.get(author_id, lambda: plan_recipients(self.followers(author_id), author_id, self.partition_of))

@@ -10,9 +10,29 @@ clears it (``clear``). Bounded: past ``limit`` rows it starts again empty.
 """
 from __future__ import annotations
 
-from typing import Any, MutableMapping
+from typing import Any, MutableMapping, Protocol, TypeVar
 
 _MISSING = object()
+
+
+class Clearable(Protocol):
+    def clear(self) -> None: ...
+
+
+C = TypeVar("C", bound=Clearable)
+
+
+def cleared_when_partitions_move(app: Any, cache: C) -> C:
+    """``cache`` (returned), emptied whenever the worker's partitions are revoked or assigned:
+    another worker may have changed a partition this one gets back, or its changelog is
+    replayed into this one. For the caches an agent keeps of its own tables between batches."""
+
+    def clear(sender: Any, *args: Any, **kwargs: Any) -> None:
+        cache.clear()
+
+    app.on_partitions_revoked.connect(clear)
+    app.on_partitions_assigned.connect(clear)
+    return cache
 
 
 class RowCache:

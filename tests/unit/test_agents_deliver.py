@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 import agents.deliver as deliver_mod
-from faust_app import settings
+from faust_app import app, settings
 from policies.partitioning import partition_for_id
 from schemas import UserActive, encode_key
 from tables.edges import entity_key
@@ -260,7 +260,7 @@ async def test_recipient_rows_are_read_once_and_again_after_partitions_move(
     await driver.run([ops_msg(add(91, [u1, u2], created_at=T0 + DAY))])
     assert reads == [entity_key(u1), entity_key(u2)]  # once, for both batches
     # Partitions moved: another worker may have changed these rows; read them again.
-    deliver_mod._recipients_revoked(None, set())
+    await app.on_partitions_revoked.send(set())
     recipients.data[entity_key(u2)] = {"active_at": T0, "stale": True, "floor": 0}  # as a changelog replay would
     await driver.run([ops_msg(add(92, [u1, u2], created_at=T0 + DAY))])
     assert reads == [entity_key(u1), entity_key(u2)] * 2

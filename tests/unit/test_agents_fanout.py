@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import agents.fanout as fanout_mod
-from faust_app import settings
+from faust_app import app, settings
 from policies.celebrity import CelebrityRule
 from policies.partitioning import partition_for_id
 from policies.stream import Item, Notice, decode_notice, notice_items
@@ -173,6 +173,8 @@ async def test_each_tweet_goes_to_the_followers_of_its_moment_though_they_are_ke
     await driver.run([tweet(704), follow(22)])  # a repeated follow changes no edge
     await driver.run([tweet(705)])
     assert scans == [], "the kept groups were used"
+    await app.on_partitions_assigned.send(set())  # partitions moved: nothing kept any more
+    assert fanout_mod.PLANS.plans == {}
     await driver.run([unfollow(22), follow(21), tweet(706)])
 
     expected = {701: {21, 22}, 702: {21, 22, 23}, 703: {22, 23}, 704: {22, 23}, 705: {22, 23}, 706: {21, 23}}
