@@ -127,12 +127,12 @@ class RecipientBatch:
     def add(self, op: Add) -> None:
         tweet_id, author_id, at = op.tweet_id, op.author_id, op.created_at
         self.created_at.append(at)
-        inactive_after = settings.inactive_after_ms
         for user_id in op.to:
-            # The batch's own copy, read-only, when accepts() will not change it (most users:
-            # active, nothing to mirror); else a copy of it (state()), which accepts() may mark.
+            # The batch's own copy, not a copy of it per recipient: add() changes nothing, and
+            # accepts() saves what it changes (save() keeps a fresh copy). state() only for a
+            # mirror a crashed run left pending (it records it).
             rec = self._stored(user_id)
-            if rec.get("mirror_pending") or not (rec["stale"] or is_active(rec["active_at"], at, inactive_after)):
+            if rec.get("mirror_pending"):
                 rec = self.state(user_id)
             if not self.accepts(user_id, rec, at):
                 self.counts["skipped_inactive"] += 1
