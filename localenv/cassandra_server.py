@@ -18,7 +18,7 @@ CASSANDRA_VERSION = "5.0.9"
 CASSANDRA_JARS = (f"org.apache.cassandra:cassandra-all:{CASSANDRA_VERSION}",)
 
 
-COMMITLOG_SYNC_MODES = ("batch", "periodic")
+COMMITLOG_SYNC_MODES = ("batch", "group", "periodic")
 
 
 @dataclass
@@ -85,7 +85,11 @@ class Cassandra(Service):
 
     @property
     def commitlog_period(self) -> str:
-        return "commitlog_sync_period: 10000ms\n" if self.commitlog_sync == "periodic" else ""
+        if self.commitlog_sync == "periodic":
+            return "commitlog_sync_period: 10000ms\n"
+        if self.commitlog_sync == "group":
+            return f"commitlog_sync_group_window: {self.settings.cassandra_commitlog_group_window_ms}ms\n"
+        return ""
 
     def log_files(self) -> list[Path]:
         return [self.log_file, self.logs / "cassandra" / "system.log"]
@@ -194,7 +198,7 @@ role_manager: CassandraRoleManager
 network_authorizer: AllowAllNetworkAuthorizer
 # small box: few threads, small memtables, no snapshots
 concurrent_reads: 8
-concurrent_writes: 8
+concurrent_writes: {self.settings.cassandra_concurrent_writes}
 concurrent_counter_writes: 8
 concurrent_compactors: 1
 memtable_heap_space: 128MiB

@@ -128,7 +128,7 @@ class CassandraStore:
     def open(cls, settings: Settings, *, concurrency: int = 64, batch_size: int = BATCH_SIZE) -> "CassandraStore":
         _, session = connect(settings)
         store = cls(session=session, keyspace=settings.cassandra_keyspace, concurrency=concurrency,
-                    batch_size=batch_size)
+                    batch_size=batch_size, batch_concurrency=settings.cassandra_batches_in_flight)
         store.prepare()
         store.configure_batches()
         return store

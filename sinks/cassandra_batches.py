@@ -18,7 +18,7 @@ T = TypeVar("T")
 # the warnings above these limits, see docs/operations.md.
 BATCH_SIZE = 32  # statements per batch
 BATCH_BYTES = 16 * 1024  # estimated payload per batch (values + per-statement overhead)
-BATCH_CONCURRENCY = 8  # batches in flight per execute_many call
+BATCH_CONCURRENCY = 32  # batches in flight per execute_many call (TL_CASSANDRA_BATCHES_IN_FLIGHT)
 STATEMENT_OVERHEAD_BYTES = 24  # a rough per-row cost on top of the values (timestamps, flags)
 
 

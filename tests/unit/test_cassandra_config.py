@@ -9,9 +9,9 @@ from localenv.cassandra_server import Cassandra
 from settings import Settings
 
 
-def _config(mode: str) -> dict:
-    server = Cassandra(settings=dataclasses.replace(Settings(), cassandra_commitlog_sync=mode), state=Path("/nowhere"))
-    return yaml.safe_load(server._yaml())
+def _config(mode: str, **more) -> dict:
+    settings = dataclasses.replace(Settings(), cassandra_commitlog_sync=mode, **more)
+    return yaml.safe_load(Cassandra(settings=settings, state=Path("/nowhere"))._yaml())
 
 
 def test_batch_is_the_default_and_waits_for_the_disk():
@@ -25,9 +25,24 @@ def test_periodic_syncs_every_ten_seconds():
     assert conf["commitlog_sync"] == "periodic" and conf["commitlog_sync_period"] == "10000ms"
 
 
+def test_group_syncs_at_most_once_per_window_and_still_waits_for_the_disk():
+    conf = _config("group", cassandra_commitlog_group_window_ms=3)
+    assert conf["commitlog_sync"] == "group" and conf["commitlog_sync_group_window"] == "3ms"
+    assert "commitlog_sync_period" not in conf
+
+
 def test_an_unknown_mode_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="batch, periodic"):
-        _config("group")
+    with pytest.raises(ValueError, match="batch, group, periodic"):
+        _config("always")
+
+
+def test_mutation_threads_and_batches_in_flight_are_settings():
+    assert _config("batch")["concurrent_writes"] == Settings().cassandra_concurrent_writes == 64
+    assert _config("batch", cassandra_concurrent_writes=16)["concurrent_writes"] == 16
+    assert Settings().cassandra_batches_in_flight == 32
+    for name in ("cassandra_concurrent_writes", "cassandra_batches_in_flight", "cassandra_commitlog_group_window_ms"):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            Settings(**{name: 0})
 
 
 # --- the three-node ring (localenv/cassandra_ring.py) and the client settings both topologies share
