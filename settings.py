@@ -168,6 +168,9 @@ class Settings:
     inactive_after_ms: int = _env("TL_INACTIVE_AFTER_MS", 30 * 24 * 3600 * 1000, int)
     timeline_cap: int = _env("TL_TIMELINE_CAP", 800, int)
     timeline_ttl_s: int = _env("TL_TIMELINE_TTL_S", 3600, int)
+    # Newest tweet ids per author cached for pulls (celebrities' tweets merged at read time):
+    # a first page asks each pulled author for at most a page and a little (policies/timeline.py).
+    author_window_cap: int = _env("TL_AUTHOR_WINDOW_CAP", 100, int)
     backfill_limit: int = _env("TL_BACKFILL_LIMIT", 800, int)
     tweet_max_chars: int = _env("TL_TWEET_MAX_CHARS", 280, int)
 
@@ -248,6 +251,8 @@ class Settings:
                self.cassandra_commitlog_group_window_ms) < 1:
             raise ValueError("TL_CASSANDRA_CONCURRENT_WRITES, TL_CASSANDRA_BATCHES_IN_FLIGHT and "
                              "TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS must be >= 1")
+        if self.author_window_cap < 1:
+            raise ValueError("TL_AUTHOR_WINDOW_CAP must be >= 1")
         if not 1024 <= self.event_max_bytes <= 512 * 1024:
             raise ValueError("TL_EVENT_MAX_BYTES must be in 1024..524288")
         if not 16 * 1024 <= self.delivery_max_bytes <= 900 * 1024:

@@ -164,6 +164,17 @@ def store_tweets(v: TweetVerdicts) -> tuple[list[tuple[str, tuple]], list[tuple[
     return inserts, deletes
 
 
+def author_window_changes(v: TweetVerdicts) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]]:
+    """The entries each author's cached window gains (``store_tweets``' inserts) and loses (its deletes)."""
+    adds: dict[int, list[tuple[int, int]]] = {}
+    for ev in v.pushed:
+        adds.setdefault(ev.author_id, []).append((ev.tweet_id, ev.author_id))
+    removes: dict[int, list[tuple[int, int]]] = {}
+    for ev in v.deletes:
+        removes.setdefault(ev.author_id, []).append((ev.tweet_id, ev.author_id))
+    return adds, removes
+
+
 def _early_delete_at(event: Any, author_id: int, tweet_id: int) -> int | None:
     with event_scope(event):
         raw = early_deletes.get(edge_key(author_id, tweet_id))
@@ -213,8 +224,21 @@ async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]], outbox: Ou
     # tweet's row durable, and a reader that misses the cache reads that row. Delete marks
     # go to the cache only after Cassandra has them (the cache never knows more than the store).
     await asyncio.gather(store(), cache_bodies())
-    if deleted:
-        await with_retry("cache deletes", lambda: sinks.tweets.write([], deleted))
+    # After Cassandra has them, as for home timelines (sinks/redis_timeline.py): the cached
+    # author windows (pulls of celebrities read them) get the stored tweets, lose the deleted
+    # ones, and each author's version moves on, so that no reader fills a window with an older
+    # Cassandra read.
+    windows_add, windows_remove = author_window_changes(v)
+
+    async def author_windows() -> None:  # removals after additions: a tweet may be both
+        await with_retry("author windows", lambda: sinks.author_windows.push_many(windows_add))
+        await with_retry("author windows", lambda: sinks.author_windows.unpush_many(windows_remove))
+
+    async def cache_deletes() -> None:
+        if deleted:
+            await with_retry("cache deletes", lambda: sinks.tweets.write([], deleted))
+
+    await asyncio.gather(cache_deletes(), author_windows())
     # Table changes last: a crash before them replays the batch with the same outcome
     # (an early delete applied above is then found as the stored deleted_at).
     for event, ev in v.early:

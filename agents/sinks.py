@@ -28,6 +28,7 @@ class Sinks:
     cassandra: CassandraStore
     redis: AnyRedis
     timelines: RedisTimelines
+    author_windows: RedisTimelines
     tweets: RedisTweets
     celebrities: RedisCelebrities
     following: RedisFollowing
@@ -42,7 +43,8 @@ class Sinks:
         tweets = RedisTweets(redis, prefix=settings.redis_prefix, acks=acks)
         celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix, acks=acks)
         following = RedisFollowing(redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s, acks=acks)
-        return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines, tweets=tweets,
+        return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines,
+                   author_windows=RedisTimelines.author_windows(redis, settings, acks), tweets=tweets,
                    celebrities=celebrities, following=following,
                    live=LiveChannels(redis, prefix=settings.redis_prefix))
 

@@ -140,6 +140,26 @@ def pull_limit(need: int, authors: int, first_round: bool) -> int:
     return min(need, max(PULL_MIN, math.ceil(2 * need / authors) + 1))
 
 
+def pulled_source(ids_desc: Sequence[int], above: int, limit: int) -> Source:
+    """An author's newest ids below a cursor (at most ``limit``, as read) as a merge source:
+    the ids above ``above``, vouched for down to the last one when the read was cut at
+    ``limit`` (older ids may follow), else to the region's bottom."""
+    kept = [t for t in ids_desc if t > above]
+    return Source(kept, kept[-1] if len(kept) == limit else None)
+
+
+def window_pull(ids_desc: Sequence[int], window_size: int, cap: int, above: int, limit: int) -> Source | None:
+    """A pull answered from an author's cached window, or None when only the store can answer.
+
+    ``ids_desc``: the window's newest ids below the cursor, at most ``limit`` (as read);
+    ``window_size``: how many ids the window holds in all. A window below ``cap`` holds the
+    author's whole timeline; a full one only its newest ``cap`` ids, so it answers when the
+    read found ``limit`` ids, or reached ``above``, before running out of the window."""
+    if window_size < cap or len(ids_desc) >= limit or (ids_desc and ids_desc[-1] <= above):
+        return pulled_source(ids_desc[:limit], above, limit)
+    return None
+
+
 def pull_groups(authors: Sequence[int], per_author: int) -> list[list[int]]:
     """Authors split so that one IN query returns at most one page of rows."""
     size = max(1, min(PULL_GROUP_MAX, CASSANDRA_PAGE_ROWS // max(1, per_author)))

@@ -24,8 +24,10 @@ What a read costs
 * Hydration of what the first call did not read (pulled tweets, later chunks): one
   pipeline of tweet hashes (``RedisTweets``); Cassandra is asked only for bodies
   missing from Redis (one ``IN`` query).
-* Celebrity pulls: one ``IN ... PER PARTITION LIMIT`` query per group of authors,
-  groups concurrent.
+* Celebrity pulls: the celebrities' cached windows of newest ids (one MULTI on one
+  Redis, ``RedisTimelines.author_windows``); for the authors whose window is missing or
+  does not reach far enough, one ``IN ... PER PARTITION LIMIT`` query per group of
+  authors, groups concurrent (a missing window is filled from that answer).
 
 This relies on the rule documented in ``sinks/redis_timeline.py``: a cached key
 holds the newest ``cap`` entries of the Cassandra timeline, so a key with fewer
@@ -39,7 +41,8 @@ from typing import Awaitable, Callable, Sequence
 
 
 from api.ratelimit import RedisTokenBucket
-from policies.timeline import SLACK, Source, merge_sources, pull_groups, pull_limit, usable_chunk
+from policies.timeline import (SLACK, Source, merge_sources, pull_groups, pull_limit, pulled_source, usable_chunk,
+                               window_pull)
 from query.page import Page, ReadStats, Tweet, store_query
 from query.view import UserViews, View, plain_hit
 from schemas.events import INT64_MAX as MAX_ID
@@ -47,7 +50,7 @@ from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_client import REDIS_ERRORS, raised_by_redis_py
 from sinks.redis_following import RedisFollowing
-from sinks.redis_timeline import RedisTimelines
+from sinks.redis_timeline import CachedTimeline, RedisTimelines
 from sinks.redis_tweets import CachedTweet, RedisTweets
 
 log = logging.getLogger(__name__)
@@ -90,29 +93,52 @@ class HomeTimelineReader:
             self.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s
         )
         self.views = UserViews(cassandra, timelines, following, self.tweets, prefix=settings.redis_prefix)
+        self.windows = RedisTimelines.author_windows(self.redis, settings)
 
     # --- stores ---------------------------------------------------------------------
 
     async def pull(
-        self, authors: Sequence[int], below: int, above: int, limit: int, stats: ReadStats
+        self, authors: Sequence[int], below: int, above: int, limit: int, stats: ReadStats, *, cached: bool = False
     ) -> list[Source]:
-        """Each author's newest ids in (above, below), at most ``limit``, as merge sources."""
+        """Each author's newest ids in (above, below), at most ``limit``, as merge sources.
+
+        ``cached``: first from the authors' cached windows (``RedisTimelines.author_windows``;
+        the celebrities of a hybrid read), the store for the rest, and a missing window is
+        filled when the read starts at the top. Otherwise (the pull-merge of every followee
+        of a stale user: many authors, a few ids each) the store alone."""
         if not authors:
             return []
-        groups = pull_groups(authors, limit)
-        results = await asyncio.gather(
-            *(store_query(self.cassandra, stats, "authors_tl_below", (group, below, limit)) for group in groups)
-        )
-        by_author: dict[int, list[int]] = {a: [] for a in authors}
-        for rows in results:
-            for row in rows:
-                by_author[row.author_id].append(row.tweet_id)
-        sources = []
-        for ids in by_author.values():
-            ids.sort(reverse=True)
-            kept = [t for t in ids if t > above]
-            sources.append(Source(kept, kept[-1] if len(kept) == limit else None))
-        return sources
+        sources: dict[int, Source] = {}
+        windows: dict[int, CachedTimeline | None] = {}
+        versions: dict[int, str] = {}
+        if cached:
+            windows, versions = await self.windows.read_many(authors, below=below, limit=limit)
+            stats.redis_round_trips += 1
+        for author, window in windows.items():
+            if window is not None:
+                source = window_pull([t for t, _ in window.entries], window.size, self.windows.cap, above, limit)
+                if source is not None:
+                    sources[author] = source
+        missed = [a for a in authors if a not in sources]
+        if missed:
+            # From the top, ask for a whole window: the store's answer fills the cache too.
+            top = cached and below >= MAX_ID
+            ask = max(limit, self.windows.cap) if top else limit
+            by_author: dict[int, list[int]] = {a: [] for a in missed}
+            results = await asyncio.gather(*(store_query(self.cassandra, stats, "authors_tl_below", (group, below, ask))
+                                             for group in pull_groups(missed, ask)))
+            for rows in results:
+                for row in rows:
+                    by_author[row.author_id].append(row.tweet_id)
+            fills = []
+            for author, ids in by_author.items():
+                ids.sort(reverse=True)
+                sources[author] = pulled_source(ids[:limit], above, limit)
+                if top and windows.get(author) is None:
+                    fills.append(self.windows.fill(author, versions[author], [(t, author) for t in ids], 0))
+            if fills:
+                await asyncio.gather(*fills)
+        return [sources[a] for a in authors]
 
     async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None, *, cache: bool = True,
                       prefetched: dict[int, CachedTweet | None] | None = None) -> dict[int, Tweet]:
@@ -250,7 +276,7 @@ class HomeTimelineReader:
                 if celebs:
                     (mat_source, src), pulls = await asyncio.gather(
                         self._materialized_source(user_id, view, cursor, need, stats),
-                        self.pull(celebs, cursor, max(view.floor, above), per_author, stats),
+                        self.pull(celebs, cursor, max(view.floor, above), per_author, stats, cached=cache),
                     )
                 else:  # no task per source when there is one source
                     (mat_source, src), pulls = await self._materialized_source(user_id, view, cursor, need, stats), []

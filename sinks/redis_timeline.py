@@ -21,6 +21,7 @@ write can be replayed.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -154,9 +155,11 @@ class RedisTimelines:
     push_users = 128  # users per push script call (one Redis); see push_many
     push_members = 4096  # about the arguments per call, so that one call stays short
 
-    def __init__(self, redis: Redis, *, prefix: str, cap: int, ttl_s: int, acks: Acks | None = None) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, cap: int, ttl_s: int, acks: Acks | None = None,
+                 kind: str = "home") -> None:
         self.redis = redis
         self.prefix = prefix
+        self.kind = kind  # "home": users' home timelines; "atl": authors' own tweets (author_windows)
         self.cap = cap
         self.ttl_s = ttl_s
         self.acks = acks  # the worker's writes wait for replicas (sinks/redis_client.py)
@@ -170,13 +173,23 @@ class RedisTimelines:
         return cls(redis, prefix=settings.redis_prefix, cap=settings.timeline_cap, ttl_s=settings.timeline_ttl_s,
                    acks=acks)
 
+    @classmethod
+    def author_windows(cls, redis: Redis, settings: "Settings", acks: Acks | None = None) -> "RedisTimelines":
+        """The newest tweet ids of authors (``<prefix>atl:{<author>}``), the same rules as home
+        timelines: stage 1 pushes each stored tweet to its author's window when it is cached and
+        removes deleted ones; a reader that pulls an author (a celebrity) reads the window and
+        fills a missing one from Cassandra's ``author_timeline``, version-checked
+        (``TL_AUTHOR_WINDOW_CAP`` ids, ``TL_TIMELINE_TTL_S``). The floor is always 0."""
+        return cls(redis, prefix=settings.redis_prefix, cap=settings.author_window_cap,
+                   ttl_s=settings.timeline_ttl_s, acks=acks, kind="atl")
+
     # A user's keys carry the hash tag {user}: one slot for the timeline, its version and
     # the following list (policies/redis_cluster.py), so each script touches one slot.
     def key(self, user_id: int) -> str:
-        return timeline_key(self.prefix, user_id)
+        return tagged(self.prefix, self.kind, user_id)
 
     def version_key(self, user_id: int) -> str:
-        return tagged(self.prefix, "homev", user_id)
+        return tagged(self.prefix, f"{self.kind}v", user_id)
 
     async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]]) -> None:
         """Add entries to the timelines that are cached; one pipeline for all users.
@@ -245,11 +258,47 @@ class RedisTimelines:
             pipe.zrange(key, 0, 0)
             pipe.zcard(key)
             page, lowest, size = await pipe.execute()
-        if not lowest:
-            return None
-        sentinel_tid, floor = parse_member(lowest[0])
-        if sentinel_tid != SENTINEL_ID:  # foreign data under our key; treat as a miss
-            return None
-        entries = [parse_member(m) for m in page]
-        entries = [e for e in entries if e[0] != SENTINEL_ID][:limit]
-        return CachedTimeline(entries=entries, floor=floor, size=size - 1)
+        return _cached(page, lowest, size, limit)
+
+    async def read_many(self, user_ids: Sequence[int], *, below: int | None,
+                        limit: int) -> tuple[dict[int, CachedTimeline | None], dict[int, str]]:
+        """``read`` of several timelines, and the version of each (created with a fresh token
+        when missing: what a later ``fill`` of a missed one is checked against). On one Redis a
+        single MULTI/EXEC; on a cluster one per timeline (each its own slot), concurrently."""
+        if is_cluster(self.redis):
+            answers = await asyncio.gather(*(self._read_multi([u], below, limit) for u in user_ids))
+            windows = {u: w for found, _ in answers for u, w in found.items()}
+            return windows, {u: v for _, seen in answers for u, v in seen.items()}
+        return await self._read_multi(user_ids, below, limit)
+
+    async def _read_multi(self, user_ids: Sequence[int], below: int | None,
+                          limit: int) -> tuple[dict[int, CachedTimeline | None], dict[int, str]]:
+        hi = "+" if below is None else lex_below(below)
+        token = version_token()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for user_id in user_ids:
+                key, version_key = self.key(user_id), self.version_key(user_id)
+                pipe.zrevrangebylex(key, hi, "-", start=0, num=limit + 1)
+                pipe.zrange(key, 0, 0)
+                pipe.zcard(key)
+                pipe.set(version_key, token, nx=True, ex=self.ttl_s)
+                pipe.get(version_key)
+            answer = await pipe.execute()
+        windows: dict[int, CachedTimeline | None] = {}
+        versions: dict[int, str] = {}
+        for i, user_id in enumerate(user_ids):
+            page, lowest, size, _, version = answer[5 * i: 5 * i + 5]
+            windows[user_id] = _cached(page, lowest, size, limit)
+            versions[user_id] = version.decode() if isinstance(version, bytes) else (version or "")
+        return windows, versions
+
+
+def _cached(page: list[bytes], lowest: list[bytes], size: int, limit: int) -> CachedTimeline | None:
+    if not lowest:
+        return None
+    sentinel_tid, floor = parse_member(lowest[0])
+    if sentinel_tid != SENTINEL_ID:  # foreign data under our key; treat as a miss
+        return None
+    entries = [parse_member(m) for m in page]
+    entries = [e for e in entries if e[0] != SENTINEL_ID][:limit]
+    return CachedTimeline(entries=entries, floor=floor, size=size - 1)

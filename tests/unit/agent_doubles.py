@@ -370,23 +370,24 @@ class FakeRedis:
 class FakeTimelines:
     """``RedisTimelines.push_many/unpush_many/invalidate``, recorded."""
 
-    def __init__(self, journal: Journal | None = None) -> None:
+    def __init__(self, journal: Journal | None = None, name: str = "timelines") -> None:
         self.journal = journal if journal is not None else []
+        self.name = name
         self.pushes: list[dict[int, list[tuple[int, int]]]] = []
         self.unpushes: list[dict[int, list[tuple[int, int]]]] = []
         self.invalidations: list[list[int]] = []
 
     async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]]) -> None:
         self.pushes.append({u: sorted(e) for u, e in adds.items()})
-        self.journal.append(("timelines", "push_many", self.pushes[-1]))
+        self.journal.append((self.name, "push_many", self.pushes[-1]))
 
     async def unpush_many(self, removes: dict[int, Sequence[tuple[int, int]]]) -> None:
         self.unpushes.append({u: sorted(e) for u, e in removes.items()})
-        self.journal.append(("timelines", "unpush_many", self.unpushes[-1]))
+        self.journal.append((self.name, "unpush_many", self.unpushes[-1]))
 
     async def invalidate(self, user_ids: Iterable[int]) -> None:
         self.invalidations.append(sorted(user_ids))
-        self.journal.append(("timelines", "invalidate", self.invalidations[-1]))
+        self.journal.append((self.name, "invalidate", self.invalidations[-1]))
 
     def pushed(self) -> dict[int, set[tuple[int, int]]]:
         out: dict[int, set[tuple[int, int]]] = {}
@@ -443,6 +444,7 @@ def make_sinks(s: Any = settings, journal: Journal | None = None) -> Sinks:
         cassandra=FakeCassandra(journal),  # type: ignore[arg-type]
         redis=redis,  # type: ignore[arg-type]
         timelines=FakeTimelines(journal),  # type: ignore[arg-type]
+        author_windows=FakeTimelines(journal, "author_windows"),  # type: ignore[arg-type]
         tweets=FakeTweets(journal),  # type: ignore[arg-type]
         celebrities=FakeCelebrities(journal),  # type: ignore[arg-type]
         following=RedisFollowing(redis, prefix=s.redis_prefix, ttl_s=s.timeline_ttl_s),  # type: ignore[arg-type]

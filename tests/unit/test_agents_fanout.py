@@ -197,6 +197,20 @@ async def test_tweets_are_stored_before_the_deliveries_are_published(
     assert last(journal, "cassandra", "set_author_status") < published
 
 
+async def test_author_windows_follow_the_author_timeline_after_cassandra(
+    driver: AgentDriver, sinks: Any, sent: SentLog, journal: Journal
+) -> None:
+    """The cached author windows (celebrity pulls read them) gain what the author timeline
+    gains and lose its deletes, only after Cassandra has both, additions before removals."""
+    await driver.run([follow(14), tweet(660), tweet(661), delete(660), delete(5)])
+    windows = sinks.author_windows
+    assert windows.pushed() == {AUTHOR: {(660, AUTHOR), (661, AUTHOR)}}
+    assert windows.unpushed() == {AUTHOR: {(660, AUTHOR)}}, "a delete before its tweet removes nothing yet"
+    cassandra_done = last(journal, "cassandra", "insert_author_tl", "delete_author_tl")
+    assert cassandra_done < first(journal, "author_windows", "push_many")
+    assert last(journal, "author_windows", "push_many") < first(journal, "author_windows", "unpush_many")
+
+
 # --- celebrities --------------------------------------------------------------------------
 
 

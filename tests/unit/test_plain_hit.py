@@ -111,7 +111,7 @@ def answer_of(ids, authors, floor, followed, bodies, cap, limit, cursor, celebs,
 
 def general_page(answer, ids, authors, bodies, cap, limit, cursor, above):
     redis = StubRedis()
-    settings_ = SimpleNamespace(redis_prefix="t:", timeline_ttl_s=3600)
+    settings_ = SimpleNamespace(redis_prefix="t:", timeline_ttl_s=3600, author_window_cap=100)
     timelines = RedisTimelines(redis, prefix="t:", cap=cap, ttl_s=3600)
     store = {t: Row(t, a, f"tweet {t}", t // 7, 99 if kind in ("deleted", "mark") else None)
              for t, a, kind in zip(ids, authors, bodies)}

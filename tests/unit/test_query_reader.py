@@ -16,7 +16,9 @@ from policies.timeline import (
     merge_sources,
     pull_groups,
     pull_limit,
+    pulled_source,
     usable_chunk,
+    window_pull,
 )
 from schemas.events import INT64_MAX as MAX_ID
 from sinks.redis_timeline import SENTINEL_ID, lex_below, member, window_entries
@@ -127,3 +129,36 @@ def test_usable_chunk():
     # A prefix copy answers only with at least ``need`` entries, and is never done.
     assert usable_chunk(500, entries[:need], False, need, "store") == (500, entries[:need], False, "store")
     assert usable_chunk(500, entries[: need - 1], False, need, "store") is None
+
+
+# --- window_pull: a pulled author's cached window -------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ids=st.sets(st.integers(1, 400), max_size=60),
+    cap=st.integers(1, 30),
+    below=st.integers(1, 402),
+    above=st.integers(0, 400),
+    limit=st.integers(1, 25),
+)
+def test_a_window_answers_a_pull_exactly_as_the_store_or_not_at_all(ids, cap, below, above, limit):
+    # The store: the author's whole timeline. The cache rule: a window holds its newest cap ids.
+    store = sorted(ids, reverse=True)
+    window = store[:cap]
+    read = [t for t in window if t < below][:limit]  # what read_many returns of the window
+    expected = pulled_source([t for t in store if t < below][:limit], above, limit)
+    answer = window_pull(read, len(window), cap, above, limit)
+    if answer is not None:
+        assert answer == expected
+    if len(window) < cap:  # the whole timeline is cached: the window always answers
+        assert answer == expected
+
+
+def test_a_full_window_sends_a_read_below_it_to_the_store():
+    window = [90, 80, 70]  # cap 3: older ids may exist in the store
+    assert window_pull([70], 3, 3, 0, 5) is None  # ran out of the window before finding 5
+    assert window_pull([], 3, 3, 0, 5) is None
+    assert window_pull([80, 70], 3, 3, 75, 5) == Source([80], None)  # reached "above" inside it
+    assert window_pull(window, 3, 3, 0, 3) == Source(window, 70)  # found the limit: vouches to 70
+    assert window_pull([70], 2, 3, 0, 5) == Source([70], None)  # not full: the whole timeline
