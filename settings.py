@@ -81,8 +81,8 @@ class Settings:
     cassandra_commitlog_group_window_ms: int = _env("TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS", 10, int)
     # The local node's mutation threads (concurrent_writes). With an fsync before every
     # acknowledgement a thread waits for the disk with its mutation: the number of threads
-    # bounds how many mutations one fsync can cover (8 -> 64 with 32 batches in flight: the
-    # burst +28%, Cassandra CPU per delivery -16%; docs/operations.md).
+    # bounds how many mutations one fsync can cover (was 8; with 64 threads and 32 batches in
+    # flight the node took ~1.4x the rows per CPU-second: docs/operations.md).
     cassandra_concurrent_writes: int = _env("TL_CASSANDRA_CONCURRENT_WRITES", 64, int)
     # UNLOGGED batches each client keeps in flight per bulk write (sinks/cassandra.py).
     cassandra_batches_in_flight: int = _env("TL_CASSANDRA_BATCHES_IN_FLIGHT", 32, int)
