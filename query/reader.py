@@ -24,8 +24,8 @@ What a read costs
 * Hydration of what the first call did not read (pulled tweets, later chunks): one
   pipeline of tweet hashes (``RedisTweets``); Cassandra is asked only for bodies
   missing from Redis (one ``IN`` query).
-* Celebrity pulls: the celebrities' cached windows of newest ids (one MULTI on one
-  Redis, ``RedisTimelines.author_windows``); for the authors whose window is missing or
+* Celebrity pulls: the celebrities' cached windows of newest ids (one script call on
+  one Redis, ``RedisTimelines.author_windows``); for the authors whose window is missing or
   does not reach far enough, one ``IN ... PER PARTITION LIMIT`` query per group of
   authors, groups concurrent (a missing window is filled from that answer).
 

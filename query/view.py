@@ -41,7 +41,7 @@ from sinks.redis_celebrities import RedisCelebrities
 from sinks.redis_client import is_cluster
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import (
-    SENTINEL_ID, RedisTimelines, lex_below, parse_member, version_token, window_entries,
+    SENTINEL_ID, RedisTimelines, decode_version, lex_below, parse_member, version_token, window_entries,
 )
 from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 
@@ -170,10 +170,6 @@ def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
     return Page(out, None if at_end else out[-1].tweet_id, "cache", set(), stats)
 
 
-def _decode(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else (raw or "")
-
-
 class UserViews:
     """Opens users' views over the stores, and answers what they follow."""
 
@@ -296,13 +292,13 @@ class UserViews:
                 complete = len(rows) < self.timelines.cap
                 below = [e for e in rows if e[0] < cursor]
                 view.first = usable_chunk(cursor, below, complete, need, "store")
-                fill_timeline = self.timelines.fill(user_id, _decode(home_version), rows, view.floor)
+                fill_timeline = self.timelines.fill(user_id, decode_version(home_version), rows, view.floor)
         fill_following = None
         if not following_hit:
             followees = sorted(r.followee_id for r in results["following"])
             view.followees = frozenset(followees)
             view.followee_count = len(followees)
-            fill_following = self._fill_following(user_id, _decode(following_version), followees)
+            fill_following = self._fill_following(user_id, decode_version(following_version), followees)
         # The first chunk came from Cassandra: check its authors alongside the fills.
         checked: list[int] = []
         if following_hit and view.first is not None:
@@ -310,7 +306,7 @@ class UserViews:
         check = self.following_cache.check(user_id, checked) if checked else None
         fill_celebrities = check_celebrities = None
         if every_celebrity is not None:
-            fill_celebrities = self.celebrity_cache.fill(_decode(celebs_version), every_celebrity)
+            fill_celebrities = self.celebrity_cache.fill(decode_version(celebs_version), every_celebrity)
             if following_hit and every_celebrity:
                 check_celebrities = self.following_cache.check(user_id, every_celebrity)
         calls = {"timeline": fill_timeline, "following": fill_following, "check": check,

@@ -252,8 +252,7 @@ class RedisTimelines:
                             self.acks)
 
     async def version(self, user_id: int) -> str:
-        raw = await self.redis.get(self.version_key(user_id))
-        return raw.decode() if isinstance(raw, bytes) else (raw or "")
+        return decode_version(await self.redis.get(self.version_key(user_id)))
 
     async def fill(self, user_id: int, seen_version: str, entries: Sequence[tuple[int, int]], floor: int) -> bool:
         """Cache the newest ``cap`` entries unless a delivery raced with the Cassandra read."""
@@ -290,7 +289,7 @@ class RedisTimelines:
         hi = "+" if below is None else lex_below(below)
         answer = await self._read_many(keys=keys, args=[hi, limit + 1, version_token(), self.ttl_s])
         return ({u: _cached(page, lowest, size, limit) for u, (page, lowest, size, _) in zip(user_ids, answer)},
-                {u: _decode(version) for u, (_, _, _, version) in zip(user_ids, answer)})
+                {u: decode_version(version) for u, (_, _, _, version) in zip(user_ids, answer)})
 
     async def _read_multi(self, user_ids: Sequence[int], below: int | None,
                           limit: int) -> tuple[dict[int, CachedTimeline | None], dict[int, str]]:
@@ -310,11 +309,12 @@ class RedisTimelines:
         for i, user_id in enumerate(user_ids):
             page, lowest, size, _, version = answer[5 * i: 5 * i + 5]
             windows[user_id] = _cached(page, lowest, size, limit)
-            versions[user_id] = _decode(version)
+            versions[user_id] = decode_version(version)
         return windows, versions
 
 
-def _decode(version: bytes | str | None) -> str:
+def decode_version(version: bytes | str | None) -> str:
+    """A version key's value as read (bytes, or None when missing) as the str ``fill`` takes."""
     return version.decode() if isinstance(version, bytes) else (version or "")
 
 
