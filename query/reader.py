@@ -24,10 +24,13 @@ What a read costs
 * Hydration of what the first call did not read (pulled tweets, later chunks): one
   pipeline of tweet hashes (``RedisTweets``); Cassandra is asked only for bodies
   missing from Redis (one ``IN`` query).
-* Celebrity pulls: the celebrities' cached windows of newest ids (one script call on
-  one Redis, ``RedisTimelines.author_windows``); for the authors whose window is missing or
-  does not reach far enough, one ``IN ... PER PARTITION LIMIT`` query per group of
-  authors, groups concurrent (a missing window is filled from that answer).
+* Celebrity pulls: the celebrities' cached windows of newest ids
+  (``RedisTimelines.author_windows``), read by the first call on one Redis with the bodies
+  of the pulled tweets that the page will likely show (so a hybrid read whose windows and
+  bodies are cached is that call alone), else one script call (a cluster: a MULTI per
+  author); for the authors whose window is missing or does not reach far enough, one
+  ``IN ... PER PARTITION LIMIT`` query per group of authors, groups concurrent (a missing
+  window is filled from that answer).
 
 This relies on the rule documented in ``sinks/redis_timeline.py``: a cached key
 holds the newest ``cap`` entries of the Cassandra timeline, so a key with fewer
@@ -92,31 +95,44 @@ class HomeTimelineReader:
         following = following or RedisFollowing(
             self.redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s
         )
-        self.views = UserViews(cassandra, timelines, following, self.tweets, prefix=settings.redis_prefix)
         self.windows = RedisTimelines.author_windows(self.redis, settings)
+        self.views = UserViews(cassandra, timelines, following, self.tweets, prefix=settings.redis_prefix,
+                               windows=self.windows)
 
     # --- stores ---------------------------------------------------------------------
 
     async def pull(
-        self, authors: Sequence[int], below: int, above: int, limit: int, stats: ReadStats, *, cached: bool = False
+        self, authors: Sequence[int], below: int, above: int, limit: int, stats: ReadStats, *, cached: bool = False,
+        prefetched: dict[int, tuple[CachedTimeline | None, str]] | None = None,
     ) -> list[Source]:
         """Each author's newest ids in (above, below), at most ``limit``, as merge sources.
 
         ``cached``: first from the authors' cached windows (``RedisTimelines.author_windows``;
         the celebrities of a hybrid read), the store for the rest, and a missing window is
-        filled when the read starts at the top. Otherwise (the pull-merge of every followee
-        of a stale user: many authors, a few ids each) the store alone."""
+        filled when the read starts at the top. ``prefetched``: windows (and versions) the
+        read's first round trip already read below ``below``, at least ``limit`` ids each
+        (``View.windows_for``); the others are read here. Otherwise (the pull-merge of every
+        followee of a stale user: many authors, a few ids each) the store alone."""
         if not authors:
             return []
         sources: dict[int, Source] = {}
         windows: dict[int, CachedTimeline | None] = {}
         versions: dict[int, str] = {}
         if cached:
-            windows, versions = await self.windows.read_many(authors, below=below, limit=limit)
-            stats.redis_round_trips += 1
+            prefetched = prefetched or {}
+            for author in authors:
+                if author in prefetched:
+                    windows[author], versions[author] = prefetched[author]
+            unread = [a for a in authors if a not in prefetched]
+            if unread:
+                read, seen = await self.windows.read_many(unread, below=below, limit=limit)
+                windows.update(read)
+                versions.update(seen)
+                stats.redis_round_trips += 1
         for author, window in windows.items():
             if window is not None:
-                source = window_pull([t for t, _ in window.entries], window.size, self.windows.cap, above, limit)
+                source = window_pull([t for t, _ in window.entries][:limit], window.size, self.windows.cap, above,
+                                     limit)
                 if source is not None:
                     sources[author] = source
         missed = [a for a in authors if a not in sources]
@@ -276,7 +292,8 @@ class HomeTimelineReader:
                 if celebs:
                     (mat_source, src), pulls = await asyncio.gather(
                         self._materialized_source(user_id, view, cursor, need, stats),
-                        self.pull(celebs, cursor, max(view.floor, above), per_author, stats, cached=cache),
+                        self.pull(celebs, cursor, max(view.floor, above), per_author, stats, cached=cache,
+                                  prefetched=view.windows_for(cursor, per_author)),
                     )
                 else:  # no task per source when there is one source
                     (mat_source, src), pulls = await self._materialized_source(user_id, view, cursor, need, stats), []

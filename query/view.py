@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.ratelimit import TAKE_FUNCTION_LUA, RateLimited, RedisTokenBucket
-from policies.timeline import SLACK, usable_chunk
+from policies.timeline import PULL_MIN, SLACK, usable_chunk
 from query.page import Page, ReadStats, Tweet, store_query
 from query.view_cluster import VERSION_LUA, WINDOW_LUA, ClusterScripts, open_cluster
 from schemas.events import INT64_MAX as MAX_ID
@@ -41,7 +41,8 @@ from sinks.redis_celebrities import RedisCelebrities
 from sinks.redis_client import is_cluster
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import (
-    SENTINEL_ID, RedisTimelines, decode_version, lex_below, parse_member, version_token, window_entries,
+    SENTINEL_ID, CachedTimeline, RedisTimelines, decode_version, lex_below, parse_member, parse_window, version_token,
+    window_entries,
 )
 from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 
@@ -49,26 +50,36 @@ from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 # KEYS: timeline, timeline version, following set, following version, celebrity set,
 # celebrity set version, and the reader's rate-limit bucket.
 # ARGV: upper ZREVRANGEBYLEX bound of the window, window size, a fresh version token,
-# version ttl, the prefix of tweet body keys, '1' to take a token from the bucket first
-# (else ''), then the bucket's ARGV (api.ratelimit.TAKE_LUA).
+# version ttl, the prefix of tweet body keys, the key and version key prefixes of the
+# celebrities' windows (``RedisTimelines.author_windows``; '' to read none), PULL_MIN, '1' to
+# take a token from the bucket first (else ''), then the bucket's ARGV (api.ratelimit.TAKE_LUA).
 # Returns: {'limited', take's answer} when the bucket refused the read (nothing else is
 # read), else: window, lowest member (the sentinel), timeline size, timeline version,
 # following set size, per window member whether its author is followed, the
 # followed celebrities, following version, whether the celebrity set is loaded (it
-# holds '0'), its version, and per window member its tweet body (sinks.redis_tweets'
-# HMGET; empty for the sentinel and for authors not followed). Only the window's
-# authors are looked up, so the cost does not grow with the number of followees.
+# holds '0'), its version, per window member its tweet body (sinks.redis_tweets'
+# HMGET; empty for the sentinel and for authors not followed), and the celebrities' pulls
+# (empty when none): {ids read per author, the authors, per author the window below the
+# bound as ``RedisTimelines.read_many`` reads it (members, lowest, size, version), the ids
+# and bodies of the pulled tweets among the newest ``window size - 1`` of the merge of the
+# followed window members and the pulls}. Only the window's authors are looked up, so the
+# cost does not grow with the number of followees.
+#
+# The ids read per author mirror ``policies.timeline.pull_limit`` of a first round (window
+# size - 1 is the reader's need + SLACK); the reader uses the pulls only when its own pull
+# asks for no more (else it reads the windows itself), and reads any body not answered here:
+# the script decides what is worth reading, never what a page holds.
 #
 # A version key that does not exist is created here with the reader's token: a fill
 # compares the version it saw with the one it finds, and "absent" cannot be a version,
 # since a key evicted or expired after a writer bumped it would be absent again (and the
 # fill would install what was read before that write).
 #
-# The body keys are derived from the window, not passed in KEYS: one server only. On a
-# Redis Cluster the same answer takes two round trips (query/view_cluster.py).
+# The body and window keys are derived from ids, not passed in KEYS: one server only. On a
+# Redis Cluster the same answer, without the pulls, takes two round trips (query/view_cluster.py).
 _OPEN = TAKE_FUNCTION_LUA + BODY_LUA + VERSION_LUA + """
-if ARGV[6] == '1' then
-  local gate = take({KEYS[7]}, {ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]})
+if ARGV[9] == '1' then
+  local gate = take({KEYS[7]}, {ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})
   if gate[1] == 0 then return {'limited', gate} end
 end
 """ + WINDOW_LUA + """
@@ -80,12 +91,48 @@ local following_v = version(KEYS[4], ARGV[3], ARGV[4])
 local celebs_v = ''
 if loaded == 0 then celebs_v = version(KEYS[6], ARGV[3], ARGV[4]) end
 local bodies = {}
+local merged = {}
 for i, m in ipairs(window) do
   local id = string.match(m, '^0*(%d+):')
-  if id and id ~= '0' and (following == 0 or flags[i] == 1) then bodies[i] = body(ARGV[5] .. id)
+  if id and id ~= '0' and (following == 0 or flags[i] == 1) then
+    bodies[i] = body(ARGV[5] .. id)
+    merged[#merged + 1] = m
   else bodies[i] = {} end
 end
-return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v, bodies}
+local pulls = {}
+local authors = {}
+if ARGV[6] ~= '' and loaded == 1 then
+  for _, c in ipairs(celebs) do if c ~= '0' then authors[#authors + 1] = c end end
+end
+if #authors > 0 then
+  local n = tonumber(ARGV[2]) - 1
+  local per = math.min(n, math.max(tonumber(ARGV[8]), math.ceil(2 * n / (#authors + 1)) + 1))
+  local windows, pulled = {}, {}
+  for i, a in ipairs(authors) do
+    local key = ARGV[6] .. a .. '}'
+    local vkey = ARGV[7] .. a .. '}'
+    local page = redis.call('ZREVRANGEBYLEX', key, ARGV[1], '-', 'LIMIT', 0, per + 1)
+    windows[i] = {page, redis.call('ZRANGE', key, 0, 0), redis.call('ZCARD', key), version(vkey, ARGV[3], ARGV[4])}
+    for j, m in ipairs(page) do
+      if j <= per and string.match(m, '^0*(%d+):') ~= '0' then
+        merged[#merged + 1] = m
+        pulled[m] = true
+      end
+    end
+  end
+  table.sort(merged, function(x, y) return x > y end)
+  local ids, pulled_bodies = {}, {}
+  for i = 1, math.min(n, #merged) do
+    local m = merged[i]
+    if pulled[m] then
+      local id = string.match(m, '^0*(%d+):')
+      ids[#ids + 1] = id
+      pulled_bodies[#pulled_bodies + 1] = body(ARGV[5] .. id)
+    end
+  end
+  pulls = {per, authors, windows, ids, pulled_bodies}
+end
+return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v, bodies, pulls}
 """
 
 
@@ -112,6 +159,17 @@ class View:
     bodies: dict[int, CachedTweet | None] = field(default_factory=dict)
     # A cache fill still in flight (a miss), awaited by the reader before it answers.
     pending_fill: asyncio.Future[bool] | None = None
+    # The celebrities' windows the first round trip read (author: (window or None when not
+    # cached, its version)), below ``pulls_at[0]``, ``pulls_at[1]`` ids each.
+    windows: dict[int, tuple[CachedTimeline | None, str]] = field(default_factory=dict)
+    pulls_at: tuple[int, int] | None = None
+
+    def windows_for(self, below: int, limit: int) -> dict[int, tuple[CachedTimeline | None, str]]:
+        """The windows the first round trip read, if a pull below ``below`` of ``limit`` ids
+        per author can use them (read below the same cursor, at least as many ids), else none."""
+        if self.pulls_at is None or self.pulls_at[0] != below or limit > self.pulls_at[1]:
+            return {}
+        return self.windows
 
 
 def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
@@ -124,7 +182,7 @@ def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
     same result (tweets, ``next_below``, ``source``) as :meth:`HomeTimelineReader.page`'s
     general path (``tests/unit/test_plain_hit.py`` compares the two), which answers
     everything else (None) from the same answer, without a second round trip."""
-    (window, lowest, card, _, followee_card, flags, celebs, _, celebs_loaded, _, bodies) = answer
+    (window, lowest, card, _, followee_card, flags, celebs, _, celebs_loaded, _, bodies, _) = answer
     if not lowest or followee_card <= 1 or not celebs_loaded or any(int(c) != 0 for c in celebs):
         return None
     sentinel_tid, floor = parse_member(lowest[0])
@@ -175,7 +233,7 @@ class UserViews:
 
     def __init__(
         self, cassandra: CassandraStore, timelines: RedisTimelines, following: RedisFollowing,
-        tweets: RedisTweets, *, prefix: str,
+        tweets: RedisTweets, *, prefix: str, windows: RedisTimelines | None = None,
     ) -> None:
         self.cassandra = cassandra
         self.tweets = tweets
@@ -183,6 +241,7 @@ class UserViews:
         self.redis = timelines.redis
         self.following_cache = following
         self.celebrity_cache = RedisCelebrities(self.redis, prefix=prefix)
+        self.windows = windows  # the celebrities' windows, read in the first round trip (one Redis)
         self._open_script = self.redis.register_script(_OPEN)
         self.cluster_scripts = ClusterScripts(self.redis) if is_cluster(self.redis) else None
 
@@ -221,6 +280,7 @@ class UserViews:
         if self.cluster_scripts is not None:
             answer = await open_cluster(self, user_id, keys, args, gate, stats)
         else:
+            args += [*(self.windows.key_prefixes() if self.windows is not None else ("", "")), PULL_MIN]
             if gate is not None:
                 bucket, subject = gate
                 keys.append(bucket.key(subject))
@@ -238,7 +298,7 @@ class UserViews:
         if answer is None:
             answer = await self.round_trip(user_id, cursor, need, stats, gate)
         (window, lowest, card, home_version, followee_card, flags, celebs, following_version,
-         celebs_loaded, celebs_version, bodies) = answer
+         celebs_loaded, celebs_version, bodies, pulls) = answer
 
         view = View(max(0, followee_card - 1), [], 0, False, cached=False, whole=False)
         entries = [parse_member(m) for m in window]  # parsed once: the chunk, the bodies, the follows
@@ -262,6 +322,13 @@ class UserViews:
             for (_, author_id), flag in zip(entries, flags):
                 view.follows[author_id] = bool(flag)
             view.celebrities = sorted(int(c) for c in celebs if int(c) != 0)
+        if pulls:
+            per, authors, windows, pulled_ids, pulled_bodies = pulls
+            view.pulls_at = (cursor, per)
+            view.windows = {int(a): (parse_window(page, low, size, per), decode_version(version))
+                            for a, (page, low, size, version) in zip(authors, windows)}
+            for raw_id, body in zip(pulled_ids, pulled_bodies):
+                view.bodies[int(raw_id)] = parse_body(int(raw_id), body)
 
         reads: dict[str, Any] = {}
         if not celebs_loaded:

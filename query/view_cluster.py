@@ -121,4 +121,5 @@ async def open_cluster(views: "UserViews", user_id: int, keys: list[str], args: 
     bodies: list[Any] = [[] for _ in window]
     for (i, _), row in zip(wanted, done.get("bodies", [])):
         bodies[i] = row
-    return [window, lowest, size, home_v, following, flags, followed, following_v, loaded, celebrities_v, bodies]
+    return [window, lowest, size, home_v, following, flags, followed, following_v, loaded, celebrities_v, bodies,
+            []]  # no pulls: the reader reads the celebrities' windows itself

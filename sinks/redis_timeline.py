@@ -207,6 +207,11 @@ class RedisTimelines:
     def version_key(self, user_id: int) -> str:
         return tagged(self.prefix, f"{self.kind}v", user_id)
 
+    def key_prefixes(self) -> tuple[str, str]:
+        """What a key and a version key are before the id (each ends with ``}`` after it),
+        for scripts that derive the keys of ids they read (one Redis only)."""
+        return tagged(self.prefix, self.kind, "")[:-1], tagged(self.prefix, f"{self.kind}v", "")[:-1]
+
     async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]]) -> None:
         """Add entries to the timelines that are cached; one pipeline for all users.
 
@@ -273,7 +278,7 @@ class RedisTimelines:
             pipe.zrange(key, 0, 0)
             pipe.zcard(key)
             page, lowest, size = await pipe.execute()
-        return _cached(page, lowest, size, limit)
+        return parse_window(page, lowest, size, limit)
 
     async def read_many(self, user_ids: Sequence[int], *, below: int | None,
                         limit: int) -> tuple[dict[int, CachedTimeline | None], dict[int, str]]:
@@ -288,7 +293,7 @@ class RedisTimelines:
         keys = [k for u in user_ids for k in (self.key(u), self.version_key(u))]
         hi = "+" if below is None else lex_below(below)
         answer = await self._read_many(keys=keys, args=[hi, limit + 1, version_token(), self.ttl_s])
-        return ({u: _cached(page, lowest, size, limit) for u, (page, lowest, size, _) in zip(user_ids, answer)},
+        return ({u: parse_window(page, lowest, size, limit) for u, (page, lowest, size, _) in zip(user_ids, answer)},
                 {u: decode_version(version) for u, (_, _, _, version) in zip(user_ids, answer)})
 
     async def _read_multi(self, user_ids: Sequence[int], below: int | None,
@@ -308,7 +313,7 @@ class RedisTimelines:
         versions: dict[int, str] = {}
         for i, user_id in enumerate(user_ids):
             page, lowest, size, _, version = answer[5 * i: 5 * i + 5]
-            windows[user_id] = _cached(page, lowest, size, limit)
+            windows[user_id] = parse_window(page, lowest, size, limit)
             versions[user_id] = decode_version(version)
         return windows, versions
 
@@ -318,7 +323,9 @@ def decode_version(version: bytes | str | None) -> str:
     return version.decode() if isinstance(version, bytes) else (version or "")
 
 
-def _cached(page: list[bytes], lowest: list[bytes], size: int, limit: int) -> CachedTimeline | None:
+def parse_window(page: list[bytes], lowest: list[bytes], size: int, limit: int) -> CachedTimeline | None:
+    """A cached timeline from a read's replies (ZREVRANGEBYLEX of ``limit + 1`` members, the
+    lowest member, ZCARD): None when the key holds no sentinel (not cached)."""
     if not lowest:
         return None
     sentinel_tid, floor = parse_member(lowest[0])

@@ -106,7 +106,8 @@ def answer_of(ids, authors, floor, followed, bodies, cap, limit, cursor, celebs,
             "mark": [None, None, None, b"99", None],
             "missing": [None, None, None, None, None],
         }[kind])
-    return [window, [members[-1]], len(members), b"v", len(follows), flags, celebs, b"v", loaded, b"v", raw_bodies]
+    return [window, [members[-1]], len(members), b"v", len(follows), flags, celebs, b"v", loaded, b"v", raw_bodies,
+            []]  # no pulls read (the celebrities' windows)
 
 
 def general_page(answer, ids, authors, bodies, cap, limit, cursor, above):
