@@ -58,7 +58,8 @@ from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 # following set size, per window member whether its author is followed, the
 # followed celebrities, following version, whether the celebrity set is loaded (it
 # holds '0'), its version, per window member its tweet body (sinks.redis_tweets'
-# HMGET; empty for the sentinel and for authors not followed), and the celebrities' pulls
+# HMGET; empty for the sentinel, for authors not followed, and, when celebrities are
+# pulled, for members below the newest ``window size - 1`` of the merge), and the celebrities' pulls
 # (empty when none): {ids read per author, the authors, per author the window below the
 # bound as ``RedisTimelines.read_many`` reads it (members, lowest, size, version), the ids
 # and bodies of the pulled tweets among the newest ``window size - 1`` of the merge of the
@@ -90,14 +91,15 @@ local home_v = version(KEYS[2], ARGV[3], ARGV[4])
 local following_v = version(KEYS[4], ARGV[3], ARGV[4])
 local celebs_v = ''
 if loaded == 0 then celebs_v = version(KEYS[6], ARGV[3], ARGV[4]) end
-local bodies = {}
-local merged = {}
+local merged = {}  -- the members whose bodies are read: the followed window's, then the newest of the merge
+local followed, seen = {}, {}
 for i, m in ipairs(window) do
   local id = string.match(m, '^0*(%d+):')
   if id and id ~= '0' and (following == 0 or flags[i] == 1) then
-    bodies[i] = body(ARGV[5] .. id)
     merged[#merged + 1] = m
-  else bodies[i] = {} end
+    followed[i] = true
+    seen[m] = true
+  end
 end
 local pulls = {}
 local authors = {}
@@ -114,23 +116,33 @@ if #authors > 0 then
     local page = redis.call('ZREVRANGEBYLEX', key, ARGV[1], '-', 'LIMIT', 0, per + 1)
     windows[i] = {page, redis.call('ZRANGE', key, 0, 0), redis.call('ZCARD', key), version(vkey, ARGV[3], ARGV[4])}
     for j, m in ipairs(page) do
-      if j <= per and string.match(m, '^0*(%d+):') ~= '0' then
+      if j <= per and not seen[m] and string.match(m, '^0*(%d+):') ~= '0' then
         merged[#merged + 1] = m
         pulled[m] = true
+        seen[m] = true  -- once in the merge (a tweet pushed before its author was a celebrity)
       end
     end
   end
   table.sort(merged, function(x, y) return x > y end)
+  local top = {}
   local ids, pulled_bodies = {}, {}
   for i = 1, math.min(n, #merged) do
     local m = merged[i]
+    top[m] = true
     if pulled[m] then
       local id = string.match(m, '^0*(%d+):')
       ids[#ids + 1] = id
       pulled_bodies[#pulled_bodies + 1] = body(ARGV[5] .. id)
     end
   end
+  for i, m in ipairs(window) do
+    if not top[m] then followed[i] = nil end  -- below what the page can show
+  end
   pulls = {per, authors, windows, ids, pulled_bodies}
+end
+local bodies = {}
+for i, m in ipairs(window) do
+  if followed[i] then bodies[i] = body(ARGV[5] .. string.match(m, '^0*(%d+):')) else bodies[i] = {} end
 end
 return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v, bodies, pulls}
 """
