@@ -391,11 +391,12 @@ class UserViews:
         calls = {"timeline": fill_timeline, "following": fill_following, "check": check,
                  "celebrities": fill_celebrities, "followed_celebrities": check_celebrities}
         calls = {k: c for k, c in calls.items() if c is not None}
-        if list(calls) == ["timeline"]:
-            # Only the timeline fill: nothing of the view waits for it, so the read goes on
-            # meanwhile (the reader awaits it before answering).
+        if "timeline" in calls:
+            # Nothing of the view waits for the timeline fill, so the read goes on meanwhile
+            # (the reader awaits it before answering).
             view.pending_fill = asyncio.ensure_future(calls.pop("timeline"))
-            stats.redis_round_trips += 1
+            if not calls:
+                stats.redis_round_trips += 1  # else concurrent with them: one round trip of latency
         if calls:
             done = dict(zip(calls, await asyncio.gather(*calls.values())))
             stats.redis_round_trips += 1  # concurrent: one round trip of latency

@@ -10,7 +10,8 @@ Cassandra's ``tweets`` table is the durable copy that a miss falls back to.
 
 A body is read with ``HMGET`` of :data:`FIELDS` (:data:`BODY_LUA` inside a script: the
 query service's first round trip reads the window's bodies too, ``query/view.py``) and
-decoded by :func:`parse_body`.
+decoded by :func:`parse_body`. Several bodies are one script call on one Redis (what a read
+pays per command is redis-py's packing and parsing, not Redis's), a pipeline on a cluster.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Iterable, Sequence
 from redis.asyncio import Redis
 
 from schemas.tweet_json import render_tail
-from sinks.redis_client import Acks, execute
+from sinks.redis_client import Acks, execute, is_cluster
 
 TWEET_TTL_S = 7 * 24 * 3600
 FIELDS = ("a", "t", "c", "d", "r")
@@ -28,6 +29,14 @@ FIELDS = ("a", "t", "c", "d", "r")
 # A Lua function: the HMGET of FIELDS of one body key (for scripts that read bodies).
 BODY_LUA = "local function body(key) return redis.call('HMGET', key, %s) end\n" % ", ".join(
     f"'{f}'" for f in FIELDS)
+
+# ARGV: the prefix of body keys, then tweet ids. Returns the HMGET of FIELDS per id. The keys are
+# derived from the ids, not passed in KEYS: one server only.
+_READ_BODIES = BODY_LUA + """
+local out = {}
+for i = 2, #ARGV do out[i - 1] = body(ARGV[1] .. ARGV[i]) end
+return out
+"""
 
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: see query.page.Tweet
@@ -57,6 +66,7 @@ class RedisTweets:
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.acks = acks  # the worker's writes wait for replicas; a reader's refill need not
+        self._read_bodies = None if is_cluster(redis) else redis.register_script(_READ_BODIES)
 
     @property
     def key_prefix(self) -> str:
@@ -89,7 +99,10 @@ class RedisTweets:
         return {tweet_id: parse_body(tweet_id, row) for tweet_id, row in zip(tweet_ids, rows)}
 
     async def rows(self, tweet_ids: Sequence[int]) -> list[list[bytes | None]]:
-        """The HMGET of FIELDS per id: one pipeline (on a cluster, one per node, concurrently)."""
+        """The HMGET of FIELDS per id: one script call (on a cluster, one pipeline, which is one
+        per node, concurrently)."""
+        if self._read_bodies is not None:
+            return await self._read_bodies(args=[self.key_prefix, *tweet_ids])
         async with self.redis.pipeline(transaction=False) as pipe:
             for tweet_id in tweet_ids:
                 pipe.hmget(self.key(tweet_id), FIELDS)
