@@ -18,6 +18,10 @@ process). Steps:
    burst capacity in deliveries/s, divided by the fanout) whose authors are followed by
    ``--load-fanout`` stream users each (their streams wake too). At each point, the CPU of the
    query service and of the worker per stream event (one tweet delivered to one open stream).
+   The service's own histogram (``timeline_live_event_delay_seconds``: from a stage's notice,
+   published right after its timeline write, to the tweet events written on a stream; every
+   stream event, the background load's too), scraped around each point, says the same from
+   inside the service, without this process's delays (it reads every open stream).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import orjson
 from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
+from bench import stage_times
 from bench.context import Publisher, bench_settings, log, provision
 from localenv.worker import Worker
 from ops.faults.cluster import ServiceProcess
@@ -44,6 +49,7 @@ from settings import get_settings
 from sinks.redis_live import LiveChannels
 
 RESULTS = Path(__file__).parent / "results"
+DELAY = "timeline_live_event_delay_seconds"
 
 
 class Unavailable(RuntimeError):
@@ -264,6 +270,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         def cpu() -> tuple[float, float, float]:
             return cpu_seconds(service.proc.pid), cpu_seconds(worker.proc.pid), time.perf_counter()
 
+        async def delays() -> stage_times.Snapshot:
+            return await asyncio.to_thread(stage_times.scrape, port, 5.0, {DELAY: ""})
+
         def account(point: dict[str, Any], before: tuple[float, float, float], events: int) -> None:
             (q0, w0, t0), (q1, w1, t1) = before, cpu()
             point["wall_s"] = round(t1 - t0, 1)
@@ -273,9 +282,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             point["query_cpu_ms_per_event"] = round((q1 - q0) * 1000 / max(1, events), 3)
             point["worker_cpu_ms_per_event"] = round((w1 - w0) * 1000 / max(1, events), 3)
 
-        before = cpu()
+        before, seen = cpu(), await delays()
         result["idle"] = await probe_latency(settings, pub, probes, ids, args.rounds, args.probe_interval)
         account(result["idle"], before, result["idle"]["received"])
+        result["idle"]["service_event_delay"] = stage_times.between(seen, await delays(), (DELAY, ""))
         log(f"idle: {result['idle']}")
         result["loads"] = []
         for spec in args.load_rate.split(","):
@@ -284,9 +294,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             sent0 = sum(len(c.arrivals) for c in clients)
             load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, rate, ids, stop))
             await asyncio.sleep(3)
-            before, events0 = cpu(), sum(len(c.arrivals) for c in clients)
+            before, events0, seen = cpu(), sum(len(c.arrivals) for c in clients), await delays()
             point = await probe_latency(settings, pub, probes, ids, args.rounds, args.probe_interval)
             account(point, before, sum(len(c.arrivals) for c in clients) - events0)
+            point["service_event_delay"] = stage_times.between(seen, await delays(), (DELAY, ""))
             stop.set()
             point["background_tweets"] = await load
             await asyncio.sleep(2)
@@ -328,6 +339,15 @@ def render(result: dict[str, Any]) -> str:
     for label, r in points:
         cells = [f"{r[k]['p50']} / {r[k]['p99']}" for k in ("ack_to_notice_ms", "notice_to_event_ms", "ack_to_event_ms")]
         lines.append(f"| {label} | {r['received']}/{r['rounds']} | " + " | ".join(cells) + " |")
+    lines += ["", "Measured by the query service (`timeline_live_event_delay_seconds`, every stream event of the "
+              "point, background load included; p50 / p99 as the upper bounds of their histogram buckets):", "",
+              "| load | stream events | mean (ms) | p50 <= (ms) | p99 <= (ms) | within 50 ms |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, r in points:
+        d = r.get("service_event_delay") or {"count": 0}
+        if d["count"]:
+            lines.append(f"| {label} | {d['count']} | {d['mean_ms']} | {d['p50_ms_at_most']} | {d['p99_ms_at_most']} | "
+                         f"{d['share_within_ms'].get('50.0', float('nan')):.2%} |")
     lines += ["", "| load | seconds | stream events | query CPU (share of a core) | query CPU ms / stream event | "
               "worker CPU (share) | worker CPU ms / stream event | background events received / expected |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

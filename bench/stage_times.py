@@ -23,11 +23,12 @@ HISTOGRAMS = {
 Snapshot = dict[tuple[str, str], dict[str, Any]]  # (histogram, label value) -> count, sum, buckets
 
 
-def parse(text: str) -> Snapshot:
-    """The three histograms of a ``/metrics`` text: count, sum and cumulative buckets per label."""
+def parse(text: str, histograms: dict[str, str] = HISTOGRAMS) -> Snapshot:
+    """The ``histograms`` (name: its label, "" for none) of a ``/metrics`` text: count, sum and
+    cumulative buckets per label value."""
     out: Snapshot = {}
     for family in text_string_to_metric_families(text):
-        label = HISTOGRAMS.get(family.name)
+        label = histograms.get(family.name)
         if label is None:
             continue
         for s in family.samples:
@@ -88,7 +89,27 @@ def diff(before: Snapshot, after: Snapshot) -> dict[str, Any]:
     return {"stages": stages, "store_ops": ops}
 
 
-def scrape(port: int, timeout: float = 5.0) -> Snapshot:
-    """The worker's histograms now (its Faust web server, ``GET /metrics``)."""
+def scrape(port: int, timeout: float = 5.0, histograms: dict[str, str] = HISTOGRAMS) -> Snapshot:
+    """The histograms now, from a process's ``GET /metrics`` (the worker's Faust web server by default)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
-        return parse(resp.read().decode())
+        return parse(resp.read().decode(), histograms)
+
+
+def between(before: Snapshot, after: Snapshot, key: tuple[str, str]) -> dict[str, Any]:
+    """One histogram of seconds between two snapshots: observations, mean, the p50 / p99 as the
+    upper bounds of their buckets, and the share at or below each bucket bound (ms)."""
+    empty: dict[str, Any] = {"count": 0.0, "sum": 0.0, "buckets": {}}
+    a, b = after.get(key, empty), before.get(key, empty)
+    count = a["count"] - b["count"]
+    if count <= 0:
+        return {"count": 0}
+    buckets = {le: v - b["buckets"].get(le, 0.0) for le, v in a["buckets"].items()}
+
+    def ms(q: float) -> float | None:
+        le = _quantile(buckets, count, q)
+        return None if le is None or le == float("inf") else round(1000 * le, 1)
+
+    return {"count": int(count), "mean_ms": round(1000 * (a["sum"] - b["sum"]) / count, 1),
+            "p50_ms_at_most": ms(0.5), "p99_ms_at_most": ms(0.99),
+            "share_within_ms": {str(round(1000 * le, 1)): round(v / count, 4) for le, v in sorted(buckets.items())
+                                if le != float("inf")}}

@@ -131,6 +131,9 @@ class Notice(NamedTuple):
     # tail (``schemas.tweet_json.render_tail``) of each tweet in ``added``, all of them or none.
     items: tuple[tuple[int, int, bytes], ...] = ()  # (tweet, author, tail)
     pulled: bool = False  # on a celebrity's channel (stage 1): a follower's stream must follow them now
+    # When the stage published it, right after its writes (epoch s; 0: unknown): a stream measures
+    # from it how long its events took (``timeline_live_event_delay_seconds``).
+    sent_at: float = 0.0
 
     def is_empty(self) -> bool:
         return not (self.added or self.deleted or self.unfollowed or self.followed or self.reset
@@ -148,6 +151,8 @@ def encode_notice(notice: Notice) -> bytes:
         out["r"] = 1
     if notice.pulled:
         out["p"] = 1
+    if notice.sent_at:
+        out["w"] = notice.sent_at
     if notice.items:
         items = [[t, a, tail.decode()] for t, a, tail in notice.items]
         if sum(len(tail) for _, _, tail in notice.items) <= ITEMS_MAX_BYTES:
@@ -168,7 +173,7 @@ def decode_notice(raw: bytes | str) -> Notice:
                   tuple(int(a) for a in data.get("f", ())), bool(data.get("r")),
                   tuple((int(a), bool(c)) for a, c in data.get("c", ())),
                   tuple((int(t), int(a), str(tail).encode()) for t, a, tail in data.get("i", ())),
-                  bool(data.get("p")))
+                  bool(data.get("p")), float(data.get("w", 0.0)))
 
 
 class Item(NamedTuple):

@@ -10,6 +10,9 @@ can build many apps in one process). Exposed at ``GET /metrics``.
 * ``timeline_redis_round_trips_total{timeline}``: Redis round trips made by the reader
 * ``query_rate_limited_total{timeline}``: reads refused with 429 by the per-reader rate limit
 * ``timeline_activity_events_total{result}``: ``user_active`` emitted, throttled or failed
+* ``timeline_live_event_delay_seconds``: from a stage's notice (published right after its
+  timeline write) to the tweet events it caused, written on an open stream (the wall clocks of
+  the worker's and the query service's hosts: as close as those are synchronized)
 """
 from __future__ import annotations
 
@@ -52,6 +55,11 @@ class QueryMetrics(HttpMetrics):
         )
         self.live_reads = Histogram(
             "timeline_live_read_seconds", "A stream's read since its position, after a notice",
+            buckets=_BUCKETS, registry=self.registry,
+        )
+        self.live_event_delay = Histogram(
+            "timeline_live_event_delay_seconds",
+            "From a stage's notice (right after its timeline write) to its tweet events written on a stream",
             buckets=_BUCKETS, registry=self.registry,
         )
         self.activity = Counter(

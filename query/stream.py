@@ -75,6 +75,7 @@ class LiveStream:
         self.closed = False
         self.behind: str | None = None
         self.authors: set[int] = set()
+        self.noticed_at: float | None = None  # the oldest notice of added tweets since the last send
 
     # --- notices (called by the hub) ---
     def notify(self, notice: Notice) -> None:
@@ -82,6 +83,8 @@ class LiveStream:
         self.read_due = self.read_due or reaction.read
         self.resubscribe = self.resubscribe or reaction.resubscribe
         self.ready.extend(reaction.items)
+        if notice.added and notice.sent_at:
+            self.noticed_at = min(self.noticed_at or notice.sent_at, notice.sent_at)
         self.pending.extend(reaction.deletes)
         if len(self.pending) > MAX_PENDING:
             self.behind = f"more than {MAX_PENDING} delete events waiting"
@@ -225,6 +228,7 @@ class EventStream(Response):
                     await stream.subscribe()
             deletes, stream.pending = stream.pending, []
             ready, stream.ready = stream.ready, []  # what arrives during a read is kept for after it
+            noticed, stream.noticed_at = stream.noticed_at, None
             out += b"".join(frame("delete", orjson.dumps(d)) for d in deletes)
             assert stream.position is not None
             wake = plan_wake(stream.position, ready, read_due=stream.read_due, deletes=bool(deletes),
@@ -246,6 +250,8 @@ class EventStream(Response):
                 return
             if out:
                 await self._send(send, out)
+                if noticed is not None and b"event: tweet" in out:
+                    res.metrics.live_event_delay.observe(max(0.0, time.time() - noticed))
 
     async def _watch(self, receive: Receive) -> None:
         while True:

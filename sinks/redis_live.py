@@ -22,6 +22,7 @@ check, or the client's reconnect with ``Last-Event-ID``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable, Mapping
 
 from prometheus_client import Counter
@@ -96,12 +97,14 @@ class LiveChannels:
             return
         try:
             cluster = is_cluster(self.redis)
+            now = time.time()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for channel, notice in notices.items():
+                    raw = encode_notice(notice._replace(sent_at=now))
                     if cluster:  # a cluster pipeline refuses publish(); the command routes by channel
-                        pipe.execute_command("PUBLISH", channel, encode_notice(notice))
+                        pipe.execute_command("PUBLISH", channel, raw)
                     else:
-                        pipe.publish(channel, encode_notice(notice))
+                        pipe.publish(channel, raw)
                 await pipe.execute()
         except (*REDIS_ERRORS, OSError) as exc:
             LIVE_PUBLISHED.labels("failed").inc(len(notices))

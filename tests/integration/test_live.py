@@ -348,6 +348,14 @@ async def test_a_celebrity_notice_carrying_items_is_sent_without_a_read(world: W
     fake = w.tweet(celeb)["tweet_id"]  # an id only: never posted
     got: list[int] = []
     deletes: list[dict] = []
+
+    def delays() -> tuple[float, float]:
+        histogram = w.app.state.metrics.live_event_delay
+        samples = {s.name.rsplit("_", 1)[1]: s.value for m in histogram.collect() for s in m.samples
+                   if s.name.endswith(("_count", "_sum"))}
+        return samples["count"], samples["sum"]
+
+    before = delays()
     await w.redis.publish(channel, encode_notice(Notice(
         added=((fake, celeb.user_id),), items=((fake, celeb.user_id, b',"text":"made up","created_at":null}'),),
         pulled=True)))
@@ -359,9 +367,16 @@ async def test_a_celebrity_notice_carrying_items_is_sent_without_a_read(world: W
         return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
 
     reads = stream_reads()
+    assert delays() == before, "a notice without its publish time (the fabricated one) is not measured"
     real = w.tweet(celeb)
     await w.publish([real])
     await tweets_until(sse, 2, got, deletes)
     assert got == [fake, real["tweet_id"]]
     assert stream_reads() == reads, "stage 1's notice carried the pulled tweet: the stream did not read"
+    for _ in range(100):  # observed right after the send returned
+        if delays()[0] > before[0]:
+            break
+        await asyncio.sleep(0.02)
+    count, total = delays()
+    assert count == before[0] + 1 and 0 <= total - before[1] < 30, "the pulled tweet's delay, from stage 1's notice"
     await sse.close()

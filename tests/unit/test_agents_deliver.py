@@ -560,6 +560,8 @@ async def test_a_batch_publishes_what_it_wrote_per_user_after_the_stores(
     await driver.run([ops_msg(add(40, [u1, u2]), add(41, [u1]), remove(30, [u2]), follow(u1, B), unfollow(u2, B))])
     prefix = settings.redis_prefix
     got = {channel: decode_notice(raw) for channel, raw in sinks.redis.published}
+    assert all(n.sent_at > 1e9 for n in got.values()), "each notice says when it was published"
+    got = {channel: n._replace(sent_at=0.0) for channel, n in got.items()}
     assert got == {
         f"{prefix}live:u:{u1}": Notice(added=((7, B), (40, A), (41, A)), followed=(B,), reset=False),
         f"{prefix}live:u:{u2}": Notice(added=((40, A),), deleted=((30, A),), unfollowed=(B,)),

@@ -1,7 +1,7 @@
 """bench/stage_times.py: two scrapes of the worker's histograms, diffed into where time went."""
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench.stage_times import diff, parse
+from bench.stage_times import between, diff, parse
 
 
 def _registry():
@@ -44,3 +44,18 @@ def test_nothing_happened_is_empty():
     secs.labels("fanout").observe(0.5)
     snap = parse(generate_latest(reg).decode())
     assert diff(snap, snap) == {"stages": {}, "store_ops": {}}
+
+
+def test_between_summarizes_one_unlabelled_histogram_between_two_scrapes():
+    reg = CollectorRegistry()
+    delay = Histogram("timeline_live_event_delay_seconds", "d", buckets=(0.005, 0.05, 0.25), registry=reg)
+    names = {"timeline_live_event_delay_seconds": ""}
+    delay.observe(1.0)  # before
+    before = parse(generate_latest(reg).decode(), names)
+    for seconds in [0.001] * 90 + [0.03] * 8 + [0.2, 0.9]:
+        delay.observe(seconds)
+    out = between(before, parse(generate_latest(reg).decode(), names), ("timeline_live_event_delay_seconds", ""))
+    assert out["count"] == 100 and out["p50_ms_at_most"] == 5.0 and out["p99_ms_at_most"] == 250.0
+    assert out["share_within_ms"] == {"5.0": 0.9, "50.0": 0.98, "250.0": 0.99}
+    assert out["mean_ms"] == round((0.09 + 0.24 + 0.2 + 0.9) * 10, 1)
+    assert between(before, before, ("timeline_live_event_delay_seconds", "")) == {"count": 0}

@@ -14,6 +14,8 @@ def test_items_round_trip_on_the_wire():
     assert decode_notice(encode_notice(n)) == n
     pulled = Notice(added=((6, 9),), items=((6, 9, TAIL),), pulled=True)
     assert decode_notice(encode_notice(pulled)) == pulled
+    stamped = n._replace(sent_at=1796143774.907689)
+    assert decode_notice(encode_notice(stamped)) == stamped
 
 
 def test_items_over_the_bytes_cap_become_a_plain_look_notice():
