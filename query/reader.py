@@ -21,9 +21,9 @@ What a read costs
 * The user's view, the first chunk and its tweet bodies on a cache hit, and the
   query service's rate-limit token: one Redis call (``query/view.py``, where the
   cache misses are described too). A cache hit without celebrities is that call alone.
-* Hydration of what the first call did not read (pulled tweets, later chunks): one
-  pipeline of tweet hashes (``RedisTweets``); Cassandra is asked only for bodies
-  missing from Redis (one ``IN`` query).
+* Hydration of what the first call did not read (later chunks, pulled tweets it did not
+  expect): one script call for the tweet hashes (``RedisTweets``; a pipeline on a cluster);
+  Cassandra is asked only for bodies missing from Redis (one ``IN`` query).
 * Celebrity pulls: the celebrities' cached windows of newest ids
   (``RedisTimelines.author_windows``), read by the first call on one Redis with the bodies
   of the pulled tweets that the page will likely show (so a hybrid read whose windows and
