@@ -160,6 +160,10 @@ class Settings:
     # unless a full batch is waiting (agents/take.pace_pause), so under light load it writes a
     # few larger batches instead of one per event (each costs a Cassandra read and a transaction).
     projection_pace_ms: int = _env("TL_PROJECTION_PACE_MS", 250, int)
+    # The same for the timeline stages (stage 1, stage 2): 0, none, by default (a batch as soon
+    # as an event is buffered); a pace trades up to that much latency for fewer, larger batches.
+    fanout_pace_ms: int = _env("TL_FANOUT_PACE_MS", 0, int)
+    deliver_pace_ms: int = _env("TL_DELIVER_PACE_MS", 0, int)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
@@ -253,6 +257,8 @@ class Settings:
                              "TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS must be >= 1")
         if self.author_window_cap < 1:
             raise ValueError("TL_AUTHOR_WINDOW_CAP must be >= 1")
+        if min(self.projection_pace_ms, self.fanout_pace_ms, self.deliver_pace_ms) < 0:
+            raise ValueError("TL_PROJECTION_PACE_MS, TL_FANOUT_PACE_MS and TL_DELIVER_PACE_MS must be >= 0")
         if not 1024 <= self.event_max_bytes <= 512 * 1024:
             raise ValueError("TL_EVENT_MAX_BYTES must be in 1024..524288")
         if not 16 * 1024 <= self.delivery_max_bytes <= 900 * 1024:

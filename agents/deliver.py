@@ -382,5 +382,5 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 @app.agent(recipient_events, concurrency=1)
 async def deliver(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_recipient_batch,
-                  batch_max=BATCH_MAX,
+                  batch_max=BATCH_MAX, pace_s=settings.deliver_pace_ms / 1000,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

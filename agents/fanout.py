@@ -432,5 +432,5 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 @app.agent(author_events, concurrency=1)
 async def fanout(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_author_batch,
-                  batch_max=BATCH_MAX,
+                  batch_max=BATCH_MAX, pace_s=settings.fanout_pace_ms / 1000,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

@@ -99,3 +99,13 @@ def test_pace_pause_waits_out_the_pace_unless_a_full_batch_or_no_pace() -> None:
     assert pace_pause(3, 1000, 0.30, 0.25) == 0.0  # the batch took longer than the pace
     assert pace_pause(1000, 1000, 0.01, 0.25) == 0.0  # a full batch: a backlog goes at full speed
     assert pace_pause(3, 1000, 0.01, 0.0) == 0.0  # no pace (the timeline stages)
+
+
+def test_paces_are_settings_of_each_stage_none_for_the_timeline_stages_by_default() -> None:
+    from settings import Settings
+
+    s = Settings()
+    assert (s.projection_pace_ms, s.fanout_pace_ms, s.deliver_pace_ms) == (250, 0, 0)
+    for name in ("projection_pace_ms", "fanout_pace_ms", "deliver_pace_ms"):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            Settings(**{name: -1})
