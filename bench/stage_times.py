@@ -6,7 +6,9 @@ included) and ``timeline_batch_events`` (events per batch), and per store operat
 load point, diffed, say how many batches each stage ran there, how big they were, how
 long one took, and which store operation took what share of a stage's time.
 
-``parse`` and ``diff`` are pure (unit-tested); ``scrape`` is the one HTTP call.
+``parse``, ``diff`` and ``between`` (one histogram between two scrapes, for any process's
+``/metrics``: ``bench/live_bench.py`` reads the query service's) are pure (unit-tested);
+``scrape`` is the one HTTP call.
 """
 from __future__ import annotations
 
