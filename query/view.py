@@ -41,8 +41,8 @@ from sinks.redis_celebrities import RedisCelebrities
 from sinks.redis_client import is_cluster
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import (
-    SENTINEL_ID, CachedTimeline, RedisTimelines, decode_version, lex_below, parse_member, parse_window, version_token,
-    window_entries,
+    SENTINEL_ID, WINDOW_READ_LUA, CachedTimeline, RedisTimelines, decode_version, lex_below, parse_member,
+    parse_window, version_token, window_entries,
 )
 from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 
@@ -61,7 +61,7 @@ from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 # HMGET; empty for the sentinel, for authors not followed, and, when celebrities are
 # pulled, for members below the newest ``window size - 1`` of the merge), and the celebrities' pulls
 # (empty when none): {ids read per author, the authors, per author the window below the
-# bound as ``RedisTimelines.read_many`` reads it (members, lowest, size, version), the ids
+# bound as ``read_window`` reads it (sinks/redis_timeline.py: members, lowest, size, version), the ids
 # and bodies of the pulled tweets among the newest ``window size - 1`` of the merge of the
 # followed window members and the pulls}. Only the window's authors are looked up, so the
 # cost does not grow with the number of followees.
@@ -78,7 +78,7 @@ from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
 #
 # The body and window keys are derived from ids, not passed in KEYS: one server only. On a
 # Redis Cluster the same answer, without the pulls, takes two round trips (query/view_cluster.py).
-_OPEN = TAKE_FUNCTION_LUA + BODY_LUA + VERSION_LUA + """
+_OPEN = TAKE_FUNCTION_LUA + BODY_LUA + VERSION_LUA + WINDOW_READ_LUA + """
 if ARGV[9] == '1' then
   local gate = take({KEYS[7]}, {ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})
   if gate[1] == 0 then return {'limited', gate} end
@@ -111,11 +111,8 @@ if #authors > 0 then
   local per = math.min(n, math.max(tonumber(ARGV[8]), math.ceil(2 * n / (#authors + 1)) + 1))
   local windows, pulled = {}, {}
   for i, a in ipairs(authors) do
-    local key = ARGV[6] .. a .. '}'
-    local vkey = ARGV[7] .. a .. '}'
-    local page = redis.call('ZREVRANGEBYLEX', key, ARGV[1], '-', 'LIMIT', 0, per + 1)
-    windows[i] = {page, redis.call('ZRANGE', key, 0, 0), redis.call('ZCARD', key), version(vkey, ARGV[3], ARGV[4])}
-    for j, m in ipairs(page) do
+    windows[i] = read_window(ARGV[6] .. a .. '}', ARGV[7] .. a .. '}', ARGV[1], per + 1, ARGV[3], ARGV[4])
+    for j, m in ipairs(windows[i][1]) do
       if j <= per and not seen[m] and string.match(m, '^0*(%d+):') ~= '0' then
         merged[#merged + 1] = m
         pulled[m] = true

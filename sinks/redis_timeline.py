@@ -102,17 +102,25 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# ``read_window(key, version_key, bound, n, token, ttl)``: the window of ``n`` members below the
+# ZREVRANGEBYLEX ``bound``, the lowest member (the sentinel), the size, and the version (created
+# with the reader's token when missing), as ``parse_window`` and ``decode_version`` take them.
+# Also read by the first call of a read for the celebrities' windows (query/view.py).
+WINDOW_READ_LUA = """
+local function read_window(key, version_key, bound, n, token, ttl)
+  redis.call('SET', version_key, token, 'NX', 'EX', ttl)
+  return {redis.call('ZREVRANGEBYLEX', key, bound, '-', 'LIMIT', 0, n), redis.call('ZRANGE', key, 0, 0),
+          redis.call('ZCARD', key), redis.call('GET', version_key)}
+end
+"""
+
 # KEYS: timeline and version of each user. ARGV: upper ZREVRANGEBYLEX bound, members to read,
-# a fresh version token, version ttl. Per user: the window below the bound, the lowest member
-# (the sentinel), the size, and the version (created with the token when missing). One call
-# instead of five commands per user: what a read pays per command is redis-py's, not Redis's.
-_READ_MANY = """
+# a fresh version token, version ttl. Per user: ``read_window``. One call instead of five
+# commands per user: what a read pays per command is redis-py's, not Redis's.
+_READ_MANY = WINDOW_READ_LUA + """
 local out = {}
 for k = 1, #KEYS, 2 do
-  redis.call('SET', KEYS[k + 1], ARGV[3], 'NX', 'EX', ARGV[4])
-  out[#out + 1] = {redis.call('ZREVRANGEBYLEX', KEYS[k], ARGV[1], '-', 'LIMIT', 0, ARGV[2]),
-                   redis.call('ZRANGE', KEYS[k], 0, 0), redis.call('ZCARD', KEYS[k]),
-                   redis.call('GET', KEYS[k + 1])}
+  out[#out + 1] = read_window(KEYS[k], KEYS[k + 1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
 return out
 """
@@ -304,36 +312,26 @@ class RedisTimelines:
         when missing: what a later ``fill`` of a missed one is checked against). On one Redis a
         single script call; on a cluster a MULTI/EXEC per timeline (each its own slot),
         concurrently."""
-        if self._read_many is None:  # a cluster: each user's keys in their own slot
-            answers = await asyncio.gather(*(self._read_multi([u], below, limit) for u in user_ids))
-            windows = {u: w for found, _ in answers for u, w in found.items()}
-            return windows, {u: v for _, seen in answers for u, v in seen.items()}
-        keys = [k for u in user_ids for k in (self.key(u), self.version_key(u))]
         hi = "+" if below is None else lex_below(below)
-        answer = await self._read_many(keys=keys, args=[hi, limit + 1, version_token(), self.ttl_s])
+        token = version_token()
+        if self._read_many is None:  # a cluster: each user's keys in their own slot
+            answer = await asyncio.gather(*(self._read_multi(u, hi, limit, token) for u in user_ids))
+        else:
+            keys = [k for u in user_ids for k in (self.key(u), self.version_key(u))]
+            answer = await self._read_many(keys=keys, args=[hi, limit + 1, token, self.ttl_s])
         return ({u: parse_window(page, lowest, size, limit) for u, (page, lowest, size, _) in zip(user_ids, answer)},
                 {u: decode_version(version) for u, (_, _, _, version) in zip(user_ids, answer)})
 
-    async def _read_multi(self, user_ids: Sequence[int], below: int | None,
-                          limit: int) -> tuple[dict[int, CachedTimeline | None], dict[int, str]]:
-        hi = "+" if below is None else lex_below(below)
-        token = version_token()
+    async def _read_multi(self, user_id: int, hi: str, limit: int, token: str) -> list[Any]:
+        """``read_window`` of one timeline as a MULTI/EXEC (its keys' slot): the same four replies."""
+        key, version_key = self.key(user_id), self.version_key(user_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            for user_id in user_ids:
-                key, version_key = self.key(user_id), self.version_key(user_id)
-                pipe.zrevrangebylex(key, hi, "-", start=0, num=limit + 1)
-                pipe.zrange(key, 0, 0)
-                pipe.zcard(key)
-                pipe.set(version_key, token, nx=True, ex=self.ttl_s)
-                pipe.get(version_key)
-            answer = await pipe.execute()
-        windows: dict[int, CachedTimeline | None] = {}
-        versions: dict[int, str] = {}
-        for i, user_id in enumerate(user_ids):
-            page, lowest, size, _, version = answer[5 * i: 5 * i + 5]
-            windows[user_id] = parse_window(page, lowest, size, limit)
-            versions[user_id] = decode_version(version)
-        return windows, versions
+            pipe.set(version_key, token, nx=True, ex=self.ttl_s)
+            pipe.zrevrangebylex(key, hi, "-", start=0, num=limit + 1)
+            pipe.zrange(key, 0, 0)
+            pipe.zcard(key)
+            pipe.get(version_key)
+            return (await pipe.execute())[1:]
 
 
 def decode_version(version: bytes | str | None) -> str:
