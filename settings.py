@@ -35,6 +35,7 @@ KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 # Consistency levels a read or write may use (the driver's names).
 CASSANDRA_CONSISTENCIES = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
+CASSANDRA_MEMTABLES = ("trie", "skiplist")
 
 # A region either takes writes (the primary) or forwards them to the primary (a secondary).
 REGION_ROLES = ("primary", "secondary")
@@ -84,6 +85,9 @@ class Settings:
     # bounds how many mutations one fsync can cover (was 8; with 64 threads and 32 batches in
     # flight the node took ~1.4x the rows per CPU-second: docs/operations.md).
     cassandra_concurrent_writes: int = _env("TL_CASSANDRA_CONCURRENT_WRITES", 64, int)
+    # The local node's memtable implementation: "trie" (Cassandra 5.0's, less CPU and
+    # memory per row) or "skiplist" (the older default). docs/operations.md.
+    cassandra_memtable: str = _env("TL_CASSANDRA_MEMTABLE", "trie")
     # UNLOGGED batches each client keeps in flight per bulk write (sinks/cassandra.py).
     cassandra_batches_in_flight: int = _env("TL_CASSANDRA_BATCHES_IN_FLIGHT", 32, int)
     # Replication of the keyspace ops/schema.py creates: without a local DC, SimpleStrategy
@@ -255,6 +259,9 @@ class Settings:
                self.cassandra_commitlog_group_window_ms) < 1:
             raise ValueError("TL_CASSANDRA_CONCURRENT_WRITES, TL_CASSANDRA_BATCHES_IN_FLIGHT and "
                              "TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS must be >= 1")
+        if self.cassandra_memtable not in CASSANDRA_MEMTABLES:
+            raise ValueError(f"TL_CASSANDRA_MEMTABLE must be one of {', '.join(CASSANDRA_MEMTABLES)}, "
+                             f"got {self.cassandra_memtable!r}")
         if self.author_window_cap < 1:
             raise ValueError("TL_AUTHOR_WINDOW_CAP must be >= 1")
         if min(self.projection_pace_ms, self.fanout_pace_ms, self.deliver_pace_ms) < 0:

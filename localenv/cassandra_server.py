@@ -46,7 +46,7 @@ class Cassandra(Service):
 
     # Where the JMX exporter agent serves /metrics (localenv/jmx_exporter.py).
     metrics_port: int | None = None
-    heap: str = "1g"
+    heap: str = "2g"
 
     # The topology: one node of its own (a ring's nodes, localenv/cassandra_ring.py, change these).
     cluster_name: ClassVar[str] = "timeline-local"
@@ -196,13 +196,25 @@ authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 role_manager: CassandraRoleManager
 network_authorizer: AllowAllNetworkAuthorizer
-# small box: few threads, small memtables, no snapshots
+# small box: few threads, no snapshots
 concurrent_reads: 8
 concurrent_writes: {self.settings.cassandra_concurrent_writes}
 concurrent_counter_writes: 8
 concurrent_compactors: 1
-memtable_heap_space: 128MiB
-memtable_offheap_space: 128MiB
+# Memtables: Cassandra's default space (a quarter of the heap on heap, as much off heap) and
+# the trie memtable of Cassandra 5.0 (TL_CASSANDRA_MEMTABLE; "skiplist" is the older default).
+# With 128 MiB and skiplist memtables a 1 GiB node flushed user_timeline every ~10 s at
+# 10-25 MiB, and size-tiered compaction rewrote the growing table (all of it under 50 MiB,
+# one bucket) every few flushes: a third of the node's CPU under steady load (JFR profile,
+# docs/operations.md, "Notes on the local servers").
+memtable:
+  configurations:
+    skiplist:
+      class_name: SkipListMemtable
+    trie:
+      class_name: TrieMemtable
+    default:
+      inherits: {self.settings.cassandra_memtable}
 key_cache_size: 16MiB
 auto_snapshot: false
 snapshot_before_compaction: false

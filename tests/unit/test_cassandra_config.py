@@ -1,4 +1,4 @@
-"""The local Cassandra's durability mode is a setting (TL_CASSANDRA_COMMITLOG_SYNC)."""
+"""The local Cassandra's configuration: durability mode (TL_CASSANDRA_COMMITLOG_SYNC), threads, memtables."""
 import dataclasses
 from pathlib import Path
 
@@ -43,6 +43,20 @@ def test_mutation_threads_and_batches_in_flight_are_settings():
     for name in ("cassandra_concurrent_writes", "cassandra_batches_in_flight", "cassandra_commitlog_group_window_ms"):
         with pytest.raises(ValueError, match="must be >= 1"):
             Settings(**{name: 0})
+
+
+def test_memtables_are_tries_in_cassandras_default_space_unless_set_otherwise():
+    conf = _config("batch")
+    assert Settings().cassandra_memtable == "trie"
+    assert conf["memtable"]["configurations"]["default"] == {"inherits": "trie"}
+    assert conf["memtable"]["configurations"]["trie"]["class_name"] == "TrieMemtable"
+    # no explicit space: Cassandra takes a quarter of the heap on heap and as much off heap
+    assert "memtable_heap_space" not in conf and "memtable_offheap_space" not in conf
+    assert Cassandra(settings=Settings(), state=Path("/nowhere")).heap == "2g"
+    skiplist = _config("batch", cassandra_memtable="skiplist")["memtable"]["configurations"]
+    assert skiplist["default"] == {"inherits": "skiplist"} and skiplist["skiplist"]["class_name"] == "SkipListMemtable"
+    with pytest.raises(ValueError, match="TL_CASSANDRA_MEMTABLE must be one of trie, skiplist"):
+        Settings(cassandra_memtable="btree")
 
 
 # --- the three-node ring (localenv/cassandra_ring.py) and the client settings both topologies share
