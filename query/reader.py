@@ -154,6 +154,7 @@ class HomeTimelineReader:
                     fills.append(self.windows.fill(author, versions[author], [(t, author) for t in ids], 0))
             if fills:
                 await asyncio.gather(*fills)
+                stats.redis_round_trips += 1  # concurrent: one round trip of latency
         return [sources[a] for a in authors]
 
     async def hydrate(self, ids: Sequence[int], stats: ReadStats | None = None, *, cache: bool = True,
