@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from faust.streams import current_event
 
@@ -166,13 +166,14 @@ def store_tweets(v: TweetVerdicts) -> tuple[list[tuple[str, tuple]], list[tuple[
 
 def author_window_changes(v: TweetVerdicts) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]]:
     """The entries each author's cached window gains (``store_tweets``' inserts) and loses (its deletes)."""
-    adds: dict[int, list[tuple[int, int]]] = {}
-    for ev in v.pushed:
-        adds.setdefault(ev.author_id, []).append((ev.tweet_id, ev.author_id))
-    removes: dict[int, list[tuple[int, int]]] = {}
-    for ev in v.deletes:
-        removes.setdefault(ev.author_id, []).append((ev.tweet_id, ev.author_id))
-    return adds, removes
+    return _entries_by_author(v.pushed), _entries_by_author(v.deletes)
+
+
+def _entries_by_author(events: Iterable[Any]) -> dict[int, list[tuple[int, int]]]:
+    out: dict[int, list[tuple[int, int]]] = {}
+    for ev in events:
+        out.setdefault(ev.author_id, []).append((ev.tweet_id, ev.author_id))
+    return out
 
 
 def _early_delete_at(event: Any, author_id: int, tweet_id: int) -> int | None:
