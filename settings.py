@@ -85,8 +85,9 @@ class Settings:
     # bounds how many mutations one fsync can cover (was 8; with 64 threads and 32 batches in
     # flight the node took ~1.4x the rows per CPU-second: docs/operations.md).
     cassandra_concurrent_writes: int = _env("TL_CASSANDRA_CONCURRENT_WRITES", 64, int)
-    # The local node's memtable implementation: "trie" (Cassandra 5.0's, less CPU and
-    # memory per row) or "skiplist" (the older default). docs/operations.md.
+    # The local node's memtable implementation: "trie" (Cassandra 5.0's; with it the node spent
+    # less of its CPU on mutations and compaction here) or "skiplist" (the older default).
+    # docs/operations.md.
     cassandra_memtable: str = _env("TL_CASSANDRA_MEMTABLE", "trie")
     # UNLOGGED batches each client keeps in flight per bulk write (sinks/cassandra.py).
     cassandra_batches_in_flight: int = _env("TL_CASSANDRA_BATCHES_IN_FLIGHT", 32, int)

@@ -205,8 +205,8 @@ concurrent_compactors: 1
 # the trie memtable of Cassandra 5.0 (TL_CASSANDRA_MEMTABLE; "skiplist" is the older default).
 # With 128 MiB and skiplist memtables a 1 GiB node flushed user_timeline every ~10 s at
 # 10-25 MiB, and size-tiered compaction rewrote the growing table (all of it under 50 MiB,
-# one bucket) every few flushes: a third of the node's CPU under steady load (JFR profile,
-# docs/operations.md, "Notes on the local servers").
+# one bucket) every few flushes: a third of the node's Java samples, 12% of its thread CPU,
+# under steady load (JFR; 11% and 3.5% after; docs/operations.md, "Notes on the local servers").
 memtable:
   configurations:
     skiplist:
