@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 class Tweet:
     tweet_id: int
     author_id: int
-    text: str
-    created_at: int
+    # None when the cache gave only the rendered tail, which holds them (``sinks.redis_tweets``).
+    text: str | None
+    created_at: int | None
     # The page JSON after the author's handle, when the cache had it pre-rendered
     # (``schemas.tweet_json.render_tail``; the same bytes as rendering the fields).
     rendered: bytes | None = field(default=None, compare=False, repr=False)

@@ -46,10 +46,10 @@ local lowest = redis.call('ZRANGE', KEYS[1], 0, 0)
 local size = redis.call('ZCARD', KEYS[1])
 local following = redis.call('SCARD', KEYS[3])
 local flags = {}
-if following > 0 then
-  for i, m in ipairs(window) do
-    flags[i] = redis.call('SISMEMBER', KEYS[3], string.match(m, ':(%d+)$') or '')
-  end
+if following > 0 and #window > 0 then
+  local authors = {}
+  for i, m in ipairs(window) do authors[i] = string.match(m, ':(%d+)$') or '' end
+  flags = redis.call('SMISMEMBER', KEYS[3], unpack(authors))  -- one call, not one per member
 end
 """
 

@@ -10,7 +10,10 @@ Cassandra's ``tweets`` table is the durable copy that a miss falls back to.
 
 A body is read with ``HMGET`` of :data:`FIELDS` (:data:`BODY_LUA` inside a script: the
 query service's first round trip reads the window's bodies too, ``query/view.py``) and
-decoded by :func:`parse_body`. Several bodies are one script call on one Redis (what a read
+decoded by :func:`parse_body`. Inside a script a body with ``r`` is read without ``t`` and
+``c``, which ``r`` holds rendered: an HMGET of three fields instead of five (the bodies are
+most of a cache hit's time inside Redis; ``python -m bench.redis_body_cost`` measures the
+read's shapes). Several bodies are one script call on one Redis (what a read
 pays per command is redis-py's packing and parsing, not Redis's), a pipeline on a cluster.
 """
 from __future__ import annotations
@@ -26,9 +29,15 @@ from sinks.redis_client import Acks, execute, is_cluster
 TWEET_TTL_S = 7 * 24 * 3600
 FIELDS = ("a", "t", "c", "d", "r")
 
-# A Lua function: the HMGET of FIELDS of one body key (for scripts that read bodies).
-BODY_LUA = "local function body(key) return redis.call('HMGET', key, %s) end\n" % ", ".join(
-    f"'{f}'" for f in FIELDS)
+# A Lua function: the HMGET of FIELDS of one body key (for scripts that read bodies), with
+# false for the text and the time when the body has its rendered tail (which holds them).
+BODY_LUA = """
+local function body(key)
+  local v = redis.call('HMGET', key, 'a', 'd', 'r')
+  if v[3] then return {v[1], false, false, v[2], v[3]} end
+  return redis.call('HMGET', key, %s)
+end
+""" % ", ".join(f"'{f}'" for f in FIELDS)
 
 # ARGV: the prefix of body keys, then tweet ids. Returns the HMGET of FIELDS per id. The keys are
 # derived from the ids, not passed in KEYS: one server only.
@@ -43,19 +52,23 @@ return out
 class CachedTweet:
     tweet_id: int
     author_id: int
-    text: str
-    created_at: int
+    # None when the body was read with its rendered tail only (``BODY_LUA``): ``rendered`` holds them.
+    text: str | None
+    created_at: int | None
     deleted_at: int | None
     rendered: bytes | None = None  # the page JSON after the handle (``r``), when cached
 
 
 def parse_body(tweet_id: int, values: Sequence[bytes | None]) -> CachedTweet | None:
     """A body's cached state from the HMGET of FIELDS: a CachedTweet (a delete mark alone is
-    one with ``deleted_at`` and no author: the delete is known), or None for a miss."""
+    one with ``deleted_at`` and no author: the delete is known), or None for a miss. Text and
+    time are None when the read left them out for the rendered tail (``BODY_LUA``)."""
     author, text, created, deleted, rendered = values
     deleted_at = int(deleted) if deleted is not None else None
     if author is None:
         return CachedTweet(tweet_id, 0, "", 0, deleted_at) if deleted_at else None
+    if text is None and rendered is not None:
+        return CachedTweet(tweet_id, int(author), None, None, deleted_at, rendered)
     return CachedTweet(tweet_id, int(author), text.decode() if text is not None else "",
                        int(created) if created is not None else 0, deleted_at, rendered)
 

@@ -63,7 +63,7 @@ class StubTweets(RedisTweets):
         pass
 
 
-BODY = st.sampled_from(["live"] * 12 + ["untailed", "deleted", "mark", "missing"])
+BODY = st.sampled_from(["live"] * 12 + ["untailed", "deleted", "deleted_untailed", "mark", "missing"])
 
 
 @st.composite
@@ -99,10 +99,12 @@ def answer_of(ids, authors, floor, followed, bodies, cap, limit, cursor, celebs,
             continue
         kind = bodies[ids.index(tweet_id)]
         text, created = f"tweet {tweet_id}".encode(), str(tweet_id // 7).encode()
-        raw_bodies.append({
-            "live": [str(author).encode(), text, created, None, render_tail(text.decode(), tweet_id // 7)],
+        tail = render_tail(text.decode(), tweet_id // 7)
+        raw_bodies.append({  # a body with its tail is read without text and time (sinks.redis_tweets.BODY_LUA)
+            "live": [str(author).encode(), None, None, None, tail],
             "untailed": [str(author).encode(), text, created, None, None],
-            "deleted": [str(author).encode(), text, created, b"99", None],
+            "deleted": [str(author).encode(), None, None, b"99", tail],
+            "deleted_untailed": [str(author).encode(), text, created, b"99", None],
             "mark": [None, None, None, b"99", None],
             "missing": [None, None, None, None, None],
         }[kind])
@@ -114,7 +116,7 @@ def general_page(answer, ids, authors, bodies, cap, limit, cursor, above):
     redis = StubRedis()
     settings_ = SimpleNamespace(redis_prefix="t:", timeline_ttl_s=3600, author_window_cap=100)
     timelines = RedisTimelines(redis, prefix="t:", cap=cap, ttl_s=3600)
-    store = {t: Row(t, a, f"tweet {t}", t // 7, 99 if kind in ("deleted", "mark") else None)
+    store = {t: Row(t, a, f"tweet {t}", t // 7, 99 if kind in ("deleted", "deleted_untailed", "mark") else None)
              for t, a, kind in zip(ids, authors, bodies)}
     reader = HomeTimelineReader(settings_, StubCassandra(store), timelines,
                                 tweets=StubTweets(redis, prefix="t:"),
