@@ -44,7 +44,7 @@ SHAPES = {
     "bodies: HMGET of 5 fields": _WINDOW + (
         "local b = {} for i, m in ipairs(window) do "
         f"b[i] = redis.call('HMGET', ARGV[1] .. {_ID}, 'a', 't', 'c', 'd', 'r') end return b"),
-    "bodies: BODY_LUA (3 fields when tailed)": BODY_LUA + _WINDOW + (
+    "bodies: BODY_LUA (TAILED_FIELDS when tailed)": BODY_LUA + _WINDOW + (
         f"local b = {{}} for i, m in ipairs(window) do b[i] = body(ARGV[1] .. {_ID}) end return b"),
     "bodies: HGET of the tail alone": _WINDOW + (
         f"local b = {{}} for i, m in ipairs(window) do b[i] = redis.call('HGET', ARGV[1] .. {_ID}, 'r') end return b"),

@@ -97,7 +97,7 @@ for i, m in ipairs(window) do
   local id = string.match(m, '^0*(%d+):')
   if id and id ~= '0' and (following == 0 or flags[i] == 1) then
     merged[#merged + 1] = m
-    followed[i] = true
+    followed[i] = id  -- the tweet id: its body's key below
     seen[m] = true
   end
 end
@@ -139,7 +139,7 @@ if #authors > 0 then
 end
 local bodies = {}
 for i, m in ipairs(window) do
-  if followed[i] then bodies[i] = body(ARGV[5] .. string.match(m, '^0*(%d+):')) else bodies[i] = {} end
+  if followed[i] then bodies[i] = body(ARGV[5] .. followed[i]) else bodies[i] = {} end
 end
 return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v, bodies, pulls}
 """

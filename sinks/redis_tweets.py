@@ -29,15 +29,16 @@ from sinks.redis_client import Acks, execute, is_cluster
 TWEET_TTL_S = 7 * 24 * 3600
 FIELDS = ("a", "t", "c", "d", "r")
 
-# A Lua function: the HMGET of FIELDS of one body key (for scripts that read bodies), with
-# false for the text and the time when the body has its rendered tail (which holds them).
+# A Lua function: the HMGET of FIELDS of one body key (for scripts that read bodies), or of
+# TAILED_FIELDS alone when the body has its rendered tail (which holds the text and the time).
+TAILED_FIELDS = ("a", "d", "r")
 BODY_LUA = """
 local function body(key)
-  local v = redis.call('HMGET', key, 'a', 'd', 'r')
-  if v[3] then return {v[1], false, false, v[2], v[3]} end
+  local v = redis.call('HMGET', key, %s)
+  if v[3] then return v end
   return redis.call('HMGET', key, %s)
 end
-""" % ", ".join(f"'{f}'" for f in FIELDS)
+""" % (", ".join(f"'{f}'" for f in TAILED_FIELDS), ", ".join(f"'{f}'" for f in FIELDS))
 
 # ARGV: the prefix of body keys, then tweet ids. Returns the HMGET of FIELDS per id. The keys are
 # derived from the ids, not passed in KEYS: one server only.
@@ -60,14 +61,18 @@ class CachedTweet:
 
 
 def parse_body(tweet_id: int, values: Sequence[bytes | None]) -> CachedTweet | None:
-    """A body's cached state from the HMGET of FIELDS: a CachedTweet (a delete mark alone is
-    one with ``deleted_at`` and no author: the delete is known), or None for a miss. Text and
-    time are None when the read left them out for the rendered tail (``BODY_LUA``)."""
-    author, text, created, deleted, rendered = values
+    """A body's cached state from the HMGET of FIELDS, or of TAILED_FIELDS for a body with
+    its rendered tail (``BODY_LUA``; text and time are then None): a CachedTweet (a delete
+    mark alone is one with ``deleted_at`` and no author: the delete is known), or None for a miss."""
+    tailed = len(values) == len(TAILED_FIELDS)
+    if tailed:
+        author, deleted, rendered = values
+    else:
+        author, text, created, deleted, rendered = values
     deleted_at = int(deleted) if deleted is not None else None
     if author is None:
         return CachedTweet(tweet_id, 0, "", 0, deleted_at) if deleted_at else None
-    if text is None and rendered is not None:
+    if tailed:
         return CachedTweet(tweet_id, int(author), None, None, deleted_at, rendered)
     return CachedTweet(tweet_id, int(author), text.decode() if text is not None else "",
                        int(created) if created is not None else 0, deleted_at, rendered)

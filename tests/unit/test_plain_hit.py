@@ -101,9 +101,9 @@ def answer_of(ids, authors, floor, followed, bodies, cap, limit, cursor, celebs,
         text, created = f"tweet {tweet_id}".encode(), str(tweet_id // 7).encode()
         tail = render_tail(text.decode(), tweet_id // 7)
         raw_bodies.append({  # a body with its tail is read without text and time (sinks.redis_tweets.BODY_LUA)
-            "live": [str(author).encode(), None, None, None, tail],
+            "live": [str(author).encode(), None, tail],  # TAILED_FIELDS
             "untailed": [str(author).encode(), text, created, None, None],
-            "deleted": [str(author).encode(), None, None, b"99", tail],
+            "deleted": [str(author).encode(), b"99", tail],
             "deleted_untailed": [str(author).encode(), text, created, b"99", None],
             "mark": [None, None, None, b"99", None],
             "missing": [None, None, None, None, None],
