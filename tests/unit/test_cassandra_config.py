@@ -132,3 +132,16 @@ def test_every_cluster_routes_token_aware_in_the_local_dc_at_the_configured_cons
                 assert profile.consistency_level == ConsistencyLevel.ONE
         finally:
             cluster.shutdown()
+
+
+def test_the_cached_row_factory_gives_the_drivers_rows():
+    from cassandra.query import named_tuple_factory
+
+    from sinks.cassandra import cached_named_tuple_factory
+
+    for columns, rows in ((["[applied]"], [(True,)]), (["tweet_id", "author_id"], [(3, 4), (1, 2)]),
+                          (["a", "a", "1x"], [(1, 2, 3)]), (["x"], [])):
+        ours, theirs = cached_named_tuple_factory(columns, rows), named_tuple_factory(columns, rows)
+        assert ours == theirs and [r._fields for r in ours] == [r._fields for r in theirs]
+    first = cached_named_tuple_factory(["[applied]"], [(True,)])[0]
+    assert first.applied is True and type(first) is type(cached_named_tuple_factory(["[applied]"], [(False,)])[0])
