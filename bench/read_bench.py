@@ -24,7 +24,10 @@ taken round-robin:
 Every response is checked: status 200, 50 tweets, the expected ``source``; the first
 page of one reader per group must equal the reference (``policies.reference``). Per
 scenario, ``per_read`` gives the reader's Cassandra queries and Redis round trips per
-request (from the app's own counters; the handle lookup and activity mark are not in them).
+request (from the app's own counters; the handle lookup and activity mark are not in them),
+``service_cpu_ms_per_read`` the CPU of this process (the service, all its threads; in-process
+mode only) and ``redis_script_us_per_read`` the time Redis spent running scripts (its
+``INFO commandstats``), per read: both steadier than latency on a shared machine.
 
 The service runs in this process under uvicorn on a free loopback port; the load
 generator (a minimal keep-alive HTTP/1.1 client) runs in a separate process, as in
@@ -225,6 +228,16 @@ async def build_world(settings: Settings, pop: Population, workdir: Path) -> flo
     return time.monotonic() - began
 
 
+async def redis_script_time(redis_url: str) -> int:
+    """Microseconds Redis has spent running scripts (EVAL and EVALSHA) since its stats were reset."""
+    redis = Redis.from_url(redis_url)
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in ("eval", "evalsha"))
+
+
 async def teardown(settings: Settings, accounts: list[int]) -> None:
     import psycopg
 
@@ -300,10 +313,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await in_process(load_in_process, base, settings.redis_url, targets,
                                          min(200, args.requests), concurrency, expected)
                         before = _counters(app)
+                        scripts_before = await redis_script_time(settings.redis_url)
                         cpu_before = time.process_time()
                         outcome = await in_process(load_in_process, base, settings.redis_url, targets,
                                                    args.requests, concurrency, expected)
                         cpu_s = time.process_time() - cpu_before
+                        scripts_after = await redis_script_time(settings.redis_url)
                         after = _counters(app)
                         key = f"{name}@c{concurrency}"
                         results[key] = summarize(name, celebs, outcome, args.requests, concurrency)
@@ -311,9 +326,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             k: round((after[k] - before[k]) / max(1, outcome["statuses"].get(200, 0)), 2)
                             for k in after
                         }
+                        served = max(1, outcome["statuses"].get(200, 0))
                         if app is not None:  # the service's CPU (all its threads): steadier than latency on a shared machine
-                            results[key]["service_cpu_ms_per_read"] = round(
-                                cpu_s * 1000 / max(1, outcome["statuses"].get(200, 0)), 3)
+                            results[key]["service_cpu_ms_per_read"] = round(cpu_s * 1000 / served, 3)
+                        # Time inside Redis running the read's scripts (INFO commandstats), per read.
+                        results[key]["redis_script_us_per_read"] = round((scripts_after - scripts_before) / served, 1)
                         lat = results[key]["latency_ms"]
                         results[key]["vs_redis_floor"] = {
                             q: round(lat[q] / bare["latency_ms"][q], 2) for q in ("p50", "p99")
@@ -321,7 +338,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                         print(f"{key:<14} {results[key]['throughput_rps']:>8} req/s  p50 {lat['p50']} ms  "
                               f"p99 {lat['p99']} ms  p999 {lat['p999']} ms  "
-                              f"cpu {results[key].get('service_cpu_ms_per_read')} ms/read  problems {results[key]['problems']}")
+                              f"cpu {results[key].get('service_cpu_ms_per_read')} ms/read  "
+                              f"redis scripts {results[key]['redis_script_us_per_read']} us/read  "
+                              f"problems {results[key]['problems']}")
     finally:
         await teardown(settings, list(tokens))
         shutil.rmtree(workdir / "faust", ignore_errors=True)  # the worker's log stays

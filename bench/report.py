@@ -147,8 +147,10 @@ def where_time_goes(doc: Doc, points: list[tuple[str, dict | None]]) -> None:
 
 def reads_http(doc: Doc, h: dict, r: dict) -> None:
     doc.para(f"{h['how']}. Command: `{h['command']}`. Population: {json.dumps(h.get('population'))}.")
-    doc.table(["scenario", "concurrency", "req/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "problems"],
+    doc.table(["scenario", "concurrency", "req/s", "p50 ms", "p99 ms", "p999 ms", "max ms",
+               "service CPU ms per read", "Redis script us per read", "problems"],
               ([s["scenario"], s["concurrency"], s["requests_per_s"], *pcts(s["latency"], "p50", "p99", "p999", "max"),
+                s.get("service_cpu_ms_per_read", ""), s.get("redis_script_us_per_read", ""),
                 s.get("problems") or ""] for s in h["scenarios"].values()))
 
 

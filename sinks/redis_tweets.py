@@ -13,8 +13,8 @@ query service's first round trip reads the window's bodies too, ``query/view.py`
 decoded by :func:`parse_body`. Inside a script a body with ``r`` is read without ``t`` and
 ``c``, which ``r`` holds rendered: an HMGET of three fields instead of five (the bodies are
 most of a cache hit's time inside Redis; ``python -m bench.redis_body_cost`` measures the
-read's shapes). Several bodies are one script call on one Redis (what a read
-pays per command is redis-py's packing and parsing, not Redis's), a pipeline on a cluster.
+read's shapes). Several bodies are one script call on one Redis (one round trip and one
+command to pack instead of one per body), a pipeline on a cluster.
 """
 from __future__ import annotations
 

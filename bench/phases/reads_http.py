@@ -28,6 +28,9 @@ async def run(ctx: RunContext) -> dict[str, Any]:
             "scenario": s.get("scenario", key), "concurrency": s.get("concurrency"),
             "requests_per_s": s.get("throughput_rps"), "ok": s.get("ok"), "requests": s.get("requests"),
             "problems": s.get("problems"),
+            # Per read: the service's CPU (in-process mode) and Redis's time running the read's scripts.
+            "service_cpu_ms_per_read": s.get("service_cpu_ms_per_read"),
+            "redis_script_us_per_read": s.get("redis_script_us_per_read"),
             "latency": {k: lat.get(k) for k in ("p50", "p90", "p99", "p999", "max", "mean") if k in lat},
         }
     return {
