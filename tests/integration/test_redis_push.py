@@ -54,3 +54,27 @@ async def test_many_users_per_call_write_what_a_call_per_user_writes(tmp_path) -
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
+
+
+async def test_a_fill_caches_every_member_once_and_only_at_the_version_it_read(tmp_path) -> None:
+    """A fill sends its members as one joined argument (``MEMBER_SEP``): all of them arrive (more
+    than one ZADD's worth, 512), the sentinel first; a fill whose version is stale writes nothing."""
+    settings = isolated_settings(tmp_path)
+    redis = Redis.from_url(settings.redis_url)
+    timelines = RedisTimelines(redis, prefix=settings.redis_prefix, cap=800, ttl_s=60)
+    entries = [(10**18 + i, 7 + i % 13) for i in range(900, 0, -1)]  # newest first, more than cap
+    try:
+        await redis.set(timelines.version_key(1), "seen")
+        assert await timelines.fill(1, "seen", entries, floor=42)
+        got = [m.decode() for m in await redis.zrange(timelines.key(1), 0, -1)]
+        assert got == [member(0, 42), *sorted(member(t, a) for t, a in entries[:800])]
+        assert await redis.ttl(timelines.key(1)) > 0
+        assert not await timelines.fill(2, "seen", entries, floor=0)  # no version: a reader never saw it
+        await redis.set(timelines.version_key(1), "bumped")
+        assert not await timelines.fill(1, "seen", entries[:3], floor=0)
+        assert await redis.zcard(timelines.key(1)) == 801
+    finally:
+        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
