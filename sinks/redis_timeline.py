@@ -160,7 +160,9 @@ def timeline_key(prefix: str, user_id: int) -> str:
 
 
 def member(tweet_id: int, author_id: int) -> str:
-    return f"{tweet_id:0{_PAD}d}:{author_id}"
+    """``<tweet id, _PAD digits>:<author id>``: lexicographic order is the ids' order. ``zfill``
+    pads as ``f"{id:019d}"`` does, in about half the time (a fill formats 800 of these)."""
+    return str(tweet_id).zfill(_PAD) + ":" + str(author_id)
 
 
 def parse_member(raw: bytes | str) -> tuple[int, int]:

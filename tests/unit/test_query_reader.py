@@ -21,7 +21,7 @@ from policies.timeline import (
     window_pull,
 )
 from schemas.events import INT64_MAX as MAX_ID
-from sinks.redis_timeline import SENTINEL_ID, lex_below, member, window_entries
+from sinks.redis_timeline import SENTINEL_ID, lex_below, member, parse_member, window_entries
 
 
 # --- merge_sources ------------------------------------------------------------------------
@@ -111,6 +111,13 @@ def test_lexicographic_order_of_members_is_numeric_order():
     ids = random.Random(1).sample(range(1, 2**63 - 1), 200)
     members = sorted(member(t, 1) for t in ids)
     assert [int(m.split(":")[0]) for m in members] == sorted(ids)
+
+
+def test_members_are_the_zero_padded_id_and_the_author():
+    rng = random.Random(2)
+    for t in [0, 1, 2**63 - 1, *(rng.randrange(2**63) for _ in range(300))]:
+        a = rng.randrange(2**63)
+        assert member(t, a) == f"{t:019d}:{a}" and parse_member(member(t, a)) == (t, a)
 
 
 def test_window_entries_drop_the_sentinel_and_the_floor():
