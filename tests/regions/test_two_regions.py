@@ -20,6 +20,7 @@ import asyncio
 import os
 import random
 import signal
+import sys
 import time
 
 import pytest
@@ -43,14 +44,28 @@ CELEBRITY_THRESHOLD = 12  # the celebrity has 19 followers, the authors ~4: pull
 
 
 @pytest.fixture(scope="module")
-def topology():
+def topology(request):
     base = get_settings().replace(topic_partitions=PARTITIONS, celebrity_threshold=CELEBRITY_THRESHOLD,
                                   celebrity_hysteresis=2, **unthrottled())
     topo = RegionsTopology(STATE / "regions-test", base, specs=SPECS)
     topo.reset(lambda line: None)
+    failed_before = request.session.testsfailed
     topo.up(PARTITIONS)
     yield topo
+    if request.session.testsfailed > failed_before:
+        print_log_tails(topo.state)  # the reset below deletes them (a CI run keeps only its output)
     topo.reset()
+
+
+def print_log_tails(state, lines: int = 40) -> None:
+    """The last lines of every log of the topology, on the real stdout (past pytest's capture)."""
+    for path in sorted(state.rglob("*.log")):
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            tail = [f"(unreadable: {exc})"]
+        sys.__stdout__.write(f"\n===== {path.relative_to(state)} (last {len(tail)} lines) =====\n" + "\n".join(tail) + "\n")
+    sys.__stdout__.flush()
 
 
 async def caught_up(topo: RegionsTopology, timeout: float = 240.0) -> None:
