@@ -40,15 +40,18 @@ if TYPE_CHECKING:
 SENTINEL_ID = 0
 _PAD = 19
 
-# ``zadd_all(key, first, last)``: ZADD of ARGV[first..last] with score 0, a few hundred members
-# per call (one call per member cost a fill of 800 members ~40% more of Redis's time; unpack is
-# bounded by Lua's stack).
+# ZADD with score 0, a few hundred members per call (one call per member cost a fill of 800
+# members ~40% more of Redis's time; unpack is bounded by Lua's stack), of
+# ``zadd_all(key, first, last)``: ARGV[first..last], or ``zadd_joined(key, joined)``: the members
+# in one argument, separated by MEMBER_SEP (redis-py packing 800 arguments cost the query
+# service ~1 ms of CPU per cache miss, joining them ~20 us).
+MEMBER_SEP = ","
 ZADD_LUA = """
-local function zadd_all(key, first, last)
+local function zadd_list(key, list, first, last)
   local batch = {}
   for i = first, last do
     batch[#batch + 1] = 0
-    batch[#batch + 1] = ARGV[i]
+    batch[#batch + 1] = list[i]
     if #batch >= 512 then
       redis.call('ZADD', key, unpack(batch))
       batch = {}
@@ -56,7 +59,13 @@ local function zadd_all(key, first, last)
   end
   if #batch > 0 then redis.call('ZADD', key, unpack(batch)) end
 end
-"""
+local function zadd_all(key, first, last) zadd_list(key, ARGV, first, last) end
+local function zadd_joined(key, joined)
+  local list = {}
+  for m in string.gmatch(joined, '[^%s]+') do list[#list + 1] = m end
+  zadd_list(key, list, 1, #list)
+end
+""" % MEMBER_SEP
 
 # KEYS: timeline and version of each user. ARGV: cap, version_ttl, new version token, then
 # for each user the number of its members and the members to add. Several users per call
@@ -91,28 +100,9 @@ if removed > 0 and n >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# ``zadd_joined(key, joined)``: ZADD with score 0 of the members in ``joined``, separated by
-# MEMBER_SEP, a few hundred per call. One argument instead of one per member: redis-py packing
-# 800 arguments cost the query service ~1 ms of CPU per cache miss, joining them ~20 us.
-MEMBER_SEP = ","
-ZADD_JOINED_LUA = """
-local function zadd_joined(key, joined)
-  local batch = {}
-  for m in string.gmatch(joined, '[^%s]+') do
-    batch[#batch + 1] = 0
-    batch[#batch + 1] = m
-    if #batch >= 512 then
-      redis.call('ZADD', key, unpack(batch))
-      batch = {}
-    end
-  end
-  if #batch > 0 then redis.call('ZADD', key, unpack(batch)) end
-end
-""" % MEMBER_SEP
-
 # KEYS: timeline, version. ARGV: expected version, ttl, the members (sentinel first) joined by
 # MEMBER_SEP. A missing version never matches (see query/view.py: a reader creates it before reading).
-_FILL = ZADD_JOINED_LUA + """
+_FILL = ZADD_LUA + """
 local v = redis.call('GET', KEYS[2])
 if v == false or v ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
