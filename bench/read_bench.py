@@ -322,11 +322,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         after = _counters(app)
                         key = f"{name}@c{concurrency}"
                         results[key] = summarize(name, celebs, outcome, args.requests, concurrency)
-                        results[key]["per_read"] = {
-                            k: round((after[k] - before[k]) / max(1, outcome["statuses"].get(200, 0)), 2)
-                            for k in after
-                        }
                         served = max(1, outcome["statuses"].get(200, 0))
+                        results[key]["per_read"] = {k: round((after[k] - before[k]) / served, 2) for k in after}
                         if app is not None:  # the service's CPU (all its threads): steadier than latency on a shared machine
                             results[key]["service_cpu_ms_per_read"] = round(cpu_s * 1000 / served, 3)
                         # Time inside Redis running the read's scripts (INFO commandstats), per read.
