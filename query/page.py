@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 if TYPE_CHECKING:
     from sinks.cassandra import CassandraStore
@@ -42,6 +42,9 @@ class Page:
     source: str  # "cache", "store" or "rebuilt"
     pulled: set[int] = field(default_factory=set)  # tweet ids that came from pulls
     stats: ReadStats = field(default_factory=ReadStats)
+    # Cache work left for after the answer (a miss's timeline fill), when the caller asked
+    # for it (``HomeTimelineReader.page(fill_later=True)``); a Redis failure in it is logged.
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 async def store_query(cassandra: CassandraStore, stats: ReadStats, name: str, params: Sequence[Any]) -> list:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Awaitable, Callable, Sequence
 
 
@@ -75,6 +76,17 @@ async def _cache_or_store(what: str, read: Callable[[bool], Awaitable[Page]]) ->
         page = await read(False)
         page.stats.cache_bypassed = True
         return page
+
+
+async def _fill_after_answer(user_id: int, fill: Callable[[], Awaitable[bool]]) -> None:
+    """A miss's timeline fill after the read was answered: a failure is only logged (the next
+    read misses again and fills)."""
+    try:
+        await fill()
+    except (*REDIS_ERRORS, AttributeError) as exc:  # AttributeError: see _cache_or_store
+        if isinstance(exc, AttributeError) and not raised_by_redis_py(exc):
+            raise
+        log.warning("home timeline of %s not cached after a miss: %r", user_id, exc)
 
 
 class HomeTimelineReader:
@@ -234,21 +246,23 @@ class HomeTimelineReader:
     # --- pages -------------------------------------------------------------------------
 
     async def page(self, user_id: int, *, limit: int, below: int | None = None, above: int = 0,
-                   gate: tuple[RedisTokenBucket, str] | None = None) -> Page:
+                   gate: tuple[RedisTokenBucket, str] | None = None, fill_later: bool = False) -> Page:
         """One page of the home timeline. Redis is a cache: if it fails (down, out of memory,
         a timeout) the page is read again from Cassandra alone, with the same answer.
         ``gate`` (a bucket and a subject): a token is taken in the read's first round trip,
         RateLimited if refused (with Redis failing, the read goes on: the limit fails open).
         ``above`` (``since_id``): only tweets with a larger id; the page ends (``next_below``
-        None) once everything above it was returned."""
+        None) once everything above it was returned. ``fill_later``: a miss's cache fill is
+        left in ``Page.after`` for the caller to run once it answered (it logs a failure and
+        never raises), else it is made before this returns."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         return await _cache_or_store(f"home timeline of {user_id}",
                                      lambda cache: self._page(user_id, limit, below, above, cache=cache,
-                                                                gate=gate))
+                                                                gate=gate, fill_later=fill_later))
 
     async def _page(self, user_id: int, limit: int, below: int | None, above: int, *, cache: bool,
-                    gate: tuple[RedisTokenBucket, str] | None = None) -> Page:
+                    gate: tuple[RedisTokenBucket, str] | None = None, fill_later: bool = False) -> Page:
         stats = ReadStats()
         cursor = MAX_ID if below is None else below
         if cache:
@@ -259,16 +273,14 @@ class HomeTimelineReader:
             view = await self.views.open(user_id, cursor, limit, stats, answer=answer)
         else:
             view = await self.views.open_store(user_id, cursor, limit, stats)
-        if view.pending_fill is None:
-            return await self._read(user_id, view, cursor, limit, above, stats, cache)
-        # The timeline fill of a miss overlaps the rest of the read; its failure fails the read
-        # (a RedisError: read again from Cassandra alone), as when it was awaited first.
-        try:
-            page = await self._read(user_id, view, cursor, limit, above, stats, cache)
-        except BaseException:
-            view.pending_fill.add_done_callback(lambda t: t.cancelled() or t.exception())
-            raise
-        await view.pending_fill
+        page = await self._read(user_id, view, cursor, limit, above, stats, cache)
+        if view.fill is not None:
+            # A miss: the page did not need the fill (the longest Redis call of a miss).
+            if fill_later:
+                page.after = partial(_fill_after_answer, user_id, view.fill)
+            else:  # its failure fails the read (a RedisError: read again from Cassandra alone)
+                await view.fill()
+                stats.redis_round_trips += 1
         return page
 
     async def _read(self, user_id: int, view: View, cursor: int, limit: int, above: int, stats: ReadStats,

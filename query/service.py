@@ -50,6 +50,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from api.auth import authenticate
@@ -83,7 +84,14 @@ async def _page_response(res: QueryResources, timeline: str, page: Page, started
     handles = await res.handles.lookup(t.author_id for t in page.tweets)
     body = render_page_json(page.tweets, handles, page.next_below, page.source)
     res.metrics.observe_read(timeline, page.source, time.perf_counter() - started, page.stats)
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", background=_after(page))
+
+
+def _after(page: Page) -> BackgroundTask | None:
+    """The page's cache work left for after the answer (a miss's fill): Starlette runs it once
+    the body is sent, and the request's task ends after it (uvicorn counts it, a graceful
+    shutdown waits for it; the next request of the connection does not)."""
+    return BackgroundTask(page.after) if page.after is not None else None
 
 
 router = APIRouter()
@@ -107,7 +115,7 @@ async def _home_page(res: QueryResources, owner: int, limit: int, below: int | N
     # The rate-limit token is taken in the read's first Redis round trip.
     try:
         page = await res.reader().page(owner, limit=limit, below=below, above=above,
-                                       gate=(res.limiter, f"user:{owner}"))
+                                       gate=(res.limiter, f"user:{owner}"), fill_later=True)
     except RateLimited as exc:
         raise refusal(res, "home", exc.result.retry_after_s) from None
     await res.activity.touch(owner)  # one Redis command at most every few minutes per user
@@ -140,9 +148,11 @@ async def home_count(request: Request, user_id: Annotated[str, id_path("The call
 
 def _count_response(above: int, page: Page) -> Response:
     newest = page.tweets[0].tweet_id if page.tweets else None
-    return json_response({"since_id": str(above), "count": len(page.tweets),
-                          "capped": page.next_below is not None,
-                          "newest_id": None if newest is None else str(newest)})
+    response = json_response({"since_id": str(above), "count": len(page.tweets),
+                              "capped": page.next_below is not None,
+                              "newest_id": None if newest is None else str(newest)})
+    response.background = _after(page)
+    return response
 
 
 @router.get("/v1/users/{user_id}/tweets", **operation(

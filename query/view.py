@@ -10,7 +10,9 @@ number of followees. The whole list is read only for a pull-merge
 
 * Timeline cache miss: ``timeline_meta`` and the newest ``cap`` rows of
   ``user_timeline`` are read concurrently, and the cache is refilled
-  (version-checked) unless the user is stale.
+  (version-checked) unless the user is stale - once the page is known
+  (``View.fill``): the follow check and the bodies of the first chunk go first, in one
+  round trip.
 * Following cache miss: ``following`` from Cassandra, refilled version-checked;
   stage 2 invalidates the cached list after it writes ``following``
   (:meth:`RedisFollowing.invalidate`, called from ``RecipientBatch.apply``).
@@ -29,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Awaitable, Callable
 
 from api.ratelimit import TAKE_FUNCTION_LUA, RateLimited, RedisTokenBucket
 from policies.timeline import PULL_MIN, SLACK, usable_chunk
@@ -166,8 +169,9 @@ class View:
     # Tweet bodies the first round trip read (the window's, followed authors only): None
     # for a body not cached.
     bodies: dict[int, CachedTweet | None] = field(default_factory=dict)
-    # A cache fill still in flight (a miss), awaited by the reader before it answers.
-    pending_fill: asyncio.Future[bool] | None = None
+    # A miss's timeline fill, not yet started: the reader runs it once the page is known
+    # (or leaves it to its caller for after the answer, ``HomeTimelineReader.page``).
+    fill: Callable[[], Awaitable[bool]] | None = None
     # The celebrities' windows the first round trip read (author: (window or None when not
     # cached, its version)), below ``pulls_at[0]``, ``pulls_at[1]`` ids each.
     windows: dict[int, tuple[CachedTimeline | None, str]] = field(default_factory=dict)
@@ -358,7 +362,6 @@ class UserViews:
         if not celebs_loaded:
             every_celebrity = sorted(r.author_id for r in results["celebrities"])
 
-        fill_timeline = None
         if not view.cached:
             meta = results["meta"]
             view.floor = (meta[0].floor or 0) if meta else 0
@@ -368,7 +371,7 @@ class UserViews:
                 complete = len(rows) < self.timelines.cap
                 below = [e for e in rows if e[0] < cursor]
                 view.first = usable_chunk(cursor, below, complete, need, "store")
-                fill_timeline = self.timelines.fill(user_id, decode_version(home_version), rows, view.floor)
+                view.fill = partial(self.timelines.fill, user_id, decode_version(home_version), rows, view.floor)
         fill_following = None
         if not following_hit:
             followees = sorted(r.followee_id for r in results["following"])
@@ -380,23 +383,24 @@ class UserViews:
         if following_hit and view.first is not None:
             checked = sorted({a for _, a in view.first[1]})
         check = self.following_cache.check(user_id, checked) if checked else None
+        # ... and read the chunk's bodies with them: the read's hydration finds them here.
+        first_ids = [t for t, _ in view.first[1]] if view.first is not None else []
+        bodies = self.tweets.read(first_ids) if first_ids else None
         fill_celebrities = check_celebrities = None
         if every_celebrity is not None:
             fill_celebrities = self.celebrity_cache.fill(decode_version(celebs_version), every_celebrity)
             if following_hit and every_celebrity:
                 check_celebrities = self.following_cache.check(user_id, every_celebrity)
-        calls = {"timeline": fill_timeline, "following": fill_following, "check": check,
+        calls = {"following": fill_following, "check": check, "bodies": bodies,
                  "celebrities": fill_celebrities, "followed_celebrities": check_celebrities}
         calls = {k: c for k, c in calls.items() if c is not None}
-        if "timeline" in calls:
-            # Nothing of the view waits for the timeline fill, so the read goes on meanwhile
-            # (the reader awaits it before answering).
-            view.pending_fill = asyncio.ensure_future(calls.pop("timeline"))
-            if not calls:
-                stats.redis_round_trips += 1  # else concurrent with them: one round trip of latency
+        # The timeline fill (``view.fill``), the longest call of a miss, waits for the page:
+        # nothing of the view needs it.
         if calls:
             done = dict(zip(calls, await asyncio.gather(*calls.values())))
             stats.redis_round_trips += 1  # concurrent: one round trip of latency
+            if "bodies" in done:
+                view.bodies.update(done["bodies"])
             if "following" in done:
                 if done["following"] is None and every_celebrity is None:
                     # The celebrity set went missing after the first round trip: Cassandra.
