@@ -123,10 +123,10 @@ if #authors > 0 then
       end
     end
   end
-  table.sort(merged, function(x, y) return x > y end)
+  table.sort(merged)  -- ascending, walked from the end (a Lua comparator costs ~10% of the script)
   local top = {}
   local ids, pulled_bodies = {}, {}
-  for i = 1, math.min(n, #merged) do
+  for i = #merged, math.max(1, #merged - n + 1), -1 do
     local m = merged[i]
     top[m] = true
     if pulled[m] then
