@@ -47,7 +47,7 @@ from sinks.redis_timeline import (
     SENTINEL_ID, WINDOW_READ_LUA, CachedTimeline, RedisTimelines, decode_version, lex_below, parse_member,
     parse_window, version_token, window_entries,
 )
-from sinks.redis_tweets import BODY_LUA, CachedTweet, RedisTweets, parse_body
+from sinks.redis_tweets import BODY_LUA, TAILED_FIELDS, CachedTweet, RedisTweets, parse_body
 
 # The first round trip of a read, atomic so that its parts agree with each other.
 # KEYS: timeline, timeline version, following set, following version, celebrity set,
@@ -185,6 +185,9 @@ class View:
         return self.windows
 
 
+_TAILED = len(TAILED_FIELDS)
+
+
 def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
               stats: ReadStats | None = None) -> Page | None:
     """The page of a read that the first round trip answered alone, or None.
@@ -221,6 +224,14 @@ def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
     for tweet_id in candidates:
         consumed += 1
         raw = body_of.get(tweet_id)
+        if raw is not None and len(raw) == _TAILED and raw[0] is not None:
+            # A body with its rendered tail (TAILED_FIELDS: author, deleted_at, tail), as
+            # parse_body reads it, straight into the page's Tweet: most hits are only these.
+            if raw[1] is None or not int(raw[1]):
+                out.append(Tweet(tweet_id, int(raw[0]), None, None, raw[2]))
+                if len(out) == limit:
+                    break
+            continue
         tweet = parse_body(tweet_id, raw) if raw is not None else None
         if tweet is None:
             return None  # not cached: the general path reads it from Cassandra
