@@ -56,12 +56,15 @@ async def measure(args: argparse.Namespace, settings: Settings, tmp: Path) -> di
     apply_postgres(settings)
     create_topics(settings, settings.topic_partitions)
     workload = generate(args.seed, users=args.users, tweets=args.tweets, celebrity_threshold=50)
+    live_began = time.monotonic()  # the same events processed live, worker start included as in a rebuild
     worker = Worker(settings, tmp / "live.log").start()
     try:
         await produce(settings, workload.events)
         await wait_caught_up(settings, timeout=1800, check=worker.check)
+        live_seconds = time.monotonic() - live_began
     finally:
         worker.stop()
+    live_entries = await asyncio.to_thread(count_rows, settings, "user_timeline")
     began = time.monotonic()
     report = await rebuild(settings, workers=args.workers, check=False, workdir=tmp, timeout=3600)
     seconds = time.monotonic() - began
@@ -78,6 +81,11 @@ async def measure(args: argparse.Namespace, settings: Settings, tmp: Path) -> di
         "events_per_s": round(len(workload.events) / seconds, 1),
         "timeline_entries": entries,
         "timeline_entries_per_s": round(entries / seconds, 1),
+        # Live: a worker started with the publishing of the same events, until caught up (as the
+        # rebuild's time includes starting its workers and waiting until caught up).
+        "live": {"seconds": round(live_seconds, 2), "timeline_entries": live_entries,
+                 "timeline_entries_per_s": round(live_entries / live_seconds, 1)},
+        "rebuild_vs_live": round((entries / seconds) / (live_entries / live_seconds), 3),
         "verify": {"users": verified.users, "entries": verified.entries, "differ": len(verified.diffs),
                    "seconds": round(time.monotonic() - check_began, 1)},
     }
