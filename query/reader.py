@@ -253,8 +253,8 @@ class HomeTimelineReader:
         RateLimited if refused (with Redis failing, the read goes on: the limit fails open).
         ``above`` (``since_id``): only tweets with a larger id; the page ends (``next_below``
         None) once everything above it was returned. ``fill_later``: a miss's cache fill is
-        left in ``Page.after`` for the caller to run once it answered (it logs a failure and
-        never raises), else it is made before this returns."""
+        left in ``Page.after`` for the caller to run once it answered (a Redis failure in it is
+        logged, not raised), else it is made before this returns."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         return await _cache_or_store(f"home timeline of {user_id}",

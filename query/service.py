@@ -90,7 +90,7 @@ async def _page_response(res: QueryResources, timeline: str, page: Page, started
 def _after(page: Page) -> BackgroundTask | None:
     """The page's cache work left for after the answer (a miss's fill): Starlette runs it once
     the body is sent, and the request's task ends after it (uvicorn counts it, a graceful
-    shutdown waits for it; the next request of the connection does not)."""
+    shutdown waits for it; the connection's next request starts without waiting for it)."""
     return BackgroundTask(page.after) if page.after is not None else None
 
 
