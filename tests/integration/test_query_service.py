@@ -277,8 +277,9 @@ async def test_cache_miss_reads_store_and_refills(world: World):
     again = await world.home_page(reader, limit=6)
     assert again["meta"]["source"] == "cache" and ids_of(again) == want[:6]
 
-    # Only the timeline missing: meta and rows from Cassandra (concurrent); the refill, the
-    # follow check of the page's authors and the page's bodies share a round trip.
+    # Only the timeline missing: meta and rows from Cassandra (concurrent); the follow check of
+    # the page's authors and the page's bodies share a round trip; the refill comes after the
+    # answer (not one of the read's round trips).
     await world.redis.delete(res.timelines.key(reader.user_id))
     queries = world.metric("timeline_store_queries_total", timeline="home")
     trips = world.metric("timeline_redis_round_trips_total", timeline="home")
@@ -316,6 +317,7 @@ async def test_a_miss_answers_before_its_fill(world: World):
     assert (await world.home_page(reader, limit=5))["meta"]["source"] == "store"
     assert await world.redis.exists(key) == 1
     assert ids_of(await world.home_page(reader, limit=5)) == want[:5]
+
 
 async def test_hybrid_merges_celebrity_pulls(world: World):
     reader = await world.user()
