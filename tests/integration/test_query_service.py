@@ -25,7 +25,6 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
-from api.errors import PROBLEM_JSON
 from localenv.worker import Worker
 from localenv.workload import produce
 from ops.lag import wait_caught_up
