@@ -394,8 +394,9 @@ class UserViews:
         if following_hit and view.first is not None:
             checked = sorted({a for _, a in view.first[1]})
         check = self.following_cache.check(user_id, checked) if checked else None
-        # ... and read the chunk's bodies with them: the read's hydration finds them here.
-        first_ids = [t for t, _ in view.first[1]] if view.first is not None else []
+        # ... and, on a timeline miss, read the chunk's bodies with them: the read's hydration
+        # finds them here (a cached window's bodies came with the first round trip).
+        first_ids = [t for t, _ in view.first[1]] if view.first is not None and not view.cached else []
         bodies = self.tweets.read(first_ids) if first_ids else None
         fill_celebrities = check_celebrities = None
         if every_celebrity is not None:
