@@ -61,6 +61,7 @@ from redis.asyncio import Redis
 from api.auth import hash_token, new_token
 from bench.http_load import RawConnection, load_process, run_loop, service_processes, uvicorn_server
 from bench.latency import latency_ms
+from bench.redis_body_cost import script_stats
 from bench.redis_floor import floor_in_process
 from localenv.worker import Worker
 from localenv.workload import produce
@@ -232,10 +233,9 @@ async def redis_script_time(redis_url: str) -> int:
     """Microseconds Redis has spent running scripts (EVAL and EVALSHA) since its stats were reset."""
     redis = Redis.from_url(redis_url)
     try:
-        stats = await redis.info("commandstats")
+        return (await script_stats(redis))[1]
     finally:
         await redis.aclose()
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in ("eval", "evalsha"))
 
 
 async def teardown(settings: Settings, accounts: list[int]) -> None:

@@ -51,10 +51,12 @@ SHAPES = {
 }
 
 
-async def evalsha_usec(redis: Redis) -> tuple[int, int]:
+async def script_stats(redis: Redis) -> tuple[int, int]:
+    """Script calls (EVAL and EVALSHA) Redis has run, and the microseconds it spent in them,
+    since its stats were reset (``INFO commandstats``)."""
     stats = await redis.info("commandstats")
-    row = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
-    return int(row["calls"]), int(row["usec"])
+    rows = [stats.get(f"cmdstat_{name}", {}) for name in ("eval", "evalsha")]
+    return sum(int(r.get("calls", 0)) for r in rows), sum(int(r.get("usec", 0)) for r in rows)
 
 
 async def measure(redis: Redis, rounds: int, calls: int) -> dict[str, dict[str, float]]:
@@ -76,10 +78,10 @@ async def measure(redis: Redis, rounds: int, calls: int) -> dict[str, dict[str, 
             for name, sha in shas.items():
                 for _ in range(20):
                     await redis.evalsha(sha, 2, *keys, prefix + "tweet:")
-                calls0, usec0 = await evalsha_usec(redis)
+                calls0, usec0 = await script_stats(redis)
                 for _ in range(calls):
                     await redis.evalsha(sha, 2, *keys, prefix + "tweet:")
-                calls1, usec1 = await evalsha_usec(redis)
+                calls1, usec1 = await script_stats(redis)
                 seen[name].append((usec1 - usec0) / max(1, calls1 - calls0))
         return {name: {"min_us": round(min(v), 1), "median_us": round(sorted(v)[len(v) // 2], 1)}
                 for name, v in seen.items()}
