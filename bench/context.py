@@ -44,6 +44,8 @@ SCALES: dict[str, dict[str, Any]] = {
         profile_s=4, pg_tweets=50_000, pg_queries=60, post_users=10, post_requests=300, post_concurrency=(16,),
         read_bench_args=["--requests", "80", "--concurrency", "1", "--readers", "5", "--normal", "20",
                          "--tweets", "10"],
+        # More server processes at concurrency: python -m query.service --workers N (issue 14).
+        read_bench_processes_args=[],
         inactive_sample=100,
     ),
     "full": dict(
@@ -52,6 +54,8 @@ SCALES: dict[str, dict[str, Any]] = {
         profile_s=20, pg_tweets=1_000_000, pg_queries=300, post_users=50, post_requests=3000,
         post_concurrency=(8, 32),
         read_bench_args=["--requests", "1500", "--concurrency", "1,8"],
+        read_bench_processes_args=[["--requests", "1500", "--concurrency", "8", "--workers", "2",
+                                    "--scenarios", "cache_hit"]],
         inactive_sample=500,
     ),
 }

@@ -116,13 +116,24 @@ class RawConnection:
             self.reader = self.writer = None
 
 
+def service_cpu_s(pid: int) -> float:
+    """CPU seconds of a service started by ``service_processes``: its parent and every worker."""
+    from bench.sysstats import descendants, proc_cpu
+
+    return sum(proc_cpu(p) for p in descendants(pid))
+
+
 @asynccontextmanager
-async def service_processes(module: str, settings: Any, log_path: Any, workers: int) -> AsyncIterator[str]:
+async def service_processes(module: str, settings: Any, log_path: Any, workers: int,
+                            pids: list[int] | None = None) -> AsyncIterator[str]:
     """``python -m <module> --workers N`` as a child process (as it runs in production), until
-    ``/healthz`` is 200; yields its base URL and stops it (SIGTERM) afterwards."""
+    ``/healthz`` is 200; yields its base URL and stops it (SIGTERM) afterwards. ``pids``, when
+    given, gets the parent process's pid (its CPU with its workers': ``service_cpu_s``)."""
     from ops.faults.cluster import ServiceProcess
 
     service = ServiceProcess(module, settings, log_path, workers=workers).start()
+    if pids is not None:
+        pids.append(service.proc.pid)
     try:
         await service.wait_ready()
         yield service.url

@@ -59,7 +59,7 @@ import orjson
 from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
-from bench.http_load import RawConnection, load_process, run_loop, service_processes, uvicorn_server
+from bench.http_load import RawConnection, load_process, run_loop, service_cpu_s, service_processes, uvicorn_server
 from bench.latency import latency_ms
 from bench.redis_body_cost import script_stats
 from bench.redis_floor import floor_in_process
@@ -274,8 +274,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # --workers 0: uvicorn in this process (the app's own counters give per_read); N: the
         # service as it runs in production, ``python -m query.service --workers N``.
         app = None if args.workers else create_app(settings)
+        pids: list[int] = []
         server = (uvicorn_server(app) if app is not None else
-                  service_processes("query.service", settings, workdir / "query.log", args.workers))
+                  service_processes("query.service", settings, workdir / "query.log", args.workers, pids))
+        # The service's CPU, all its threads (and processes): steadier than latency on a shared machine.
+        service_cpu = time.process_time if app is not None else (lambda: service_cpu_s(pids[0]))
         async with server as base:
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
                 health = (await client.get("/healthz")).json()
@@ -314,18 +317,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                          min(200, args.requests), concurrency, expected)
                         before = _counters(app)
                         scripts_before = await redis_script_time(settings.redis_url)
-                        cpu_before = time.process_time()
+                        cpu_before = service_cpu()
                         outcome = await in_process(load_in_process, base, settings.redis_url, targets,
                                                    args.requests, concurrency, expected)
-                        cpu_s = time.process_time() - cpu_before
+                        cpu_s = service_cpu() - cpu_before
                         scripts_after = await redis_script_time(settings.redis_url)
                         after = _counters(app)
                         key = f"{name}@c{concurrency}"
                         results[key] = summarize(name, celebs, outcome, args.requests, concurrency)
                         served = max(1, outcome["statuses"].get(200, 0))
                         results[key]["per_read"] = {k: round((after[k] - before[k]) / served, 2) for k in after}
-                        if app is not None:  # the service's CPU (all its threads): steadier than latency on a shared machine
-                            results[key]["service_cpu_ms_per_read"] = round(cpu_s * 1000 / served, 3)
+                        results[key]["service_cpu_ms_per_read"] = round(cpu_s * 1000 / served, 3)
+                        results[key]["server_processes"] = args.workers or 1
                         # Time inside Redis running the read's scripts (INFO commandstats), per read.
                         results[key]["redis_script_us_per_read"] = round((scripts_after - scripts_before) / served, 1)
                         lat = results[key]["latency_ms"]

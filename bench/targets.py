@@ -13,6 +13,7 @@ TARGETS = {
     # p99 lag goal (ms) per share of the burst capacity; authors below 10,000 followers
     "lag_p99_ms_at_share": {0.5: 1000.0, 0.8: 2000.0},
     "cache_hit_p50_ms": 1.0,
+    "cache_hit_p50_ms_at_concurrency_8": 5.0,
     "cache_hit_p99_ms": 2.0,
     "cache_miss_p99_ms": 10.0,
     "hybrid10_minus_hit_p99_ms": 1.0,
@@ -106,6 +107,17 @@ def evaluate_targets(r: dict) -> list[dict]:
     hit_p50, _ = http_quantile(r, "cache_hit", "p50")
     add("HTTP cache-hit read p50", hit_p50, f"< {TARGETS['cache_hit_p50_ms']:g} ms",
         None if hit_p50 is None else hit_p50 < TARGETS["cache_hit_p50_ms"], f"concurrency {hit_c}")
+    busy = [s for s in (get(r, "reads_http", "scenarios") or {}).values()
+            if s.get("scenario") == "cache_hit" and s.get("concurrency") == 8 and get(s, "latency", "p50") is not None]
+    goal = TARGETS["cache_hit_p50_ms_at_concurrency_8"]
+    if busy:  # the best of the process counts measured; each is in the HTTP table
+        best = min(busy, key=lambda s: s["latency"]["p50"])
+        p50 = best["latency"]["p50"]
+        add("HTTP cache-hit read p50 at concurrency 8", p50, f"< {goal:g} ms", p50 < goal,
+            f"{best.get('server_processes', 1)} server process(es), {best['requests_per_s']} reads/s, "
+            f"{best.get('reads_per_service_cpu_s')} reads per service CPU-second")
+    else:
+        add("HTTP cache-hit read p50 at concurrency 8", None, f"< {goal:g} ms", None, "not measured in this run")
     for concurrency, goal in TARGETS["post_p99_ms_at_concurrency"].items():
         post = get(r, "write_latency")
         points = (post.get("points") or [post]) if post else []
