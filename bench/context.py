@@ -43,7 +43,7 @@ SCALES: dict[str, dict[str, Any]] = {
         partitions=4, calibrate_deliveries=1_500, throughput_s=6, lag_s=5, lag_floor_s=3, lag_loads=(0.5, 0.8), mixed_s=6,
         profile_s=4, pg_tweets=50_000, pg_queries=60, post_users=10, post_requests=300, post_concurrency=(16,),
         read_bench_args=["--requests", "80", "--concurrency", "1", "--readers", "5", "--normal", "20",
-                         "--tweets", "10"],
+                         "--tweets", "10", "--wrk-seconds", "1"],
         # More server processes at concurrency: python -m query.service --workers N (issue 14).
         read_bench_processes_args=[],
         inactive_sample=100,

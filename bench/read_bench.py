@@ -25,14 +25,17 @@ Every response is checked: status 200, 50 tweets, the expected ``source``; the f
 page of one reader per group must equal the reference (``policies.reference``). Per
 scenario, ``per_read`` gives the reader's Cassandra queries and Redis round trips per
 request (from the app's own counters; the handle lookup and activity mark are not in them),
-``service_cpu_ms_per_read`` the CPU of this process (the service, all its threads; in-process
-mode only) and ``redis_script_us_per_read`` the time Redis spent running scripts (its
+``service_cpu_ms_per_read`` the CPU of the service (all its threads, and with ``--workers``
+all its processes) and ``redis_script_us_per_read`` the time Redis spent running scripts (its
 ``INFO commandstats``), per read: both steadier than latency on a shared machine.
 
-The service runs in this process under uvicorn on a free loopback port; the load
-generator (a minimal keep-alive HTTP/1.1 client) runs in a separate process, as in
-``bench/post_bench.py``. Kafka, Cassandra, Redis and PostgreSQL share this machine,
-so the numbers are a floor for dedicated servers.
+The service runs in this process under uvicorn on a free loopback port (or, with
+``--workers N``, as ``python -m query.service --workers N``); the load generator (a minimal
+keep-alive HTTP/1.1 client) runs in a separate process, as in ``bench/post_bench.py``. Then
+each scenario but the miss runs again for ``--wrk-seconds`` under wrk, a load generator in C
+(``bench/wrk.py``: less client time inside each latency, less of the 2 cores taken from the
+service); both are reported, with each client's CPU per request. Kafka, Cassandra, Redis and
+PostgreSQL share this machine, so the numbers are a floor for dedicated servers.
 
     python -m localenv up
     python -m bench.read_bench --requests 3000 --concurrency 1,8
@@ -59,6 +62,7 @@ import orjson
 from redis.asyncio import Redis
 
 from api.auth import hash_token, new_token
+from bench import wrk
 from bench.http_load import RawConnection, load_process, run_loop, service_cpu_s, service_processes, uvicorn_server
 from bench.latency import latency_ms
 from bench.redis_body_cost import script_stats
@@ -179,14 +183,15 @@ async def load(
                     problems[f"source {meta['source']}"] += 1
 
     try:
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(c) for c in conns))
-        elapsed = time.perf_counter() - began
+        elapsed, cpu_s = time.perf_counter() - began, time.process_time() - cpu_began
     finally:
         for c in conns:
             await c.close()
         await redis.aclose()
-    return {"latencies": latencies, "statuses": dict(statuses), "problems": dict(problems), "elapsed": elapsed}
+    return {"latencies": latencies, "statuses": dict(statuses), "problems": dict(problems), "elapsed": elapsed,
+            "client_cpu_s": cpu_s}
 
 
 def load_in_process(*args: Any) -> dict[str, Any]:
@@ -199,6 +204,7 @@ def summarize(name: str, celebs: int, outcome: dict[str, Any], requests: int, co
     return {
         "scenario": name,
         "celebrities_followed": celebs,
+        "client": "python",
         "requests": requests,
         "concurrency": concurrency,
         "ok": ok,
@@ -207,6 +213,8 @@ def summarize(name: str, celebs: int, outcome: dict[str, Any], requests: int, co
         "elapsed_s": round(outcome["elapsed"], 3),
         "throughput_rps": round(ok / outcome["elapsed"], 1) if outcome["elapsed"] else None,
         "latency_ms": latency_ms(ordered, (0.50, 0.90, 0.99, 0.999)),
+        # The load generator's CPU (checking each page included, timing excluded), per request.
+        "client_cpu_ms_per_request": round(outcome["client_cpu_s"] * 1000 / requests, 4),
     }
 
 
@@ -336,11 +344,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             q: round(lat[q] / bare["latency_ms"][q], 2) for q in ("p50", "p99")
                             if lat[q] and bare["latency_ms"][q]
                         }
-                        print(f"{key:<14} {results[key]['throughput_rps']:>8} req/s  p50 {lat['p50']} ms  "
-                              f"p99 {lat['p99']} ms  p999 {lat['p999']} ms  "
-                              f"cpu {results[key].get('service_cpu_ms_per_read')} ms/read  "
-                              f"redis scripts {results[key]['redis_script_us_per_read']} us/read  "
-                              f"problems {results[key]['problems']}")
+                        show(key, results[key])
+                        if args.wrk_seconds and name != "cache_miss":  # wrk cannot drop a key before each read
+                            key = f"{name}@c{concurrency}/wrk"
+                            results[key] = await measure_wrk(
+                                name, celebs, base, targets, concurrency, args.wrk_seconds,
+                                settings.redis_url, service_cpu, args.workers or 1)
+                            show(key, results[key])
     finally:
         await teardown(settings, list(tokens))
         shutil.rmtree(workdir / "faust", ignore_errors=True)  # the worker's log stays
@@ -364,6 +374,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "health": health,
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
     }
+
+
+async def measure_wrk(name: str, celebs: int, base: str, targets: list[tuple[str, dict[str, str], str | None]],
+                      concurrency: int, seconds: float, redis_url: str, service_cpu: Any,
+                      processes: int) -> dict[str, Any]:
+    """The scenario again with wrk (``bench/wrk.py``): the same targets, the same service."""
+    scripts_before = await redis_script_time(redis_url)
+    cpu_before = service_cpu()
+    w = await wrk.run(base, [(path, headers["Authorization"]) for path, headers, _ in targets], concurrency, seconds)
+    cpu_s = service_cpu() - cpu_before
+    scripts_after = await redis_script_time(redis_url)
+    served = max(1, w["ok"])
+    return {
+        "scenario": name, "celebrities_followed": celebs, "client": "wrk", "requests": w["requests"],
+        "concurrency": concurrency, "ok": w["ok"], "problems": w["errors"], "elapsed_s": w["elapsed_s"],
+        "throughput_rps": w["throughput_rps"], "latency_ms": w["latency_ms"],
+        "client_cpu_ms_per_request": w["client_cpu_ms_per_request"],
+        "service_cpu_ms_per_read": round(cpu_s * 1000 / served, 3),
+        "redis_script_us_per_read": round((scripts_after - scripts_before) / served, 1),
+        "server_processes": processes,
+    }
+
+
+def show(key: str, s: dict[str, Any]) -> None:
+    lat = s["latency_ms"]
+    print(f"{key:<18} {s['throughput_rps']:>8} req/s  p50 {lat['p50']} ms  p99 {lat['p99']} ms  "
+          f"p999 {lat['p999']} ms  cpu {s.get('service_cpu_ms_per_read')} ms/read  "
+          f"client cpu {s.get('client_cpu_ms_per_request')} ms/request  "
+          f"redis scripts {s['redis_script_us_per_read']} us/read  problems {s['problems']}")
 
 
 def _counters(app: Any) -> dict[str, float]:
@@ -391,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="0: the service under uvicorn in this process; N: python -m query.service --workers N")
     parser.add_argument("--scenarios", default="",
                         help=f"comma-separated subset of {', '.join(GROUPS)} (default: all); e.g. to profile one")
+    parser.add_argument("--wrk-seconds", type=float, default=5.0,
+                        help="then each scenario but the miss with wrk for this long (bench/wrk.py); 0: not")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/read-<ts>.json)")
     args = parser.parse_args(argv)
     args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
@@ -402,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concurrency must be integers separated by commas")
     if min(args.requests, args.readers, args.tweets, *args.concurrency) < 1 or args.workers < 0:
         parser.error("--requests, --concurrency, --readers and --tweets must be >= 1")
+    if args.wrk_seconds < 0:
+        parser.error("--wrk-seconds must be >= 0")
+    if args.wrk_seconds and not wrk.available():
+        parser.error("--wrk-seconds: wrk is not installed (./dev installs it; apt-get install wrk), or pass 0")
     if args.normal < FOLLOWS_PER_READER or args.readers * 3 * FOLLOWS_PER_READER // args.normal >= args.threshold - 2:
         parser.error("normal authors would get too many followers (they must stay below the celebrity threshold)")
 

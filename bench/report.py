@@ -147,11 +147,13 @@ def where_time_goes(doc: Doc, points: list[tuple[str, dict | None]]) -> None:
 
 def reads_http(doc: Doc, h: dict, r: dict) -> None:
     doc.para(f"{h['how']}. Command: `{h['command']}`. Population: {json.dumps(h.get('population'))}.")
-    doc.table(["scenario", "concurrency", "server processes", "req/s", "p50 ms", "p99 ms", "p999 ms", "max ms",
-               "service CPU ms per read", "reads per service CPU-s", "Redis script us per read", "problems"],
-              ([s["scenario"], s["concurrency"], s.get("server_processes", 1), s["requests_per_s"],
-                *pcts(s["latency"], "p50", "p99", "p999", "max"), s.get("service_cpu_ms_per_read", ""),
-                s.get("reads_per_service_cpu_s", ""), s.get("redis_script_us_per_read", ""),
+    doc.table(["scenario", "concurrency", "server processes", "client", "req/s", "p50 ms", "p99 ms", "p999 ms",
+               "max ms", "service CPU ms per read", "reads per service CPU-s", "Redis script us per read",
+               "client CPU ms per request", "problems"],
+              ([s["scenario"], s["concurrency"], s.get("server_processes", 1), s.get("client", "python"),
+                s["requests_per_s"], *pcts(s["latency"], "p50", "p99", "p999", "max"),
+                s.get("service_cpu_ms_per_read", ""), s.get("reads_per_service_cpu_s", ""),
+                s.get("redis_script_us_per_read", ""), s.get("client_cpu_ms_per_request", ""),
                 s.get("problems") or ""] for s in h["scenarios"].values()))
 
 

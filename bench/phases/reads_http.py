@@ -32,7 +32,8 @@ def scenarios_of(data: dict[str, Any]) -> dict[str, Any]:
         cpu_ms = s.get("service_cpu_ms_per_read")
         scenarios[key if processes == 1 else f"{key}/{processes}p"] = {
             "scenario": s.get("scenario", key), "concurrency": s.get("concurrency"),
-            "server_processes": processes,
+            "server_processes": processes, "client": s.get("client", "python"),
+            "client_cpu_ms_per_request": s.get("client_cpu_ms_per_request"),
             "requests_per_s": s.get("throughput_rps"), "ok": s.get("ok"), "requests": s.get("requests"),
             "problems": s.get("problems"),
             # Per read: the service's CPU (all its processes and threads) and Redis's time running
@@ -57,7 +58,8 @@ async def run(ctx: RunContext) -> dict[str, Any]:
     return {
         "how": "bench/read_bench.py (subprocess): its own isolated world and query service under uvicorn "
                "(one process) or `python -m query.service --workers N` (N processes), load generator in a "
-               "separate process; no concurrent writes",
+               "separate process (its Python client, then wrk, a C client, on the same targets: "
+               "bench/wrk.py); no concurrent writes",
         "command": "; ".join(commands),
         "exit_code": max(c or 0 for c in codes),
         "population": data.get("population"),

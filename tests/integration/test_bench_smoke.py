@@ -86,6 +86,11 @@ async def test_small_benchmark_reports_every_section(tmp_path: Path, services: S
     assert {s["scenario"] for s in http.values()} >= {"cache_hit", "cache_miss", "hybrid_10"}
     for name, sc in http.items():
         assert positive(sc["requests_per_s"]) and positive(sc["latency"]["p99"]), name
+    # wrk (bench/wrk.py) ran the hit and the hybrid reads again: every response a 2xx, no socket error.
+    by_wrk = {s["scenario"]: s for s in http.values() if s["client"] == "wrk"}
+    assert set(by_wrk) >= {"cache_hit", "hybrid_10"}
+    for sc in by_wrk.values():
+        assert not sc["problems"] and sc["ok"] > 0 and positive(sc["client_cpu_ms_per_request"]), sc
 
     w = r["write_latency"]
     assert w["ok"] == w["requests"] and positive(w["requests_per_s"]) and positive(w["latency"]["p99"])
