@@ -124,10 +124,10 @@ class LiveHub:
     async def _drain(self) -> None:
         """Dispatch the messages the connection has already read and buffered, each parsed
         straight from hiredis's reader: ``get_message``'s machinery per call (a timeout
-        context, the retry wrapper, the health check) was ~30% of the process's CPU with 1,000
-        open streams at ~1,900 stream events/s, where stage 2's notices arrive in bursts.
-        Other replies (subscription confirmations) go through redis-py's ``handle_message``,
-        which keeps its state. Without hiredis (or if redis-py's internals change) nothing is
+        context, the retry wrapper, the health check) was ~30% of the main thread's samples
+        with 1,000 open streams at ~1,900 stream events/s, where stage 2's notices arrive in
+        bursts. Other replies (subscription confirmations) go through redis-py's
+        ``handle_message``, which keeps its state. Without hiredis (or if redis-py's internals change) nothing is
         drained here and ``get_message`` reads everything, as before."""
         reader = getattr(getattr(self._pubsub.connection, "_parser", None), "_reader", None)
         has_data = getattr(reader, "has_data", None)
@@ -140,8 +140,10 @@ class LiveHub:
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                 self.drained += 1
                 self._dispatch(reply[1], reply[2])
-            else:
-                await self._pubsub.handle_message(reply, ignore_subscribe_messages=True)
+                continue
+            message = await self._pubsub.handle_message(reply, ignore_subscribe_messages=True)
+            if message is not None and message.get("type") == "message":
+                self._dispatch(message["channel"], message["data"])
 
     def _wake_all(self) -> None:
         for listener in list(self.listeners):
