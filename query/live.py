@@ -107,9 +107,8 @@ class LiveHub:
                     self._wake_all()  # notices may have been lost while it was down
                 while True:
                     message = await self._pubsub.get_message(timeout=5.0)
-                    if message is not None and message.get("type") == "message":
-                        self._dispatch(message["channel"], message["data"])
                     if message is not None:
+                        self._on_message(message)
                         await self._drain()
             except asyncio.CancelledError:
                 raise
@@ -127,8 +126,8 @@ class LiveHub:
         context, the retry wrapper, the health check) was ~30% of the main thread's samples
         with 1,000 open streams at ~1,900 stream events/s, where stage 2's notices arrive in
         bursts. Other replies (subscription confirmations) go through redis-py's
-        ``handle_message``, which keeps its state. Without hiredis (or if redis-py's internals change) nothing is
-        drained here and ``get_message`` reads everything, as before."""
+        ``handle_message``, which keeps its state. Without hiredis (or if redis-py's internals
+        change) nothing is drained here and ``get_message`` reads everything, as before."""
         reader = getattr(getattr(self._pubsub.connection, "_parser", None), "_reader", None)
         has_data = getattr(reader, "has_data", None)
         while has_data is not None and has_data():
@@ -142,8 +141,13 @@ class LiveHub:
                 self._dispatch(reply[1], reply[2])
                 continue
             message = await self._pubsub.handle_message(reply, ignore_subscribe_messages=True)
-            if message is not None and message.get("type") == "message":
-                self._dispatch(message["channel"], message["data"])
+            if message is not None:
+                self._on_message(message)
+
+    def _on_message(self, message: dict) -> None:
+        """A reply as redis-py's pub/sub hands it over: a published message is dispatched."""
+        if message.get("type") == "message":
+            self._dispatch(message["channel"], message["data"])
 
     def _wake_all(self) -> None:
         for listener in list(self.listeners):
