@@ -55,7 +55,7 @@ import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import httpx
 import orjson
@@ -78,6 +78,7 @@ from settings import Settings, get_settings
 from sinks.redis_timeline import timeline_key
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 RESULTS = REPO / "bench" / "results"
 CELEBRITIES = 50
 CELEB_TWEETS = 10
@@ -324,21 +325,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await in_process(load_in_process, base, settings.redis_url, targets,
                                          min(200, args.requests), concurrency, expected)
                         before = _counters(app)
-                        scripts_before = await redis_script_time(settings.redis_url)
-                        cpu_before = service_cpu()
-                        outcome = await in_process(load_in_process, base, settings.redis_url, targets,
-                                                   args.requests, concurrency, expected)
-                        cpu_s = service_cpu() - cpu_before
-                        scripts_after = await redis_script_time(settings.redis_url)
+                        outcome, costs = await with_costs(settings.redis_url, service_cpu, lambda: in_process(
+                            load_in_process, base, settings.redis_url, targets, args.requests, concurrency, expected))
                         after = _counters(app)
                         key = f"{name}@c{concurrency}"
                         results[key] = summarize(name, celebs, outcome, args.requests, concurrency)
                         served = max(1, outcome["statuses"].get(200, 0))
                         results[key]["per_read"] = {k: round((after[k] - before[k]) / served, 2) for k in after}
-                        results[key]["service_cpu_ms_per_read"] = round(cpu_s * 1000 / served, 3)
-                        results[key]["server_processes"] = args.workers or 1
-                        # Time inside Redis running the read's scripts (INFO commandstats), per read.
-                        results[key]["redis_script_us_per_read"] = round((scripts_after - scripts_before) / served, 1)
+                        results[key].update(per_read_costs(*costs, served, args.workers or 1))
                         lat = results[key]["latency_ms"]
                         results[key]["vs_redis_floor"] = {
                             q: round(lat[q] / bare["latency_ms"][q], 2) for q in ("p50", "p99")
@@ -377,24 +371,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def measure_wrk(name: str, celebs: int, base: str, targets: list[tuple[str, dict[str, str], str | None]],
-                      concurrency: int, seconds: float, redis_url: str, service_cpu: Any,
+                      concurrency: int, seconds: float, redis_url: str, service_cpu: Callable[[], float],
                       processes: int) -> dict[str, Any]:
     """The scenario again with wrk (``bench/wrk.py``): the same targets, the same service."""
-    scripts_before = await redis_script_time(redis_url)
-    cpu_before = service_cpu()
-    w = await wrk.run(base, [(path, headers["Authorization"]) for path, headers, _ in targets], concurrency, seconds)
-    cpu_s = service_cpu() - cpu_before
-    scripts_after = await redis_script_time(redis_url)
-    served = max(1, w["ok"])
+    auth = [(path, headers["Authorization"]) for path, headers, _ in targets]
+    w, costs = await with_costs(redis_url, service_cpu, lambda: wrk.run(base, auth, concurrency, seconds))
     return {
         "scenario": name, "celebrities_followed": celebs, "client": "wrk", "requests": w["requests"],
         "concurrency": concurrency, "ok": w["ok"], "problems": w["errors"], "elapsed_s": w["elapsed_s"],
         "throughput_rps": w["throughput_rps"], "latency_ms": w["latency_ms"],
         "client_cpu_ms_per_request": w["client_cpu_ms_per_request"],
-        "service_cpu_ms_per_read": round(cpu_s * 1000 / served, 3),
-        "redis_script_us_per_read": round((scripts_after - scripts_before) / served, 1),
-        "server_processes": processes,
+        **per_read_costs(*costs, max(1, w["ok"]), processes),
     }
+
+
+async def with_costs(redis_url: str, service_cpu: Callable[[], float],
+                     measured: Callable[[], Awaitable[T]]) -> tuple[T, tuple[float, int]]:
+    """``measured()``'s result, and what it cost meanwhile: the service's CPU seconds and the
+    microseconds Redis spent running scripts (``INFO commandstats``)."""
+    scripts_before = await redis_script_time(redis_url)
+    cpu_before = service_cpu()
+    result = await measured()
+    cpu_s = service_cpu() - cpu_before
+    return result, (cpu_s, await redis_script_time(redis_url) - scripts_before)
+
+
+def per_read_costs(cpu_s: float, script_us: int, served: int, processes: int) -> dict[str, Any]:
+    """The costs of ``with_costs`` per read served: steadier than latency on a shared machine."""
+    return {"service_cpu_ms_per_read": round(cpu_s * 1000 / served, 3),
+            "redis_script_us_per_read": round(script_us / served, 1), "server_processes": processes}
 
 
 def show(key: str, s: dict[str, Any]) -> None:
