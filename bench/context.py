@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
+from api.dependencies import REDIS_TIMEOUT_S
 from bench.graph import Graph, TweetFactory, scaled_spec
 from bench.profile_worker import ProfiledWorker
 from bench.sysstats import ProcessSet, pid_listening_on
@@ -34,6 +35,7 @@ from schemas import encode_key
 from settings import Settings, get_settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_client import connect
+from sinks.redis_pipelined import PipelinedRedis
 from sinks.redis_timeline import RedisTimelines
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,12 +135,16 @@ async def paced(rate: float, duration: float, fn: Callable[[int], Any]) -> int:
 
 @asynccontextmanager
 async def open_reader(settings: Settings) -> AsyncIterator[HomeTimelineReader]:
-    """The read side on the run's stores (``reader.cassandra``, ``reader.redis``), closed afterwards."""
+    """The read side on the run's stores (``reader.cassandra``, ``reader.redis``), closed afterwards:
+    the query service's, whose first round trip goes over its own pipelined connection."""
     store = await asyncio.to_thread(CassandraStore.open, settings)
     redis = connect(settings)
+    pipelined = PipelinedRedis.for_settings(settings, timeout_s=REDIS_TIMEOUT_S, connect_timeout_s=REDIS_TIMEOUT_S)
     try:
-        yield HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings))
+        yield HomeTimelineReader(settings, store, RedisTimelines.from_settings(redis, settings), pipelined=pipelined)
     finally:
+        if pipelined is not None:
+            await pipelined.aclose()
         await redis.aclose()
         await asyncio.to_thread(store.close)
 

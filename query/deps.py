@@ -40,6 +40,7 @@ from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_client import connect
 from sinks.redis_following import RedisFollowing
+from sinks.redis_pipelined import PipelinedRedis
 from sinks.redis_live import LiveChannels
 from sinks.redis_timeline import RedisTimelines
 from sinks.redis_tweets import RedisTweets
@@ -128,6 +129,8 @@ class QueryResources:
     # The primary region's PostgreSQL for the writes (markers) of a secondary region's
     # service, whose own ``pg`` is a read-only replica; None: ``pg`` takes them.
     pg_primary: AsyncConnectionPool | None = None
+    # The reads' first round trip (sinks/redis_pipelined.py); None on a cluster, TLS or a socket.
+    pipelined: PipelinedRedis | None = None
     _reader: HomeTimelineReader | None = None
 
     @classmethod
@@ -160,6 +163,8 @@ class QueryResources:
         if settings.postgres_write_dsn != settings.postgres_dsn:
             res.pg_primary = pool(settings.postgres_write_dsn, "query-service-writes", min_size=0)
         res.auth = TokenAuthenticator(settings, rds, res.pg_conn, metrics)
+        res.pipelined = PipelinedRedis.for_settings(settings, timeout_s=REDIS_TIMEOUT_S,
+                                                    connect_timeout_s=REDIS_TIMEOUT_S)
         return res
 
     async def start(self) -> None:
@@ -176,6 +181,8 @@ class QueryResources:
         await self.pg.close(timeout=2.0)
         if self.pg_primary is not None:
             await self.pg_primary.close(timeout=2.0)
+        if self.pipelined is not None:
+            await self.pipelined.aclose()
         await self.redis.aclose()
 
     def pg_conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
@@ -189,7 +196,8 @@ class QueryResources:
         """The reader over the connected stores; CassandraUnavailable (503) until Cassandra answers."""
         if self._reader is None:
             self._reader = HomeTimelineReader(
-                self.settings, self.cassandra.get(), self.timelines, tweets=self.tweets, following=self.following
+                self.settings, self.cassandra.get(), self.timelines, tweets=self.tweets, following=self.following,
+                pipelined=self.pipelined,
             )
         return self._reader
 

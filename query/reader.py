@@ -54,6 +54,7 @@ from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_client import REDIS_ERRORS, raised_by_redis_py
 from sinks.redis_following import RedisFollowing
+from sinks.redis_pipelined import PipelinedRedis
 from sinks.redis_timeline import CachedTimeline, RedisTimelines
 from sinks.redis_tweets import CachedTweet, RedisTweets
 
@@ -98,6 +99,7 @@ class HomeTimelineReader:
         *,
         tweets: RedisTweets | None = None,
         following: RedisFollowing | None = None,
+        pipelined: PipelinedRedis | None = None,
     ) -> None:
         self.settings = settings
         self.cassandra = cassandra
@@ -109,7 +111,7 @@ class HomeTimelineReader:
         )
         self.windows = RedisTimelines.author_windows(self.redis, settings)
         self.views = UserViews(cassandra, timelines, following, self.tweets, prefix=settings.redis_prefix,
-                               windows=self.windows)
+                               windows=self.windows, pipelined=pipelined)
 
     # --- stores ---------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
 from sinks.redis_client import is_cluster
 from sinks.redis_following import RedisFollowing
+from sinks.redis_pipelined import PipelinedRedis
 from sinks.redis_timeline import (
     SENTINEL_ID, WINDOW_READ_LUA, CachedTimeline, RedisTimelines, decode_version, lex_below, parse_member,
     parse_window, version_token, window_entries,
@@ -258,6 +259,7 @@ class UserViews:
     def __init__(
         self, cassandra: CassandraStore, timelines: RedisTimelines, following: RedisFollowing,
         tweets: RedisTweets, *, prefix: str, windows: RedisTimelines | None = None,
+        pipelined: PipelinedRedis | None = None,
     ) -> None:
         self.cassandra = cassandra
         self.tweets = tweets
@@ -267,6 +269,9 @@ class UserViews:
         self.celebrity_cache = RedisCelebrities(self.redis, prefix=prefix)
         self.windows = windows  # the celebrities' windows, read in the first round trip (one Redis)
         self._open_script = self.redis.register_script(_OPEN)
+        # The first round trip over a pipelined connection of its own (sinks/redis_pipelined.py),
+        # when the service made one: the same call for ~0.2 ms less CPU per read.
+        self.pipelined = pipelined
         self.cluster_scripts = ClusterScripts(self.redis) if is_cluster(self.redis) else None
 
     async def open_store(self, user_id: int, cursor: int, need: int, stats: ReadStats) -> View:
@@ -309,7 +314,10 @@ class UserViews:
                 bucket, subject = gate
                 keys.append(bucket.key(subject))
                 args += ["1", *bucket.args()]
-            answer = await self._open_script(keys=keys, args=args)
+            if self.pipelined is not None:
+                answer = await self.pipelined.evalsha(self._open_script, keys, args)
+            else:
+                answer = await self._open_script(keys=keys, args=args)
             stats.redis_round_trips += 1
             if answer[0] == b"limited":
                 raise RateLimited(RedisTokenBucket.result(answer[1]))
