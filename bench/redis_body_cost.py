@@ -5,7 +5,8 @@ window, its followed-author flags and its tweet bodies (``query/view.py``'s ``_O
 
 A private key prefix on the configured Redis (``TL_REDIS_URL``): one timeline window of 56
 members (the read's ``limit + SLACK + 1`` at limit 50), a following set of 10 authors, and
-56 tweet bodies stored as the worker stores them (``sinks.redis_tweets``: a hash ``a t c r``).
+56 tweet bodies stored both as the worker stores them now (``sinks.redis_tweets``: a string
+``<author>:<tail>``, read with one ``MGET``) and as it did before 2026-12-02 (a hash ``a t c r``).
 Each shape is one script, called ``--calls`` times per round; Redis's own ``usec`` for
 EVALSHA (``INFO commandstats``) gives the time inside Redis per call, the network and the
 client left out. Rounds alternate the shapes; the minimum and the median over rounds are
@@ -25,12 +26,20 @@ from redis.asyncio import Redis
 
 from schemas.tweet_json import render_tail
 from settings import get_settings
-from sinks.redis_tweets import BODY_LUA
+from sinks.redis_tweets import body_value
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WINDOW = 56
 TEXT = "tweet 2127880372824887296 by 1913891963019247: " + "x" * 80
 
+# How bodies were read before 2026-12-02, from hashes ``a t c r d`` (sinks/redis_tweets.py).
+HASH_BODY_LUA = """
+local function body(key)
+  local v = redis.call('HMGET', key, 'a', 'd', 'r')
+  if v[3] then return v end
+  return redis.call('HMGET', key, 'a', 't', 'c', 'd', 'r')
+end
+"""
 _WINDOW = "local window = redis.call('ZREVRANGEBYLEX', KEYS[1], '+', '-', 'LIMIT', 0, %d)\n" % WINDOW
 _ID = "string.match(m, '^0*(%d+):')"
 SHAPES = {
@@ -44,10 +53,12 @@ SHAPES = {
     "bodies: HMGET of 5 fields": _WINDOW + (
         "local b = {} for i, m in ipairs(window) do "
         f"b[i] = redis.call('HMGET', ARGV[1] .. {_ID}, 'a', 't', 'c', 'd', 'r') end return b"),
-    "bodies: BODY_LUA (TAILED_FIELDS when tailed)": BODY_LUA + _WINDOW + (
+    "bodies: hashes, HMGET a d r each (before 2026-12-02)": HASH_BODY_LUA + _WINDOW + (
         f"local b = {{}} for i, m in ipairs(window) do b[i] = body(ARGV[1] .. {_ID}) end return b"),
     "bodies: HGET of the tail alone": _WINDOW + (
         f"local b = {{}} for i, m in ipairs(window) do b[i] = redis.call('HGET', ARGV[1] .. {_ID}, 'r') end return b"),
+    "bodies: strings, one MGET (now)": _WINDOW + (
+        f"local k = {{}} for i, m in ipairs(window) do k[i] = ARGV[2] .. {_ID} end return redis.call('MGET', unpack(k))"),
 }
 
 
@@ -70,6 +81,7 @@ async def measure(redis: Redis, rounds: int, calls: int) -> dict[str, dict[str, 
             for t, a in zip(ids, authors):
                 pipe.hset(f"{prefix}tweet:{t}", mapping={"a": a, "t": TEXT, "c": 1796161189651,
                                                          "r": render_tail(TEXT, 1796161189651)})
+                pipe.set(f"{prefix}tb:{t}", body_value(int(a), TEXT, 1796161189651))
             await pipe.execute()
         shas = {name: await redis.script_load(src) for name, src in SHAPES.items()}
         keys = [prefix + "home", prefix + "following"]
@@ -77,10 +89,10 @@ async def measure(redis: Redis, rounds: int, calls: int) -> dict[str, dict[str, 
         for _ in range(rounds):
             for name, sha in shas.items():
                 for _ in range(20):
-                    await redis.evalsha(sha, 2, *keys, prefix + "tweet:")
+                    await redis.evalsha(sha, 2, *keys, prefix + "tweet:", prefix + "tb:")
                 calls0, usec0 = await script_stats(redis)
                 for _ in range(calls):
-                    await redis.evalsha(sha, 2, *keys, prefix + "tweet:")
+                    await redis.evalsha(sha, 2, *keys, prefix + "tweet:", prefix + "tb:")
                 calls1, usec1 = await script_stats(redis)
                 seen[name].append((usec1 - usec0) / max(1, calls1 - calls0))
         return {name: {"min_us": round(min(v), 1), "median_us": round(sorted(v)[len(v) // 2], 1)}

@@ -42,7 +42,7 @@ from sinks.redis_client import connect
 
 TABLES = ("follower-edges", "authors", "early-deletes", "following-edges", "recipients")
 CASSANDRA_TABLES = ("tweets", "author_timeline", "user_timeline", "timeline_meta", "following", "author_status")
-REDIS_PATTERNS = ("home:*", "homev:*", "atl:*", "atlv:*", "tweet:*", "celebrities")
+REDIS_PATTERNS = ("home:*", "homev:*", "atl:*", "atlv:*", "tb:*", "tweet:*", "celebrities")
 
 
 class RebuildError(RuntimeError):

@@ -22,7 +22,7 @@ What a read costs
   query service's rate-limit token: one Redis call (``query/view.py``, where the
   cache misses are described too). A cache hit without celebrities is that call alone.
 * Hydration of what the first call did not read (later chunks, pulled tweets it did not
-  expect): one script call for the tweet hashes (``RedisTweets``; a pipeline on a cluster);
+  expect): one ``MGET`` of the tweet bodies (``RedisTweets``; split by node on a cluster);
   Cassandra is asked only for bodies missing from Redis (one ``IN`` query).
 * Celebrity pulls: the celebrities' cached windows of newest ids
   (``RedisTimelines.author_windows``), read by the first call on one Redis with the bodies
@@ -194,7 +194,7 @@ class HomeTimelineReader:
             if tweet is None:
                 misses.append(tweet_id)
             elif not tweet.deleted_at:
-                out[tweet_id] = Tweet(tweet_id, tweet.author_id, tweet.text, tweet.created_at, tweet.rendered)
+                out[tweet_id] = Tweet(tweet_id, tweet.author_id, None, None, tweet.rendered)
         stats.tweet_cache_hits += len(ids) - len(misses)
         stats.tweet_cache_misses += len(misses)
         if misses:
@@ -208,7 +208,8 @@ class HomeTimelineReader:
                 elif r.author_id is not None and r.text is not None:
                     out[r.tweet_id] = Tweet(r.tweet_id, r.author_id, r.text, r.created_at or 0)
             if cache and (posted or deleted):
-                # A delete only sets a field of the hash, so this write cannot undo one.
+                # A post is cached only where nothing is (sinks/redis_tweets.py), so this write
+                # cannot undo a delete.
                 await self.tweets.write(posted, deleted)
                 stats.redis_round_trips += 1
         return out

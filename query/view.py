@@ -48,7 +48,7 @@ from sinks.redis_timeline import (
     SENTINEL_ID, WINDOW_READ_LUA, CachedTimeline, RedisTimelines, decode_version, lex_below, parse_member,
     parse_window, version_token, window_entries,
 )
-from sinks.redis_tweets import BODY_LUA, TAILED_FIELDS, CachedTweet, RedisTweets, parse_body
+from sinks.redis_tweets import DELETED, CachedTweet, RedisTweets, parse_body
 
 # The first round trip of a read, atomic so that its parts agree with each other.
 # KEYS: timeline, timeline version, following set, following version, celebrity set,
@@ -61,9 +61,10 @@ from sinks.redis_tweets import BODY_LUA, TAILED_FIELDS, CachedTweet, RedisTweets
 # read), else: window, lowest member (the sentinel), timeline size, timeline version,
 # following set size, per window member whether its author is followed, the
 # followed celebrities, following version, whether the celebrity set is loaded (it
-# holds '0'), its version, per window member its tweet body (sinks.redis_tweets'
-# HMGET; empty for the sentinel, for authors not followed, and, when celebrities are
-# pulled, for members below the newest ``window size - 1`` of the merge), and the celebrities' pulls
+# holds '0'), its version, per window member its tweet body (sinks.redis_tweets' value, nil
+# when not cached; '' - not read - for the sentinel, for authors not followed, and, when
+# celebrities are pulled, for members below the newest ``window size - 1`` of the merge; all
+# bodies are one MGET), and the celebrities' pulls
 # (empty when none): {ids read per author, the authors, per author the window below the
 # bound as ``read_window`` reads it (sinks/redis_timeline.py: members, lowest, size, version), the ids
 # and bodies of the pulled tweets among the newest ``window size - 1`` of the merge of the
@@ -82,7 +83,7 @@ from sinks.redis_tweets import BODY_LUA, TAILED_FIELDS, CachedTweet, RedisTweets
 #
 # The body and window keys are derived from ids, not passed in KEYS: one server only. On a
 # Redis Cluster the same answer, without the pulls, takes two round trips (query/view_cluster.py).
-_OPEN = TAKE_FUNCTION_LUA + BODY_LUA + VERSION_LUA + WINDOW_READ_LUA + """
+_OPEN = TAKE_FUNCTION_LUA + VERSION_LUA + WINDOW_READ_LUA + """
 if ARGV[9] == '1' then
   local gate = take({KEYS[7]}, {ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]})
   if gate[1] == 0 then return {'limited', gate} end
@@ -105,7 +106,7 @@ for i, m in ipairs(window) do
     seen[m] = true
   end
 end
-local pulls = {}
+local pulls, pulled_ids = {}, {}
 local authors = {}
 if ARGV[6] ~= '' and loaded == 1 then
   for _, c in ipairs(celebs) do if c ~= '0' then authors[#authors + 1] = c end end
@@ -126,24 +127,29 @@ if #authors > 0 then
   end
   table.sort(merged)  -- ascending, walked from the end (a Lua comparator costs ~10% of the script)
   local top = {}
-  local ids, pulled_bodies = {}, {}
   for i = #merged, math.max(1, #merged - n + 1), -1 do
     local m = merged[i]
     top[m] = true
-    if pulled[m] then
-      local id = string.match(m, '^0*(%d+):')
-      ids[#ids + 1] = id
-      pulled_bodies[#pulled_bodies + 1] = body(ARGV[5] .. id)
-    end
+    if pulled[m] then pulled_ids[#pulled_ids + 1] = string.match(m, '^0*(%d+):') end
   end
   for i, m in ipairs(window) do
     if not top[m] then followed[i] = nil end  -- below what the page can show
   end
-  pulls = {per, authors, windows, ids, pulled_bodies}
+  pulls = {per, authors, windows, pulled_ids, {}}
 end
+-- Every body in one MGET (sinks/redis_tweets.py): the window's followed members', then the pulled tweets'.
+local keys, at = {}, {}
 local bodies = {}
 for i, m in ipairs(window) do
-  if followed[i] then bodies[i] = body(ARGV[5] .. followed[i]) else bodies[i] = {} end
+  bodies[i] = ''  -- not read
+  if followed[i] then keys[#keys + 1] = ARGV[5] .. followed[i]; at[#keys] = i end
+end
+local read = #keys
+for _, id in ipairs(pulled_ids) do keys[#keys + 1] = ARGV[5] .. id end
+if #keys > 0 then
+  local got = redis.call('MGET', unpack(keys))
+  for j = 1, read do bodies[at[j]] = got[j] end
+  for j = read + 1, #keys do pulls[5][j - read] = got[j] end
 end
 return {window, lowest, size, home_v, following, flags, celebs, following_v, loaded, celebs_v, bodies, pulls}
 """
@@ -186,9 +192,6 @@ class View:
         return self.windows
 
 
-_TAILED = len(TAILED_FIELDS)
-
-
 def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
               stats: ReadStats | None = None) -> Page | None:
     """The page of a read that the first round trip answered alone, or None.
@@ -225,21 +228,19 @@ def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
     for tweet_id in candidates:
         consumed += 1
         raw = body_of.get(tweet_id)
-        if raw is not None and len(raw) == _TAILED and raw[0] is not None:
-            # A body with its rendered tail (TAILED_FIELDS: author, deleted_at, tail), as
-            # parse_body reads it, straight into the page's Tweet: most hits are only these.
-            if raw[1] is None or not int(raw[1]):
-                out.append(Tweet(tweet_id, int(raw[0]), None, None, raw[2]))
-                if len(out) == limit:
-                    break
-            continue
-        tweet = parse_body(tweet_id, raw) if raw is not None else None
-        if tweet is None:
+        if raw is None:
             return None  # not cached: the general path reads it from Cassandra
-        if not tweet.deleted_at:
-            out.append(Tweet(tweet_id, tweet.author_id, tweet.text, tweet.created_at, tweet.rendered))
-            if len(out) == limit:
-                break
+        if raw[0] == DELETED:
+            if parse_body(tweet_id, raw) is None:
+                return None  # not a value of ours: the general path reads Cassandra
+            continue
+        # ``<author>:<tail>`` as parse_body reads it, straight into the page's Tweet.
+        author, sep, tail = raw.partition(b":")
+        if not sep or not author.isdigit():
+            return None
+        out.append(Tweet(tweet_id, int(author), None, None, tail))
+        if len(out) == limit:
+            break
     region_done = consumed == len(candidates) and (horizon is None or reached)
     if len(out) == limit:
         at_end = region_done and (reached or floor == 0)
@@ -348,7 +349,7 @@ class UserViews:
         following_hit = followee_card > 0
         stats.following_cache = "hit" if following_hit else "miss"
         for (tweet_id, _), body in zip(entries, bodies):
-            if body:
+            if body != b"":  # b"": not read; None: not cached (a miss, known)
                 view.bodies[tweet_id] = parse_body(tweet_id, body)
         if following_hit:
             for (_, author_id), flag in zip(entries, flags):

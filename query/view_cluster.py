@@ -118,7 +118,7 @@ async def open_cluster(views: "UserViews", user_id: int, keys: list[str], args: 
             following, flags = 0, []
         else:
             followed = sorted(found)
-    bodies: list[Any] = [[] for _ in window]
+    bodies: list[Any] = [b"" for _ in window]  # b"": not read, as _OPEN answers
     for (i, _), row in zip(wanted, done.get("bodies", [])):
         bodies[i] = row
     return [window, lowest, size, home_v, following, flags, followed, following_v, loaded, celebrities_v, bodies,

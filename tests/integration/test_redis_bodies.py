@@ -1,7 +1,8 @@
-"""Tweet bodies read on a real Redis (``sinks/redis_tweets.py``): a body with its rendered
-tail is read without text and time (the tail holds both), one cached before tails existed is
-read whole, a delete mark alone reads as a known delete, a missing body as a miss; what every
-field gives (a cluster's pipeline) renders the same page."""
+"""Tweet bodies read and written on a real Redis (``sinks/redis_tweets.py``): a body is its
+author and rendered tail, a delete mark wins over a post in either order and over a replay or a
+reader's refill, a missing body reads as a miss and a value the cache did not write as one too;
+the page rendered from cached bodies is the page rendered from the tweets' fields; a delete also
+marks the hash a query service of the previous version reads."""
 from __future__ import annotations
 
 from redis.asyncio import Redis
@@ -9,31 +10,31 @@ from redis.asyncio import Redis
 from query.page import Tweet
 from query.params import render_page_json
 from schemas.tweet_json import render_tail
-from sinks.redis_tweets import FIELDS, RedisTweets, parse_body
+from sinks.redis_tweets import RedisTweets
 from tests.integration.pipeline_harness import isolated_settings
 
 
-async def test_bodies_with_a_tail_are_read_without_text_and_time(tmp_path) -> None:
+async def test_bodies_deletes_and_misses(tmp_path) -> None:
     settings = isolated_settings(tmp_path)
     redis = Redis.from_url(settings.redis_url)
     tweets = RedisTweets(redis, prefix=settings.redis_prefix)
     try:
         await tweets.write([(1, 10, 'hello "world"', 1_700_000_000_000), (2, 20, "deleted later", 5)], [(2, 9), (3, 9)])
-        await redis.hset(tweets.key(4), mapping={"a": 40, "t": "before tails", "c": 7})  # no "r"
+        await tweets.write([(3, 30, "posted after its delete", 6), (2, 20, "deleted later", 5)], [])  # replays, refills
+        await redis.set(tweets.key(4), b"foreign value")
         got = await tweets.read([1, 2, 3, 4, 5])
-        assert (got[1].author_id, got[1].text, got[1].created_at, got[1].deleted_at) == (10, None, None, None)
+        assert (got[1].author_id, got[1].deleted_at) == (10, None)
         assert got[1].rendered == render_tail('hello "world"', 1_700_000_000_000)
-        assert got[2].author_id == 20 and got[2].deleted_at == 9 and got[2].rendered is not None
-        assert got[3].deleted_at == 9 and got[3].author_id == 0  # a delete mark alone: the delete is known
-        assert (got[4].text, got[4].created_at, got[4].rendered) == ("before tails", 7, None)
-        assert got[5] is None
-        whole = {t: parse_body(t, await redis.hmget(tweets.key(t), FIELDS)) for t in (1, 4)}
-        assert (whole[1].text, whole[1].created_at) == ('hello "world"', 1_700_000_000_000)
+        assert (got[2].author_id, got[2].deleted_at, got[2].rendered) == (0, 9, None)  # the delete won
+        assert (got[3].author_id, got[3].deleted_at) == (0, 9)  # ... whichever came first
+        assert got[4] is None and got[5] is None  # not ours, not cached: misses (Cassandra answers)
+        assert 0 < await redis.ttl(tweets.key(1)) <= tweets.ttl_s
+        assert 0 < await redis.ttl(tweets.key(2)) <= tweets.ttl_s
+        # The previous version's hash gets the delete mark too (its readers still run during an upgrade).
+        assert await redis.hget(f"{settings.redis_prefix}tweet:2", "d") == b"9"
 
-        def page(bodies):
-            return render_page_json([Tweet(t, b.author_id, b.text, b.created_at, b.rendered) for t, b in bodies.items()],
-                                    {10: "ten"}, None, "cache")
-        assert page({1: got[1], 4: got[4]}) == page(whole)
+        page = render_page_json([Tweet(1, got[1].author_id, None, None, got[1].rendered)], {10: "ten"}, None, "cache")
+        assert page == render_page_json([Tweet(1, 10, 'hello "world"', 1_700_000_000_000)], {10: "ten"}, None, "cache")
     finally:
         keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*")]
         if keys:

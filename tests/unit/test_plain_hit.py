@@ -2,8 +2,8 @@
 
 The answer is built as ``query/view.py``'s script builds it, from a randomized cached
 timeline (entries at and below the floor, a whole or a capped copy), following list,
-celebrity set and tweet bodies (live with and without a pre-rendered tail, deleted,
-delete marks, not cached). The general path runs on stubs: a tweet body not cached is
+celebrity set and tweet bodies (live, delete marks, not cached, and values the cache
+does not write). The general path runs on stubs: a tweet body not cached is
 read from a Cassandra stub that holds every tweet; any other store call raises
 ``NeedsIO``. Wherever ``plain_hit`` answers, its page must be the general path's.
 """
@@ -20,10 +20,9 @@ from query.page import ReadStats
 from query.reader import HomeTimelineReader
 from query.view import plain_hit
 from schemas.events import INT64_MAX as MAX_ID
-from schemas.tweet_json import render_tail
 from sinks.redis_following import RedisFollowing
 from sinks.redis_timeline import RedisTimelines, member
-from sinks.redis_tweets import RedisTweets
+from sinks.redis_tweets import RedisTweets, body_value
 from policies.timeline import SLACK
 
 Row = namedtuple("Row", "tweet_id author_id text created_at deleted_at")
@@ -63,7 +62,7 @@ class StubTweets(RedisTweets):
         pass
 
 
-BODY = st.sampled_from(["live"] * 12 + ["untailed", "deleted", "deleted_untailed", "mark", "missing"])
+BODY = st.sampled_from(["live"] * 12 + ["mark", "missing", "foreign", "foreign_mark"])
 
 
 @st.composite
@@ -95,18 +94,15 @@ def answer_of(ids, authors, floor, followed, bodies, cap, limit, cursor, celebs,
     for m, flag in zip(window, flags):
         tweet_id, author = (int(x) for x in m.split(b":"))
         if tweet_id == 0 or not flag:
-            raw_bodies.append([])
+            raw_bodies.append(b"")  # not read
             continue
         kind = bodies[ids.index(tweet_id)]
-        text, created = f"tweet {tweet_id}".encode(), str(tweet_id // 7).encode()
-        tail = render_tail(text.decode(), tweet_id // 7)
-        raw_bodies.append({  # a body with its tail is read without text and time (sinks.redis_tweets.BODY_LUA)
-            "live": [str(author).encode(), None, tail],  # TAILED_FIELDS
-            "untailed": [str(author).encode(), text, created, None, None],
-            "deleted": [str(author).encode(), b"99", tail],
-            "deleted_untailed": [str(author).encode(), text, created, b"99", None],
-            "mark": [None, None, None, b"99", None],
-            "missing": [None, None, None, None, None],
+        raw_bodies.append({  # sinks.redis_tweets' values
+            "live": body_value(author, f"tweet {tweet_id}", tweet_id // 7),
+            "mark": b"d99",
+            "missing": None,
+            "foreign": b"not a body",
+            "foreign_mark": b"dx",
         }[kind])
     return [window, [members[-1]], len(members), b"v", len(follows), flags, celebs, b"v", loaded, b"v", raw_bodies,
             []]  # no pulls read (the celebrities' windows)
@@ -116,7 +112,7 @@ def general_page(answer, ids, authors, bodies, cap, limit, cursor, above):
     redis = StubRedis()
     settings_ = SimpleNamespace(redis_prefix="t:", timeline_ttl_s=3600, author_window_cap=100)
     timelines = RedisTimelines(redis, prefix="t:", cap=cap, ttl_s=3600)
-    store = {t: Row(t, a, f"tweet {t}", t // 7, 99 if kind in ("deleted", "deleted_untailed", "mark") else None)
+    store = {t: Row(t, a, f"tweet {t}", t // 7, 99 if kind == "mark" else None)
              for t, a, kind in zip(ids, authors, bodies)}
     reader = HomeTimelineReader(settings_, StubCassandra(store), timelines,
                                 tweets=StubTweets(redis, prefix="t:"),
