@@ -122,7 +122,8 @@ class _Protocol(asyncio.Protocol):
             self.timer = self.owner.loop.call_at(deadline, self.check_deadline)
 
     def fail(self, error: Exception) -> None:
-        """Close the connection; every waiting call gets ``error``."""
+        """Close the connection; every waiting call gets ``error`` (an instance each: a traceback
+        is written into the exception it is raised with)."""
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -135,7 +136,7 @@ class _Protocol(asyncio.Protocol):
         while self.waiting:
             future, _ = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(type(error)(*error.args))
 
 
 class PipelinedRedis:
