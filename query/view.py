@@ -48,7 +48,7 @@ from sinks.redis_timeline import (
     SENTINEL_ID, WINDOW_READ_LUA, CachedTimeline, RedisTimelines, decode_version, lex_below, parse_member,
     parse_window, version_token, window_entries,
 )
-from sinks.redis_tweets import DELETED, CachedTweet, RedisTweets, parse_body
+from sinks.redis_tweets import CachedTweet, RedisTweets, body_parts, parse_body
 
 # The first round trip of a read, atomic so that its parts agree with each other.
 # KEYS: timeline, timeline version, following set, following version, celebrity set,
@@ -227,18 +227,13 @@ def plain_hit(answer: list[Any], cursor: int, limit: int, above: int, cap: int,
     consumed = 0
     for tweet_id in candidates:
         consumed += 1
-        raw = body_of.get(tweet_id)
-        if raw is None:
-            return None  # not cached: the general path reads it from Cassandra
-        if raw[0] == DELETED:
-            if parse_body(tweet_id, raw) is None:
-                return None  # not a value of ours: the general path reads Cassandra
+        parts = body_parts(body_of.get(tweet_id))  # straight into the page's Tweet, no CachedTweet
+        if parts is None:
+            return None  # not cached (or not a value of ours): the general path reads Cassandra
+        author_id, deleted_at, tail = parts
+        if deleted_at is not None:
             continue
-        # ``<author>:<tail>`` as parse_body reads it, straight into the page's Tweet.
-        author, sep, tail = raw.partition(b":")
-        if not sep or not author.isdigit():
-            return None
-        out.append(Tweet(tweet_id, int(author), None, None, tail))
+        out.append(Tweet(tweet_id, author_id, None, None, tail))
         if len(out) == limit:
             break
     region_done = consumed == len(candidates) and (horizon is None or reached)

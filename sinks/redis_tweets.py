@@ -46,19 +46,25 @@ def body_value(author_id: int, text: str, created_at: int) -> bytes:
     return b"%d:%b" % (author_id, render_tail(text, created_at))
 
 
-def parse_body(tweet_id: int, raw: bytes | None) -> CachedTweet | None:
-    """A body's cached state from its key's value: a CachedTweet (a delete mark is one with
-    ``deleted_at`` and no author), or None for a miss (nothing cached, or a value this module
-    did not write: the reader then asks Cassandra)."""
+def body_parts(raw: bytes | None) -> tuple[int, int | None, bytes | None] | None:
+    """(author id, deleted_at, rendered tail) from a body key's value - (0, deleted_at, None)
+    for a delete mark - or None for a miss (nothing cached, or a value this module did not
+    write: the reader then asks Cassandra)."""
     if not raw:
         return None
     if raw[0] == DELETED:
         at = raw[1:]
-        return CachedTweet(tweet_id, 0, int(at), None) if at.isdigit() else None
+        return (0, int(at), None) if at.isdigit() else None
     author, sep, tail = raw.partition(b":")
     if not sep or not author.isdigit():
         return None
-    return CachedTweet(tweet_id, int(author), None, tail)
+    return int(author), None, tail
+
+
+def parse_body(tweet_id: int, raw: bytes | None) -> CachedTweet | None:
+    """A body's cached state (:func:`body_parts`) as a CachedTweet, or None for a miss."""
+    parts = body_parts(raw)
+    return None if parts is None else CachedTweet(tweet_id, *parts)
 
 
 class RedisTweets:
