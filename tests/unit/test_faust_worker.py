@@ -42,7 +42,7 @@ def test_faust_own_worker_puts_the_root_logger_at_debug(faust_test_app: faust.Ap
 def test_once_started_the_collector_spares_the_start_up_heap_and_collects_young_objects_less_often() -> None:
     import gc
 
-    from streams.faust_worker import GC_THRESHOLD0, tune_gc
+    from gc_tuning import GC_THRESHOLD0, tune_gc
 
     thresholds = gc.get_threshold()
     try:
