@@ -16,7 +16,10 @@ process). Steps:
    channels) -> the ``tweet`` event on the probe's stream. Idle, then at each ``--load-rate``
    (a comma list: background tweets/s, or ``N%`` of ``--burst-deliveries``, the pipeline's
    burst capacity in deliveries/s, divided by the fanout) whose authors are followed by
-   ``--load-fanout`` stream users each (their streams wake too). At each point, the CPU of the
+   ``--load-fanout`` stream users each (their streams wake too), and ``--load-others`` users
+   without a stream each (deliveries to timelines nobody watches: the pipeline's load at a
+   point is the sum, as in the main benchmark, where few readers have a stream open; their
+   timelines are not cached, so each of those deliveries is a Cassandra row). At each point, the CPU of the
    query service and of the worker per stream event (one tweet delivered to one open stream).
    The service's own histogram (``timeline_live_event_delay_seconds``: from a stage's notice,
    published right after its timeline write, to the tweet events written on a stream; every
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -203,7 +207,7 @@ async def background_load(pub: Publisher, authors: list[int], rate: float, ids: 
 
 def load_rate(spec: str, burst: float, fanout: int) -> float:
     """Background tweets/s of a ``--load-rate`` item: ``20`` (tweets/s) or ``50%`` (of the burst
-    capacity in deliveries/s, each tweet being ``fanout`` deliveries)."""
+    capacity in deliveries/s, each tweet being ``fanout`` deliveries: to streams and to others)."""
     spec = spec.strip()
     if spec.endswith("%"):
         return float(spec[:-1]) / 100 * burst / fanout
@@ -216,7 +220,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     settings = bench_settings(get_settings(), tag, workdir, partitions=4, threshold=10**6, hysteresis=1)
     await provision(settings)
-    result: dict[str, Any] = {"streams": args.streams, "probes": args.probes,
+    result: dict[str, Any] = {"command": " ".join(["python -m bench.live_bench", *sys.argv[1:]]),
+                              "streams": args.streams, "probes": args.probes,
                               "loadavg_at_start": [round(x, 1) for x in os.getloadavg()]}
     worker = Worker(settings, workdir / "worker.log").start()
     service = ServiceProcess("query.service", settings, workdir / "query.log").start()
@@ -235,6 +240,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         follows += [{"type": "followed", "follower_id": stream_users[(i * 97 + j) % len(stream_users)][0],
                      "followee_id": a, "at": 1}
                     for i, a in enumerate(load_authors) for j in range(args.load_fanout)]
+        # ... and by users without a stream (no account needed: no activity record is active).
+        follows += [{"type": "followed", "follower_id": 4 * 10**15 + i * args.load_others + j, "followee_id": a, "at": 1}
+                    for i, a in enumerate(load_authors) for j in range(args.load_others)]
         for ev in follows:
             await pub.send(ev)
         await wait_caught_up(settings, timeout=300, check=worker.check)
@@ -289,7 +297,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"idle: {result['idle']}")
         result["loads"] = []
         for spec in args.load_rate.split(","):
-            rate = load_rate(spec, args.burst_deliveries, args.load_fanout)
+            rate = load_rate(spec, args.burst_deliveries, args.load_fanout + args.load_others)
             stop = asyncio.Event()
             sent0 = sum(len(c.arrivals) for c in clients)
             load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, rate, ids, stop))
@@ -304,7 +312,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             point["background_events_received"] = sum(len(c.arrivals) for c in clients) - sent0 - point["received"]
             point["background_events_expected"] = point["background_tweets"] * args.load_fanout
             point["spec"], point["rate"] = spec, round(rate, 1)
-            point["deliveries_per_s"] = round(rate * args.load_fanout, 1)
+            point["deliveries_per_s"] = round(rate * args.load_fanout, 1)  # to open streams
+            point["pipeline_deliveries_per_s"] = round(rate * (args.load_fanout + args.load_others), 1)
             result["loads"].append(point)
             log(f"load {spec}: {point}")
         result["loadavg_at_end"] = [round(x, 1) for x in os.getloadavg()]
@@ -322,7 +331,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     lines = ["# Live streams (SSE): idle streams per query-service process and event latency", "",
-             f"`python -m bench.live_bench --streams {result['streams']}` "
+             f"`{result.get('command') or 'python -m bench.live_bench --streams ' + str(result['streams'])}` "
              f"({time.strftime('%Y-%m-%d')}, this 2-core machine shared with the four servers and other "
              f"developers' runs: load average {result['loadavg_at_start'][0]} at the start, "
              f"{result.get('loadavg_at_end', ['?'])[0]} at the end).", "",
@@ -334,7 +343,9 @@ def render(result: dict[str, Any]) -> str:
               "", "| load | received | ack -> notice p50 / p99 (ms) | notice -> event p50 / p99 (ms) | "
               "ack -> event p50 / p99 (ms) |", "| --- | ---: | ---: | ---: | ---: |"]
     points = [("idle", result["idle"])] + [
-        (f"{r['spec']}: {r['rate']} tweets/s, {r['deliveries_per_s']} deliveries/s to streams", r)
+        (f"{r['spec']}: {r['rate']} tweets/s, "
+         + (f"{r['pipeline_deliveries_per_s']} deliveries/s, " if r.get("pipeline_deliveries_per_s", 0)
+            > r["deliveries_per_s"] else "") + f"{r['deliveries_per_s']} deliveries/s to streams", r)
         for r in result["loads"]]
     for label, r in points:
         cells = [f"{r[k]['p50']} / {r[k]['p99']}" for k in ("ack_to_notice_ms", "notice_to_event_ms", "ack_to_event_ms")]
@@ -372,7 +383,9 @@ def main() -> None:
     parser.add_argument("--load-rate", default="20", help="comma list: tweets/s, or N%% of --burst-deliveries")
     parser.add_argument("--burst-deliveries", type=float, default=4233.0,
                         help="the pipeline's burst capacity (bench/results/latest.md)")
-    parser.add_argument("--load-fanout", type=int, default=10)
+    parser.add_argument("--load-fanout", type=int, default=10, help="stream users following each load author")
+    parser.add_argument("--load-others", type=int, default=0,
+                        help="users without a stream following each load author too")
     parser.add_argument("--open-concurrency", type=int, default=20)
     parser.add_argument("--workdir", default="/tmp/tl-bench")
     parser.add_argument("--out", default=str(RESULTS / "live.md"))
