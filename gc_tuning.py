@@ -23,8 +23,13 @@ leaves some: the Cassandra driver's futures), rarely.
 from __future__ import annotations
 
 import gc
+import time
+from typing import Any
 
 GC_THRESHOLD0 = 50_000
+# Buckets of the pause histograms (the worker's ``timeline_gc_pause_seconds``, the services'
+# ``<service>_gc_pause_seconds``).
+GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 def tune_gc() -> None:
@@ -33,3 +38,18 @@ def tune_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD0, older, oldest)
+
+
+class GcPauses:
+    """A ``gc.callbacks`` entry timing each collection into ``histogram`` (a Prometheus
+    histogram labelled by ``generation``; generation 2 is a full collection)."""
+
+    def __init__(self, histogram: Any) -> None:
+        self.began = 0.0
+        self.children = {g: histogram.labels(str(g)) for g in (0, 1, 2)}
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.began = time.perf_counter()
+        else:
+            self.children[info["generation"]].observe(time.perf_counter() - self.began)

@@ -44,6 +44,8 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gc_tuning import GC_BUCKETS, GcPauses
+
 log = logging.getLogger(__name__)
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -183,28 +185,13 @@ class ConsumerLagCollector(Collector):
         yield family
 
 
-GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 GC_PAUSE = Histogram("timeline_gc_pause_seconds", "Garbage collector pauses of the worker, by generation",
                      ["generation"], buckets=GC_BUCKETS)
 
 
-class GcPauses:
-    """``gc.callbacks`` entry timing each collection into ``GC_PAUSE``."""
-
-    def __init__(self) -> None:
-        self.began = 0.0
-        self.children = {g: GC_PAUSE.labels(str(g)) for g in (0, 1, 2)}
-
-    def __call__(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self.began = time.perf_counter()
-        else:
-            self.children[info["generation"]].observe(time.perf_counter() - self.began)
-
-
 def watch_gc() -> None:
     if not any(isinstance(cb, GcPauses) for cb in gc.callbacks):
-        gc.callbacks.append(GcPauses())
+        gc.callbacks.append(GcPauses(GC_PAUSE))
 
 
 def install(app: Any, topics: Iterable[str]) -> None:

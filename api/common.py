@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
@@ -26,7 +27,7 @@ from api import errors
 from api.body import BodyLimitMiddleware
 from api.observe import ObserveMiddleware
 from api.openapi import describe_app
-from gc_tuning import tune_gc
+from gc_tuning import GC_BUCKETS, GcPauses, tune_gc
 from logs import dict_config
 from settings import Settings, get_settings
 
@@ -67,7 +68,9 @@ class HttpMetrics:
     ``joined``: answered without PostgreSQL; ``looked_up``, ``looked_up_unknown``: a
     PostgreSQL lookup; ``limited``: 429 from the per-address lookup limit) and
     ``<service>_rate_limit_unavailable_total{limit}`` (Redis did not answer a limiter, which
-    then let the request through, or used its in-process fallback). Subclasses add their own."""
+    then let the request through, or used its in-process fallback), and
+    ``<service>_gc_pause_seconds{generation}`` (the garbage collector's pauses while the app
+    runs: ``gc_tuning``). Subclasses add their own."""
 
     def __init__(self, service: str, buckets: Sequence[float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -83,6 +86,11 @@ class HttpMetrics:
             ["method", "route"],
             buckets=tuple(buckets),
             registry=self.registry,
+        )
+        self.gc_pauses = Histogram(
+            f"{service}_gc_pause_seconds",
+            "Garbage collector pauses of the process, by generation (every request and stream waits meanwhile)",
+            ["generation"], buckets=GC_BUCKETS, registry=self.registry,
         )
         self.authentications = Counter(
             f"{service}_authentications_total",
@@ -254,9 +262,12 @@ def build_app(
         # under load (POST at concurrency 32: p99 150-166 ms with them, 51-59 ms after the
         # freeze), and every open stream for ~1 s with 10,000 of them.
         tune_gc()
+        pauses = GcPauses(metrics.gc_pauses)
+        gc.callbacks.append(pauses)
         try:
             yield
         finally:
+            gc.callbacks.remove(pauses)
             await res.stop()
 
     app = ServiceApp(

@@ -612,7 +612,15 @@ async def test_health_and_metrics(world: World):
     checks = resp.json()["checks"]
     assert set(checks) == {"postgres", "redis", "cassandra", "kafka"}
     assert all(c["ok"] for c in checks.values())
+    assert (await world.client.get("/v1/users/1/tweets")).status_code == 200  # a read to count, run alone too
     text = (await world.client.get("/metrics")).text
     for name in ("timeline_read_seconds_bucket", "timeline_cache_lookups_total", "query_http_requests_total",
                  "timeline_activity_events_total"):
         assert name in text
+    # The collector's pauses while the app runs (gc_tuning), a full collection included.
+    import gc
+
+    registry = world.app.state.metrics.registry
+    before = registry.get_sample_value("query_gc_pause_seconds_count", {"generation": "2"}) or 0
+    gc.collect()
+    assert registry.get_sample_value("query_gc_pause_seconds_count", {"generation": "2"}) == before + 1
