@@ -43,7 +43,9 @@ from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionP
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, named_tuple_factory
 
 from policies.first_wins import StoredTweet
-from sinks.cassandra_batches import BATCH_BYTES, BATCH_CONCURRENCY, BATCH_SIZE, batch_limits, estimate_bytes, plan_batches
+from sinks.cassandra_batches import (
+    BATCH_BYTES, BATCH_CONCURRENCY, BATCH_SIZE, batch_limits, estimate_bytes, plan_batches, spread_statements,
+)
 from sinks.cassandra_cql import QUERIES, ROW_KEYS
 from settings import Settings
 
@@ -250,9 +252,12 @@ class CassandraStore:
     def _batched(self, items: list[tuple[str, Sequence[Any]]]) -> tuple[list[tuple[Any, Any]], int]:
         stmts = self._stmts
         replica_group = self._replica_group()
+        # A small call in smaller batches, side by side (spread_statements: stage 2's writes at idle).
+        size = spread_statements(len(items), self.batch_size, self.batch_concurrency)
+        partitions = min(self.batch_partitions, size)
         if replica_group is None:  # single host: any statements may share a batch
-            plan = plan_batches(items, max_statements=self.batch_size, max_bytes=self.batch_bytes,
-                                max_partitions=self.batch_partitions, row_of=self._row_of, size_of=self._size_of)
+            plan = plan_batches(items, max_statements=size, max_bytes=self.batch_bytes,
+                                max_partitions=partitions, row_of=self._row_of, size_of=self._size_of)
             requests: list[tuple[Any, Any]] = []
             for batch in plan:
                 if len(batch) == 1:
@@ -266,8 +271,8 @@ class CassandraStore:
         else:
             # Bind first: the routing key (partition) decides the replica set.
             bound = [(item, stmts[item[0]].bind(item[1])) for item in items]
-            plan = plan_batches(bound, max_statements=self.batch_size, max_bytes=self.batch_bytes,
-                                max_partitions=self.batch_partitions, row_of=lambda b: self._row_of(b[0]),
+            plan = plan_batches(bound, max_statements=size, max_bytes=self.batch_bytes,
+                                max_partitions=partitions, row_of=lambda b: self._row_of(b[0]),
                                 size_of=lambda b: self._size_of(b[0]), group_of=lambda b: replica_group(b[1]))
             requests = []
             for batch in plan:

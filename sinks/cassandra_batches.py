@@ -20,6 +20,9 @@ BATCH_SIZE = 32  # statements per batch
 BATCH_BYTES = 16 * 1024  # estimated payload per batch (values + per-statement overhead)
 BATCH_CONCURRENCY = 32  # batches in flight per execute_many call (TL_CASSANDRA_BATCHES_IN_FLIGHT)
 STATEMENT_OVERHEAD_BYTES = 24  # a rough per-row cost on top of the values (timestamps, flags)
+# A call too small to fill its batches in flight is cut into smaller batches, down to this many
+# statements each (``spread_statements``).
+SPREAD_FLOOR = 8
 
 
 def estimate_bytes(params: Sequence[Any]) -> int:
@@ -33,6 +36,23 @@ def estimate_bytes(params: Sequence[Any]) -> int:
         elif value is not None:
             size += 8
     return size
+
+
+def spread_statements(n: int, max_statements: int, in_flight: int, floor: int = SPREAD_FLOOR) -> int:
+    """Statements per batch for a call of ``n`` statements: ``max_statements`` when the call
+    fills ``in_flight`` batches of that size anyway (throughput: fewer, fuller requests); else
+    the call is spread over up to ``in_flight`` batches, but never fewer than ``floor``
+    statements per batch (latency: a small call's batches run side by side).
+
+    Why: an UNLOGGED batch across partitions takes ~0.15 ms longer per partition it holds: on an
+    idle single node (2026-12-02) a batch of 32 rows in 32 partitions took 5.6 ms, of
+    32 rows in one partition 1.1 ms, and stage 2's typical idle call - 75 rows, one tweet's
+    deliveries - 13.2 ms as 3 batches of 32 and 8.9 ms as 10 of 8 (4: 9.6 ms; 16: 9.9 ms; 75
+    single statements 21 ms: the driver's cost per request)."""
+    if max_statements < 1 or in_flight < 1 or floor < 1:
+        raise ValueError(f"need max_statements, in_flight, floor >= 1; got {max_statements}, {in_flight}, {floor}")
+    wanted = -(-n // in_flight)  # ceil: the size at which n statements fill in_flight batches
+    return min(max_statements, max(floor, wanted))
 
 
 def plan_batches(

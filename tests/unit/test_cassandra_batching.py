@@ -6,7 +6,7 @@ import random
 import pytest
 
 from sinks.cassandra import CassandraStore
-from sinks.cassandra_batches import batch_limits, estimate_bytes, parse_bytes, plan_batches
+from sinks.cassandra_batches import SPREAD_FLOOR, batch_limits, estimate_bytes, parse_bytes, plan_batches, spread_statements
 
 STORE = CassandraStore(session=None, keyspace="ks")  # type: ignore[arg-type] - only the pure helpers are used
 
@@ -228,3 +228,25 @@ def test_unbatchable_statements_go_alone_and_one_by_one_when_nothing_batches() -
     assert _shape(requests) == [1, 1] and concurrency == store.concurrency
     requests, _ = store._batched([ins(1, 10), ("clear_user_tl", (1,)), ins(1, 11), dele(1, 11)])
     assert _shape(requests) == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(("n", "expected"), [
+    (0, SPREAD_FLOOR), (1, SPREAD_FLOOR), (75, SPREAD_FLOOR),  # a small call: batches of the floor, side by side
+    (300, 10), (32 * 20 + 1, 21),  # spread over the 32 in flight
+    (32 * 32, 32), (1700, 32), (10**6, 32),  # a call that fills 32 full batches: full batches
+])
+def test_a_small_call_is_spread_over_smaller_batches_a_large_one_keeps_full_ones(n: int, expected: int) -> None:
+    assert spread_statements(n, 32, 32) == expected
+
+
+def test_the_spread_never_exceeds_the_limit_nor_goes_below_the_floor() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        n, limit, flight, floor = rng.randrange(0, 5000), rng.randrange(1, 64), rng.randrange(1, 64), rng.randrange(1, 16)
+        size = spread_statements(n, limit, flight, floor)
+        assert 1 <= size <= limit
+        assert size >= min(limit, floor)
+        if size < limit:  # spread: n fits the batches in flight at this size
+            assert -(-n // size) <= flight or size == floor
+    with pytest.raises(ValueError):
+        spread_statements(10, 0, 32)
