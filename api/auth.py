@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 
 from api.common import HttpMetrics
 from api.errors import Problem
+from api.inflight import SharedFetches
 from api.limits import request_address, token_lookup_limiter
 from api.observe import note_user
 from policies.ttl_cache import TtlLru
@@ -86,7 +87,7 @@ class TokenAuthenticator:
         self.valid: TtlLru[bytes, int] = TtlLru(TOKEN_CACHE_MAX, settings.token_cache_ttl_s)
         self.unknown: TtlLru[bytes, int] = TtlLru(NEGATIVE_CACHE_MAX, settings.token_negative_ttl_s)
         self.limiter = token_lookup_limiter(redis, settings, metrics, on_limited)
-        self._inflight: dict[bytes, asyncio.Future[int | None]] = {}
+        self._inflight: SharedFetches[bytes, int | None] = SharedFetches()
         self.lookups = 0  # PostgreSQL lookups made by this process
 
     async def user_for_token(self, token: str, address: Callable[[], str]) -> int | None:
@@ -111,16 +112,7 @@ class TokenAuthenticator:
         if pending is not None:
             self.metrics.authentications.labels("joined").inc()
             return await asyncio.shield(pending)
-        task = asyncio.get_running_loop().create_task(self._lookup(digest))
-        self._inflight[digest] = task
-        task.add_done_callback(lambda done: self._finished(digest, done))
-        return await asyncio.shield(task)
-
-    def _finished(self, digest: bytes, task: asyncio.Future[int | None]) -> None:
-        if self._inflight.get(digest) is task:
-            del self._inflight[digest]
-        if not task.cancelled():
-            task.exception()  # retrieved: the waiters got it (503), nobody else should log it
+        return await asyncio.shield(self._inflight.start([digest], self._lookup(digest)))
 
     async def _lookup(self, digest: bytes) -> int | None:
         self.lookups += 1

@@ -19,11 +19,11 @@ import asyncio
 import logging
 import time
 from contextlib import AbstractAsyncContextManager
-from functools import partial
 from typing import Any, Callable, Iterable
 
 from redis.asyncio import Redis
 
+from api.inflight import SharedFetches
 from api.kafka import KafkaGateway, KafkaUnavailable
 from query.metrics import QueryMetrics
 from schemas.events import UserActive
@@ -61,7 +61,7 @@ class HandleCache:
         self.local_ttl_s = local_ttl_s
         self._local: dict[int, tuple[str | None, float]] = {}
         # id -> the fetch under way for it (``lookup``)
-        self._inflight: dict[int, asyncio.Task[dict[int, str | None]]] = {}
+        self._inflight: SharedFetches[int, dict[int, str | None]] = SharedFetches()
 
     def key(self, user_id: int) -> str:
         return f"{self.prefix}handle:{user_id}"
@@ -79,8 +79,7 @@ class HandleCache:
         many open streams at once (every follower's, a celebrity's tens of thousands) looks its
         author up once, not once per stream - those lookups queued for PostgreSQL connections
         and held stream events back by hundreds of milliseconds (live_bench, 10,000 streams).
-        The fetch is a task of its own, so a caller that goes away does not cancel it for the
-        others."""
+        A caller that goes away does not cancel the fetch for the others (``api.inflight``)."""
         now = time.monotonic()
         out: dict[int, str | None] = {}
         wanted: list[int] = []
@@ -97,23 +96,12 @@ class HandleCache:
         if known:
             self.metrics.cache.labels("handle", "hit").inc(known)
         if wanted:
-            fetch = asyncio.get_running_loop().create_task(self._fetch(wanted, now))
-            for user_id in wanted:
-                self._inflight[user_id] = fetch
-            fetch.add_done_callback(partial(self._fetched, wanted))
-            waits[fetch] = wanted
+            waits[self._inflight.start(wanted, self._fetch(wanted, now))] = wanted
         for fetch, ids in waits.items():
             found = await asyncio.shield(fetch)
             for user_id in ids:
                 out[user_id] = found[user_id]
         return out
-
-    def _fetched(self, user_ids: list[int], fetch: asyncio.Task[dict[int, str | None]]) -> None:
-        for user_id in user_ids:
-            if self._inflight.get(user_id) is fetch:
-                del self._inflight[user_id]
-        if not fetch.cancelled():
-            fetch.exception()  # retrieved: each caller that waited got it raised already
 
     async def _fetch(self, wanted: list[int], now: float) -> dict[int, str | None]:
         """Handles of ``wanted`` (none in the local map): Redis, then PostgreSQL for the rest."""
