@@ -72,14 +72,20 @@ class Settings:
     cassandra_hosts: tuple[str, ...] = _env("TL_CASSANDRA_HOSTS", ("127.0.0.1",), _tuple)
     cassandra_port: int = _env("TL_CASSANDRA_PORT", 9042, int)
     cassandra_keyspace: str = _env("TL_CASSANDRA_KEYSPACE", "timeline")
-    # How the local Cassandra (localenv) makes a write durable before acknowledging it:
-    # "batch" waits for an fsync (a SIGKILLed single node loses nothing it acknowledged),
-    # "periodic" syncs every 10 s (Cassandra's default; a cluster at replication factor 3
-    # and QUORUM writes gets its durability from the replicas). docs/operations.md.
-    cassandra_commitlog_sync: str = _env("TL_CASSANDRA_COMMITLOG_SYNC", "batch")
-    # "group" also acknowledges only after the fsync, but syncs at most once per window
-    # (ms): fewer, larger fsyncs for the same durability, each write waiting up to a window.
+    # How the local Cassandra (localenv) syncs its commit log: "periodic" every
+    # TL_CASSANDRA_COMMITLOG_PERIOD_MS (50; Cassandra's default is 10 s) and acknowledges
+    # writes before that, so the worker's acks wait for the sync (TL_CASSANDRA_COMMITLOG_GATE);
+    # "batch" fsyncs before every acknowledgement (half the rows per CPU-second here);
+    # "group" at most once per window (ms), each write waiting up to a window.
+    # docs/operations.md, "Durability of the local Cassandra".
+    cassandra_commitlog_sync: str = _env("TL_CASSANDRA_COMMITLOG_SYNC", "periodic")
     cassandra_commitlog_group_window_ms: int = _env("TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS", 10, int)
+    cassandra_commitlog_period_ms: int = _env("TL_CASSANDRA_COMMITLOG_PERIOD_MS", 50, int)
+    # With "periodic" on a node that holds the only copy of a row, the worker acks a batch
+    # (its Kafka offsets may be committed) only once the commit log holds its writes on disk
+    # (sinks/cassandra_sync.py). "off" skips that wait: for measurements only, it loses
+    # acknowledged writes when Cassandra crashes.
+    cassandra_commitlog_gate: str = _env("TL_CASSANDRA_COMMITLOG_GATE", "auto")
     # The local node's mutation threads (concurrent_writes). With an fsync before every
     # acknowledgement a thread waits for the disk with its mutation: the number of threads
     # bounds how many mutations one fsync can cover (was 8; with 64 threads and 32 batches in
@@ -257,12 +263,14 @@ class Settings:
         if self.topic_partitions < 1:
             raise ValueError("TL_TOPIC_PARTITIONS must be >= 1")
         if min(self.cassandra_concurrent_writes, self.cassandra_batches_in_flight,
-               self.cassandra_commitlog_group_window_ms) < 1:
-            raise ValueError("TL_CASSANDRA_CONCURRENT_WRITES, TL_CASSANDRA_BATCHES_IN_FLIGHT and "
-                             "TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS must be >= 1")
+               self.cassandra_commitlog_group_window_ms, self.cassandra_commitlog_period_ms) < 1:
+            raise ValueError("TL_CASSANDRA_CONCURRENT_WRITES, TL_CASSANDRA_BATCHES_IN_FLIGHT, "
+                             "TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS and TL_CASSANDRA_COMMITLOG_PERIOD_MS must be >= 1")
         if self.cassandra_memtable not in CASSANDRA_MEMTABLES:
             raise ValueError(f"TL_CASSANDRA_MEMTABLE must be one of {', '.join(CASSANDRA_MEMTABLES)}, "
                              f"got {self.cassandra_memtable!r}")
+        if self.cassandra_commitlog_gate not in ("auto", "off"):
+            raise ValueError(f"TL_CASSANDRA_COMMITLOG_GATE must be auto or off, got {self.cassandra_commitlog_gate!r}")
         if self.author_window_cap < 1:
             raise ValueError("TL_AUTHOR_WINDOW_CAP must be >= 1")
         if min(self.projection_pace_ms, self.fanout_pace_ms, self.deliver_pace_ms) < 0:

@@ -383,4 +383,5 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 async def deliver(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_recipient_batch,
                   batch_max=BATCH_MAX, pace_s=settings.deliver_pace_ms / 1000,
+                  gate_of=lambda sinks: sinks.cassandra.gate,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

@@ -434,4 +434,5 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
 async def fanout(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_author_batch,
                   batch_max=BATCH_MAX, pace_s=settings.fanout_pace_ms / 1000,
+                  gate_of=lambda sinks: sinks.cassandra.gate,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

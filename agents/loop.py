@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar
 
 from agents.failures import Isolator, guard
 from agents.metrics import BatchTimer
@@ -29,12 +29,15 @@ async def consume(
     dead_letters_topic: Any,
     partitions: int,
     pace_s: float = 0.0,
+    gate_of: Optional[Callable[[R], Any]] = None,
 ) -> None:
     """Open the agent's stores (``setup``), then process each batch; an event that cannot be
     processed is dead-lettered, a systemic fault stops the worker (``agents/failures.py``).
     ``pace_s``: a stage off the latency path waits between batches (``take.pace_pause``); the
     wait comes after the batch's processing and before its ack, so a stop meanwhile only
-    replays a batch whose writes are idempotent."""
+    replays a batch whose writes are idempotent.
+    ``gate_of(resource)``: the ``sinks/cassandra_sync.CommitLogGate`` (or None) that a batch's
+    acks wait for, when the Cassandra node acknowledges writes before its commit log is on disk."""
     stage = isolator.stage
     async with guard(stage):
         resource = await setup()
@@ -42,7 +45,8 @@ async def consume(
         async def dead_letter(event: Any, reason: str) -> None:
             await publish_dead_letter(dead_letters_topic, event, reason, stage, partitions)
 
-        async for events in drain_batches(stream, batch_max):
+        gate = gate_of(resource) if gate_of is not None else None
+        async for events in drain_batches(stream, batch_max, gate=gate):
             began = time.monotonic()
             with BatchTimer(stage, len(events)):
                 await isolator.run(events, lambda part: process(resource, part), dead_letter)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class Sinks:
 
     @classmethod
     async def open(cls, settings: Settings) -> "Sinks":
-        cassandra = await asyncio.to_thread(CassandraStore.open, settings)
+        cassandra = await asyncio.to_thread(functools.partial(CassandraStore.open, settings, durable_acks=True))
         redis = connect(settings)
         acks = Acks.from_settings(settings)  # a cluster: a batch is done once replicas hold it
         timelines = RedisTimelines.from_settings(redis, settings, acks)

@@ -16,7 +16,12 @@ grow with the load instead of with a timer.
 Acks: a batch's events are acked only when the consumer asks for the next batch, i.e.
 after its processing returned. A generator closed before that (the worker stopping, a
 crash) acks nothing, so nothing unfinished is ever committed (``take_events`` acks in a
-``finally``, also when closed mid-batch; see ``agents/shutdown.py``).
+``finally``, also when closed mid-batch; see ``agents/shutdown.py``). With a ``gate``
+(``sinks/cassandra_sync.CommitLogGate``) a processed batch is acked later, in order, by a
+task of the generator once its writes are on disk; the stream goes on meanwhile. If
+Cassandra restarted since a batch began, that batch and the later unacked ones are handed
+over again (before new events) and acked only after that. Closing the generator stops the
+task: what it had not acked is processed again by the next worker.
 
 It uses the same stream hooks as ``take_events`` in faust-streaming 0.15.3
 (``add_processor``, ``_enable_passive``, ``current_event``, ``ack``, ``enable_acks``,
@@ -25,7 +30,9 @@ It uses the same stream hooks as ``take_events`` in faust-streaming 0.15.3
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+import time
+from collections import deque
+from typing import Any, AsyncIterator, Callable
 
 #: Turns of the event loop without a new event (and with the stream's queue empty) that
 #: end the linger after the first buffered event (no wall-clock wait).
@@ -41,13 +48,14 @@ def pace_pause(batch_len: int, batch_max: int, elapsed_s: float, pace_s: float) 
     return max(0.0, pace_s - elapsed_s)
 
 
-def drain_batches(stream: Any, max_: int, *, min_: int = 1,
-                  linger_ticks: int = LINGER_TICKS) -> AsyncIterator[list[Any]]:
+def drain_batches(stream: Any, max_: int, *, min_: int = 1, linger_ticks: int = LINGER_TICKS,
+                  gate: Any = None) -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``, each as soon as ``min_`` (one) are
-    buffered. (A larger ``min_`` is for tests that need several messages as one batch.)"""
+    buffered. (A larger ``min_`` is for tests that need several messages as one batch.)
+    ``gate``: acks wait for it (``sinks/cassandra_sync.CommitLogGate``; see the module doc)."""
     if not 1 <= min_ <= max_:
         raise ValueError(f"need 1 <= min_ <= max_, got min_={min_}, max_={max_}")
-    agen = _drain(stream, max_, min_, linger_ticks)
+    agen = _drain(stream, max_, min_, linger_ticks, gate)
     tracked = getattr(stream, "_active_agens", None)
     if tracked is not None:  # Stream.on_stop closes it (as it does take_events' generators)
         tracked.add(agen)
@@ -71,7 +79,65 @@ async def _linger(events: list[Any], max_: int, queue: Any, idle_ticks: int) -> 
             idle += 1
 
 
-async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int) -> AsyncIterator[list[Any]]:
+class _LateAcks:
+    """Acks processed batches once ``gate.settle`` says their writes are on disk; batches whose
+    writes a restarted Cassandra may have lost go to ``redo``, for the stream to hand over again."""
+
+    def __init__(self, stream: Any, gate: Any, wake: Callable[[], None]) -> None:
+        self.stream, self.gate, self.wake = stream, gate, wake
+        self.pending: deque[tuple[Any, float, list[Any]]] = deque()  # (token, done_at, events)
+        self.redo: deque[list[Any]] = deque()
+        self.added = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def begin(self) -> Any:
+        return self.gate.token()
+
+    def add(self, token: Any, batch: list[Any]) -> None:
+        self.pending.append((token, time.monotonic(), batch))
+        self.added.set()
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self.pending:
+                    self.added.clear()
+                    await self.added.wait()
+                    continue
+                token, done_at, batch = self.pending[0]
+                if await self.gate.settle(token, done_at):
+                    self.pending.popleft()
+                    for event in batch:
+                        await self.stream.ack(event)
+                    continue
+                # The node restarted after this batch began: process again every batch begun
+                # before the restart was seen, in order, before any of them is acked.
+                current = self.gate.token()
+                again = [p[2] for p in self.pending if p[0] != current]
+                self.pending = deque(p for p in self.pending if p[0] == current)
+                self.redo.extend(again)
+                self.stream.log.warning("Cassandra restarted: %d batches (%d events) are processed again",
+                                        len(again), sum(len(b) for b in again))
+                self.wake()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing more can be acked: stop loudly
+            self.stream.log.exception("late acks failed: %r", exc)
+            await self.stream.crash(exc)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+
+async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int,
+                 gate: Any) -> AsyncIterator[list[Any]]:
     events: list[Any] = []
     ready = asyncio.Event()  # at least min_ events buffered
     room = asyncio.Event()  # the buffer takes events (cleared while full or handed out)
@@ -102,8 +168,15 @@ async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int) -> AsyncI
     stream.enable_acks = False  # acked here, after processing
     stream.add_processor(add_to_buffer)
     stream._enable_passive(aiter(stream.channel))
+    late = _LateAcks(stream, gate, ready.set) if gate is not None else None
     try:
         while not stream.should_stop:
+            if late is not None and late.redo:  # writes a restarted Cassandra may have lost
+                batch = late.redo.popleft()
+                token = late.begin()
+                yield batch
+                late.add(token, batch)
+                continue
             if len(events) < min_:
                 ready.clear()
                 if await stream.wait_for_stopped(ready):
@@ -113,11 +186,17 @@ async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int) -> AsyncI
             room.clear()
             batch = list(events)
             del events[: len(batch)]
+            token = late.begin() if late is not None else None
             yield batch
             # The consumer asked for the next batch: this one is processed.
-            for event in batch:
-                await stream.ack(event)
+            if late is not None:
+                late.add(token, batch)
+            else:
+                for event in batch:
+                    await stream.ack(event)
             room.set()
     finally:
+        if late is not None:
+            await late.close()
         stream.enable_acks = enable_acks
         stream._processors.remove(add_to_buffer)

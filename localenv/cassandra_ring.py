@@ -6,8 +6,10 @@ Java 17 and JVM flags) on the caller's addresses (default 127.0.0.1, 127.0.0.2 a
 127.0.0.3, all in data center ``dc1``; Linux routes all of 127/8 to ``lo``), each in its own
 folder under the caller's, all on the caller's native and internode ports;
 ``GossipingPropertyFileSnitch`` with each node's data center, the first node of each data
-center a seed, a 512 MiB heap, four tokens each, the commit log synced every 10 s
-(``periodic``: the replicas are the durability). They start one after the other: a node
+center a seed, a 512 MiB heap, four tokens each, the commit log synced every
+``TL_CASSANDRA_COMMITLOG_PERIOD_MS`` (``periodic``, 50 ms: in the ring at replication factor
+3 the replicas are the durability; in the regions' one-node data centers the workers' acks
+wait for the sync, ``sinks/cassandra_sync.py``). They start one after the other: a node
 joins the ring only when the one before it is up and normal. Every port a node opens
 (native, internode, the JMX exporter's) is on its own address; there is no JMX port. ::
 

@@ -86,7 +86,7 @@ class Cassandra(Service):
     @property
     def commitlog_period(self) -> str:
         if self.commitlog_sync == "periodic":
-            return "commitlog_sync_period: 10000ms\n"
+            return f"commitlog_sync_period: {self.settings.cassandra_commitlog_period_ms}ms\n"
         if self.commitlog_sync == "group":
             return f"commitlog_sync_group_window: {self.settings.cassandra_commitlog_group_window_ms}ms\n"
         return ""
@@ -181,15 +181,13 @@ commitlog_directory: {home / 'commitlog'}
 saved_caches_directory: {home / 'saved_caches'}
 hints_directory: {home / 'hints'}
 cdc_raw_directory: {home / 'cdc_raw'}
-# A write is acknowledged once it is on disk with "batch" (the default,
-# TL_CASSANDRA_COMMITLOG_SYNC). With "periodic" (fsync every 10 s) a SIGKILLed
-# Cassandra replayed its commit log only up to the last sync: 6 and 22 writes it had
-# acknowledged in its last ~0.1 s were gone after the restart, while the pipeline, which
-# commits its Kafka offsets after Cassandra acknowledges, never wrote them again (the
-# fault suite found timelines missing tweets and deletes; docs/reliability.md). "batch"
-# groups concurrent writers into one fsync and costs throughput and latency (one fsync
-# per write group: 4 ms p50, 65 ms p99 on this kind of machine's disk; the batched-insert
-# ceiling 8,642 vs 16,985 rows/s with "periodic"; docs/operations.md).
+# The commit log: "periodic" (the default, TL_CASSANDRA_COMMITLOG_SYNC) syncs every
+# TL_CASSANDRA_COMMITLOG_PERIOD_MS (50) and acknowledges writes before; a SIGKILLed node
+# loses what it acknowledged since its last sync (the fault suite found 6 and 22 writes
+# gone), so the worker acks a batch to Kafka only once a later write shows the commit log
+# synced past it (sinks/cassandra_sync.py, docs/reliability.md). "batch" fsyncs before
+# every acknowledgement: the same guarantee without the worker's wait, at about twice the
+# node's CPU per row and half its rows/s here (docs/operations.md).
 commitlog_sync: {self.commitlog_sync}
 {self.commitlog_period}commitlog_segment_size: 32MiB
 authenticator: AllowAllAuthenticator

@@ -33,6 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Hashable, Iterable, Sequence
 
@@ -47,6 +51,7 @@ from sinks.cassandra_batches import (
     BATCH_BYTES, BATCH_CONCURRENCY, BATCH_SIZE, batch_limits, estimate_bytes, plan_batches, spread_statements,
 )
 from sinks.cassandra_cql import QUERIES, ROW_KEYS
+from sinks.cassandra_sync import CommitLogGate, gate_lag_s, needs_gate, sync_lag_s
 from settings import Settings
 
 # Lightweight transactions in flight per claim_tweets call. An LWT is a Paxos round
@@ -55,6 +60,8 @@ from settings import Settings
 # 64 and 128 gave the same throughput within the noise (the server's CPU is the
 # limit, see claim_tweets); 32 keeps a 500-tweet batch to ~16 rounds.
 LWT_CONCURRENCY = 32
+
+_log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -146,18 +153,62 @@ class CassandraStore:
     batch_partitions: int = BATCH_SIZE  # distinct partitions per batch (see configure_batches)
     lwt_concurrency: int = LWT_CONCURRENCY  # lightweight transactions in flight (claim_tweets)
     _stmts: dict[str, PreparedStatement] = field(default_factory=dict)
+    # Acks wait for the commit log (sinks/cassandra_sync.py); None: an acknowledged write is
+    # already on disk (commitlog_sync batch) or on replicas.
+    gate: CommitLogGate | None = None
 
     QUERIES: ClassVar[dict[str, str]] = QUERIES
     ROW_KEYS: ClassVar[dict[str, tuple[str, tuple[int, ...]]]] = ROW_KEYS
 
     @classmethod
-    def open(cls, settings: Settings, *, concurrency: int = 64, batch_size: int = BATCH_SIZE) -> "CassandraStore":
+    def open(cls, settings: Settings, *, concurrency: int = 64, batch_size: int = BATCH_SIZE,
+             durable_acks: bool = False) -> "CassandraStore":
+        """``durable_acks``: a writer whose callers commit Kafka offsets after its writes (the
+        worker): set up ``gate`` when the node acknowledges before its commit log is on disk."""
         _, session = connect(settings)
         store = cls(session=session, keyspace=settings.cassandra_keyspace, concurrency=concurrency,
                     batch_size=batch_size, batch_concurrency=settings.cassandra_batches_in_flight)
         store.prepare()
         store.configure_batches()
+        if durable_acks:
+            store.configure_gate(settings)
         return store
+
+    SYNC_SETTINGS = ("commitlog_sync", "commitlog_sync_period", "periodic_commitlog_sync_lag_block")
+
+    def configure_gate(self, settings: Settings) -> None:
+        """Read how the node syncs its commit log (``system_views.settings``) and how many
+        replicas and nodes the local data center has; make ``gate`` if acks must wait."""
+        server = {}
+        for name in self.SYNC_SETTINGS:
+            row = self.session.execute("SELECT value FROM system_views.settings WHERE name = %s", (name,)).one()
+            server[name] = row.value if row is not None else None
+        lag = sync_lag_s(server)
+        metadata = self.session.cluster.metadata
+        local_dc = settings.cassandra_local_dc
+        nodes = [h for h in metadata.all_hosts() if not local_dc or h.datacenter == local_dc]
+        strategy = metadata.keyspaces[self.keyspace].replication_strategy
+        factors = getattr(strategy, "dc_replication_factors", None)
+        if factors is not None:
+            replicas = int(factors.get(local_dc, 0)) if local_dc else min((int(f) for f in factors.values()), default=1)
+        else:
+            replicas = int(getattr(strategy, "replication_factor", 1))
+        if not needs_gate(lag, len(nodes), replicas):
+            return
+        if settings.cassandra_commitlog_gate == "off":
+            _log.warning("TL_CASSANDRA_COMMITLOG_GATE=off with commitlog_sync: periodic: Kafka offsets are "
+                         "committed before Cassandra's commit log is on disk; a crash of Cassandra loses writes")
+            return
+        writer = f"{socket.gethostname()}:{os.getpid()}:{settings.cassandra_keyspace}"
+
+        async def probe() -> None:
+            await self.execute("commitlog_probe", (writer, time.time_ns() // 1_000_000))
+
+        async def generation() -> int:
+            return (await self.execute("generation"))[0].gossip_generation
+
+        gen = self.session.execute(self._stmts["generation"]).one().gossip_generation
+        self.gate = CommitLogGate(gate_lag_s(lag), probe, generation, gen)
 
     BATCH_SETTINGS = ("unlogged_batch_across_partitions_warn_threshold", "batch_size_warn_threshold")
 
@@ -205,7 +256,11 @@ class CassandraStore:
         """
         items = list(items)
         if items:
+            gate = self.gate
+            sent = gate.sent() if gate is not None else 0.0
             await asyncio.to_thread(self._execute_many, items)
+            if gate is not None:
+                gate.succeeded(sent)  # a write acknowledged: the commit log synced up to ``sent - L``
 
     def _execute_many(self, items: list[tuple[str, Sequence[Any]]]) -> None:
         if self.batch_size <= 1:

@@ -48,6 +48,10 @@ QUERIES = {
         " WHERE author_id IN ? AND tweet_id < ? PER PARTITION LIMIT ?"
     ),
     "ping": "SELECT release_version FROM system.local",
+    # A one-row write that proves the commit log synced (sinks/cassandra_sync.py).
+    "commitlog_probe": "INSERT INTO {ks}.commitlog_probe (writer, at) VALUES (?, ?)",
+    # The node's life: a new, larger generation at every start (sinks/cassandra_sync.py).
+    "generation": "SELECT gossip_generation FROM system.local",
 }
 # The row each write touches: (table, indexes of its primary key values in
 # the parameters, the partition key first: every table here has a one-column

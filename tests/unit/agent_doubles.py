@@ -108,6 +108,8 @@ class FakeCassandra:
     as it would against the real prepared statements.
     """
 
+    gate = None  # acks do not wait for a commit log (sinks/cassandra_sync.py)
+
     def __init__(self, journal: Journal | None = None) -> None:
         self.journal = journal if journal is not None else []
         self.calls: list[tuple[str, str, tuple]] = []  # (method, statement, params)
@@ -622,7 +624,7 @@ def one_batch(monkeypatch: pytest.MonkeyPatch, module: ModuleType, n: int) -> No
     """The agent of ``module`` takes its next ``n`` messages as one batch."""
     monkeypatch.setattr(module, "BATCH_MAX", n)
     monkeypatch.setattr(agent_loop, "drain_batches",
-                        lambda stream, max_: drain_batches(stream, max_, min_=max_))
+                        lambda stream, max_, **kw: drain_batches(stream, max_, min_=max_, **kw))
 
 
 # --- fixtures --------------------------------------------------------------------------

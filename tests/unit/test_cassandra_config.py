@@ -14,15 +14,20 @@ def _config(mode: str, **more) -> dict:
     return yaml.safe_load(Cassandra(settings=settings, state=Path("/nowhere"))._yaml())
 
 
-def test_batch_is_the_default_and_waits_for_the_disk():
-    assert Settings().cassandra_commitlog_sync == "batch"
+def test_batch_waits_for_the_disk():
     conf = _config("batch")
     assert conf["commitlog_sync"] == "batch" and "commitlog_sync_period" not in conf
 
 
-def test_periodic_syncs_every_ten_seconds():
+def test_periodic_every_fifty_milliseconds_is_the_default_and_the_period_is_a_setting():
+    assert Settings().cassandra_commitlog_sync == "periodic" and Settings().cassandra_commitlog_gate == "auto"
     conf = _config("periodic")
-    assert conf["commitlog_sync"] == "periodic" and conf["commitlog_sync_period"] == "10000ms"
+    assert conf["commitlog_sync"] == "periodic" and conf["commitlog_sync_period"] == "50ms"
+    assert _config("periodic", cassandra_commitlog_period_ms=10000)["commitlog_sync_period"] == "10000ms"
+    with pytest.raises(ValueError, match="TL_CASSANDRA_COMMITLOG_PERIOD_MS must be >= 1"):
+        Settings(cassandra_commitlog_period_ms=0)
+    with pytest.raises(ValueError, match="TL_CASSANDRA_COMMITLOG_GATE must be auto or off"):
+        Settings(cassandra_commitlog_gate="maybe")
 
 
 def test_group_syncs_at_most_once_per_window_and_still_waits_for_the_disk():

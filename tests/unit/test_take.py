@@ -30,6 +30,34 @@ async def wide_drainer(stream: Any) -> None:
         await gate.wait()
 
 
+class Gate:
+    """A commit-log gate (sinks/cassandra_sync.CommitLogGate's interface) under the test's control."""
+
+    def __init__(self) -> None:
+        self.gen = 1
+        self.settled: list[tuple[int, float]] = []
+        self.durable = asyncio.Event()  # the commit log reached the disk
+
+    def token(self) -> int:
+        return self.gen
+
+    async def settle(self, token: int, done_at: float) -> bool:
+        self.settled.append((token, done_at))
+        await self.durable.wait()
+        return token == self.gen
+
+
+late_gate = Gate()
+handed: list[Any] = []  # events handed over by late_drainer
+
+
+@app.agent()
+async def late_drainer(stream: Any) -> None:
+    async for batch in drain_batches(stream, 4, gate=late_gate):
+        handed.extend(batch)
+        batches.append([e.value for e in batch])
+
+
 async def ticks(n: int = 20) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -40,6 +68,8 @@ def fresh(faust_test_app: Any) -> None:
     batches.clear()
     acked_when_handed_over.clear()
     gate.clear()
+    late_gate.__init__()
+    handed.clear()
 
 
 async def test_one_event_is_handed_over_without_waiting_for_a_timer() -> None:
@@ -85,6 +115,38 @@ async def test_a_batch_is_acked_only_after_its_processing_returned() -> None:
         await ticks(60)
         assert batches == [[1], [2]]
         assert acked_when_handed_over == [[False], [False]]
+
+
+async def test_with_a_gate_the_stream_goes_on_and_acks_wait_for_the_disk_in_order() -> None:
+    async with late_drainer.test_context() as tc:
+        for value in range(1, 4):
+            await tc.put(value, wait=False)
+            await ticks()
+        assert batches == [[1], [2], [3]], "processing does not wait for the commit log"
+        await ticks(20)
+        assert late_gate.settled and all(not e.message.acked for e in handed), "nothing acked before the disk"
+        late_gate.durable.set()
+        await ticks(40)
+        assert [e.message.acked for e in handed] == [True, True, True]
+        times = [done_at for _, done_at in late_gate.settled]
+        assert times == sorted(times)
+
+
+async def test_batches_begun_before_a_cassandra_restart_are_processed_again_before_any_ack() -> None:
+    async with late_drainer.test_context() as tc:
+        for value in (1, 2):
+            await tc.put(value, wait=False)
+            await ticks()
+        assert batches == [[1], [2]]
+        late_gate.gen = 2  # the node restarted: what it acknowledged for batches 1 and 2 may be lost
+        late_gate.durable.set()
+        await ticks(60)
+        assert batches == [[1], [2], [1], [2]], "both handed over again, in order"
+        await tc.put(3, wait=False)
+        await ticks(40)
+        assert batches == [[1], [2], [1], [2], [3]]
+        assert all(e.message.acked for e in handed)
+        assert [token for token, _ in late_gate.settled][-3:] == [2, 2, 2]
 
 
 def test_bounds() -> None:

@@ -1,0 +1,220 @@
+"""Kafka offsets that wait for Cassandra's commit log to reach the disk, instead of an fsync
+before every write's acknowledgement.
+
+The pipeline commits a batch's Kafka offsets after Cassandra acknowledged its writes, so an
+acknowledged write must survive a crash of Cassandra. ``commitlog_sync: batch`` gives that by
+syncing the commit log before each acknowledgement; on this kind of machine that halved the
+rows a node takes and doubled its CPU per row (``docs/operations.md``). With
+``commitlog_sync: periodic`` a node acknowledges a write once it is in its commit log's
+buffer and syncs every ``commitlog_sync_period``: a SIGKILLed node lost what it had
+acknowledged in its last ~0.1 s (the fault suite found 6 and 22 writes missing).
+
+This module keeps the guarantee with ``periodic``: a batch's events are acked (so their
+offsets can be committed) only once its writes are known to be on disk. What tells: in
+``periodic`` mode a write is not applied while the last completed sync *started* more than
+``periodic_commitlog_sync_lag_block`` (L; by default 1.5 x the period) before it
+(``PeriodicCommitLogService.maybeWaitForSync`` in Cassandra 4.0 - 5.0: the writer waits for
+such a sync). So when a write *sent* at time ``s`` (by our clock, before it left) succeeds,
+a sync that started after ``s - L`` has completed, and it holds every write whose
+acknowledgement we had received before ``s - L``. Only intervals on one clock are compared
+(a write acknowledged before we stamped ``s - L``, a sync that started after the server
+received a write we sent at ``s``), so the node's clock need not agree with ours; ``L`` gets
+a margin for the clocks' rates.
+
+A proof holds only within one life of the node: a write acknowledged by a process that was
+then killed is not proven by a write to its restarted successor. So each batch carries the
+node's ``gossip_generation`` (``system.local``; a new, larger one at every start) as last
+seen before the batch began, and a proof counts only when a read of the generation *after*
+the proving write still shows it. When it does not, ``settle`` answers False and the batch
+(and every later one begun before the restart was seen) is processed again before any of
+them is acked (``agents/take.py``): what the killed node lost is written again.
+
+Under load the stages' own writes prove earlier batches durable; with nothing else written,
+a one-row probe write (``commitlog_probe``) does, ``L`` after the batch. Any write proves it
+(all tables and the Paxos state share one commit log); reads prove nothing. This holds for
+the node that took the writes: one node per data center (the local single node, each region's
+node). With replicas (a ring at replication factor >= 2 and QUORUM writes) the replicas are
+the durability and no gate is used.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+#: Margin on the server's lag block for the two clocks' rates and scheduling (x1.05 + 5 ms).
+LAG_MARGIN = 1.05
+LAG_SLACK_S = 0.005
+#: After a batch's ``L`` has passed, how long the stages' own writes get to prove it before a
+#: probe is sent (a fraction of ``L``, at least 5 ms).
+PROBE_GRACE = 0.25
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|us|µs|m|h)?\s*$")
+_UNIT_S = {"ms": 1e-3, "s": 1.0, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0, None: 1e-3}
+
+
+def parse_duration_s(value: str | None) -> float | None:
+    """Seconds of a ``system_views.settings`` duration ("75ms", "10s", "10000" = ms); None if unset."""
+    if value is None or value in ("", "null"):
+        return None
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r}")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def sync_lag_s(server: Mapping[str, str | None]) -> float | None:
+    """The lag block ``L`` (s) of a node whose settings are ``server``; None when the node syncs
+    before acknowledging (``batch``, ``group``), so no gate is needed."""
+    mode = (server.get("commitlog_sync") or "").lower()
+    if mode != "periodic":
+        return None
+    block = parse_duration_s(server.get("periodic_commitlog_sync_lag_block"))
+    if block is None:
+        period = parse_duration_s(server.get("commitlog_sync_period"))
+        if period is None:
+            raise ValueError("commitlog_sync is periodic but commitlog_sync_period is not shown")
+        block = 1.5 * period
+    return block
+
+
+def gate_lag_s(lag_block_s: float) -> float:
+    """How long after a write's acknowledgement a later write must have been sent to prove it."""
+    return lag_block_s * LAG_MARGIN + LAG_SLACK_S
+
+
+def needs_gate(lag_block_s: float | None, local_nodes: int, local_replicas: int) -> bool:
+    """Whether acks must wait for the commit log: a node that acknowledges before its sync, and
+    no replicas to hold the write instead. Refuses what it cannot make safe."""
+    if lag_block_s is None:
+        return False
+    if local_replicas >= 2:
+        return False  # QUORUM writes: the replicas are the durability (docs/reliability.md)
+    if local_nodes > 1:
+        raise ValueError(
+            f"commitlog_sync: periodic with one replica per row over {local_nodes} nodes: a node's crash "
+            "loses writes it acknowledged, and a write to one node proves nothing about another. "
+            "Use commitlog_sync: batch on the nodes, or a replication factor of at least 2 (QUORUM)."
+        )
+    return True
+
+
+@dataclass
+class CommitLogGate:
+    """What is known to be on disk, and waiting for it (see the module doc).
+
+    ``sent()`` stamps a write before it leaves; ``succeeded(stamp)`` records that it was
+    acknowledged; ``token()`` is taken when a batch begins; ``await settle(token, done_at)``
+    returns True once every write of the batch (acknowledged before ``done_at``) is on disk,
+    probing when no other write proves it in time, or False when the node restarted since
+    the batch began (its writes may be lost: process it again)."""
+
+    lag_s: float
+    probe: Callable[[], Awaitable[Any]]
+    generation: Callable[[], Awaitable[int]]  # the node's gossip_generation, read now
+    gen: int  # the generation last seen
+    clock: Callable[[], float] = time.monotonic
+    proven: float = -math.inf  # writes acknowledged before this time are on disk, if ``gen`` still holds
+    confirmed: float = -math.inf  # ... and a later read of the generation showed ``gen``
+    probes: int = 0
+    restarts: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _probing: asyncio.Future | None = None
+
+    def sent(self) -> float:
+        return self.clock()
+
+    def succeeded(self, sent_at: float) -> None:
+        before = sent_at - self.lag_s
+        if before > self.proven:
+            self.proven = before
+            self._changed.set()
+
+    def token(self) -> int:
+        return self.gen
+
+    def durable(self, done_at: float) -> bool:
+        return self.proven >= done_at
+
+    async def settle(self, token: int, done_at: float) -> bool:
+        """Wait until the writes acknowledged before ``done_at`` are on disk (True), or learn
+        that the node restarted since ``token`` was taken (False). Only a write sent ``lag_s``
+        after ``done_at`` can prove them: wait that long, give the stages' writes a grace
+        period to do so, then probe (retrying while Cassandra does not answer); then read the
+        generation."""
+        if token != self.gen:
+            return False
+        if self.confirmed >= done_at:
+            return True
+        if not self.durable(done_at):
+            await self._prove(done_at)
+        candidate = self.proven
+        gen = await self._retrying("generation read", self.generation)
+        if gen != self.gen:
+            if gen > self.gen:
+                log.warning("Cassandra restarted (gossip generation %d -> %d): batches begun before are "
+                            "processed again", self.gen, gen,
+                            extra={"event": "cassandra_restart_seen", "generation": gen})
+                self.gen, self.proven, self.confirmed = gen, -math.inf, -math.inf
+                self.restarts += 1
+            return False
+        if token != self.gen:
+            return False
+        self.confirmed = max(self.confirmed, candidate)
+        return True
+
+    async def _prove(self, done_at: float) -> None:
+        due = done_at + self.lag_s
+        wait = due - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        grace_until = self.clock() + max(PROBE_GRACE * self.lag_s, 0.005)
+        while not self.durable(done_at):
+            left = grace_until - self.clock()
+            if left <= 0:
+                break
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        while not self.durable(done_at):
+            await self._retrying("commit log probe", lambda: self._probe_after(due))
+
+    async def _retrying(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Cassandra away: the acks wait, nothing is lost
+                log.warning("%s failed: %r; retrying in %.2fs", what, exc, delay,
+                            extra={"event": "commitlog_gate_retry", "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _probe_after(self, due: float) -> None:
+        """One probe sent at or after ``due``; concurrent callers share one in flight if it
+        was sent late enough for them."""
+        current = self._probing
+        if current is not None and not current.done() and getattr(current, "sent_at", -math.inf) >= due:
+            await asyncio.shield(current)
+            return
+        sent_at = self.sent()
+
+        async def run() -> None:
+            await self.probe()
+            self.probes += 1
+            self.succeeded(sent_at)
+
+        task = asyncio.ensure_future(run())
+        task.sent_at = sent_at  # type: ignore[attr-defined]
+        self._probing = task
+        await asyncio.shield(task)
