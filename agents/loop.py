@@ -46,7 +46,7 @@ async def consume(
             await publish_dead_letter(dead_letters_topic, event, reason, stage, partitions)
 
         gate = gate_of(resource) if gate_of is not None else None
-        async for events in drain_batches(stream, batch_max, gate=gate):
+        async for events in drain_batches(stream, batch_max, gate=gate, stage=stage):
             began = time.monotonic()
             with BatchTimer(stage, len(events)):
                 await isolator.run(events, lambda part: process(resource, part), dead_letter)

@@ -76,6 +76,19 @@ SINK_SECONDS = Histogram(
 SINK_RETRIES = Counter(
     "timeline_sink_retries_total", "Store operations retried because a store failed", ["what"]
 )
+# The commit-log gate (sinks/cassandra_sync.py, agents/take.py): with commitlog_sync periodic a
+# processed batch is acked to Kafka only once Cassandra's commit log holds its writes on disk.
+ACK_WAIT = Histogram(
+    "timeline_ack_wait_seconds", "Processed batch to its Kafka ack: the wait for Cassandra's commit log",
+    ["stage"], buckets=BATCH_BUCKETS,
+)
+COMMITLOG_PROBES = Counter(
+    "timeline_commitlog_probes_total", "One-row writes sent because no other write showed the commit log synced"
+)
+BATCHES_REDONE = Counter(
+    "timeline_batches_redone_total",
+    "Batches processed again because Cassandra restarted before their writes were known on disk", ["stage"],
+)
 
 OUTCOMES = ("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt")
 for _outcome in OUTCOMES:  # present from the start, so rate() sees the first increment

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
 from agents.failures import backoff_retry
-from agents.metrics import SINK_RETRIES, SINK_SECONDS
+from agents.metrics import COMMITLOG_PROBES, SINK_RETRIES, SINK_SECONDS
 from settings import Settings
 from sinks.cassandra import CassandraStore
 from sinks.redis_celebrities import RedisCelebrities
@@ -38,6 +38,8 @@ class Sinks:
     @classmethod
     async def open(cls, settings: Settings) -> "Sinks":
         cassandra = await asyncio.to_thread(functools.partial(CassandraStore.open, settings, durable_acks=True))
+        if cassandra.gate is not None:
+            cassandra.gate.on_probe = COMMITLOG_PROBES.inc
         redis = connect(settings)
         acks = Acks.from_settings(settings)  # a cluster: a batch is done once replicas hold it
         timelines = RedisTimelines.from_settings(redis, settings, acks)

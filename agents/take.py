@@ -34,6 +34,8 @@ import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable
 
+from agents.metrics import ACK_WAIT, BATCHES_REDONE
+
 #: Turns of the event loop without a new event (and with the stream's queue empty) that
 #: end the linger after the first buffered event (no wall-clock wait).
 LINGER_TICKS = 2
@@ -49,13 +51,14 @@ def pace_pause(batch_len: int, batch_max: int, elapsed_s: float, pace_s: float) 
 
 
 def drain_batches(stream: Any, max_: int, *, min_: int = 1, linger_ticks: int = LINGER_TICKS,
-                  gate: Any = None) -> AsyncIterator[list[Any]]:
+                  gate: Any = None, stage: str = "") -> AsyncIterator[list[Any]]:
     """Batches of at most ``max_`` events of ``stream``, each as soon as ``min_`` (one) are
     buffered. (A larger ``min_`` is for tests that need several messages as one batch.)
-    ``gate``: acks wait for it (``sinks/cassandra_sync.CommitLogGate``; see the module doc)."""
+    ``gate``: acks wait for it (``sinks/cassandra_sync.CommitLogGate``; see the module doc);
+    ``stage`` labels its metrics."""
     if not 1 <= min_ <= max_:
         raise ValueError(f"need 1 <= min_ <= max_, got min_={min_}, max_={max_}")
-    agen = _drain(stream, max_, min_, linger_ticks, gate)
+    agen = _drain(stream, max_, min_, linger_ticks, gate, stage)
     tracked = getattr(stream, "_active_agens", None)
     if tracked is not None:  # Stream.on_stop closes it (as it does take_events' generators)
         tracked.add(agen)
@@ -83,8 +86,10 @@ class _LateAcks:
     """Acks processed batches once ``gate.settle`` says their writes are on disk; batches whose
     writes a restarted Cassandra may have lost go to ``redo``, for the stream to hand over again."""
 
-    def __init__(self, stream: Any, gate: Any, wake: Callable[[], None]) -> None:
+    def __init__(self, stream: Any, gate: Any, wake: Callable[[], None], stage: str) -> None:
         self.stream, self.gate, self.wake = stream, gate, wake
+        self.waited = ACK_WAIT.labels(stage)
+        self.redone = BATCHES_REDONE.labels(stage)
         self.pending: deque[tuple[Any, float, list[Any]]] = deque()  # (token, done_at, events)
         self.redo: deque[list[Any]] = deque()
         self.added = asyncio.Event()
@@ -111,6 +116,7 @@ class _LateAcks:
                     self.pending.popleft()
                     for event in batch:
                         await self.stream.ack(event)
+                    self.waited.observe(time.monotonic() - done_at)
                     continue
                 # The node restarted after this batch began: process again every batch begun
                 # before the restart was seen, in order, before any of them is acked.
@@ -118,6 +124,7 @@ class _LateAcks:
                 again = [p[2] for p in self.pending if p[0] != current]
                 self.pending = deque(p for p in self.pending if p[0] == current)
                 self.redo.extend(again)
+                self.redone.inc(len(again))
                 self.stream.log.warning("Cassandra restarted: %d batches (%d events) are processed again",
                                         len(again), sum(len(b) for b in again))
                 self.wake()
@@ -137,7 +144,7 @@ class _LateAcks:
 
 
 async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int,
-                 gate: Any) -> AsyncIterator[list[Any]]:
+                 gate: Any, stage: str) -> AsyncIterator[list[Any]]:
     events: list[Any] = []
     ready = asyncio.Event()  # at least min_ events buffered
     room = asyncio.Event()  # the buffer takes events (cleared while full or handed out)
@@ -168,7 +175,7 @@ async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int,
     stream.enable_acks = False  # acked here, after processing
     stream.add_processor(add_to_buffer)
     stream._enable_passive(aiter(stream.channel))
-    late = _LateAcks(stream, gate, ready.set) if gate is not None else None
+    late = _LateAcks(stream, gate, ready.set, stage) if gate is not None else None
     try:
         while not stream.should_stop:
             if late is not None and late.redo:  # writes a restarted Cassandra may have lost

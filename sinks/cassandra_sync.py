@@ -124,6 +124,7 @@ class CommitLogGate:
     confirmed: float = -math.inf  # ... and a later read of the generation showed ``gen``
     probes: int = 0
     restarts: int = 0
+    on_probe: Callable[[], None] | None = None  # e.g. a metric's inc
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _probing: asyncio.Future | None = None
 
@@ -212,6 +213,8 @@ class CommitLogGate:
         async def run() -> None:
             await self.probe()
             self.probes += 1
+            if self.on_probe is not None:
+                self.on_probe()
             self.succeeded(sent_at)
 
         task = asyncio.ensure_future(run())

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from agents.metrics import BATCHES_REDONE
 from agents.take import drain_batches, pace_pause
 from tests.unit.agent_doubles import app  # the unit tests' Faust app (own app id, no broker)
 
@@ -133,6 +134,8 @@ async def test_with_a_gate_the_stream_goes_on_and_acks_wait_for_the_disk_in_orde
 
 
 async def test_batches_begun_before_a_cassandra_restart_are_processed_again_before_any_ack() -> None:
+    redone = BATCHES_REDONE.labels("")
+    before = redone._value.get()
     async with late_drainer.test_context() as tc:
         for value in (1, 2):
             await tc.put(value, wait=False)
@@ -147,6 +150,7 @@ async def test_batches_begun_before_a_cassandra_restart_are_processed_again_befo
         assert batches == [[1], [2], [1], [2], [3]]
         assert all(e.message.acked for e in handed)
         assert [token for token, _ in late_gate.settled][-3:] == [2, 2, 2]
+        assert redone._value.get() - before == 2
 
 
 def test_bounds() -> None:
