@@ -40,6 +40,7 @@ class Sinks:
         cassandra = await asyncio.to_thread(functools.partial(CassandraStore.open, settings, durable_acks=True))
         if cassandra.gate is not None:
             cassandra.gate.on_probe = COMMITLOG_PROBES.inc
+            cassandra.gate.retry = with_retry
         redis = connect(settings)
         acks = Acks.from_settings(settings)  # a cluster: a batch is done once replicas hold it
         timelines = RedisTimelines.from_settings(redis, settings, acks)

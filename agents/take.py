@@ -34,6 +34,7 @@ import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable
 
+from agents.failures import SystemicFault, describe, fatal
 from agents.metrics import ACK_WAIT, BATCHES_REDONE
 
 #: Turns of the event loop without a new event (and with the stream's queue empty) that
@@ -87,7 +88,7 @@ class _LateAcks:
     writes a restarted Cassandra may have lost go to ``redo``, for the stream to hand over again."""
 
     def __init__(self, stream: Any, gate: Any, wake: Callable[[], None], stage: str) -> None:
-        self.stream, self.gate, self.wake = stream, gate, wake
+        self.stream, self.gate, self.wake, self.stage = stream, gate, wake, stage
         self.waited = ACK_WAIT.labels(stage)
         self.redone = BATCHES_REDONE.labels(stage)
         self.pending: deque[tuple[Any, float, list[Any]]] = deque()  # (token, done_at, events)
@@ -130,9 +131,8 @@ class _LateAcks:
                 self.wake()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - nothing more can be acked: stop loudly
-            self.stream.log.exception("late acks failed: %r", exc)
-            await self.stream.crash(exc)
+        except Exception as exc:  # noqa: BLE001 - nothing more can be acked: stop the worker loudly
+            fatal(self.stage, SystemicFault(f"{self.stage}: acks waiting for Cassandra's commit log: {describe(exc)}"))
 
     async def close(self) -> None:
         if self.task is not None:

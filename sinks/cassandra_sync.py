@@ -105,6 +105,10 @@ def needs_gate(lag_block_s: float | None, local_nodes: int, local_replicas: int)
     return True
 
 
+async def _once(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+    return await fn()
+
+
 @dataclass
 class CommitLogGate:
     """What is known to be on disk, and waiting for it (see the module doc).
@@ -125,6 +129,9 @@ class CommitLogGate:
     probes: int = 0
     restarts: int = 0
     on_probe: Callable[[], None] | None = None  # e.g. a metric's inc
+    # How a probe or a generation read is retried while Cassandra is away: the worker's
+    # ``agents.sinks.with_retry`` (transient errors only, logged and counted); once by default.
+    retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] = _once
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _probing: asyncio.Future | None = None
 
@@ -147,8 +154,8 @@ class CommitLogGate:
         """Wait until the writes acknowledged before ``done_at`` are on disk (True), or learn
         that the node restarted since ``token`` was taken (False). Only a write sent ``lag_s``
         after ``done_at`` can prove them: wait that long, give the stages' writes a grace
-        period to do so, then probe (retrying while Cassandra does not answer); then read the
-        generation."""
+        period to do so, then probe (through ``retry`` while Cassandra does not answer); then
+        read the generation. An error ``retry`` gives up on is raised."""
         if token != self.gen:
             return False
         if self.confirmed >= done_at:
@@ -156,14 +163,13 @@ class CommitLogGate:
         if not self.durable(done_at):
             await self._prove(done_at)
         candidate = self.proven
-        gen = await self._retrying("generation read", self.generation)
-        if gen != self.gen:
-            if gen > self.gen:
-                log.warning("Cassandra restarted (gossip generation %d -> %d): batches begun before are "
-                            "processed again", self.gen, gen,
-                            extra={"event": "cassandra_restart_seen", "generation": gen})
-                self.gen, self.proven, self.confirmed = gen, -math.inf, -math.inf
-                self.restarts += 1
+        gen = await self.retry("commit log generation read", self.generation)
+        if gen != self.gen:  # another life of the node (or another node answering for it)
+            log.warning("Cassandra restarted (gossip generation %d -> %d): batches begun before are "
+                        "processed again", self.gen, gen,
+                        extra={"event": "cassandra_restart_seen", "generation": gen})
+            self.gen, self.proven, self.confirmed = gen, -math.inf, -math.inf
+            self.restarts += 1
             return False
         if token != self.gen:
             return False
@@ -186,20 +192,7 @@ class CommitLogGate:
             except asyncio.TimeoutError:
                 break
         while not self.durable(done_at):
-            await self._retrying("commit log probe", lambda: self._probe_after(due))
-
-    async def _retrying(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        delay = 0.05
-        while True:
-            try:
-                return await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Cassandra away: the acks wait, nothing is lost
-                log.warning("%s failed: %r; retrying in %.2fs", what, exc, delay,
-                            extra={"event": "commitlog_gate_retry", "error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            await self.retry("commit log probe", lambda: self._probe_after(due))
 
     async def _probe_after(self, due: float) -> None:
         """One probe sent at or after ``due``; concurrent callers share one in flight if it

@@ -2,7 +2,11 @@
 import asyncio
 
 import pytest
+from cassandra import InvalidRequest
 
+from agents.failures import backoff_retry
+
+from sinks import cassandra_sync
 from sinks.cassandra_sync import CommitLogGate, gate_lag_s, needs_gate, parse_duration_s, sync_lag_s
 
 
@@ -91,7 +95,9 @@ async def test_settle_probes_when_nothing_else_writes_and_shares_a_probe():
     assert await gate.settle(token, began - 0.003) and node.reads == reads, "confirmed already: no read"
 
 
-async def test_settle_needs_no_probe_when_the_stages_own_writes_prove_it():
+async def test_settle_needs_no_probe_when_the_stages_own_writes_prove_it(monkeypatch):
+    monkeypatch.setattr(cassandra_sync, "PROBE_GRACE", 3.0)  # 90 ms of grace: room for a busy machine
+
     async def probe() -> None:
         raise AssertionError("no probe expected")
 
@@ -117,10 +123,19 @@ async def test_settle_retries_a_failing_probe_and_never_returns_before_a_proof()
         if calls < 3:
             raise ConnectionError("Cassandra away")
 
-    gate = gate_for(Node(), probe, 0.01)
+    gate = gate_for(Node(), probe, 0.01, retry=backoff_retry)  # the worker's: agents.sinks.with_retry
     done_at = gate.sent()
     assert await gate.settle(gate.token(), done_at)
     assert calls == 3 and gate.durable(done_at)
+
+
+async def test_an_error_retrying_cannot_fix_is_raised():
+    async def probe() -> None:
+        raise InvalidRequest("unconfigured table commitlog_probe")
+
+    gate = gate_for(Node(), probe, 0.01, retry=backoff_retry)
+    with pytest.raises(InvalidRequest):
+        await gate.settle(gate.token(), gate.sent())
 
 
 async def test_a_write_to_a_restarted_node_proves_nothing_about_the_killed_one():
