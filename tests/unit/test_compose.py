@@ -26,6 +26,16 @@ def test_the_four_servers_at_the_versions_the_project_runs() -> None:
     assert SERVICES["postgres"]["image"] == "postgres:15"
 
 
+def test_cassandra_syncs_its_commit_log_as_often_as_the_local_node() -> None:
+    """The worker's acks wait for the commit log (sinks/cassandra_sync.py): compose's node gets the
+    local node's period, then starts through the image's entrypoint."""
+    script = SERVICES["cassandra"]["command"][-1]
+    period = Settings().cassandra_commitlog_period_ms
+    assert f"s/^commitlog_sync_period:.*/commitlog_sync_period: {period}ms/" in script
+    assert "/etc/cassandra/cassandra.yaml" in script
+    assert script.endswith("exec docker-entrypoint.sh cassandra -f")
+
+
 def test_brokers_never_create_topics_on_their_own() -> None:
     """Compose's broker and the one localenv.kafka_server writes a config for: a topic exists because
     setup (ops.schema) or the worker (Faust's changelogs) created it with its partitions."""
