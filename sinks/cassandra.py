@@ -179,11 +179,7 @@ class CassandraStore:
     def configure_gate(self, settings: Settings) -> None:
         """Read how the node syncs its commit log (``system_views.settings``) and how many
         replicas and nodes the local data center has; make ``gate`` if acks must wait."""
-        server = {}
-        for name in self.SYNC_SETTINGS:
-            row = self.session.execute("SELECT value FROM system_views.settings WHERE name = %s", (name,)).one()
-            server[name] = row.value if row is not None else None
-        lag = sync_lag_s(server)
+        lag = sync_lag_s(self.server_settings(self.SYNC_SETTINGS))  # unreadable: raised, never guessed
         metadata = self.session.cluster.metadata
         local_dc = settings.cassandra_local_dc
         nodes = [h for h in metadata.all_hosts() if not local_dc or h.datacenter == local_dc]
@@ -212,15 +208,19 @@ class CassandraStore:
 
     BATCH_SETTINGS = ("unlogged_batch_across_partitions_warn_threshold", "batch_size_warn_threshold")
 
+    def server_settings(self, names: Sequence[str]) -> dict[str, str | None]:
+        """The values ``system_views.settings`` shows for ``names`` (None: not set)."""
+        server: dict[str, str | None] = {}
+        for name in names:
+            row = self.session.execute("SELECT value FROM system_views.settings WHERE name = %s", (name,)).one()
+            server[name] = row.value if row is not None else None
+        return server
+
     def configure_batches(self) -> None:
         """Fit batches under the server's batch warnings (each warning is a log line in the server
         and, per request, in the driver): read them from ``system_views.settings``."""
-        server: dict[str, str] = {}
         try:
-            for name in self.BATCH_SETTINGS:
-                row = self.session.execute("SELECT value FROM system_views.settings WHERE name = %s", (name,)).one()
-                if row is not None and row.value is not None:
-                    server[name] = row.value
+            server = {k: v for k, v in self.server_settings(self.BATCH_SETTINGS).items() if v is not None}
         except Exception:  # noqa: BLE001 - an older server: assume its defaults
             server = {}
         self.batch_partitions, self.batch_bytes = batch_limits(
