@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Optional, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from agents.failures import Isolator, guard
 from agents.metrics import BatchTimer
@@ -29,7 +29,7 @@ async def consume(
     dead_letters_topic: Any,
     partitions: int,
     pace_s: float = 0.0,
-    gate_of: Optional[Callable[[R], Any]] = None,
+    gate_of: Callable[[R], Any] | None = None,
 ) -> None:
     """Open the agent's stores (``setup``), then process each batch; an event that cannot be
     processed is dead-lettered, a systemic fault stops the worker (``agents/failures.py``).
