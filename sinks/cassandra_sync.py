@@ -46,6 +46,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+from policies.failures import SystemicFault
+
 log = logging.getLogger(__name__)
 
 #: Margin on the server's lag block for the two clocks' rates and scheduling (x1.05 + 5 ms).
@@ -71,15 +73,19 @@ def parse_duration_s(value: str | None) -> float | None:
 
 def sync_lag_s(server: Mapping[str, str | None]) -> float | None:
     """The lag block ``L`` (s) of a node whose settings are ``server``; None when the node syncs
-    before acknowledging (``batch``, ``group``), so no gate is needed."""
+    before acknowledging (``batch``, ``group``), so no gate is needed. Settings it cannot read
+    are a configuration fault (``SystemicFault``: the worker stops with exit 78, never guesses)."""
     mode = (server.get("commitlog_sync") or "").lower()
     if mode != "periodic":
         return None
-    block = parse_duration_s(server.get("periodic_commitlog_sync_lag_block"))
-    if block is None:
+    try:
+        block = parse_duration_s(server.get("periodic_commitlog_sync_lag_block"))
         period = parse_duration_s(server.get("commitlog_sync_period"))
+    except ValueError as exc:
+        raise SystemicFault(f"Cassandra's commit log settings: {exc}") from exc
+    if block is None:
         if period is None:
-            raise ValueError("commitlog_sync is periodic but commitlog_sync_period is not shown")
+            raise SystemicFault("commitlog_sync is periodic but commitlog_sync_period is not shown")
         block = 1.5 * period
     return block
 
@@ -91,13 +97,14 @@ def gate_lag_s(lag_block_s: float) -> float:
 
 def needs_gate(lag_block_s: float | None, local_nodes: int, local_replicas: int) -> bool:
     """Whether acks must wait for the commit log: a node that acknowledges before its sync, and
-    no replicas to hold the write instead. Refuses what it cannot make safe."""
+    no replicas to hold the write instead. Refuses what it cannot make safe (``SystemicFault``:
+    a configuration the worker stops on, exit 78, rather than restarting the agent in a loop)."""
     if lag_block_s is None:
         return False
     if local_replicas >= 2:
         return False  # QUORUM writes: the replicas are the durability (docs/reliability.md)
     if local_nodes > 1:
-        raise ValueError(
+        raise SystemicFault(
             f"commitlog_sync: periodic with one replica per row over {local_nodes} nodes: a node's crash "
             "loses writes it acknowledged, and a write to one node proves nothing about another. "
             "Use commitlog_sync: batch on the nodes, or a replication factor of at least 2 (QUORUM)."

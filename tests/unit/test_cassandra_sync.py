@@ -5,6 +5,7 @@ import pytest
 from cassandra import InvalidRequest
 
 from agents.failures import backoff_retry
+from policies.failures import SystemicFault
 
 from sinks import cassandra_sync
 from sinks.cassandra_sync import CommitLogGate, gate_lag_s, needs_gate, parse_duration_s, sync_lag_s
@@ -26,8 +27,11 @@ def test_only_periodic_needs_a_lag_and_it_defaults_to_one_and_a_half_periods():
                        "periodic_commitlog_sync_lag_block": None}) == pytest.approx(0.075)
     assert sync_lag_s({"commitlog_sync": "PERIODIC", "commitlog_sync_period": "50ms",
                        "periodic_commitlog_sync_lag_block": "200ms"}) == pytest.approx(0.2)
-    with pytest.raises(ValueError, match="commitlog_sync_period"):
+    # What the worker cannot read stops it as a configuration fault (exit 78), never a guess.
+    with pytest.raises(SystemicFault, match="commitlog_sync_period"):
         sync_lag_s({"commitlog_sync": "periodic"})
+    with pytest.raises(SystemicFault, match="not a duration"):
+        sync_lag_s({"commitlog_sync": "periodic", "commitlog_sync_period": "often"})
     assert gate_lag_s(0.075) > 0.075
 
 
@@ -35,7 +39,7 @@ def test_the_gate_is_for_one_copy_on_one_node_and_refuses_one_copy_on_many():
     assert not needs_gate(None, 1, 1)  # batch: on disk before the acknowledgement
     assert needs_gate(0.075, 1, 1)
     assert not needs_gate(0.075, 3, 3)  # QUORUM writes to replicas
-    with pytest.raises(ValueError, match="replication factor of at least 2"):
+    with pytest.raises(SystemicFault, match="replication factor of at least 2"):
         needs_gate(0.075, 3, 1)
 
 
