@@ -175,6 +175,12 @@ class Settings:
     # as an event is buffered); a pace trades up to that much latency for fewer, larger batches.
     fanout_pace_ms: int = _env("TL_FANOUT_PACE_MS", 0, int)
     deliver_pace_ms: int = _env("TL_DELIVER_PACE_MS", 0, int)
+    # Stage 2 writes a batch in chunks of users of at most this many rows (Cassandra, then
+    # metadata, then Redis and live notices, per chunk; policies/chunks.py), this many chunks
+    # in flight: timelines change progressively and one chunk's Redis work overlaps another's
+    # Cassandra writes.
+    deliver_chunk_rows: int = _env("TL_DELIVER_CHUNK_ROWS", 1024, int)
+    deliver_chunks_in_flight: int = _env("TL_DELIVER_CHUNKS_IN_FLIGHT", 3, int)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
@@ -273,6 +279,8 @@ class Settings:
             raise ValueError(f"TL_CASSANDRA_COMMITLOG_GATE must be auto or off, got {self.cassandra_commitlog_gate!r}")
         if self.author_window_cap < 1:
             raise ValueError("TL_AUTHOR_WINDOW_CAP must be >= 1")
+        if min(self.deliver_chunk_rows, self.deliver_chunks_in_flight) < 1:
+            raise ValueError("TL_DELIVER_CHUNK_ROWS and TL_DELIVER_CHUNKS_IN_FLIGHT must be >= 1")
         if min(self.projection_pace_ms, self.fanout_pace_ms, self.deliver_pace_ms) < 0:
             raise ValueError("TL_PROJECTION_PACE_MS, TL_FANOUT_PACE_MS and TL_DELIVER_PACE_MS must be >= 0")
         if not 1024 <= self.event_max_bytes <= 512 * 1024:

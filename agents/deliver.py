@@ -9,9 +9,11 @@ cross-partition lookup. Per batch:
   row wins, so writes of one batch never race each other);
 * rebuilds (a returning user) and backfills (a new follow) read the followees'
   author timelines, which stage 1 wrote before it sent the ops;
-* apply the writes: Cassandra first (the durable timeline), then Redis (the
-  cache, only where a cached timeline exists), then publish what changed for each
-  user (``sinks/redis_live.py``, for open streams; best effort), then ack.
+* apply the writes in chunks of users (``policies/chunks.py``; several in flight, so
+  timelines change progressively): per chunk Cassandra first (the durable timeline), then
+  Redis (the cache, only where a cached timeline exists), then publish what changed for
+  each user (``sinks/redis_live.py``, for open streams; best effort); ack once every chunk
+  is written.
 
 Every write is keyed by (user, tweet id): replaying a batch changes nothing.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from faust.streams import current_event
@@ -31,6 +34,7 @@ from agents.outbox import Outbox, misplaced_policy
 from agents.sinks import Sinks, get_sinks, with_retry
 from faust_app import app, settings
 from policies.activity import is_active
+from policies.chunks import plan_chunks
 from policies.rebuild import AuthorTweets, plan_rebuild
 from policies.stream import stage_notices
 from policies.timeline import backfill_window
@@ -276,6 +280,122 @@ class RecipientBatch:
                 raise TypeError(f"unknown delivery op {op!r}")
 
     # --- writes -----------------------------------------------------------------
+    def chunks(self, max_rows: int) -> list["TimelineWrites"]:
+        """The batch's writes grouped by user into chunks of at most ``max_rows`` writes
+        (``policies/chunks.py``; a user is never split), users in the order the batch met them."""
+        weights: dict[int, int] = {}
+        for user_id, _ in self.rows:
+            weights[user_id] = weights.get(user_id, 0) + 1
+        for user_id, _ in self.following:
+            weights[user_id] = weights.get(user_id, 0) + 1
+        for user_id in self.meta:
+            weights[user_id] = weights.get(user_id, 0) + 1
+        for user_id in self.invalidate:
+            weights.setdefault(user_id, 1)
+        plans = plan_chunks(weights, max_rows)
+        if len(plans) <= 1:
+            whole = TimelineWrites(self.rows, self.following, self.meta, self.invalidate, self.deleted)
+            return [whole] if plans else []
+        index = {user_id: i for i, users in enumerate(plans) for user_id in users}
+        parts = [TimelineWrites() for _ in plans]
+        for key, row in self.rows.items():
+            parts[index[key[0]]].rows[key] = row
+        for key, since in self.following.items():
+            parts[index[key[0]]].following[key] = since
+        for user_id, rec in self.meta.items():
+            parts[index[user_id]].meta[user_id] = rec
+        for user_id in self.invalidate:
+            parts[index[user_id]].invalidate.add(user_id)
+        for deleted in self.deleted:
+            parts[index[deleted[0]]].deleted.append(deleted)
+        return parts
+
+    async def apply(self) -> None:
+        """Write the batch in chunks of users (``settings.deliver_chunk_rows`` writes), at most
+        ``deliver_chunks_in_flight`` at once, each as ``write`` does; returns once every chunk
+        is written. An error stops the other chunks and is raised (nothing of the batch is
+        acked; every write is idempotent, so the replay rewrites what was done)."""
+        parts = self.chunks(settings.deliver_chunk_rows)
+        if len(parts) <= 1:
+            for part in parts:
+                await self.write(part)
+            return
+        limit = asyncio.Semaphore(settings.deliver_chunks_in_flight)
+        failed = False
+
+        async def one(part: TimelineWrites) -> None:
+            nonlocal failed
+            async with limit:
+                if failed:
+                    return  # no chunk starts after one failed
+                try:
+                    await self.write(part)
+                except BaseException:
+                    failed = True
+                    raise
+
+        tasks = [asyncio.ensure_future(one(part)) for part in parts]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def write(self, w: "TimelineWrites") -> None:
+        """One chunk: Cassandra first (the durable timeline), its users' metadata, then Redis
+        (the cache, only where a cached timeline exists), then notices for open streams."""
+        writes = w.cassandra_writes()
+        await with_retry("timeline writes", lambda: self.sinks.cassandra.execute_many(writes))
+        # The meta last: a reader that sees a rebuild's stale=false finds its rows written.
+        meta = w.meta_writes()
+        await with_retry("timeline meta", lambda: self.sinks.cassandra.execute_many(meta))
+        adds: dict[int, list[tuple[int, int]]] = {}
+        removes: dict[int, list[tuple[int, int]]] = {}
+        for (user_id, tweet_id), (present, author_id) in w.rows.items():
+            if user_id not in w.invalidate:
+                (adds if present else removes).setdefault(user_id, []).append((tweet_id, author_id))
+        timelines = self.sinks.timelines
+        await with_retry("redis push", lambda: timelines.push_many(adds))
+        await with_retry("redis unpush", lambda: timelines.unpush_many(removes))
+        await with_retry("redis invalidate", lambda: timelines.invalidate(w.invalidate))
+        if w.following:  # cached following lists (query/view.py): dropped after Cassandra
+            changed = {user_id for user_id, _ in w.following}
+            await with_retry("redis following", lambda: self.sinks.following.invalidate(changed))
+        # Last, best effort: open streams of these users read what was just written. Notices
+        # are built only for users with an open stream (most have none).
+        touched = {u for u, _ in w.rows} | {u for u, _ in w.following} | w.invalidate
+        live = await self.sinks.live.listening_users(touched)
+        if live:
+            follows = {k: since is not None for k, since in w.following.items()}
+            await self.sinks.live.publish_users(stage_notices(
+                w.rows, w.deleted, follows, w.invalidate, only=live, tails=await self.live_tails(w, live)))
+
+    async def live_tails(self, w: "TimelineWrites", live: set[int]) -> dict[int, bytes]:
+        """The page-item tails of the tweets added to these users' timelines (their notices carry
+        them: an open stream sends them without a read); best effort, one Redis read."""
+        ids = {t for (u, t), (present, _) in w.rows.items() if present and u in live and u not in w.invalidate}
+        if not ids:
+            return {}
+        try:
+            bodies = await self.sinks.tweets.read(sorted(ids))
+        except (*REDIS_ERRORS, OSError) as exc:
+            log.warning("live notices without items: %r", exc)
+            return {}
+        return {t: b.rendered for t, b in bodies.items() if b is not None and b.rendered and not b.deleted_at}
+
+
+@dataclass
+class TimelineWrites:
+    """What a batch (or one chunk of it: some of its users) writes to timelines."""
+
+    rows: dict[tuple[int, int], tuple[bool, int]] = field(default_factory=dict)  # (user, tweet) -> (present, author)
+    following: dict[tuple[int, int], int | None] = field(default_factory=dict)  # (user, followee) -> since / None
+    meta: dict[int, dict] = field(default_factory=dict)  # user -> recipient state to mirror
+    invalidate: set[int] = field(default_factory=set)  # users whose cached timeline is dropped
+    deleted: list[tuple[int, int, int]] = field(default_factory=list)  # (user, tweet, author) removed
+
     def cassandra_writes(self) -> list[tuple[str, tuple]]:
         writes: list[tuple[str, tuple]] = []
         for (user_id, tweet_id), (present, author_id) in self.rows.items():
@@ -293,46 +413,6 @@ class RecipientBatch:
     def meta_writes(self) -> list[tuple[str, tuple]]:
         now = int(time.time() * 1000)
         return [("set_meta", (u, rec["floor"], rec["stale"], now)) for u, rec in self.meta.items()]
-
-    async def apply(self) -> None:
-        writes = self.cassandra_writes()
-        await with_retry("timeline writes", lambda: self.sinks.cassandra.execute_many(writes))
-        # The meta last: a reader that sees a rebuild's stale=false finds its rows written.
-        meta = self.meta_writes()
-        await with_retry("timeline meta", lambda: self.sinks.cassandra.execute_many(meta))
-        adds: dict[int, list[tuple[int, int]]] = {}
-        removes: dict[int, list[tuple[int, int]]] = {}
-        for (user_id, tweet_id), (present, author_id) in self.rows.items():
-            if user_id not in self.invalidate:
-                (adds if present else removes).setdefault(user_id, []).append((tweet_id, author_id))
-        timelines = self.sinks.timelines
-        await with_retry("redis push", lambda: timelines.push_many(adds))
-        await with_retry("redis unpush", lambda: timelines.unpush_many(removes))
-        await with_retry("redis invalidate", lambda: timelines.invalidate(self.invalidate))
-        if self.following:  # cached following lists (query/view.py): dropped after Cassandra
-            changed = {user_id for user_id, _ in self.following}
-            await with_retry("redis following", lambda: self.sinks.following.invalidate(changed))
-        # Last, best effort: open streams of these users read what was just written. Notices
-        # are built only for users with an open stream (most have none).
-        touched = {u for u, _ in self.rows} | {u for u, _ in self.following} | self.invalidate
-        live = await self.sinks.live.listening_users(touched)
-        if live:
-            follows = {k: since is not None for k, since in self.following.items()}
-            await self.sinks.live.publish_users(stage_notices(
-                self.rows, self.deleted, follows, self.invalidate, only=live, tails=await self.live_tails(live)))
-
-    async def live_tails(self, live: set[int]) -> dict[int, bytes]:
-        """The page-item tails of the tweets added to these users' timelines (their notices carry
-        them: an open stream sends them without a read); best effort, one Redis read."""
-        ids = {t for (u, t), (present, _) in self.rows.items() if present and u in live and u not in self.invalidate}
-        if not ids:
-            return {}
-        try:
-            bodies = await self.sinks.tweets.read(sorted(ids))
-        except (*REDIS_ERRORS, OSError) as exc:
-            log.warning("live notices without items: %r", exc)
-            return {}
-        return {t: b.rendered for t, b in bodies.items() if b is not None and b.rendered and not b.deleted_at}
 
 
 def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]:

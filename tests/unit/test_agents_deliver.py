@@ -6,18 +6,21 @@ The fake Cassandra answers author-timeline reads from what the test seeds.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 import pytest
 
 import agents.deliver as deliver_mod
+import agents.sinks as agent_sinks
 from faust_app import app, settings
 from policies.partitioning import partition_for_id
 from schemas import UserActive, encode_key
 from tables.edges import entity_key
 from tables.graph import following_edges, recipients
-from tests.unit.agent_doubles import AgentDriver, Journal, Msg, SentLog, SimulatedCrash, first, last, msg_for
+from tests.unit.agent_doubles import (AgentDriver, Journal, Msg, SentLog, SimulatedCrash, first, last, make_sinks,
+                                     msg_for, reset_tables)
 
 ACTIVITY, DELIVERIES = settings.topic_activity, settings.topic_deliveries
 P = settings.topic_partitions
@@ -580,3 +583,95 @@ async def test_only_users_with_an_open_stream_get_a_notice(driver: AgentDriver, 
     sinks.redis.listening = set()
     await driver.run([ops_msg(add(43, [u1, u2]))])
     assert len(sinks.redis.published) == 1, "nobody listens: nothing is encoded or published"
+
+
+# --- chunks ------------------------------------------------------------------------------
+
+
+def mixed_batch(users: list[int]) -> list[Msg]:
+    u1, u2, u3, u4, u5 = users
+    return [ops_msg(add(40, [u1, u2, u3, u4]), add(41, [u1, u2, u3]), remove(30, [u4]), follow(u5, B),
+                    unfollow(u3, B), add(42, [u5, u1]))]
+
+
+def outcome(sinks: Any) -> tuple:
+    return (dict(sinks.cassandra.user_tl), sorted(meta_writes(sinks)), sinks.timelines.pushed(),
+            sinks.timelines.unpushed(), sinks.timelines.invalidated(), dict(recipients.data.items()))
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3])
+async def test_a_batch_in_chunks_writes_what_one_write_of_it_does(
+    driver: AgentDriver, sinks: Any, journal: Journal, small_limits: Any, monkeypatch: pytest.MonkeyPatch,
+    chunk_rows: int,
+) -> None:
+    users = users_on_one_partition(5, start=1900)
+    sinks.cassandra.seed_author_timeline(B, [1, 2, 3, 4, 5])
+    await driver.run(mixed_batch(users))
+    whole = outcome(sinks)
+    assert len(sinks.cassandra.writes_named("insert_user_tl", "delete_user_tl")) > chunk_rows * 3
+
+    reset_tables()
+    fresh = make_sinks(deliver_mod.settings)
+    fresh.cassandra.seed_author_timeline(B, [1, 2, 3, 4, 5])
+    monkeypatch.setattr(agent_sinks, "_sinks", fresh)
+    journal.clear()
+    fresh.cassandra.journal = fresh.timelines.journal = journal
+    monkeypatch.setattr(deliver_mod, "settings", small_limits.replace(deliver_chunk_rows=chunk_rows))
+    await driver.run(mixed_batch(users))
+    assert outcome(fresh) == whole
+    # Per user: every Cassandra write (rows, following, metadata) before any Redis change of theirs.
+    cassandra_at: dict[int, int] = {}
+    redis_at: dict[int, int] = {}
+    for i, (store, what, params) in enumerate(journal):
+        if store == "cassandra" and what in ("insert_user_tl", "delete_user_tl", "insert_following",
+                                              "delete_following", "set_meta"):
+            cassandra_at[params[0]] = i
+        elif store == "timelines":
+            for user in params:
+                redis_at.setdefault(user, i)
+    assert redis_at and all(cassandra_at[u] < i for u, i in redis_at.items())
+    # Progressive: the first chunk's cache changes come before the last chunk's Cassandra writes.
+    assert min(redis_at.values()) < max(cassandra_at.values())
+
+
+async def test_chunks_in_flight_are_bounded_and_an_error_stops_the_others(
+    sinks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deliver_mod, "settings", settings.replace(deliver_chunk_rows=1, deliver_chunks_in_flight=2))
+    batch = deliver_mod.RecipientBatch(sinks)
+    for user in range(3000, 3006):
+        batch.rows[(user, 50)] = (True, A)
+    running, peak, release, fail = 0, 0, asyncio.Event(), asyncio.Event()
+    started: list[int] = []
+    written: list[int] = []
+
+    async def slow(items: Any) -> None:
+        nonlocal running, peak
+        items = list(items)
+        if not items:
+            return
+        user = items[0][1][0]
+        started.append(user)
+        running += 1
+        peak = max(peak, running)
+        try:
+            if user == 3001:
+                await fail.wait()
+                raise RuntimeError("the store refused chunk 3001")
+            await release.wait()
+            written.append(user)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(sinks.cassandra, "execute_many", slow)
+    task = asyncio.ensure_future(batch.apply())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert started == [3000, 3001] and running == 2, "two chunks in flight, in order; the others wait"
+    fail.set()
+    with pytest.raises(RuntimeError, match="chunk 3001"):
+        await task
+    assert running == 0 and peak == 2, "the chunk still in flight was cancelled"
+    assert started == [3000, 3001] and written == [], "no later chunk started"
+    assert sinks.timelines.pushed() == {}, "nothing reached Redis"
+    release.set()
