@@ -292,6 +292,8 @@ class RecipientBatch:
             weights[user_id] = weights.get(user_id, 0) + 1
         for user_id in self.invalidate:
             weights.setdefault(user_id, 1)
+        for user_id, _, _ in self.deleted:  # (a rebuild drops the user's rows, not their notices)
+            weights.setdefault(user_id, 0)
         plans = plan_chunks(weights, max_rows)
         if len(plans) <= 1:
             whole = TimelineWrites(self.rows, self.following, self.meta, self.invalidate, self.deleted)
