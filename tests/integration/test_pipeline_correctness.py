@@ -98,6 +98,7 @@ async def assert_worker_metrics(worker: Worker, settings, *, dead_letters: int) 
 async def test_randomized_workload_matches_reference(tmp_path, seed):
     settings = isolated_settings(
         tmp_path, celebrity_threshold=20, celebrity_hysteresis=5, timeline_cap=60, backfill_limit=25,
+        deliver_chunk_rows=16,  # stage 2 writes larger batches in chunks (policies/chunks.py)
     )
     provision(settings)
     workload = generate(seed, users=150, tweets=1500, celebrity_threshold=20)

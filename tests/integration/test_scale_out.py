@@ -66,7 +66,10 @@ async def wait_members(settings, n: int, timeout: float = 120) -> None:
 async def test_sigkill_one_of_two_workers_loses_nothing(tmp_path):
     settings = isolated_settings(tmp_path, topic_partitions=6, celebrity_threshold=1000,
                                  celebrity_hysteresis=100, timeline_cap=80, backfill_limit=40,
-                                 broker_session_timeout_s=8.0)
+                                 broker_session_timeout_s=8.0,
+                                 # stage 2's batches in chunks of 16 rows, 3 in flight: the kill lands
+                                 # with chunks of a batch written and others not
+                                 deliver_chunk_rows=16)
     provision(settings)
     workload = generate(3, users=160, tweets=2400, celebrities=1, celebrity_threshold=40,
                         inactive_share=0.1)
