@@ -388,11 +388,12 @@ def main() -> None:
                         help="users without a stream following each load author too")
     parser.add_argument("--open-concurrency", type=int, default=20)
     parser.add_argument("--workdir", default="/tmp/tl-bench")
-    parser.add_argument("--out", default=str(RESULTS / "live.md"))
+    parser.add_argument("--out", default=str(RESULTS / "live.md"), help="writes <out>.md and <out>.json")
     args = parser.parse_args()
     result = asyncio.run(run(args))
+    # <out>.json and <out>.md, whichever suffix --out has (a .json --out was overwritten by the Markdown)
     Path(args.out).with_suffix(".json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    Path(args.out).write_text(render(result))
+    Path(args.out).with_suffix(".md").write_text(render(result))
     print(render(result))
 
 
