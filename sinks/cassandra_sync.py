@@ -141,6 +141,7 @@ class CommitLogGate:
     retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]] = _once
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _probing: asyncio.Future | None = None
+    _reading: asyncio.Future | None = None  # the generation read in flight (see _generation_after)
 
     def sent(self) -> float:
         return self.clock()
@@ -169,8 +170,7 @@ class CommitLogGate:
             return True
         if not self.durable(done_at):
             await self._prove(done_at)
-        candidate = self.proven
-        gen = await self.retry("commit log generation read", self.generation)
+        gen, candidate = await self._generation_after(done_at)
         if gen != self.gen:  # another life of the node (or another node answering for it)
             log.warning("Cassandra restarted (gossip generation %d -> %d): batches begun before are "
                         "processed again", self.gen, gen,
@@ -182,6 +182,20 @@ class CommitLogGate:
             return False
         self.confirmed = max(self.confirmed, candidate)
         return True
+
+    async def _generation_after(self, done_at: float) -> tuple[int, float]:
+        """The node's generation, read after the writes acknowledged before ``done_at`` were
+        proven, and what was proven when the read was sent. Concurrent callers share a read in
+        flight that was sent late enough for them (the stages settle their batches at about
+        the same moments: one read instead of one per stage)."""
+        current = self._reading
+        if current is not None and not current.done() and current.covers >= done_at:  # type: ignore[attr-defined]
+            return await asyncio.shield(current), current.covers  # type: ignore[attr-defined]
+        covers = self.proven
+        task = asyncio.ensure_future(self.retry("commit log generation read", self.generation))
+        task.covers = covers  # type: ignore[attr-defined]
+        self._reading = task
+        return await asyncio.shield(task), covers
 
     async def _prove(self, done_at: float) -> None:
         due = done_at + self.lag_s

@@ -94,6 +94,7 @@ async def test_settle_probes_when_nothing_else_writes_and_shares_a_probe():
                                    gate.settle(token, began - 0.002))
     assert answers == [True, True, True]
     assert gate.durable(began) and gate.probes == 1 and len(sent) == 1
+    assert node.reads == 1, "one generation read, sent after the proof, confirms all three"
     assert gate.sent() - began >= 0.03  # no proof can come before the lag
     reads = node.reads
     assert await gate.settle(token, began - 0.003) and node.reads == reads, "confirmed already: no read"
@@ -156,3 +157,33 @@ async def test_a_write_to_a_restarted_node_proves_nothing_about_the_killed_one()
     later = gate.sent()  # a batch begun after the restart was seen is proven as usual
     assert await gate.settle(gate.token(), later) is True
     assert await gate.settle(token, done_at) is False, "an old token never becomes good"
+
+
+async def test_a_generation_read_sent_before_a_proof_confirms_nothing_after_it():
+    class HeldNode(Node):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+
+        async def generation(self) -> int:
+            self.reads += 1
+            await self.release.wait()
+            return self.gen
+
+    clock, node = Clock(), HeldNode()
+    gate = gate_for(node, lambda: asyncio.sleep(0), 0.01, clock=clock)
+    first = clock()
+    gate.succeeded(first + 0.011)  # proves what was acknowledged before first + 0.001
+    a = asyncio.ensure_future(gate.settle(gate.token(), first))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert node.reads == 1  # a's read is in flight, sent when first + 0.001 was proven
+    second = first + 0.002
+    gate.succeeded(first + 0.013)  # now second is proven too, but after a's read was sent
+    b = asyncio.ensure_future(gate.settle(gate.token(), second))
+    c = asyncio.ensure_future(gate.settle(gate.token(), first - 0.001))  # covered by a's read
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert node.reads == 2, "b sends a read of its own; c shares a's"
+    node.release.set()
+    assert await asyncio.gather(a, b, c) == [True, True, True]
