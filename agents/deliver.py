@@ -15,6 +15,11 @@ cross-partition lookup. Per batch:
   each user (``sinks/redis_live.py``, for open streams; best effort); ack once every chunk
   is written.
 
+A batch is walked one source partition at a time (a partition's events address only its own
+users): a partition's chunks are handed to the writer as soon as its events are walked, and
+are written while the next partition's events are, so the stores are not idle while the
+worker decodes and plans.
+
 Every write is keyed by (user, tweet id): replaying a batch changes nothing.
 """
 from __future__ import annotations
@@ -317,33 +322,9 @@ class RecipientBatch:
         ``deliver_chunks_in_flight`` at once, each as ``write`` does; returns once every chunk
         is written. An error stops the other chunks and is raised (nothing of the batch is
         acked; every write is idempotent, so the replay rewrites what was done)."""
-        parts = self.chunks(settings.deliver_chunk_rows)
-        if len(parts) <= 1:
-            for part in parts:
-                await self.write(part)
-            return
-        limit = asyncio.Semaphore(settings.deliver_chunks_in_flight)
-        failed = False
-
-        async def one(part: TimelineWrites) -> None:
-            nonlocal failed
-            async with limit:
-                if failed:
-                    return  # no chunk starts after one failed
-                try:
-                    await self.write(part)
-                except BaseException:
-                    failed = True
-                    raise
-
-        tasks = [asyncio.ensure_future(one(part)) for part in parts]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        writer = ChunkWriter(settings.deliver_chunks_in_flight)
+        writer.start(self)
+        await writer.wait()
 
     async def write(self, w: "TimelineWrites") -> None:
         """One chunk: Cassandra first (the durable timeline), its users' metadata, then Redis
@@ -386,6 +367,45 @@ class RecipientBatch:
             log.warning("live notices without items: %r", exc)
             return {}
         return {t: b.rendered for t, b in bodies.items() if b is not None and b.rendered and not b.deleted_at}
+
+
+class ChunkWriter:
+    """Writes the chunks of one or more ``RecipientBatch``es (``RecipientBatch.write``), at
+    most ``in_flight`` at once, started in the order they were handed over; no chunk starts
+    after one failed. ``start`` returns at once, so a batch's first chunks are written while
+    the caller goes on (handling the next partition's events); ``wait`` returns when every
+    chunk is written, or cancels the rest and raises the first error."""
+
+    def __init__(self, in_flight: int) -> None:
+        self.limit = asyncio.Semaphore(in_flight)  # FIFO: chunks start in the order handed over
+        self.failed = False
+        self.tasks: list[asyncio.Future] = []
+
+    def start(self, batch: RecipientBatch) -> None:
+        for part in batch.chunks(settings.deliver_chunk_rows):
+            self.tasks.append(asyncio.ensure_future(self._one(batch, part)))
+
+    async def _one(self, batch: RecipientBatch, part: "TimelineWrites") -> None:
+        async with self.limit:
+            if self.failed:
+                return  # no chunk starts after one failed
+            try:
+                await batch.write(part)
+            except BaseException:
+                self.failed = True
+                raise
+
+    async def wait(self) -> None:
+        try:
+            await asyncio.gather(*self.tasks)
+        except BaseException:
+            await self.cancel()
+            raise
+
+    async def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 @dataclass
@@ -440,24 +460,52 @@ def decode_batch(events: Sequence[Any], outbox: Outbox) -> list[tuple[Any, Any]]
     return good
 
 
+def by_partition(good: Sequence[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]:
+    """The batch's events grouped by the partition they came from, each group in log order,
+    groups in the order the batch met them. A partition's events address only its own users
+    (``decode_batch`` moved or refused the others), so groups never share a user."""
+    groups: dict[int, list[tuple[Any, Any]]] = {}
+    for event, payload in good:
+        groups.setdefault(event.message.partition, []).append((event, payload))
+    return list(groups.values())
+
+
 async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
+    """Per partition of the batch: walk its events (``RecipientBatch.handle``), then hand its
+    chunks to the writer and go on with the next partition while they are written, so the
+    stores work while the worker decodes and plans. Returns when every chunk is written (the
+    batch is acked only then)."""
     misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
     outbox = Outbox(settings.topic_partitions, misplaced_dead_letters=misplaced)
-    batch = RecipientBatch(sinks)
-    for event, payload in decode_batch(events, outbox):
-        with event_scope(event):
-            try:
-                await batch.handle(payload)
-            except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
-                log.exception("delivery failed for %r", payload)
-                # SystemicFault (a misconfiguration, or the same error on many events) escapes.
-                outbox.dead_letter(dead_letters_topic, event, ISOLATOR.event_failed(exc), STAGE)
-            else:
-                ISOLATOR.event_succeeded()
-    await batch.apply()
-    batch.confirm()
-    count_deliveries(batch.counts)
-    observe_fanout_lag(batch.created_at)
+    writer = ChunkWriter(settings.deliver_chunks_in_flight)
+    batches: list[RecipientBatch] = []
+    try:
+        for group in by_partition(decode_batch(events, outbox)):
+            batch = RecipientBatch(sinks)
+            for event, payload in group:
+                with event_scope(event):
+                    try:
+                        await batch.handle(payload)
+                    except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
+                        log.exception("delivery failed for %r", payload)
+                        # SystemicFault (a misconfiguration, or the same error on many events) escapes.
+                        outbox.dead_letter(dead_letters_topic, event, ISOLATOR.event_failed(exc), STAGE)
+                    else:
+                        ISOLATOR.event_succeeded()
+                await asyncio.sleep(0)  # let the chunks in flight move on between messages
+            batches.append(batch)
+            writer.start(batch)
+            await asyncio.sleep(0)  # its first chunks are sent before the next partition is handled
+            if writer.failed:
+                break
+        await writer.wait()
+    except BaseException:
+        await writer.cancel()
+        raise
+    for batch in batches:
+        batch.confirm()
+        count_deliveries(batch.counts)
+        observe_fanout_lag(batch.created_at)
     await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
 
 

@@ -675,3 +675,31 @@ async def test_chunks_in_flight_are_bounded_and_an_error_stops_the_others(
     assert started == [3000, 3001] and written == [], "no later chunk started"
     assert sinks.timelines.pushed() == {}, "nothing reached Redis"
     release.set()
+
+
+async def test_a_partitions_chunks_are_written_while_the_next_partition_is_handled(
+    driver: AgentDriver, sinks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = users_on_one_partition(2, start=4000)
+    second = users_on_one_partition(2, start=next(u for u in range(4001, 9000) if part(u) != part(first[0])))
+    order: list[tuple[str, int]] = []
+    handle, write = deliver_mod.RecipientBatch.handle, deliver_mod.RecipientBatch.write
+
+    async def recording_handle(self: Any, payload: Any) -> None:
+        order.append(("handle", part(payload[0].to[0])))
+        await handle(self, payload)
+
+    async def recording_write(self: Any, w: Any) -> None:
+        order.append(("write", part(next(iter(w.rows))[0])))
+        await write(self, w)
+
+    for user in first + second:
+        await driver.run([active(user, T0)])
+    monkeypatch.setattr(deliver_mod.RecipientBatch, "handle", recording_handle)
+    monkeypatch.setattr(deliver_mod.RecipientBatch, "write", recording_write)
+    await driver.run([ops_msg(add(10, first[:1])), ops_msg(add(11, first[1:])),
+                      ops_msg(add(12, second[:1])), ops_msg(add(13, second[1:]))])
+    p1, p2 = part(first[0]), part(second[0])
+    assert order == [("handle", p1), ("handle", p1), ("write", p1), ("handle", p2), ("handle", p2), ("write", p2)]
+    assert {(u, t) for (_, (u, t, _)) in timeline_writes(sinks)} >= {
+        (first[0], 10), (first[1], 11), (second[0], 12), (second[1], 13)}
