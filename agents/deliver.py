@@ -16,9 +16,9 @@ cross-partition lookup. Per batch:
   is written.
 
 A batch is walked one source partition at a time (a partition's events address only its own
-users): a partition's chunks are handed to the writer as soon as its events are walked, and
-are written while the next partition's events are, so the stores are not idle while the
-worker decodes and plans.
+users): as soon as the partitions walked hold a chunk's worth of writes, their chunks are
+handed to the writer and written while the next partitions' events are walked, so the stores
+are not idle while the worker decodes and plans.
 
 Every write is keyed by (user, tweet id): replaying a batch changes nothing.
 """
@@ -285,6 +285,10 @@ class RecipientBatch:
                 raise TypeError(f"unknown delivery op {op!r}")
 
     # --- writes -----------------------------------------------------------------
+    def weight(self) -> int:
+        """The writes collected so far (timeline rows, following rows, metadata), as chunks count them."""
+        return len(self.rows) + len(self.following) + len(self.meta)
+
     def chunks(self, max_rows: int) -> list["TimelineWrites"]:
         """The batch's writes grouped by user into chunks of at most ``max_rows`` writes
         (``policies/chunks.py``; a user is never split), users in the order the batch met them."""
@@ -471,17 +475,18 @@ def by_partition(good: Sequence[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]
 
 
 async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
-    """Per partition of the batch: walk its events (``RecipientBatch.handle``), then hand its
-    chunks to the writer and go on with the next partition while they are written, so the
-    stores work while the worker decodes and plans. Returns when every chunk is written (the
-    batch is acked only then)."""
+    """Walk the batch one source partition at a time (``RecipientBatch.handle``); once the
+    partitions walked so far hold a chunk's worth of writes (``deliver_chunk_rows``), hand them
+    to the writer and go on with the next partitions while they are written, so the stores work
+    while the worker decodes and plans (a small batch is one set of chunks, as before). Returns
+    when every chunk is written (the batch is acked only then)."""
     misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
     outbox = Outbox(settings.topic_partitions, misplaced_dead_letters=misplaced)
     writer = ChunkWriter(settings.deliver_chunks_in_flight)
     batches: list[RecipientBatch] = []
+    batch = RecipientBatch(sinks)
     try:
         for group in by_partition(decode_batch(events, outbox)):
-            batch = RecipientBatch(sinks)
             for event, payload in group:
                 with event_scope(event):
                     try:
@@ -493,19 +498,24 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                     else:
                         ISOLATOR.event_succeeded()
                 await asyncio.sleep(0)  # let the chunks in flight move on between messages
+            if batch.weight() >= settings.deliver_chunk_rows:
+                batches.append(batch)
+                writer.start(batch)
+                batch = RecipientBatch(sinks)
+                await asyncio.sleep(0)  # its first chunks are sent before the next partition is walked
+                if writer.failed:
+                    break
+        else:
             batches.append(batch)
             writer.start(batch)
-            await asyncio.sleep(0)  # its first chunks are sent before the next partition is handled
-            if writer.failed:
-                break
         await writer.wait()
     except BaseException:
         await writer.cancel()
         raise
-    for batch in batches:
-        batch.confirm()
-        count_deliveries(batch.counts)
-        observe_fanout_lag(batch.created_at)
+    for done in batches:
+        done.confirm()
+        count_deliveries(done.counts)
+        observe_fanout_lag(done.created_at)
     await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
 
 

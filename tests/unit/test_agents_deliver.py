@@ -700,6 +700,17 @@ async def test_a_partitions_chunks_are_written_while_the_next_partition_is_handl
     await driver.run([ops_msg(add(10, first[:1])), ops_msg(add(11, first[1:])),
                       ops_msg(add(12, second[:1])), ops_msg(add(13, second[1:]))])
     p1, p2 = part(first[0]), part(second[0])
-    assert order == [("handle", p1), ("handle", p1), ("write", p1), ("handle", p2), ("handle", p2), ("write", p2)]
+    # Less than a chunk's worth of writes: the two partitions are one chunk, written after both.
+    assert order == [("handle", p1), ("handle", p1), ("handle", p2), ("handle", p2), ("write", p1)]
     assert {(u, t) for (_, (u, t, _)) in timeline_writes(sinks)} >= {
         (first[0], 10), (first[1], 11), (second[0], 12), (second[1], 13)}
+    # A chunk's worth (one row here) once the first partition is walked: its chunks are
+    # written before the second partition is walked.
+    monkeypatch.setattr(deliver_mod, "settings", deliver_mod.settings.replace(deliver_chunk_rows=1))
+    order.clear()
+    await driver.run([ops_msg(add(20, first[:1])), ops_msg(add(21, first[1:])),
+                      ops_msg(add(22, second[:1])), ops_msg(add(23, second[1:]))])
+    assert order == [("handle", p1), ("handle", p1), ("write", p1), ("write", p1),
+                     ("handle", p2), ("handle", p2), ("write", p2), ("write", p2)]
+    assert {(u, t) for (_, (u, t, _)) in timeline_writes(sinks)} >= {
+        (first[0], 20), (first[1], 21), (second[0], 22), (second[1], 23)}
