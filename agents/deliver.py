@@ -75,12 +75,12 @@ class RecipientBatch:
         self.meta: dict[int, dict] = {}  # user -> recipient state to mirror into Cassandra
         self.invalidate: set[int] = set()
         self.deleted: list[tuple[int, int, int]] = []  # (user, tweet, author) of Remove ops, for live notices
-        # user -> the last event that changed state still to be written by apply()
+        # user -> the last event that changed state still to be written (its chunks)
         self.pending: dict[int, Any] = {}
         # Author timelines read by this message's ops (see prefetch): author -> ids, newest first.
         self._newest: dict[int, list[int]] = {}
         self._removable: dict[int, list[int]] = {}
-        # For the metrics, once apply() is done: rows by outcome, created_at of added tweets.
+        # For the metrics, once its chunks are written: rows by outcome, created_at of added tweets.
         self.counts: dict[str, int] = dict.fromkeys(("pushed", "skipped_inactive", "removed", "backfilled", "rebuilt"), 0)
         self.created_at: list[int] = []
         # user -> a private copy of their ``recipients`` row as of the last read or
@@ -98,7 +98,7 @@ class RecipientBatch:
     def state(self, user_id: int) -> dict:
         rec = dict(self._stored(user_id))
         if rec.get("mirror_pending") and user_id not in self.meta:
-            # A run of this batch changed it and died before apply(): mirror again.
+            # A run of this batch changed it and died before its chunks were written: mirror again.
             self.meta[user_id] = rec
             self.invalidate.add(user_id)
             self.pending[user_id] = current_event()
@@ -114,7 +114,7 @@ class RecipientBatch:
         self._recs[user_id] = dict(rec)
 
     def confirm(self) -> None:
-        """After apply(): the mirrored state and rebuilds are written; clear their flags."""
+        """After its chunks are written: the mirrored state and rebuilds are written; clear their flags."""
         for user_id, event in self.pending.items():
             with event_scope(event):
                 rec = RECIPIENTS.get(entity_key(user_id)) or dict(NEW_RECIPIENT)
@@ -232,7 +232,7 @@ class RecipientBatch:
             self.rows[(user_id, tweet_id)] = (True, author_id)
         self.counts["rebuilt"] += len(rebuilt.entries)
         rec["stale"] = False
-        rec["rebuild_pending"] = True  # until apply() wrote it: a replay rebuilds again
+        rec["rebuild_pending"] = True  # until its chunk wrote it: a replay rebuilds again
         rec["floor"] = rebuilt.floor
         self.save(user_id, rec, mirror=True)
 
@@ -320,15 +320,6 @@ class RecipientBatch:
         for deleted in self.deleted:
             parts[index[deleted[0]]].deleted.append(deleted)
         return parts
-
-    async def apply(self) -> None:
-        """Write the batch in chunks of users (``settings.deliver_chunk_rows`` writes), at most
-        ``deliver_chunks_in_flight`` at once, each as ``write`` does; returns once every chunk
-        is written. An error stops the other chunks and is raised (nothing of the batch is
-        acked; every write is idempotent, so the replay rewrites what was done)."""
-        writer = ChunkWriter(settings.deliver_chunks_in_flight)
-        writer.start(self)
-        await writer.wait()
 
     async def write(self, w: "TimelineWrites") -> None:
         """One chunk: Cassandra first (the durable timeline), its users' metadata, then Redis

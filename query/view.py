@@ -15,7 +15,7 @@ number of followees. The whole list is read only for a pull-merge
   round trip.
 * Following cache miss: ``following`` from Cassandra, refilled version-checked;
   stage 2 invalidates the cached list after it writes ``following``
-  (:meth:`RedisFollowing.invalidate`, called from ``RecipientBatch.apply``).
+  (:meth:`RedisFollowing.invalidate`, called from ``RecipientBatch.write``).
 * Celebrity set not loaded (restart, flush, eviction): read from Cassandra and
   refilled version-checked.
 

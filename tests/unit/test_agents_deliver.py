@@ -249,7 +249,7 @@ async def test_a_batch_reads_each_recipient_once_and_sees_its_own_changes(
     assert rec(u1) == {"active_at": T0 + 30 * DAY, "stale": False, "floor": 0}
     assert rec(u2) == {"active_at": T0, "stale": True, "floor": 0}
     assert meta_writes(sinks) == [(u2, 0, True)]
-    # one read each while the ops ran; clearing u2's flag after apply() reads the cached row
+    # one read each while the ops ran; clearing u2's flag after the writes reads the cached row
     assert reads == [entity_key(u1), entity_key(u2)]
 
 
@@ -472,9 +472,9 @@ async def test_cassandra_is_written_before_the_redis_caches_are_touched(
 # changelog is produced before the offsets are committed). Stage 1 is written for
 # that (status is re-published for every touched author, ``backfill_pending``
 # survives until the backfill is published). Stage 2 keeps ``mirror_pending`` and
-# ``rebuild_pending`` flags in the ``recipients`` table until ``apply()`` has written
+# ``rebuild_pending`` flags in the ``recipients`` table until the batch's chunks have written
 # the batch, so a replay whose table already holds a transition still mirrors it and
-# still rebuilds. The crash here is the apply step's Cassandra write failing with a
+# still rebuilds. The crash here is a chunk's Cassandra write failing with a
 # non-retried error.
 
 
@@ -664,7 +664,9 @@ async def test_chunks_in_flight_are_bounded_and_an_error_stops_the_others(
             running -= 1
 
     monkeypatch.setattr(sinks.cassandra, "execute_many", slow)
-    task = asyncio.ensure_future(batch.apply())
+    writer = deliver_mod.ChunkWriter(2)
+    writer.start(batch)
+    task = asyncio.ensure_future(writer.wait())
     for _ in range(10):
         await asyncio.sleep(0)
     assert started == [3000, 3001] and running == 2, "two chunks in flight, in order; the others wait"
