@@ -374,9 +374,11 @@ class ChunkWriter:
     def __init__(self, in_flight: int) -> None:
         self.limit = asyncio.Semaphore(in_flight)  # FIFO: chunks start in the order handed over
         self.failed = False
+        self.batches: list[RecipientBatch] = []  # handed over, in order
         self.tasks: list[asyncio.Future] = []
 
     def start(self, batch: RecipientBatch) -> None:
+        self.batches.append(batch)
         for part in batch.chunks(settings.deliver_chunk_rows):
             self.tasks.append(asyncio.ensure_future(self._one(batch, part)))
 
@@ -474,7 +476,6 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
     misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
     outbox = Outbox(settings.topic_partitions, misplaced_dead_letters=misplaced)
     writer = ChunkWriter(settings.deliver_chunks_in_flight)
-    batches: list[RecipientBatch] = []
     batch = RecipientBatch(sinks)
     try:
         for group in by_partition(decode_batch(events, outbox)):
@@ -490,20 +491,18 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                         ISOLATOR.event_succeeded()
                 await asyncio.sleep(0)  # let the chunks in flight move on between messages
             if batch.weight() >= settings.deliver_chunk_rows:
-                batches.append(batch)
                 writer.start(batch)
                 batch = RecipientBatch(sinks)
                 await asyncio.sleep(0)  # its first chunks are sent before the next partition is walked
                 if writer.failed:
                     break
         else:
-            batches.append(batch)
             writer.start(batch)
         await writer.wait()
     except BaseException:
         await writer.cancel()
         raise
-    for done in batches:
+    for done in writer.batches:
         done.confirm()
         count_deliveries(done.counts)
         observe_fanout_lag(done.created_at)

@@ -664,7 +664,7 @@ async def test_chunks_in_flight_are_bounded_and_an_error_stops_the_others(
             running -= 1
 
     monkeypatch.setattr(sinks.cassandra, "execute_many", slow)
-    writer = deliver_mod.ChunkWriter(2)
+    writer = deliver_mod.ChunkWriter(deliver_mod.settings.deliver_chunks_in_flight)
     writer.start(batch)
     task = asyncio.ensure_future(writer.wait())
     for _ in range(10):
