@@ -9,6 +9,7 @@ machine): ``--rows`` ``insert_user_tl`` rows in ``execute_many`` calls of ``--ca
 the driver's encoding and I/O thread) and the Cassandra server's, per row. ``bind``: every
 statement through ``BatchStatement.add`` (the store without packers); ``packed``: the store as
 it runs. The ratio packed/bind of the client CPU is the figure; the server's CPU should not move.
+The garbage collector is tuned as in the worker (``gc_tuning.tune_gc``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import uuid
 from pathlib import Path
 
 from bench.sysstats import pid_listening_on, proc_cpu
+from gc_tuning import tune_gc
 from ops.schema import apply_cassandra, drop_namespace, run_sync
 from settings import get_settings
 from sinks.cassandra import CassandraStore
@@ -55,6 +57,7 @@ def main(rows: int, size: int, rounds: int, out: Path | None) -> dict:
     apply_cassandra(settings)
     store = CassandraStore.open(settings)
     store.gate = None  # the commit-log gate's bookkeeping is not what is measured
+    tune_gc()  # the collector as the worker runs it
     packers = dict(store._packers)
     server = pid_listening_on(settings.cassandra_port)
     rnd = random.Random(1)
