@@ -293,15 +293,14 @@ class CassandraStore:
         return estimate_bytes(item[1])
 
     def _replica_group(self) -> Callable[[Any], Hashable] | None:
-        """None (one group) with a single host; else the replica set of a bound statement's partition."""
+        """None (one group) with a single host; else the replica set of a routing key's partition."""
         metadata = self.session.cluster.metadata
         if len(metadata.all_hosts()) <= 1:
             return None
-        cache: dict[bytes, Hashable] = {}
+        cache: dict[bytes | None, Hashable] = {}
         keyspace = self.keyspace
 
-        def group(bound: Any) -> Hashable:
-            routing_key = bound.routing_key
+        def group(routing_key: bytes | None) -> Hashable:
             found = cache.get(routing_key)
             if found is None:
                 replicas = metadata.get_replicas(keyspace, routing_key) if routing_key is not None else []
@@ -309,6 +308,19 @@ class CassandraStore:
             return found
 
         return group
+
+    def _routing_key(self, item: tuple[str, Sequence[Any]]) -> bytes | None:
+        """The routing key ``bind`` would give ``item``: for a one-column partition key, that
+        column's serialized value (from the packer); else the driver's (a bind)."""
+        name, params = item
+        stmt = self._stmts[name]
+        packer = self._packers.get(name)
+        key = stmt.routing_key_indexes
+        if packer is not None and key is not None and len(key) == 1:
+            values = packer(params)
+            if values is not None:
+                return values[key[0]]
+        return stmt.bind(params).routing_key
 
     def _batch_of(self, batch: list[tuple[str, Sequence[Any]]]) -> BatchStatement:
         """An UNLOGGED batch of ``batch``'s statements, as ``BatchStatement.add`` makes it: the
@@ -347,20 +359,18 @@ class CassandraStore:
                     continue
                 requests.append((self._batch_of(batch), None))
         else:
-            # Bind first: the routing key (partition) decides the replica set.
-            bound = [(item, stmts[item[0]].bind(item[1])) for item in items]
-            plan = plan_batches(bound, max_statements=size, max_bytes=self.batch_bytes,
-                                max_partitions=partitions, row_of=lambda b: self._row_of(b[0]),
-                                size_of=lambda b: self._size_of(b[0]), group_of=lambda b: replica_group(b[1]))
+            # The routing key (partition) decides the replica set.
+            keyed = [(item, self._routing_key(item)) for item in items]
+            plan = plan_batches(keyed, max_statements=size, max_bytes=self.batch_bytes,
+                                max_partitions=partitions, row_of=lambda k: self._row_of(k[0]),
+                                size_of=lambda k: self._size_of(k[0]), group_of=lambda k: replica_group(k[1]))
             requests = []
-            for batch in plan:
-                if len(batch) == 1:
-                    requests.append((batch[0][1], None))
+            for keyed_batch in plan:
+                if len(keyed_batch) == 1:
+                    name, params = keyed_batch[0][0]
+                    requests.append((stmts[name], params))
                     continue
-                bs = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for _, statement in batch:
-                    bs.add(statement)
-                requests.append((bs, None))
+                requests.append((self._batch_of([item for item, _ in keyed_batch]), None))
         batched = any(isinstance(r[0], BatchStatement) for r in requests)
         return requests, (self.batch_concurrency if batched else self.concurrency)
 

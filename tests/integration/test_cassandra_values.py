@@ -20,7 +20,6 @@ SAMPLES = {
 }
 
 
-
 def sample(cql_type, rnd: random.Random):
     if cql_type.typename == "list":
         return [sample(cql_type.subtypes[0], rnd) for _ in range(rnd.randrange(0, 4))]

@@ -250,3 +250,31 @@ def test_the_spread_never_exceeds_the_limit_nor_goes_below_the_floor() -> None:
             assert -(-n // size) <= flight or size == floor
     with pytest.raises(ValueError):
         spread_statements(10, 0, 32)
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_packed_values_make_the_requests_binding_makes(hosts: int) -> None:
+    """With the packers (``sinks/cassandra_values.py``) the store sends what it sends binding
+    every statement: the same statements, values, batch routing keys and keyspaces, the same
+    replica groups; a null value (a packer declines) is bound."""
+    from cassandra.query import BatchStatement
+
+    from sinks.cassandra_values import value_packer
+
+    items = [ins(u, 10 + u) for u in range(9)] + [("insert_user_tl", (3, 99, None)), dele(4, 14), ins(2**40 + 1, 5)]
+    bound, packed = _store(hosts), _store(hosts)
+    packed._packers = {name: value_packer(stmt) for name, stmt in packed._stmts.items()}
+    assert packed._packers and not bound._packers
+
+    def sent(store: CassandraStore) -> list:
+        requests, concurrency = store._batched(items)
+        out = [concurrency]
+        for statement, params in requests:
+            if isinstance(statement, BatchStatement):
+                out.append((statement._statements_and_parameters, statement.routing_key, statement.keyspace))
+            else:
+                out.append((statement.query_id, params))
+        return out
+
+    assert sent(packed) == sent(bound)
+    assert len(sent(packed)) > 2  # batches were made
