@@ -309,33 +309,35 @@ class CassandraStore:
 
         return group
 
-    def _routing_key(self, item: tuple[str, Sequence[Any]]) -> bytes | None:
+    def _packed(self, item: tuple[str, Sequence[Any]]) -> list[bytes] | None:
+        """``item``'s values serialized by its statement's packer; None: it must be bound."""
+        packer = self._packers.get(item[0])
+        return packer(item[1]) if packer is not None else None
+
+    def _routing_key(self, item: tuple[str, Sequence[Any]], values: list[bytes] | None) -> bytes | None:
         """The routing key ``bind`` would give ``item``: for a one-column partition key, that
-        column's serialized value (from the packer); else the driver's (a bind)."""
+        column's packed value (``values``); else the driver's (a bind)."""
         name, params = item
         stmt = self._stmts[name]
-        packer = self._packers.get(name)
         key = stmt.routing_key_indexes
-        if packer is not None and key is not None and len(key) == 1:
-            values = packer(params)
-            if values is not None:
-                return values[key[0]]
+        if values is not None and key is not None and len(key) == 1:
+            return values[key[0]]
         return stmt.bind(params).routing_key
 
-    def _batch_of(self, batch: list[tuple[str, Sequence[Any]]]) -> BatchStatement:
+    def _batch_of(self, batch: Sequence[tuple[str, Sequence[Any]]],
+                  packed: Sequence[list[bytes] | None] | None = None) -> BatchStatement:
         """An UNLOGGED batch of ``batch``'s statements, as ``BatchStatement.add`` makes it: the
         first through ``add`` (the batch's routing key and keyspace), the others serialized
         by their packer where it can (``sinks/cassandra_values.py``: the same values, half
-        the CPU), else through ``add``."""
-        stmts, packers = self._stmts, self._packers
+        the CPU), else through ``add``. ``packed``: the items' values already packed (``_packed``)."""
+        stmts = self._stmts
         bs = BatchStatement(batch_type=BatchType.UNLOGGED)
         name, params = batch[0]
         bs.add(stmts[name], params)
         append = bs._add_statement_and_params
         for i in range(1, len(batch)):
+            values = packed[i] if packed is not None else self._packed(batch[i])
             name, params = batch[i]
-            packer = packers.get(name)
-            values = packer(params) if packer is not None else None
             if values is None:
                 bs.add(stmts[name], params)
             else:
@@ -360,17 +362,21 @@ class CassandraStore:
                 requests.append((self._batch_of(batch), None))
         else:
             # The routing key (partition) decides the replica set.
-            keyed = [(item, self._routing_key(item)) for item in items]
+            # item -> (item, its packed values, its routing key): packed once for both.
+            keyed = []
+            for item in items:
+                values = self._packed(item)
+                keyed.append((item, values, self._routing_key(item, values)))
             plan = plan_batches(keyed, max_statements=size, max_bytes=self.batch_bytes,
                                 max_partitions=partitions, row_of=lambda k: self._row_of(k[0]),
-                                size_of=lambda k: self._size_of(k[0]), group_of=lambda k: replica_group(k[1]))
+                                size_of=lambda k: self._size_of(k[0]), group_of=lambda k: replica_group(k[2]))
             requests = []
             for keyed_batch in plan:
                 if len(keyed_batch) == 1:
                     name, params = keyed_batch[0][0]
                     requests.append((stmts[name], params))
                     continue
-                requests.append((self._batch_of([item for item, _ in keyed_batch]), None))
+                requests.append((self._batch_of([k[0] for k in keyed_batch], [k[1] for k in keyed_batch]), None))
         batched = any(isinstance(r[0], BatchStatement) for r in requests)
         return requests, (self.batch_concurrency if batched else self.concurrency)
 

@@ -17,12 +17,17 @@ first statement always goes through ``add``: it sets the batch's routing key and
 """
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, Callable, Sequence
 
 Packer = Callable[[Sequence[Any]], "list[bytes] | None"]
 
 _BIGINT = struct.Struct(">q").pack  # cassandra.marshal.int64_pack, as LongType.serialize uses
+
+
+def _serialize(serialize: Callable[[Any, int], bytes], version: int, value: Any) -> bytes:
+    return serialize(value, version)
 
 
 def value_packer(stmt: Any) -> Packer | None:
@@ -43,18 +48,18 @@ def value_packer(stmt: Any) -> Packer | None:
 
         return pack_bigints
     version = stmt.protocol_version
-    serializers = [_BIGINT if t.typename == "bigint" else t.serialize for t in types]
-    bigint = [t.typename == "bigint" for t in types]
+    serializers = [_BIGINT if t.typename == "bigint" else functools.partial(_serialize, t.serialize, version)
+                   for t in types]
 
     def pack(params: Sequence[Any]) -> list[bytes] | None:
         if len(params) != n:
             return None
         out = []
         try:
-            for serialize, is_bigint, value in zip(serializers, bigint, params):
+            for serialize, value in zip(serializers, params):
                 if value is None:
                     return None
-                out.append(serialize(value) if is_bigint else serialize(value, version))
+                out.append(serialize(value))
         except Exception:  # noqa: BLE001 - whatever bind would do with it (raise, unset), bind does
             return None
         return out
