@@ -217,6 +217,15 @@ class RunContext:
         return {"t0": t0, "zero_at": done.zero_at, "wall_s": done.zero_at - t0,
                 "expected_deliveries": sum(self.graph.deliveries_of(a) for a in authors)}
 
+    def cassandra_log(self) -> Path | None:
+        """The local Cassandra node's system.log, when this checkout started it (else None)."""
+        from localenv.services import services
+
+        for svc in services(self.base):
+            if svc.name == "cassandra" and svc.our_pid() is not None:
+                return svc.log_files()[-1]
+        return None
+
     def pids(self) -> ProcessSet:
         """The processes whose CPU a phase reads: the worker, this process and the servers."""
         from localenv.services import services

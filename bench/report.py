@@ -123,11 +123,22 @@ def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
         doc.lines.append(
             f"- {run['load']}: worst seconds (by send time, max lag ms) {run.get('worst_seconds_by_send_time')}; "
             f"worker log: {ev.get('producer_buffer_full', 0)} 'producer buffer full' warnings"
-            + (f", and `{'`; `'.join(ev['lines'])}`" if ev.get("lines") else ""))
+            + (f", and `{'`; `'.join(ev['lines'])}`" if ev.get("lines") else "")
+            + background_line(run.get("cassandra_background")))
     doc.lines.append("")
     where_time_goes(doc, [(run["load"], run.get("where_time_goes")) for run in f["runs"]])
     doc.para("CPU seconds per process during each run: " + "; ".join(
         f"{run['load']}: {run['cpu_s']} (outside: {run['outside_these_processes_cpu_s']})" for run in f["runs"]))
+
+
+def background_line(bg: dict[str, Any] | None) -> str:
+    """The local Cassandra node's flushes and compactions during a load point (bench/cassandra_log.py)."""
+    if bg is None:
+        return ""
+    flushes = ", ".join(f"{t} {n}" for t, n in sorted(bg["flushes"].items())) or "none"
+    runs = ", ".join(f"{c['table']} {c['seconds']} s from second {c['start_s']} ({c['input']})"
+                     for c in bg["compactions"]) or "none"
+    return f"; Cassandra flushes: {flushes}; compactions: {runs}"
 
 
 def where_time_goes(doc: Doc, points: list[tuple[str, dict | None]]) -> None:

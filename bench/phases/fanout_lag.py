@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
+from bench.cassandra_log import node_background_work
 from bench.context import Publisher, RunContext, bar, paced
 from bench.graph import sample_followers
 from bench.latency import latency_summary
@@ -156,7 +157,9 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
         worst[int(at)] = max(worst.get(int(at), 0.0), lag)
     worst_seconds = [{"second": k, "max_lag_ms": round(v * 1000, 1)}
                      for k, v in sorted(worst.items(), key=lambda kv: -kv[1])[:5]]
-    worker_events = worker_log_events(ctx, run_began, time.time())
+    ended = time.time()
+    worker_events = worker_log_events(ctx, run_began, ended)
+    lag_by_second = [[k, round(v * 1000, 1)] for k, v in sorted(worst.items())]
     by_class: dict[str, Any] = {}
     for cls in sorted({c for c, _, _ in samples} | set(timeouts)):
         by_class[cls] = {"from_kafka_ack_ms": latency_summary(s for c, s, _ in samples if c == cls),
@@ -168,6 +171,8 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
             "by_author_size": by_class, "peak_consumer_lag_msgs": lag_peak,
             "zscore_polls": polls[0], "longest_poll_interval_ms": round(polls[1] * 1000, 1),
             "worst_seconds_by_send_time": worst_seconds, "worker_log_warnings": worker_events,
+            "began_at": run_began, "max_lag_ms_by_send_second": lag_by_second,
+            "cassandra_background": node_background_work(ctx.cassandra_log(), run_began, ended),
             "machine_busy_share": cpu["machine_busy_share"], "cpu_s": cpu["cpu_s"],
             "outside_these_processes_cpu_s": cpu["outside_these_processes_cpu_s"],
             "where_time_goes": where}
