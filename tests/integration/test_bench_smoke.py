@@ -74,6 +74,9 @@ async def test_small_benchmark_reports_every_section(tmp_path: Path, services: S
         assert positive(run["all_pushed_authors_from_kafka_ack_ms"]["p99"]), run["load"]
         for cls, v in run["by_author_size"].items():
             assert v["not_seen_within_60s"] == 0, (run["load"], cls)
+        # the servers are this checkout's: the node's log is read (flushes and compactions, if any)
+        assert set(run["cassandra_background"]) == {"flushes", "compactions", "compaction_s"}, run["load"]
+        assert sum(1 for _ in run["max_lag_ms_by_send_second"]) > 0, run["load"]
 
     reads = r["reads_inprocess"]
     assert positive(reads["read_rate_per_s"]) and positive(reads["tweet_rate_per_s"])
