@@ -124,7 +124,9 @@ def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
             f"- {run['load']}: worst seconds (by send time, max lag ms) {run.get('worst_seconds_by_send_time')}; "
             f"worker log: {ev.get('producer_buffer_full', 0)} 'producer buffer full' warnings"
             + (f", and `{'`; `'.join(ev['lines'])}`" if ev.get("lines") else "")
-            + background_line(run.get("cassandra_background")))
+            + background_line(run.get("cassandra_background"))
+            + (f"; Cassandra threads by kind (CPU s): {run['cassandra_threads_cpu_s']}"
+               if run.get("cassandra_threads_cpu_s") else ""))
     doc.lines.append("")
     where_time_goes(doc, [(run["load"], run.get("where_time_goes")) for run in f["runs"]])
     doc.para("CPU seconds per process during each run: " + "; ".join(
@@ -264,6 +266,8 @@ def cpu_per_1000_deliveries(doc: Doc, c: dict, r: dict) -> None:
               ([k, v, c["cpu_s_per_1000_deliveries"].get(k)] for k, v in c["cpu_s"].items()))
     if c.get("worker_threads_cpu_s"):
         doc.para(f"Worker threads (CPU s): {c['worker_threads_cpu_s']}.")
+    if c.get("cassandra_threads_cpu_s"):
+        doc.para(f"Cassandra threads by kind (CPU s): {c['cassandra_threads_cpu_s']}.")
 
 
 def profile(doc: Doc, p: dict, r: dict) -> None:

@@ -81,6 +81,62 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+#: Cassandra's thread names (as the kernel keeps them: the first 15 characters) -> what they do.
+CASSANDRA_THREADS = (
+    ("CompactionExecu", "compaction"),
+    ("Native-Transpor", "requests"),
+    ("MutationStage", "mutations"),
+    ("ReadStage", "reads"),
+    ("PerDiskMemtable", "memtable flush"),
+    ("MemtableFlushWr", "memtable flush"),
+    ("MemtablePostFlu", "memtable flush"),
+    ("MemtableReclaim", "memtable flush"),
+    ("PERIODIC-COMMIT", "commit log"),
+    ("COMMIT-LOG-ALLO", "commit log"),
+    ("epollEventLoopG", "network"),
+    ("GC Thread", "JVM GC"),
+    ("G1 ", "JVM GC"),
+    ("VM Thread", "JVM GC"),
+    ("C1 CompilerThre", "JIT compiler"),
+    ("C2 CompilerThre", "JIT compiler"),
+)
+
+
+def cassandra_thread_kind(name: str) -> str:
+    """What a Cassandra thread does, from its name (``other`` when not listed)."""
+    for prefix, kind in CASSANDRA_THREADS:
+        if name.startswith(prefix):
+            return kind
+    return "other"
+
+
+def threads_by_kind(pid: int, kind_of: Any) -> dict[tuple[int, str], float]:
+    """CPU seconds of each live thread of ``pid``, keyed by (tid, ``kind_of(its name)``)."""
+    out: dict[tuple[int, str], float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        f = raw.rsplit(")", 1)[1].split()
+        out[(int(tid), kind_of(name))] = (int(f[11]) + int(f[12])) / TICK
+    return out
+
+
+def by_kind_delta(before: dict[tuple[int, str], float], after: dict[tuple[int, str], float]) -> dict[str, float]:
+    """CPU per kind between two ``threads_by_kind`` readings, largest first (threads that ended
+    in between are not counted; threads that began count from 0)."""
+    out: dict[str, float] = {}
+    for key, cpu in after.items():
+        out[key[1]] = out.get(key[1], 0.0) + cpu - before.get(key, 0.0)
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
 def system_cpu() -> tuple[float, float]:
     """(busy, total) seconds of all cores since boot."""
     with open("/proc/stat") as fh:
@@ -142,6 +198,7 @@ class CpuWindow:
     before: dict[str, float] = field(default_factory=dict)
     sys_before: tuple[float, float] = (0.0, 0.0)
     threads_before: dict[str, float] = field(default_factory=dict)
+    cassandra_before: dict[tuple[int, str], float] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
 
     def start(self) -> "CpuWindow":
@@ -150,6 +207,8 @@ class CpuWindow:
         self.sys_before = system_cpu()
         if self.threads_of:
             self.threads_before = thread_cpu(self.threads_of)
+        if "cassandra" in self.procs.single:
+            self.cassandra_before = threads_by_kind(self.procs.single["cassandra"], cassandra_thread_kind)
         return self
 
     def stop(self) -> dict:
@@ -167,6 +226,9 @@ class CpuWindow:
             "machine_busy_share": round(busy / total, 3) if total else None,
             "outside_these_processes_cpu_s": round(max(0.0, busy - sum(used.values())), 2),
         }
+        if "cassandra" in self.procs.single:
+            now_c = threads_by_kind(self.procs.single["cassandra"], cassandra_thread_kind)
+            self.result["cassandra_threads_cpu_s"] = by_kind_delta(self.cassandra_before, now_c)
         if self.threads_of:
             now = thread_cpu(self.threads_of)
             self.result["worker_threads_cpu_s"] = {

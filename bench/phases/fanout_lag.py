@@ -179,6 +179,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
             "began_at": run_began, "max_lag_ms_by_send_second": lag_by_second,
             "cassandra_background": node_background_work(ctx.cassandra_log(), run_began, ended),
             "machine_busy_share": cpu["machine_busy_share"], "cpu_s": cpu["cpu_s"],
+            "cassandra_threads_cpu_s": cpu.get("cassandra_threads_cpu_s"),
             "outside_these_processes_cpu_s": cpu["outside_these_processes_cpu_s"],
             "where_time_goes": where}
 
