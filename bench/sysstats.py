@@ -82,11 +82,15 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 
 #: Cassandra's thread names (as the kernel keeps them: the first 15 characters) -> what they do.
+#: Native-Transport, MutationStage and ReadStage are one shared pool (SEP) whose threads rename
+#: themselves for the stage they serve at the moment, so they are one kind here.
 CASSANDRA_THREADS = (
     ("CompactionExecu", "compaction"),
-    ("Native-Transpor", "requests"),
-    ("MutationStage", "mutations"),
-    ("ReadStage", "reads"),
+    ("Native-Transpor", "request stages"),
+    ("MutationStage", "request stages"),
+    ("ReadStage", "request stages"),
+    ("CounterMutation", "request stages"),
+    ("RequestResponse", "request stages"),
     ("PerDiskMemtable", "memtable flush"),
     ("MemtableFlushWr", "memtable flush"),
     ("MemtablePostFlu", "memtable flush"),
@@ -110,9 +114,9 @@ def cassandra_thread_kind(name: str) -> str:
     return "other"
 
 
-def threads_by_kind(pid: int, kind_of: Any) -> dict[tuple[int, str], float]:
-    """CPU seconds of each live thread of ``pid``, keyed by (tid, ``kind_of(its name)``)."""
-    out: dict[tuple[int, str], float] = {}
+def threads_now(pid: int) -> dict[int, tuple[str, float]]:
+    """Each live thread of ``pid``: tid -> (its name now, its CPU seconds so far)."""
+    out: dict[int, tuple[str, float]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
@@ -122,18 +126,20 @@ def threads_by_kind(pid: int, kind_of: Any) -> dict[tuple[int, str], float]:
             raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue
-        name = raw[raw.index("(") + 1:raw.rindex(")")]
         f = raw.rsplit(")", 1)[1].split()
-        out[(int(tid), kind_of(name))] = (int(f[11]) + int(f[12])) / TICK
+        out[int(tid)] = (raw[raw.index("(") + 1:raw.rindex(")")], (int(f[11]) + int(f[12])) / TICK)
     return out
 
 
-def by_kind_delta(before: dict[tuple[int, str], float], after: dict[tuple[int, str], float]) -> dict[str, float]:
-    """CPU per kind between two ``threads_by_kind`` readings, largest first (threads that ended
-    in between are not counted; threads that began count from 0)."""
+def by_kind_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                  kind_of: Any) -> dict[str, float]:
+    """CPU per kind between two ``threads_now`` readings, each thread under the kind of its name
+    at the second reading, largest first (threads that ended in between are not counted;
+    threads that began count from 0)."""
     out: dict[str, float] = {}
-    for key, cpu in after.items():
-        out[key[1]] = out.get(key[1], 0.0) + cpu - before.get(key, 0.0)
+    for tid, (name, cpu) in after.items():
+        kind = kind_of(name)
+        out[kind] = out.get(kind, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
     return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
 
@@ -198,7 +204,7 @@ class CpuWindow:
     before: dict[str, float] = field(default_factory=dict)
     sys_before: tuple[float, float] = (0.0, 0.0)
     threads_before: dict[str, float] = field(default_factory=dict)
-    cassandra_before: dict[tuple[int, str], float] = field(default_factory=dict)
+    cassandra_before: dict[int, tuple[str, float]] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
 
     def start(self) -> "CpuWindow":
@@ -208,7 +214,7 @@ class CpuWindow:
         if self.threads_of:
             self.threads_before = thread_cpu(self.threads_of)
         if "cassandra" in self.procs.single:
-            self.cassandra_before = threads_by_kind(self.procs.single["cassandra"], cassandra_thread_kind)
+            self.cassandra_before = threads_now(self.procs.single["cassandra"])
         return self
 
     def stop(self) -> dict:
@@ -227,8 +233,8 @@ class CpuWindow:
             "outside_these_processes_cpu_s": round(max(0.0, busy - sum(used.values())), 2),
         }
         if "cassandra" in self.procs.single:
-            now_c = threads_by_kind(self.procs.single["cassandra"], cassandra_thread_kind)
-            self.result["cassandra_threads_cpu_s"] = by_kind_delta(self.cassandra_before, now_c)
+            now_c = threads_now(self.procs.single["cassandra"])
+            self.result["cassandra_threads_cpu_s"] = by_kind_delta(self.cassandra_before, now_c, cassandra_thread_kind)
         if self.threads_of:
             now = thread_cpu(self.threads_of)
             self.result["worker_threads_cpu_s"] = {

@@ -49,6 +49,8 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         runs.append(one)
         # Let a backlog drain before the next rate.
         await ctx.wait_zero(timeout=900, desc="drain")
+    for one in runs:  # read after the drains: a compaction is logged when it ends
+        one["cassandra_background"] = node_background_work(ctx.cassandra_log(), one["began_at"], one["ended_at"])
     return {
         "rate_basis": f"shares of the fanout capacity measured in the burst ({capacity:.0f} deliveries/s) "
                       f"at {mean_d:.1f} deliveries per tweet; tweets one by one (acks=all, linger 0), "
@@ -176,8 +178,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
             "by_author_size": by_class, "peak_consumer_lag_msgs": lag_peak,
             "zscore_polls": polls[0], "longest_poll_interval_ms": round(polls[1] * 1000, 1),
             "worst_seconds_by_send_time": worst_seconds, "worker_log_warnings": worker_events,
-            "began_at": run_began, "max_lag_ms_by_send_second": lag_by_second,
-            "cassandra_background": node_background_work(ctx.cassandra_log(), run_began, ended),
+            "began_at": run_began, "ended_at": ended, "max_lag_ms_by_send_second": lag_by_second,
             "machine_busy_share": cpu["machine_busy_share"], "cpu_s": cpu["cpu_s"],
             "cassandra_threads_cpu_s": cpu.get("cassandra_threads_cpu_s"),
             "outside_these_processes_cpu_s": cpu["outside_these_processes_cpu_s"],

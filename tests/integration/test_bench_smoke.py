@@ -77,7 +77,7 @@ async def test_small_benchmark_reports_every_section(tmp_path: Path, services: S
         # the servers are this checkout's: the node's log is read (flushes and compactions, if any)
         assert set(run["cassandra_background"]) == {"flushes", "compactions", "compaction_s"}, run["load"]
         assert sum(1 for _ in run["max_lag_ms_by_send_second"]) > 0, run["load"]
-        assert positive(run["cassandra_threads_cpu_s"].get("requests")), run["load"]
+        assert positive(run["cassandra_threads_cpu_s"].get("request stages")), run["load"]
 
     reads = r["reads_inprocess"]
     assert positive(reads["read_rate_per_s"]) and positive(reads["tweet_rate_per_s"])
