@@ -69,15 +69,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     by name: the others are the Cassandra driver's I/O loop, executors and the like.)
     """
     out = {"main thread": 0.0, "other threads": 0.0}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return out
-    for tid in tids:
-        f = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
-        if f is not None:
-            key = "main thread" if int(tid) == pid else "other threads"
-            out[key] += (int(f[11]) + int(f[12])) / TICK
+    for tid, (_, cpu) in threads_now(pid).items():
+        out["main thread" if tid == pid else "other threads"] += cpu
     return out
 
 

@@ -49,8 +49,9 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         runs.append(one)
         # Let a backlog drain before the next rate.
         await ctx.wait_zero(timeout=900, desc="drain")
+    log = ctx.cassandra_log()
     for one in runs:  # read after the drains: a compaction is logged when it ends
-        one["cassandra_background"] = node_background_work(ctx.cassandra_log(), one["began_at"], one["ended_at"])
+        one["cassandra_background"] = node_background_work(log, one["began_at"], one["ended_at"])
     return {
         "rate_basis": f"shares of the fanout capacity measured in the burst ({capacity:.0f} deliveries/s) "
                       f"at {mean_d:.1f} deliveries per tweet; tweets one by one (acks=all, linger 0), "
