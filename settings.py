@@ -101,15 +101,14 @@ class Settings:
     # (the single node); with one, NetworkTopologyStrategy {dc: factor} (the three-node ring
     # of localenv/cassandra_ring.py: dc1, 3). Every client routes token-aware over the
     # local DC's nodes (empty: the DC of the contact point) and reads and writes at
-    # TL_CASSANDRA_CONSISTENCY; the first-post-wins claim (a lightweight transaction) runs
-    # its Paxos round at TL_CASSANDRA_SERIAL_CONSISTENCY.
+    # TL_CASSANDRA_CONSISTENCY (no lightweight transactions: tweet ids are claimed in
+    # PostgreSQL, sinks/postgres.py).
     cassandra_replication_factor: int = _env("TL_CASSANDRA_REPLICATION_FACTOR", 1, int)
     cassandra_local_dc: str = _env("TL_CASSANDRA_LOCAL_DC", "")
     # Replicas per data center, "dc1:1,dc2:1" (policies/dc_replication.py): when set, the keyspace
     # is NetworkTopologyStrategy with these factors (one cluster across regions); empty: as above.
     cassandra_replication: str = _env("TL_CASSANDRA_REPLICATION", "")
     cassandra_consistency: str = _env("TL_CASSANDRA_CONSISTENCY", "LOCAL_QUORUM")
-    cassandra_serial_consistency: str = _env("TL_CASSANDRA_SERIAL_CONSISTENCY", "LOCAL_SERIAL")
     redis_url: str = _env("TL_REDIS_URL", "redis://127.0.0.1:6379/0")
     # A Redis Cluster instead of one server: every client is a redis-py RedisCluster
     # (sinks/redis_client.py), TL_REDIS_URL may list several nodes ("redis://h:p1,h:p2"),
@@ -327,8 +326,6 @@ class Settings:
             raise ValueError(f"TL_CASSANDRA_REPLICATION: {exc}") from None
         if self.cassandra_consistency not in CASSANDRA_CONSISTENCIES:
             raise ValueError(f"TL_CASSANDRA_CONSISTENCY must be one of {', '.join(CASSANDRA_CONSISTENCIES)}")
-        if self.cassandra_serial_consistency not in ("SERIAL", "LOCAL_SERIAL"):
-            raise ValueError("TL_CASSANDRA_SERIAL_CONSISTENCY must be SERIAL or LOCAL_SERIAL")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":

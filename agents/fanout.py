@@ -5,8 +5,9 @@ together, so an author's tweets and follower edges meet in one partition and
 are processed in log order. A batch is handled in three steps:
 
 1. store the batch's tweets (bodies and author timelines) and deletes: a post
-   claims its tweet id (the first post of an id wins, globally), a delete counts
-   only by the tweet's author; the rest is dead-lettered (``write_tweets``);
+   claims its tweet id in PostgreSQL (the first post of an id wins, globally), a
+   delete counts only by the tweet's author; the rest is dead-lettered
+   (``write_tweets``);
 2. walk the events in order: update the edge and author tables, ask the pure
    policies what to deliver, and queue delivery ops keyed by recipient;
 3. publish the delivery batches (one message per destination partition) and
@@ -40,6 +41,7 @@ from policies.first_wins import (
     delete_verdict,
     not_author_reason,
     post_verdict,
+    settle,
     taken_reason,
 )
 from policies.partitioning import partition_for_id
@@ -154,14 +156,16 @@ def judge_tweets(
     return v
 
 
-def store_tweets(v: TweetVerdicts) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]]]:
-    """Cassandra writes after the claims: author timelines, then deletes (applied after: a delete wins)."""
+def store_tweets(v: TweetVerdicts) -> tuple[list[tuple[str, tuple]], list[tuple[str, tuple]], list[tuple[str, tuple]]]:
+    """Cassandra writes after the claims: the winners' bodies, then author timelines, then
+    deletes (applied after: a delete wins). A body insert leaves ``deleted_at`` alone."""
+    bodies = [("insert_tweet", (ev.tweet_id, ev.author_id, ev.text, ev.created_at)) for ev in v.posted]
     inserts = [("insert_author_tl", (ev.author_id, ev.tweet_id)) for ev in v.pushed]
     deletes: list[tuple[str, tuple]] = []
     for ev in v.deletes:
         deletes.append(("mark_deleted", (max(ev.deleted_at, 1), ev.tweet_id)))
         deletes.append(("delete_author_tl", (ev.author_id, ev.tweet_id)))
-    return inserts, deletes
+    return bodies, inserts, deletes
 
 
 def author_window_changes(v: TweetVerdicts) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]]:
@@ -185,13 +189,16 @@ def _early_delete_at(event: Any, author_id: int, tweet_id: int) -> int | None:
 async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]], outbox: Outbox) -> list[tuple[Any, Any]]:
     """Step 1: claim the batch's tweet ids, store tweets and deletes; the events step 2 must process.
 
-    Posts claim their id with a Cassandra lightweight transaction (``claim_tweets``):
-    tweets of different authors are processed on different partitions and workers,
-    so only the store can say which post of an id came first. Deletes are checked
-    against the stored author by a plain read (``read_tweets``), not a conditional
-    ``UPDATE ... IF author_id = ?``: a row's author is written once, by the claim, and
-    never changes, so a read cannot go stale before the update, and one read for the
-    batch costs less than a Paxos round per delete. Rejected events are dead-lettered.
+    Posts claim their id in PostgreSQL (``TweetClaims.claim``, one statement for the
+    batch): tweets of different authors are processed on different partitions and
+    workers, so only a store can say which post of an id came first, and PostgreSQL's
+    first-row-wins insert does it for a whole batch where Cassandra needs a lightweight
+    transaction (a Paxos round, ~25x the server CPU) per id. Meanwhile Cassandra's rows
+    of the batch's ids are read (delete marks, the author a delete is checked against;
+    ``settle`` combines both). A row's author is written once, by its winner, and never
+    changes, so the read cannot go stale before the writes. The winners' bodies are
+    written to Cassandra before anything else of the batch. Rejected events are
+    dead-lettered.
     """
     posts = {}
     for _, ev in good:
@@ -201,15 +208,14 @@ async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]], outbox: Ou
     if not posts and not deleted_ids:
         return list(good)
     claims = [(ev.tweet_id, ev.author_id, ev.text, ev.created_at) for ev in posts.values()]
-    rows = await with_retry("claim tweets", lambda: sinks.cassandra.claim_tweets(claims))
-    stored = {row.tweet_id: row for row in rows}
-    unknown = deleted_ids - stored.keys()
-    if unknown:
-        stored.update(await with_retry("read deleted tweets", lambda: sinks.cassandra.read_tweets(unknown)))
-    v = judge_tweets(good, stored, _early_delete_at)
+    claimed, rows = await asyncio.gather(
+        with_retry("claim tweets", lambda: sinks.claims.claim(claims)),
+        with_retry("read tweets", lambda: sinks.cassandra.read_tweets(posts.keys() | deleted_ids)),
+    )
+    v = judge_tweets(good, settle(claimed, rows), _early_delete_at)
     for event, reason in v.rejected:
         outbox.dead_letter(dead_letters_topic, event, reason, STAGE)
-    inserts, deletes = store_tweets(v)
+    bodies, inserts, deletes = store_tweets(v)
     posted = [(e.tweet_id, e.author_id, e.text, e.created_at) for e in v.posted]
     deleted = [(e.tweet_id, max(e.deleted_at, 1)) for e in v.deletes]
 
@@ -221,9 +227,12 @@ async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]], outbox: Ou
         if posted:
             await with_retry("cache tweets", lambda: sinks.tweets.write(posted, []))
 
-    # The bodies' cache alongside the author timelines: the claim above made every posted
-    # tweet's row durable, and a reader that misses the cache reads that row. Delete marks
-    # go to the cache only after Cassandra has them (the cache never knows more than the store).
+    # Bodies first: a reader that finds a tweet in a timeline (an author's here, a home
+    # timeline once stage 2 has it) and misses the cache reads its Cassandra row. The cache
+    # of the bodies alongside the author timelines; delete marks go to the cache only after
+    # Cassandra has them (the cache never knows more than the store).
+    if bodies:
+        await with_retry("store bodies", lambda: sinks.cassandra.execute_many(bodies))
     await asyncio.gather(store(), cache_bodies())
     # After Cassandra has them, as for home timelines (sinks/redis_timeline.py): the cached
     # author windows (pulls of celebrities read them) get the stored tweets, lose the deleted

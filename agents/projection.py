@@ -9,25 +9,16 @@ dead-lettered here (stage ``projection``, ``agents/failures.py``); while Postgre
 is unreachable the batch waits.
 
 The first post of a tweet id wins and only its author deletes it
-(``policies/first_wins.py``), with the fanout stage's verdicts:
+(``policies/first_wins.py``), in PostgreSQL as in the timelines:
 
-* The fanout stage decides which post of an id is first (a Cassandra lightweight
-  transaction). Before writing a batch, the projection reads the Cassandra rows
-  of its tweet ids (one query per 100 ids) and skips a post that differs from the
-  stored one and a delete by someone other than its author. ``ON CONFLICT DO
-  NOTHING`` keeps the first row PostgreSQL got in any case.
+* The ``tweets`` table is where the fanout stage claims tweet ids (``TweetClaims``): a
+  post is inserted only if its id has no row yet, by the projection as by the claim,
+  so whichever of them stores an id first, both keep that post, and a post that lost
+  its id changes nothing here.
 * A delete only touches the row ``WHERE author_id`` is its own. One that comes
   before any post of its id is kept in ``tweet_early_deletes`` under (tweet,
-  author), and only that author's post of the id picks it up: an early delete
-  by anyone else never hides the tweet.
-
-The one race left: two conflicting posts of one id on two partitions, with the
-projection writing one of them before the fanout stage has claimed either. The
-projection then keeps the post it saw first, and the fanout stage may claim the
-other: PostgreSQL and Cassandra disagree about that id (and a delete by
-Cassandra's author does not apply in PostgreSQL). It needs a producer reusing
-another author's id within the projection's lead over the fanout (typically
-well under a second); the dead letter of the losing post names the id.
+  author), and only that author's post of the id picks it up (the claim's insert
+  too): an early delete by anyone else never hides the tweet.
 """
 from __future__ import annotations
 
@@ -38,10 +29,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from agents.failures import Isolator
 from agents.loop import consume
-from agents.sinks import get_sinks, with_retry
+from agents.sinks import with_retry
 from faust_app import app, settings
-from policies.first_wins import StoredTweet
-from schemas import ContractError, Limits, TweetDeleted, TweetPosted, decode
+from schemas import ContractError, Limits, decode
 from sinks.postgres import open_pool, statements, write_batch
 from streams.topics import EVENTS_ON, dead_letters_topic, projection_events
 
@@ -50,15 +40,6 @@ BATCH_MAX = 1000
 STAGE = "projection"
 LIMITS = Limits.from_settings(settings)
 ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
-
-
-async def claimed_tweets(typed: Sequence[Any]) -> dict[int, StoredTweet]:
-    """The Cassandra rows (the fanout stage's verdicts) of the batch's tweet ids."""
-    ids = {ev.tweet_id for ev in typed if isinstance(ev, (TweetPosted, TweetDeleted))}
-    if not ids:
-        return {}
-    sinks = await get_sinks(settings)
-    return await with_retry("projection reads claims", lambda: sinks.cassandra.read_tweets(ids))
 
 
 _pool: AsyncConnectionPool | None = None
@@ -78,7 +59,7 @@ async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[A
             typed.append(decode(event.message.value, EVENTS_ON[event.message.topic], LIMITS))
         except ContractError:
             continue  # dead-lettered by the fanout stage
-    stmts = statements(typed, await claimed_tweets(typed))
+    stmts = statements(typed)
     if stmts:
         await with_retry("postgres projection", lambda: write_batch(pool, stmts))
 

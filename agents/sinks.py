@@ -12,6 +12,7 @@ from agents.failures import backoff_retry
 from agents.metrics import COMMITLOG_PROBES, SINK_RETRIES, SINK_SECONDS
 from settings import Settings
 from sinks.cassandra import CassandraStore
+from sinks.postgres import TweetClaims
 from sinks.redis_celebrities import RedisCelebrities
 from sinks.redis_client import Acks, AnyRedis, connect
 from sinks.redis_following import RedisFollowing
@@ -27,6 +28,7 @@ T = TypeVar("T")
 class Sinks:
     settings: Settings
     cassandra: CassandraStore
+    claims: TweetClaims  # PostgreSQL: which post of a tweet id came first
     redis: AnyRedis
     timelines: RedisTimelines
     author_windows: RedisTimelines
@@ -41,18 +43,20 @@ class Sinks:
         if cassandra.gate is not None:
             cassandra.gate.on_probe = COMMITLOG_PROBES.inc
             cassandra.gate.retry = with_retry
+        claims = await TweetClaims.open(settings)
         redis = connect(settings)
         acks = Acks.from_settings(settings)  # a cluster: a batch is done once replicas hold it
         timelines = RedisTimelines.from_settings(redis, settings, acks)
         tweets = RedisTweets(redis, prefix=settings.redis_prefix, acks=acks)
         celebrities = RedisCelebrities(redis, prefix=settings.redis_prefix, acks=acks)
         following = RedisFollowing(redis, prefix=settings.redis_prefix, ttl_s=settings.timeline_ttl_s, acks=acks)
-        return cls(settings=settings, cassandra=cassandra, redis=redis, timelines=timelines,
+        return cls(settings=settings, cassandra=cassandra, claims=claims, redis=redis, timelines=timelines,
                    author_windows=RedisTimelines.author_windows(redis, settings, acks), tweets=tweets,
                    celebrities=celebrities, following=following,
                    live=LiveChannels(redis, prefix=settings.redis_prefix))
 
     async def close(self) -> None:
+        await self.claims.close()
         await self.redis.aclose()
         await asyncio.to_thread(self.cassandra.close)
 

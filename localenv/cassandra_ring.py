@@ -143,7 +143,7 @@ class CassandraRing:
         """``settings`` pointed at the ring from data center ``dc`` (a region's clients): that
         DC's nodes the contact points and the driver's local DC (requests go to its nodes
         only), every DC's replicas in the keyspace's replication, reads and writes at
-        LOCAL_QUORUM (a majority of the local DC's replicas), LWTs at LOCAL_SERIAL."""
+        LOCAL_QUORUM (a majority of the local DC's replicas)."""
         if dc not in self.factors:
             raise ValueError(f"data center {dc!r}: the ring has {', '.join(self.dcs)}")
         return settings.replace(
@@ -153,7 +153,6 @@ class CassandraRing:
             cassandra_replication_factor=self.factors[dc],
             cassandra_replication=format_dc_factors(self.factors) if len(self.dcs) > 1 else "",
             cassandra_consistency="LOCAL_QUORUM",
-            cassandra_serial_consistency="LOCAL_SERIAL",
             cassandra_commitlog_sync="periodic",
         )
 

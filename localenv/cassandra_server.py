@@ -225,8 +225,8 @@ compaction_throughput: 64MiB/s
 unlogged_batch_across_partitions_warn_threshold: 64
 batch_size_warn_threshold: 32KiB
 batch_size_fail_threshold: 50KiB
-# Stage 1 claims every tweet id with a lightweight transaction (first post wins):
-# Paxos v2 needs fewer round trips and less work per claim than the v1 default.
+# The pipeline runs no lightweight transaction (tweet ids are claimed in PostgreSQL); for
+# tools that do, Paxos v2 needs fewer round trips and less work than the v1 default.
 paxos_variant: v2
 """
 

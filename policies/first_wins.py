@@ -5,15 +5,15 @@ first one wins, and any Kafka client can be a producer: a later post of the same
 id with another text, author or time must not change anything, and a
 ``tweet_deleted`` naming someone else as the author must not hide the tweet.
 
-Which post is "first" is decided globally by the store (a Cassandra lightweight
-transaction, ``INSERT ... IF NOT EXISTS``, in the fanout stage): the stored row
-is the winner, and these pure functions compare an event with it.
+Which post is "first" is decided globally by PostgreSQL, the tweets' source of
+truth: the fanout stage claims a batch's ids there (``sinks.postgres.TweetClaims``,
+the first row of an id wins, whichever worker or the projection inserts it), then
+writes the winners' bodies to Cassandra; :func:`settle` says which row an id has,
+and these pure functions compare an event with it.
 
 * :func:`post_verdict`: the same tweet again (a replay after a crash, a producer
   retry: processed as usual, every write is idempotent), a conflicting one
-  (dead-lettered, not stored, cached or fanned out), or a placeholder row an
-  older worker left for a delete that came before its tweet (claimed by the
-  post, see ``sinks/cassandra.py``).
+  (dead-lettered, not stored, cached or fanned out).
 * :func:`delete_verdict`: by the tweet's author (applied), by anyone else
   (dead-lettered), or before any post of the id was stored ("early": kept aside,
   keyed by author and tweet, and applied only when *that author's* post of the
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,6 @@ class StoredTweet:
 class Post(enum.Enum):
     SAME = "same"  # the stored tweet is this one: proceed (idempotent)
     CONFLICT = "conflict"  # the id is taken by another tweet: dead-letter
-    UNCLAIMED = "unclaimed"  # a placeholder row without a tweet: the post may claim it
 
 
 class Delete(enum.Enum):
@@ -77,10 +76,27 @@ def same_tweet(stored: StoredTweet, ev: Any) -> bool:
     )
 
 
+def settle(claimed: Mapping[int, StoredTweet], rows: Mapping[int, StoredTweet]) -> dict[int, StoredTweet]:
+    """The row each id has: ``claimed`` (PostgreSQL's winners of the posted ids) with
+    ``rows`` (Cassandra's rows of the posted and deleted ids: bodies and delete marks).
+
+    A posted id's winner is Cassandra's row when that row has an author (written only
+    for a winner: the claim's, or an LWT's before claims moved to PostgreSQL), else
+    PostgreSQL's, keeping the delete mark of a placeholder row (an older worker's
+    early delete). Ids only deleted keep Cassandra's row (none: no post stored yet).
+    """
+    out = dict(rows)
+    for tweet_id, winner in claimed.items():
+        row = rows.get(tweet_id)
+        if row is None:
+            out[tweet_id] = winner
+        elif row.placeholder:
+            out[tweet_id] = StoredTweet(tweet_id, winner.author_id, winner.text, winner.created_at, row.deleted_at)
+    return out
+
+
 def post_verdict(stored: StoredTweet, ev: Any) -> Post:
-    """What to do with post ``ev`` given the row its id has after the claim."""
-    if stored.placeholder:
-        return Post.UNCLAIMED
+    """What to do with post ``ev`` given the row its id has after the claim (``settle``)."""
     return Post.SAME if same_tweet(stored, ev) else Post.CONFLICT
 
 

@@ -55,13 +55,6 @@ from sinks.cassandra_sync import CommitLogGate, gate_lag_s, needs_gate, sync_lag
 from sinks.cassandra_values import Packer, value_packer
 from settings import Settings
 
-# Lightweight transactions in flight per claim_tweets call. An LWT is a Paxos round
-# (four round trips to the replicas instead of one write) and cannot share a batch
-# with other partitions' rows, so claims go one by one, this many at a time. 8, 32,
-# 64 and 128 gave the same throughput within the noise (the server's CPU is the
-# limit, see claim_tweets); 32 keeps a 500-tweet batch to ~16 rounds.
-LWT_CONCURRENCY = 32
-
 _log = logging.getLogger(__name__)
 
 
@@ -74,28 +67,20 @@ def _row_type(columns: tuple[str, ...]) -> Any:
 def cached_named_tuple_factory(columns: list[str], rows: list[tuple[Any, ...]]) -> list[Any]:
     """The driver's default row factory (``named_tuple_factory``: the same rows) without
     building a new ``namedtuple`` class for every result: that took ~54 us per result on this
-    machine (an LWT's one ``[applied]`` row included; ~6% of the worker's driver thread in a
+    machine (~6% of the worker's driver thread in a
     py-spy profile), ~1 us here; 800 timeline rows ~480 -> ~290 us."""
     make = _row_type(tuple(columns))._make
     return [make(row) for row in rows]
-
-
-def applied(rs: Any) -> bool:
-    """Whether a single (not batched) lightweight transaction applied: its first column,
-    ``[applied]``, as the driver's ``ResultSet.was_applied`` reads it (which refuses row
-    factories other than its own)."""
-    return bool(rs.one()[0])
 
 
 def new_cluster(settings: Settings, *, connect_timeout: float = 10.0, request_timeout: float = 30.0) -> Cluster:
     """A driver ``Cluster`` for the configured Cassandra, the one every part of the tree uses
     (the caller shuts it down): token-aware routing (a request goes to a replica of its
     partition) over round robin in the local DC, reads and writes at
-    ``TL_CASSANDRA_CONSISTENCY``, lightweight transactions at ``TL_CASSANDRA_SERIAL_CONSISTENCY``."""
+    ``TL_CASSANDRA_CONSISTENCY``."""
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc or None)),
         consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_consistency],
-        serial_consistency_level=ConsistencyLevel.name_to_value[settings.cassandra_serial_consistency],
         request_timeout=request_timeout,
         row_factory=cached_named_tuple_factory,
     )
@@ -152,7 +137,6 @@ class CassandraStore:
     batch_bytes: int = BATCH_BYTES
     batch_concurrency: int = BATCH_CONCURRENCY  # batches in flight
     batch_partitions: int = BATCH_SIZE  # distinct partitions per batch (see configure_batches)
-    lwt_concurrency: int = LWT_CONCURRENCY  # lightweight transactions in flight (claim_tweets)
     _stmts: dict[str, PreparedStatement] = field(default_factory=dict)
     # name -> its parameters' serializer for batches (sinks/cassandra_values.py); absent: bind
     _packers: dict[str, Packer] = field(default_factory=dict)
@@ -379,73 +363,6 @@ class CassandraStore:
                 requests.append((self._batch_of([k[0] for k in keyed_batch], [k[1] for k in keyed_batch]), None))
         batched = any(isinstance(r[0], BatchStatement) for r in requests)
         return requests, (self.batch_concurrency if batched else self.concurrency)
-
-    async def claim_tweets(self, posts: Sequence[tuple[int, int, str, int]]) -> list[StoredTweet]:
-        """Claim each tweet id for its post (tweet_id, author_id, text, created_at); the row each id has after.
-
-        ``INSERT ... IF NOT EXISTS``, a lightweight transaction: of all the posts of one id,
-        by whichever worker, exactly one is stored, and a later one gets the stored row
-        back (``policies.first_wins`` compares them). The ids must be distinct. Claims run
-        one by one, ``lwt_concurrency`` in flight: an LWT may not share a batch with
-        other partitions' rows.
-
-        The cost, measured with ``python -m bench.lwt_cost`` (N=2,000 tweets, 32 in
-        flight, dev single-node Cassandra 5.0.9 with ``paxos_variant: v1``, 2 cores
-        shared with Kafka, Redis, PostgreSQL and other people's tests, load average
-        4-10, four runs of three): claims of new ids 1.6-9.3 s (~200-1,300/s) and
-        ~1.0-1.4 s of Cassandra CPU per 1,000 claims, against 0.34-1.03 s
-        (~2,000-5,900/s) and 75-100 ms of CPU per 1,000 for today's batched plain
-        inserts: 10-14x the server CPU per tweet. A replayed claim (not applied, the
-        row returned) costs the same. At the benchmark's ~230 tweets/s (75 deliveries
-        per tweet, 5.6-7.5 ms of Cassandra CPU in batched rows) that is ~15-25 % more
-        Cassandra CPU per tweet. ``paxos_variant: v2`` (Cassandra 4.1+) needs fewer
-        round trips per LWT; not measured here (a server setting).
-        """
-        posts = list(posts)
-        if not posts:
-            return []
-        return await asyncio.to_thread(self._claim_tweets, posts)
-
-    def _claim_tweets(self, posts: list[tuple[int, int, str, int]]) -> list[StoredTweet]:
-        out: list[StoredTweet | None] = [None] * len(posts)
-        todo = list(range(len(posts)))
-        # Insert; a placeholder row found is claimed with a second LWT; a placeholder
-        # claimed by someone else in between is read back by the next round's insert.
-        for _ in range(3):
-            results = execute_concurrent(
-                self.session, [(self._stmts["claim_tweet"], posts[i]) for i in todo],
-                concurrency=self.lwt_concurrency, raise_on_first_error=True, results_generator=False,
-            )
-            placeholders: list[tuple[int, StoredTweet]] = []
-            for i, (_, rs) in zip(todo, results):
-                if applied(rs):
-                    out[i] = StoredTweet(*posts[i])
-                    continue
-                stored = StoredTweet.of_row(rs.one())
-                if stored.placeholder:
-                    placeholders.append((i, stored))
-                else:
-                    out[i] = stored
-            if not placeholders:
-                break
-            update = self._stmts["claim_placeholder"]
-            results = execute_concurrent(
-                self.session,
-                [(update, (posts[i][1], posts[i][2], posts[i][3], posts[i][0])) for i, _ in placeholders],
-                concurrency=self.lwt_concurrency, raise_on_first_error=True, results_generator=False,
-            )
-            todo = []
-            for (i, placeholder), (_, rs) in zip(placeholders, results):
-                if applied(rs):
-                    out[i] = StoredTweet(*posts[i], deleted_at=placeholder.deleted_at)
-                else:
-                    todo.append(i)
-            if not todo:
-                break
-        missing = [posts[i][0] for i, s in enumerate(out) if s is None]
-        if missing:
-            raise RuntimeError(f"tweet ids {missing[:5]} could not be claimed (placeholder rows contended)")
-        return out  # type: ignore[return-value]
 
     async def read_tweets(self, tweet_ids: Iterable[int], *, chunk: int = 100) -> dict[int, StoredTweet]:
         """The stored rows of ``tweet_ids`` (absent ids are not in the answer), ``chunk`` ids per query."""

@@ -6,17 +6,9 @@ write touches, which ``sinks/cassandra_batches.plan_batches`` needs to batch it.
 from __future__ import annotations
 
 QUERIES = {
-    # The agents claim tweet ids with claim_tweet (first post wins, see claim_tweets);
-    # the plain insert is kept for tools and tests that fill a keyspace directly.
+    # A winner's body (the fanout stage writes it after claiming the id in PostgreSQL,
+    # policies/first_wins.py); deleted_at is left alone, so a delete mark stays.
     "insert_tweet": "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at) VALUES (?, ?, ?, ?)",
-    "claim_tweet": (
-        "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS"
-    ),
-    # A row with deleted_at and no author: an older worker's mark for a delete that came
-    # before its tweet. The first post of the id claims it (the mark stays).
-    "claim_placeholder": (
-        "UPDATE {ks}.tweets SET author_id = ?, text = ?, created_at = ? WHERE tweet_id = ? IF author_id = null"
-    ),
     "mark_deleted": "UPDATE {ks}.tweets SET deleted_at = ? WHERE tweet_id = ?",
     "get_tweet": "SELECT tweet_id, author_id, text, created_at, deleted_at FROM {ks}.tweets WHERE tweet_id = ?",
     "insert_author_tl": "INSERT INTO {ks}.author_timeline (author_id, tweet_id) VALUES (?, ?)",

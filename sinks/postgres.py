@@ -1,20 +1,22 @@
-"""The PostgreSQL projection's store: its SQL, its connection pool, its writes.
+"""PostgreSQL, the tweets' source of truth: the claims of tweet ids and the projection's writes.
 
-``statements`` maps a batch of typed events to SQL in log order, following the fanout
-stage's first-post-wins verdicts (``policies/first_wins.py``): a post that is not the
-stored tweet and a delete by someone other than its author are left out. Every
-statement is idempotent (see ``agents/projection.py``), and ``write_batch`` runs a
-batch in one transaction.
+``TweetClaims``: the fanout stage claims a batch's tweet ids in the ``tweets`` table (the
+first row of an id wins, ``policies/first_wins.py``), one statement for the batch.
+``statements`` maps a batch of typed events to the projection's SQL in log order; the
+projection's insert of a post is the same first-row-wins insert, so PostgreSQL and the
+fanout stage agree on every id whichever of them stores it first. Every statement is
+idempotent (see ``agents/projection.py``), and ``write_batch`` runs a batch in one
+transaction.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import groupby
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
-from policies.first_wins import Delete, Post, StoredTweet, delete_verdict, post_verdict
+from policies.first_wins import StoredTweet
 from schemas import TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed
 from settings import Settings
 
@@ -33,6 +35,18 @@ DELETE_TWEET = (
     "SELECT %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM tweets WHERE tweet_id = %s) "
     "ON CONFLICT (tweet_id, author_id) DO NOTHING"
 )
+# The claim of a batch's tweet ids: the same first-row-wins insert as INSERT_TWEET, for a
+# whole batch in one statement (arrays, one row each). An insert that meets a row another
+# transaction has not committed yet waits for it, so the read that follows (a statement of
+# its own, READ COMMITTED) sees every id's winner.
+CLAIM_TWEETS = (
+    "INSERT INTO tweets (tweet_id, author_id, text, created_at, deleted_at) "
+    "SELECT c.tweet_id, c.author_id, c.text, c.created_at, (SELECT e.deleted_at FROM tweet_early_deletes e "
+    "WHERE e.tweet_id = c.tweet_id AND e.author_id = c.author_id) "
+    "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::timestamptz[]) AS c(tweet_id, author_id, text, created_at) "
+    "ON CONFLICT (tweet_id) DO NOTHING"
+)
+READ_CLAIMS = "SELECT tweet_id, author_id, text, created_at FROM tweets WHERE tweet_id = ANY(%s)"
 FOLLOW = (
     "INSERT INTO follows (follower_id, followee_id, created_at) VALUES (%s, %s, %s) "
     "ON CONFLICT (follower_id, followee_id) DO NOTHING"
@@ -40,29 +54,73 @@ FOLLOW = (
 UNFOLLOW = "DELETE FROM follows WHERE follower_id = %s AND followee_id = %s"
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return EPOCH + timedelta(milliseconds=ms)
 
 
-def statements(typed: Sequence[Any], stored: Mapping[int, StoredTweet] | None = None) -> list[tuple[str, tuple]]:
-    """SQL for a batch of events, in log order.
+def _ms(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(milliseconds=1)
 
-    ``stored``: the tweets rows the fanout stage claimed (Cassandra), by id. A post
-    that is not the stored tweet and a delete by someone else than its author are
-    left out (the fanout stage dead-letters them).
+
+class TweetClaims:
+    """The claims of tweet ids in PostgreSQL's ``tweets`` table, on its own autocommit pool
+    (on the primary region's server: ``Settings.postgres_write_dsn``)."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, settings: Settings) -> "TweetClaims":
+        return cls(await open_pool(settings, max_size=2, dsn=settings.postgres_write_dsn, autocommit=True))
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def claim(self, posts: Sequence[tuple[int, int, str, int]]) -> dict[int, StoredTweet]:
+        """Claim each tweet id for its post (tweet_id, author_id, text, created_at ms); each id's winner.
+
+        Of all the posts of one id, by whichever worker (or the projection, which inserts
+        the same way), the first row PostgreSQL commits is kept, and every caller gets that
+        row back (without ``deleted_at``: the fanout stage's delete marks are Cassandra's).
+        The insert and the read are statements of their own (autocommit), so the read sees
+        the rows that concurrent claims committed while the insert waited for them.
+        Replaying a claim changes nothing. The ids must be distinct; they are inserted in
+        ascending order, so two claims that meet on several ids wait for each other in one
+        order and never deadlock.
+        """
+        if not posts:
+            return {}
+        posts = sorted(posts)
+        ids = [p[0] for p in posts]
+        async with self.pool.connection() as conn:
+            await conn.execute(CLAIM_TWEETS, (ids, [p[1] for p in posts], [p[2] for p in posts],
+                                              [_ts(p[3]) for p in posts]))
+            cur = await conn.execute(READ_CLAIMS, (ids,))
+            rows = await cur.fetchall()
+        out = {r[0]: StoredTweet(r[0], r[1], r[2], _ms(r[3])) for r in rows}
+        missing = [i for i in ids if i not in out]
+        if missing:  # only if something removed rows of the tweets table meanwhile
+            raise RuntimeError(f"tweet ids {missing[:5]} have no row in PostgreSQL right after their claim")
+        return out
+
+
+def statements(typed: Sequence[Any]) -> list[tuple[str, tuple]]:
+    """The projection's SQL for a batch of events, in log order.
+
+    A post is inserted only if its id has no row yet (the fanout stage's claim or an
+    earlier post: the first row wins), a delete marks the row only if it names the row's
+    author (``DELETE_TWEET``): posts that lost their id and deletes by someone else than
+    the author change nothing (the fanout stage dead-letters them).
     """
-    stored = stored or {}
     out: list[tuple[str, tuple]] = []
     for ev in typed:
         if isinstance(ev, TweetPosted):
-            row = stored.get(ev.tweet_id)
-            if row is not None and post_verdict(row, ev) is Post.CONFLICT:
-                continue
             out.append((INSERT_TWEET, (ev.tweet_id, ev.author_id, ev.text, _ts(ev.created_at),
                                        ev.tweet_id, ev.author_id)))
         elif isinstance(ev, TweetDeleted):
-            if delete_verdict(stored.get(ev.tweet_id), ev) is Delete.NOT_AUTHOR:
-                continue
             at = _ts(ev.deleted_at)
             out.append((DELETE_TWEET, (at, ev.tweet_id, ev.author_id, ev.tweet_id, ev.author_id, at, ev.tweet_id)))
         elif isinstance(ev, UserFollowed):
@@ -81,9 +139,12 @@ async def write_batch(pool: AsyncConnectionPool, stmts: Sequence[tuple[str, tupl
                     await cur.executemany(sql, [params for _, params in run])
 
 
-async def open_pool(settings: Settings, max_size: int = 4) -> AsyncConnectionPool:
-    """A pool on the namespace's schema (``settings.postgres_kwargs()``)."""
-    pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=max_size, open=False,
-                               kwargs=settings.postgres_kwargs())
+async def open_pool(settings: Settings, max_size: int = 4, *, dsn: str | None = None,
+                    autocommit: bool = False) -> AsyncConnectionPool:
+    """A pool on the namespace's schema (``settings.postgres_kwargs()``), on ``dsn`` (default:
+    ``settings.postgres_dsn``). Opened without waiting for a connection: a PostgreSQL that
+    is down makes the first use wait (and retry), not the worker's start."""
+    pool = AsyncConnectionPool(dsn or settings.postgres_dsn, min_size=1, max_size=max_size, open=False,
+                               kwargs={**settings.postgres_kwargs(), "autocommit": autocommit})
     await pool.open()
     return pool

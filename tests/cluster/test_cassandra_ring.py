@@ -3,7 +3,7 @@
 A ring of three nodes on 127.0.0.1-3 in a private folder (``.state/cring/``) on free ports;
 the shared single-node Kafka, Redis and PostgreSQL in a namespace of the test's own. The
 keyspace is replicated three times in dc1, every read and write at LOCAL_QUORUM, the
-first-post-wins claims at LOCAL_SERIAL, the driver token-aware.
+driver token-aware.
 
 * A real worker delivers a seeded workload into the ring, and every home timeline, read
   from Cassandra, equals the reference computed from the events alone.

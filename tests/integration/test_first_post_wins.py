@@ -18,13 +18,14 @@ from redis.asyncio import Redis
 from localenv.worker import Worker
 from localenv.workload import produce
 from ops.lag import wait_caught_up
-from ops.schema import apply_cassandra
+from ops.schema import apply_cassandra, apply_postgres
 from policies.first_wins import Post, StoredTweet, post_verdict
 from policies.partitioning import partition_for_id
 from policies.reference import reference_home_timelines
 from schemas import TweetPosted
 from schemas.tweet_json import render_tail
 from sinks.cassandra import CassandraStore
+from sinks.postgres import INSERT_TWEET, TweetClaims, _ts
 from tests.integration.pipeline_harness import drop, isolated_settings, provision, reader_for
 from tests.integration.test_pipeline_correctness import read_dead_letters
 
@@ -166,23 +167,70 @@ async def test_reposts_and_foreign_deletes_change_nothing_and_are_dead_lettered(
         drop(settings)
 
 
-async def test_claim_tweets_against_the_real_cassandra(tmp_path):
-    """``CassandraStore.claim_tweets``: the LWT claim, a replay, a conflict, an older worker's placeholder."""
+async def test_claims_against_the_real_postgresql(tmp_path):
+    """``TweetClaims.claim``: new ids, a replay, a conflict, the projection's insert first, an
+    author's early delete taken along, and Cassandra's rows read for the same ids."""
     settings = isolated_settings(tmp_path)
     apply_cassandra(settings)
+    apply_postgres(settings)
+    claims = await TweetClaims.open(settings)
     store = await asyncio.to_thread(CassandraStore.open, settings)
     try:
+        async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True,
+                                                         **settings.postgres_kwargs()) as conn:
+            # the projection got there first for id 3 (its own insert), and kept author 10's
+            # early delete of id 5 aside
+            await conn.execute(INSERT_TWEET, (3, 12, "projected", _ts(NOW), 3, 12))
+            await conn.execute("INSERT INTO tweet_early_deletes (tweet_id, author_id, deleted_at) VALUES (5, 10, %s)",
+                               (_ts(NOW + 5),))
+            got = await claims.claim([(1, 10, "one", NOW), (2, 10, "two", NOW + 1), (3, 10, "three", NOW),
+                                      (5, 10, "five", NOW)])
+            assert got == {1: StoredTweet(1, 10, "one", NOW), 2: StoredTweet(2, 10, "two", NOW + 1),
+                           3: StoredTweet(3, 12, "projected", NOW), 5: StoredTweet(5, 10, "five", NOW)}
+            again = await claims.claim([(1, 10, "one", NOW), (2, 11, "hijack", NOW + 1), (4, 12, "four", NOW)])
+            assert again == {1: got[1], 2: got[2], 4: StoredTweet(4, 12, "four", NOW)}
+            assert post_verdict(again[1], TweetPosted(1, 10, "one", NOW)) is Post.SAME
+            assert post_verdict(again[2], TweetPosted(2, 11, "hijack", NOW + 1)) is Post.CONFLICT
+            rows = await (await conn.execute(
+                "SELECT tweet_id, author_id, text, deleted_at IS NOT NULL FROM tweets ORDER BY tweet_id")).fetchall()
+            assert rows == [(1, 10, "one", False), (2, 10, "two", False), (3, 12, "projected", False),
+                            (4, 12, "four", False), (5, 10, "five", True)], "the early delete came along"
+        # Cassandra: a winner's body (written after its claim) and an older worker's placeholder
         ks = settings.cassandra_keyspace
-        await asyncio.to_thread(store.session.execute, f"UPDATE {ks}.tweets SET deleted_at = 77 WHERE tweet_id = 3")
-        got = await store.claim_tweets([(1, 10, "one", NOW), (2, 10, "two", NOW), (3, 10, "three", NOW)])
-        assert got == [StoredTweet(1, 10, "one", NOW), StoredTweet(2, 10, "two", NOW),
-                       StoredTweet(3, 10, "three", NOW, 77)], "the placeholder is claimed, its mark kept"
-        again = await store.claim_tweets([(1, 10, "one", NOW), (2, 11, "hijack", NOW + 1), (4, 12, "four", NOW)])
-        assert again == [StoredTweet(1, 10, "one", NOW), StoredTweet(2, 10, "two", NOW), StoredTweet(4, 12, "four", NOW)]
-        assert post_verdict(again[0], TweetPosted(1, 10, "one", NOW)) is Post.SAME
-        assert post_verdict(again[1], TweetPosted(2, 11, "hijack", NOW + 1)) is Post.CONFLICT
-        assert await store.read_tweets([2, 3, 5], chunk=2) == {
-            2: StoredTweet(2, 10, "two", NOW), 3: StoredTweet(3, 10, "three", NOW, 77)}
+        await asyncio.to_thread(store.session.execute, f"UPDATE {ks}.tweets SET deleted_at = 77 WHERE tweet_id = 2")
+        await store.execute_many([("insert_tweet", (1, 10, "one", NOW)), ("insert_tweet", (2, 10, "two", NOW + 1))])
+        rows = await store.read_tweets([1, 2, 6], chunk=2)
+        assert rows == {1: StoredTweet(1, 10, "one", NOW), 2: StoredTweet(2, 10, "two", NOW + 1, 77)}, \
+            "the body insert leaves the delete mark alone"
     finally:
+        await claims.close()
         await asyncio.to_thread(store.close)
+        drop(settings)
+
+
+async def test_concurrent_claims_of_the_same_ids_agree_on_one_winner(tmp_path):
+    """Two workers (their own pools) claim the same 2,000 ids for different authors at once,
+    in batches of different sizes and orders: each id has one winner, both are told the same."""
+    settings = isolated_settings(tmp_path)
+    apply_postgres(settings)
+    one, two = await TweetClaims.open(settings), await TweetClaims.open(settings)
+    try:
+        ids = list(range(1, 2001))
+
+        async def claim_all(claims: TweetClaims, author: int, order: list[int], size: int) -> dict[int, StoredTweet]:
+            out: dict[int, StoredTweet] = {}
+            for i in range(0, len(order), size):
+                out.update(await claims.claim([(t, author, f"by {author}", NOW) for t in order[i:i + size]]))
+            return out
+
+        got_a, got_b = await asyncio.gather(claim_all(one, 1, ids, 100), claim_all(two, 2, ids[::-1], 37))
+        assert got_a == got_b
+        winners = {s.author_id for s in got_a.values()}
+        assert len(got_a) == 2000 and winners <= {1, 2}
+        async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, **settings.postgres_kwargs()) as conn:
+            rows = dict(await (await conn.execute("SELECT tweet_id, author_id FROM tweets")).fetchall())
+        assert rows == {t: s.author_id for t, s in got_a.items()}
+    finally:
+        await one.close()
+        await two.close()
         drop(settings)

@@ -153,7 +153,7 @@ def test_cassandra_schema_write_and_read(services: Settings) -> None:
         )
         row = session.execute("SELECT author_id, text FROM tweets WHERE tweet_id = %s", (42,)).one()
         assert (row.author_id, row.text) == (7, "hello cassandra")
-        # the claims' Paxos state is kept 3 h, not the default 10 days (ops/schema.cql)
+        # Paxos state an older worker's claims left is kept 3 h, not the default 10 days (ops/schema.cql)
         grace = session.execute("SELECT gc_grace_seconds FROM system_schema.tables WHERE keyspace_name = %s "
                                 "AND table_name = 'tweets'", (settings.cassandra_keyspace,)).one()
         assert grace.gc_grace_seconds == 3 * 3600

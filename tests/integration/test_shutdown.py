@@ -179,7 +179,7 @@ async def test_sigterm_stops_the_worker_within_10s_in_every_state(tmp_path: Path
         worker = Worker(settings, tmp_path / "idle.log").start()
         workers.append(worker)
         began = time.monotonic()
-        # ~9,000 tweets, each claimed with a Cassandra LWT: minutes on a loaded 2-core machine
+        # ~9,000 tweets: up to minutes on a loaded 2-core machine
         # (this checks that nothing was lost, not how fast the catch-up is).
         await wait_caught_up(settings, timeout=420, check=worker.check)
         timings["catch-up"] = time.monotonic() - began

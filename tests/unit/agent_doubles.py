@@ -101,7 +101,7 @@ class TweetRow(NamedTuple):
 
 
 class FakeCassandra:
-    """``CassandraStore.execute/execute_many/query_many/claim_tweets/read_tweets`` over dicts.
+    """``CassandraStore.execute/execute_many/query_many/read_tweets`` over dicts.
 
     Every statement name must be one of ``CassandraStore.QUERIES`` and carry as
     many parameters as the CQL has ``?`` markers, so a typo in an agent fails here
@@ -155,22 +155,6 @@ class FakeCassandra:
             self.calls.append(("execute_many", name, params))
             self.journal.append(("cassandra", name, params))
             self._run(name, params)
-
-    async def claim_tweets(self, posts: Sequence[tuple[int, int, str, int]]) -> list[StoredTweet]:
-        """``INSERT ... IF NOT EXISTS`` per post (a placeholder row is claimed, keeping its mark);
-        recorded as one write batch of ``claim_tweet`` statements."""
-        batch = [("claim_tweet", self.check("claim_tweet", p)) for p in posts]
-        assert len({p[0] for _, p in batch}) == len(batch), "claim_tweets takes distinct ids"
-        self.write_batches.append(batch)
-        out = []
-        for name, (tweet_id, author_id, text, created_at) in batch:
-            self.calls.append(("claim_tweets", name, (tweet_id, author_id, text, created_at)))
-            self.journal.append(("cassandra", name, (tweet_id, author_id, text, created_at)))
-            row = self.tweets.setdefault(tweet_id, {})
-            if row.get("author_id") is None:
-                row.update(author_id=author_id, text=text, created_at=created_at)
-            out.append(self.stored(tweet_id))
-        return out
 
     async def read_tweets(self, tweet_ids: Iterable[int]) -> dict[int, StoredTweet]:
         ids = sorted(set(tweet_ids))
@@ -425,6 +409,25 @@ class FakeTweets:
         return dict.fromkeys(tweet_ids)
 
 
+class FakeClaims:
+    """``TweetClaims.claim`` over a dict: the first post of an id is kept (PostgreSQL's
+    ``tweets`` rows, without the projection's columns)."""
+
+    def __init__(self, journal: Journal | None = None) -> None:
+        self.journal = journal if journal is not None else []
+        self.winners: dict[int, StoredTweet] = {}
+        self.calls: list[list[tuple[int, int, str, int]]] = []
+
+    async def claim(self, posts: Sequence[tuple[int, int, str, int]]) -> dict[int, StoredTweet]:
+        posts = list(posts)
+        assert len({p[0] for p in posts}) == len(posts), "claims take distinct ids"
+        self.calls.append(posts)
+        self.journal.append(("postgres", "claim", tuple(p[0] for p in posts)))
+        for post in posts:
+            self.winners.setdefault(post[0], StoredTweet(*post))
+        return {p[0]: self.winners[p[0]] for p in posts}
+
+
 class FakeCelebrities:
     """``RedisCelebrities.update`` over a set (the cache loaded from the start)."""
 
@@ -444,6 +447,7 @@ def make_sinks(s: Any = settings, journal: Journal | None = None) -> Sinks:
     return Sinks(
         settings=s,
         cassandra=FakeCassandra(journal),  # type: ignore[arg-type]
+        claims=FakeClaims(journal),  # type: ignore[arg-type]
         redis=redis,  # type: ignore[arg-type]
         timelines=FakeTimelines(journal),  # type: ignore[arg-type]
         author_windows=FakeTimelines(journal, "author_windows"),  # type: ignore[arg-type]

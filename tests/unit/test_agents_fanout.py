@@ -14,6 +14,7 @@ import pytest
 import agents.fanout as fanout_mod
 from faust_app import app, settings
 from policies.celebrity import CelebrityRule
+from policies.first_wins import StoredTweet
 from policies.partitioning import partition_for_id
 from policies.stream import Item, Notice, decode_notice, notice_items
 from schemas import TweetDeleted, TweetPosted, UserFollowed, UserUnfollowed
@@ -121,7 +122,8 @@ async def test_tweet_is_delivered_to_exactly_the_followers_grouped_by_partition(
         for op in ops:
             assert op == {"op": "add", "tweet_id": 500, "author_id": AUTHOR, "created_at": 1234, "to": op["to"]}
     # the tweet itself is stored (Cassandra and the Redis tweet cache) before the deliveries go out
-    assert ("claim_tweet", (500, AUTHOR, "hello", 1234)) in sinks.cassandra.writes()
+    assert sinks.claims.winners[500] == StoredTweet(500, AUTHOR, "hello", 1234), "claimed in PostgreSQL"
+    assert ("insert_tweet", (500, AUTHOR, "hello", 1234)) in sinks.cassandra.writes()
     assert ("insert_author_tl", (AUTHOR, 500)) in sinks.cassandra.writes()
     assert sinks.tweets.writes[-1] == ([(500, AUTHOR, "hello", 1234)], [])
     assert author_row()["last_pushed"] == 500
@@ -192,7 +194,9 @@ async def test_tweets_are_stored_before_the_deliveries_are_published(
     await driver.run([follow(13), tweet(650), delete(649)])
     published = first(journal, "kafka", settings.topic_deliveries)
     assert published > 0
-    assert last(journal, "cassandra", "claim_tweet", "get_tweets", "insert_author_tl", "mark_deleted", "delete_author_tl") < published
+    assert last(journal, "postgres", "claim") < published
+    assert last(journal, "cassandra", "insert_tweet", "get_tweets", "insert_author_tl", "mark_deleted", "delete_author_tl") < published
+    assert last(journal, "cassandra", "insert_tweet") < first(journal, "cassandra", "insert_author_tl"), "bodies first"
     assert last(journal, "tweets", "write") < published
     assert last(journal, "cassandra", "set_author_status") < published
 
@@ -364,7 +368,7 @@ async def test_post_and_delete_in_one_batch_store_the_delete_last(
     await driver.run([follow(71), tweet(700), delete(700)])
     names = [name for name, _ in sinks.cassandra.writes()
              if name not in ("set_author_status", "insert_celebrity", "delete_celebrity")]
-    assert names == ["claim_tweet", "insert_author_tl", "mark_deleted", "delete_author_tl"]
+    assert names == ["insert_tweet", "insert_author_tl", "mark_deleted", "delete_author_tl"]
     assert AUTHOR not in sinks.cassandra.author_tl or 700 not in sinks.cassandra.author_tl[AUTHOR]
     ops = [op["op"] for _, op in sent.delivery_ops() if op.get("tweet_id") == 700]
     assert ops == ["add", "remove"], "the add and its removal stay in order on the follower's partition"
@@ -409,8 +413,8 @@ async def test_malformed_messages_are_dead_lettered_and_the_batch_goes_on(
     # the good events of the same batch were processed
     assert recipients_of(sent, "add", 800) == Counter({81: 1})
     assert author_row()["followers"] == 1
-    assert [name for name, _ in sinks.cassandra.writes() if name.startswith(("insert", "claim"))] == [
-        "claim_tweet", "insert_author_tl",
+    assert [name for name, _ in sinks.cassandra.writes() if name.startswith("insert")] == [
+        "insert_tweet", "insert_author_tl",
     ]
 
 
@@ -432,7 +436,8 @@ async def test_message_on_the_wrong_partition_is_rerouted_not_processed(
     ]
     assert author_row() is None, "no table change for the misrouted follow"
     assert b"7:91" not in follower_edges.data
-    assert not [w for w in sinks.cassandra.writes() if w[0] in ("claim_tweet", "insert_author_tl")]
+    assert not [w for w in sinks.cassandra.writes() if w[0] in ("insert_tweet", "insert_author_tl")]
+    assert sinks.claims.calls == []
     assert sinks.tweets.writes == []
     assert sent.dead_letters() == []
     # a correctly routed event of the same batch is processed
@@ -455,7 +460,8 @@ async def test_a_worker_that_may_not_write_source_topics_dead_letters_a_misplace
     assert [s for s in sent.sent if s.topic in (FOLLOWS, TWEETS)] == []  # nothing re-sent
     [letter] = sent.dead_letters()
     assert letter["reason"].startswith(f"misplaced: on partition {wrong}, its key belongs on partition {right}")
-    assert not [w for w in sinks.cassandra.writes() if w[0] in ("claim_tweet", "insert_author_tl")]
+    assert not [w for w in sinks.cassandra.writes() if w[0] in ("insert_tweet", "insert_author_tl")]
+    assert sinks.claims.calls == []
     assert [op["follower"] for _, op in sent.delivery_ops("follow")] == [93]  # the rest goes on
 
 

@@ -3,8 +3,8 @@ the first post of a tweet id wins in every store, only the author deletes a twee
 a delete that comes before its tweet hides it only if the author sent it.
 
 Same machinery as ``test_agents_fanout.py``: Faust's agent test context, in-memory
-tables, the store doubles of ``agent_doubles`` (``FakeCassandra.claim_tweets`` models
-``INSERT ... IF NOT EXISTS``).
+tables, the store doubles of ``agent_doubles`` (``FakeClaims`` models PostgreSQL's
+first-row-wins claim, ``FakeCassandra`` the bodies and delete marks).
 """
 from __future__ import annotations
 
@@ -107,8 +107,8 @@ async def test_an_identical_replay_is_processed_as_before(driver: AgentDriver, s
     assert adds(sent, TID) == Counter({11: 3}), "pushed again (stage 2 is idempotent)"
     assert sent.dead_letters() == []
     assert sinks.cassandra.writes_named("insert_author_tl").count(("insert_author_tl", (AUTHOR, TID))) == 3
-    claims = [w for w in sinks.cassandra.writes_named("claim_tweet") if w[1][0] == TID]
-    assert len(claims) == 2, "one claim per id and batch"
+    claims = [c for c in sinks.claims.calls if any(p[0] == TID for p in c)]
+    assert [len(c) for c in claims] == [1, 1], "one claim per id and batch"
 
 
 async def test_replay_after_a_crash_between_the_claim_and_the_publish(
@@ -208,3 +208,22 @@ async def test_a_placeholder_left_by_an_older_worker_is_claimed_and_keeps_its_ma
     await driver.run([tweet(TID)])
     assert cassandra_row(sinks) == {"deleted_at": 3_000, "author_id": AUTHOR, "text": "original", "created_at": 5_000}
     assert adds(sent, TID) == Counter() and sent.dead_letters() == []
+
+
+async def test_a_post_that_lost_its_claim_in_postgresql_is_dead_lettered_before_any_body(
+    driver: AgentDriver, sinks: Any, sent: SentLog
+) -> None:
+    """The other author's post of the id was claimed first (by another worker, or by the
+    projection's insert) and its body is not in Cassandra yet: PostgreSQL's row decides."""
+    await driver.run([follow(11, AUTHOR)])
+    await sinks.claims.claim([(TID, OTHER, "theirs", 4_000)])
+    await driver.run([tweet(TID)])
+    assert TID not in sinks.cassandra.tweets, "no body for the loser"
+    assert adds(sent, TID) == Counter() and redis_writes(sinks) == ([], [])
+    [letter] = sent.dead_letters()
+    assert f"already taken by an earlier tweet_posted (author_id {OTHER})" in letter["reason"]
+    # the winner's own post, on its own partition, goes on and stores its body
+    await driver.run([follow(21, OTHER)])
+    await driver.run([tweet(TID, author=OTHER, text="theirs", created_at=4_000)])
+    assert cassandra_row(sinks) == {"author_id": OTHER, "text": "theirs", "created_at": 4_000}
+    assert adds(sent, TID) == Counter({21: 1})

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 import agents.projection as projection_mod
-from sinks.postgres import DELETE_TWEET, FOLLOW, INSERT_TWEET, UNFOLLOW, statements, write_batch
+from sinks.postgres import CLAIM_TWEETS, DELETE_TWEET, FOLLOW, INSERT_TWEET, UNFOLLOW, statements, write_batch
 from faust_app import settings
-from policies.first_wins import StoredTweet
 from schemas import TweetDeleted, TweetPosted, UserActive, UserFollowed, UserUnfollowed
 from tests.unit.agent_doubles import Msg, msg_for, one_batch, put_messages, wait_for_batch
 
@@ -58,27 +57,13 @@ def test_placeholders_match_the_parameters(sql: str) -> None:
     assert got == sql and sql.count("%s") == len(params)
 
 
-def test_statements_follow_the_fanout_stages_verdicts() -> None:
-    """Cassandra's row (claimed by the fanout stage) is the first post: others are left out."""
-    stored = {10: StoredTweet(10, 1, "first", MS), 11: StoredTweet(11, None, None, None, MS)}
-    events = [
-        TweetPosted(10, 1, "first", MS),  # the stored tweet (a replay): written, ON CONFLICT keeps it
-        TweetPosted(10, 2, "hijack", MS),  # another author
-        TweetPosted(10, 1, "edited", MS),  # another text
-        TweetDeleted(10, 2, MS),  # not the author
-        TweetDeleted(10, 1, MS),  # the author
-        TweetPosted(11, 3, "x", MS),  # a placeholder row is not a verdict
-        TweetPosted(12, 4, "y", MS),  # not claimed yet: PostgreSQL's first wins
-        TweetDeleted(13, 5, MS),  # no row anywhere: kept aside for author 5
-    ]
-    assert [(sql, params[:3]) for sql, params in statements(events, stored)] == [
-        (INSERT_TWEET, (10, 1, "first")),
-        (DELETE_TWEET, (AT, 10, 1)),
-        (INSERT_TWEET, (11, 3, "x")),
-        (INSERT_TWEET, (12, 4, "y")),
-        (DELETE_TWEET, (AT, 13, 5)),
-    ]
-    assert len(statements(events)) == len(events), "without verdicts, PostgreSQL decides alone"
+def test_the_projection_inserts_like_the_fanout_stage_claims() -> None:
+    """The claim (``CLAIM_TWEETS``) and the projection's insert keep the same first row of an
+    id, with the author's early delete: whichever runs first, both keep that post."""
+    for sql in (INSERT_TWEET, CLAIM_TWEETS):
+        assert "INSERT INTO tweets (tweet_id, author_id, text, created_at, deleted_at)" in sql
+        assert "ON CONFLICT (tweet_id) DO NOTHING" in sql
+    assert "FROM tweet_early_deletes e WHERE e.tweet_id = c.tweet_id AND e.author_id = c.author_id" in CLAIM_TWEETS
 
 
 def test_statements_are_replay_safe() -> None:
@@ -174,4 +159,4 @@ async def test_agent_projects_good_events_and_skips_bad_ones(
         (FOLLOW, (2, 1, AT)),
         (DELETE_TWEET, (AT, 10, 1, 10, 1, AT, 10)),
     ]]
-    assert sinks.cassandra.reads("get_tweets") == [("get_tweets", ([10],))], "the fanout's verdicts, one read"
+    assert sinks.cassandra.calls == [], "PostgreSQL alone decides (the fanout stage claims in the same table)"

@@ -98,7 +98,7 @@ def test_ring_settings_replicate_three_times_in_dc1_at_local_quorum():
 
     default = Settings()
     assert keyspace_replication(default) == "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-    assert (default.cassandra_consistency, default.cassandra_serial_consistency) == ("LOCAL_QUORUM", "LOCAL_SERIAL")
+    assert default.cassandra_consistency == "LOCAL_QUORUM"
     ring = _ring().with_servers(default)
     assert ring.cassandra_hosts == ("127.0.0.1", "127.0.0.2", "127.0.0.3") and ring.cassandra_port == 19442
     assert keyspace_replication(ring) == "{'class': 'NetworkTopologyStrategy', 'dc1': 3}"
@@ -108,8 +108,6 @@ def test_ring_settings_replicate_three_times_in_dc1_at_local_quorum():
 def test_consistency_settings_are_checked():
     with pytest.raises(ValueError, match="TL_CASSANDRA_CONSISTENCY"):
         Settings(cassandra_consistency="LOCAL_SERIAL")
-    with pytest.raises(ValueError, match="TL_CASSANDRA_SERIAL_CONSISTENCY"):
-        Settings(cassandra_serial_consistency="QUORUM")
     with pytest.raises(ValueError, match="TL_CASSANDRA_REPLICATION_FACTOR"):
         Settings(cassandra_replication_factor=0)
 
@@ -128,7 +126,6 @@ def test_every_cluster_routes_token_aware_in_the_local_dc_at_the_configured_cons
             profile = cluster.profile_manager.profiles[EXEC_PROFILE_DEFAULT]
             policy = profile.load_balancing_policy
             assert isinstance(policy, TokenAwarePolicy) and isinstance(policy._child_policy, DCAwareRoundRobinPolicy)
-            assert profile.serial_consistency_level == ConsistencyLevel.LOCAL_SERIAL
             if cluster.contact_points == list(ring.cassandra_hosts):
                 assert policy._child_policy.local_dc == "dc1"
                 assert profile.consistency_level == ConsistencyLevel.LOCAL_QUORUM

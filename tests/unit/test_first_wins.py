@@ -13,6 +13,7 @@ from policies.first_wins import (
     not_author_reason,
     post_verdict,
     same_tweet,
+    settle,
     taken_reason,
 )
 from schemas import TweetDeleted, TweetPosted
@@ -46,10 +47,30 @@ def test_any_difference_is_a_conflict(other: TweetPosted) -> None:
     assert post_verdict(STORED, other) is Post.CONFLICT
 
 
-def test_a_placeholder_row_is_unclaimed_not_a_conflict() -> None:
-    placeholder = StoredTweet(100, None, None, None, deleted_at=5_000)
-    assert placeholder.placeholder
-    assert post_verdict(placeholder, FIRST) is Post.UNCLAIMED
+def test_settle_takes_the_claimed_winner_with_cassandra_s_marks() -> None:
+    winner = StoredTweet(100, 7, "first", 1_000)
+    other = StoredTweet(101, 8, "other", 2_000)
+    rows = {
+        101: StoredTweet(101, 8, "other", 2_000, deleted_at=3_000),  # the winner's body, deleted since
+        102: StoredTweet(102, None, None, None, deleted_at=5_000),  # an older worker's placeholder
+        103: StoredTweet(103, 9, "only deleted", 1_500),  # a deleted id, not posted in the batch
+    }
+    got = settle({100: winner, 101: other, 102: StoredTweet(102, 7, "late", 4_000)}, rows)
+    assert got[100] == winner, "no Cassandra row yet: PostgreSQL's winner"
+    assert got[101].deleted_at == 3_000, "Cassandra's mark is kept"
+    assert got[102] == StoredTweet(102, 7, "late", 4_000, deleted_at=5_000), "the placeholder's mark stays"
+    assert not got[102].placeholder
+    assert got[103] == rows[103]
+    assert post_verdict(got[102], TweetPosted(102, 7, "late", 4_000)) is Post.SAME
+
+
+def test_cassandra_s_row_wins_over_a_claim_it_predates() -> None:
+    # A body an LWT stored before claims moved to PostgreSQL, for an id the projection had
+    # not reached: Cassandra's row is the winner, the claim's other post a conflict.
+    old = StoredTweet(100, 7, "first", 1_000)
+    got = settle({100: StoredTweet(100, 8, "second", 2_000)}, {100: old})
+    assert got[100] == old
+    assert post_verdict(got[100], TweetPosted(100, 8, "second", 2_000)) is Post.CONFLICT
 
 
 def test_text_is_compared_exactly() -> None:
@@ -82,5 +103,5 @@ def test_reasons_name_the_id_and_say_what_is_wrong() -> None:
 def test_stored_tweet_of_a_driver_row() -> None:
     full = SimpleNamespace(tweet_id=1, author_id=2, text="t", created_at=3, deleted_at=0)
     assert StoredTweet.of_row(full) == StoredTweet(1, 2, "t", 3, None), "deleted_at 0 is not a delete"
-    # an LWT's not-applied row carries every column; an absent one reads as None
+    # a placeholder row (an older worker's early delete): absent columns read as None
     assert StoredTweet.of_row(SimpleNamespace(tweet_id=1, deleted_at=9)) == StoredTweet(1, None, None, None, 9)
