@@ -43,7 +43,7 @@ class Sinks:
         if cassandra.gate is not None:
             cassandra.gate.on_probe = COMMITLOG_PROBES.inc
             cassandra.gate.retry = with_retry
-        claims = await TweetClaims.open(settings)
+        claims = TweetClaims(settings)  # connects on first use
         redis = connect(settings)
         acks = Acks.from_settings(settings)  # a cluster: a batch is done once replicas hold it
         timelines = RedisTimelines.from_settings(redis, settings, acks)

@@ -88,7 +88,7 @@ async def main(n: int, batch: int, concurrency: int, runs: int) -> None:
     apply_cassandra(settings)
     apply_postgres(settings)
     store = await asyncio.to_thread(CassandraStore.open, settings)
-    claims = await TweetClaims.open(settings)
+    claims = TweetClaims(settings)
     # None if not ours to read (then CPU is nan)
     pg_port = int(conninfo_to_dict(settings.postgres_dsn).get("port") or 5432)
     cassandra_pid, postgres_pid = pid_listening_on(settings.cassandra_port), pid_listening_on(pg_port)

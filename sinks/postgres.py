@@ -10,10 +10,12 @@ transaction.
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 from itertools import groupby
 from typing import Any, Sequence
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from policies.first_wins import StoredTweet
@@ -66,18 +68,34 @@ def _ms(at: datetime) -> int:
 
 
 class TweetClaims:
-    """The claims of tweet ids in PostgreSQL's ``tweets`` table, on its own autocommit pool
-    (on the primary region's server: ``Settings.postgres_write_dsn``)."""
+    """The claims of tweet ids in PostgreSQL's ``tweets`` table, over one autocommit connection
+    of their own (on the primary region's server: ``Settings.postgres_write_dsn``).
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self.pool = pool
+    The fanout stage claims one batch at a time, so one connection is enough; it is opened
+    on first use and again after an error, so a PostgreSQL that went away costs the
+    caller's retry loop a refused connection per attempt (a pool would hold each attempt
+    for its ``timeout`` and reconnect on its own, growing back-off) and the claims go on as
+    soon as the server answers again.
+    """
 
-    @classmethod
-    async def open(cls, settings: Settings) -> "TweetClaims":
-        return cls(await open_pool(settings, max_size=2, dsn=settings.postgres_write_dsn, autocommit=True))
+    CONNECT_TIMEOUT_S = 5
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
 
     async def close(self) -> None:
-        await self.pool.close()
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.settings.postgres_write_dsn, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT_S,
+                **self.settings.postgres_kwargs())
+        return self._conn
 
     async def claim(self, posts: Sequence[tuple[int, int, str, int]]) -> dict[int, StoredTweet]:
         """Claim each tweet id for its post (tweet_id, author_id, text, created_at ms); each id's winner.
@@ -95,11 +113,15 @@ class TweetClaims:
             return {}
         posts = sorted(posts)
         ids = [p[0] for p in posts]
-        async with self.pool.connection() as conn:
-            await conn.execute(CLAIM_TWEETS, (ids, [p[1] for p in posts], [p[2] for p in posts],
-                                              [_ts(p[3]) for p in posts]))
-            cur = await conn.execute(READ_CLAIMS, (ids,))
-            rows = await cur.fetchall()
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                await conn.execute(CLAIM_TWEETS, (ids, [p[1] for p in posts], [p[2] for p in posts],
+                                                  [_ts(p[3]) for p in posts]))
+                rows = await (await conn.execute(READ_CLAIMS, (ids,))).fetchall()
+            except psycopg.OperationalError:  # the connection may be gone: a new one next time
+                await self.close()
+                raise
         out = {r[0]: StoredTweet(r[0], r[1], r[2], _ms(r[3])) for r in rows}
         missing = [i for i in ids if i not in out]
         if missing:  # only if something removed rows of the tweets table meanwhile
@@ -139,12 +161,11 @@ async def write_batch(pool: AsyncConnectionPool, stmts: Sequence[tuple[str, tupl
                     await cur.executemany(sql, [params for _, params in run])
 
 
-async def open_pool(settings: Settings, max_size: int = 4, *, dsn: str | None = None,
-                    autocommit: bool = False) -> AsyncConnectionPool:
-    """A pool on the namespace's schema (``settings.postgres_kwargs()``), on ``dsn`` (default:
-    ``settings.postgres_dsn``). Opened without waiting for a connection: a PostgreSQL that
-    is down makes the first use wait (and retry), not the worker's start."""
-    pool = AsyncConnectionPool(dsn or settings.postgres_dsn, min_size=1, max_size=max_size, open=False,
-                               kwargs={**settings.postgres_kwargs(), "autocommit": autocommit})
+async def open_pool(settings: Settings, max_size: int = 4) -> AsyncConnectionPool:
+    """A pool on the namespace's schema (``settings.postgres_kwargs()``). A caller waits at most
+    5 s for a connection (the default is 30): while PostgreSQL is down, its retry loop and
+    the health check hear of it every few seconds."""
+    pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=max_size, open=False, timeout=5.0,
+                               kwargs=settings.postgres_kwargs())
     await pool.open()
     return pool

@@ -173,7 +173,7 @@ async def test_claims_against_the_real_postgresql(tmp_path):
     settings = isolated_settings(tmp_path)
     apply_cassandra(settings)
     apply_postgres(settings)
-    claims = await TweetClaims.open(settings)
+    claims = TweetClaims(settings)
     store = await asyncio.to_thread(CassandraStore.open, settings)
     try:
         async with await psycopg.AsyncConnection.connect(settings.postgres_dsn, autocommit=True,
@@ -213,7 +213,7 @@ async def test_concurrent_claims_of_the_same_ids_agree_on_one_winner(tmp_path):
     in batches of different sizes and orders: each id has one winner, both are told the same."""
     settings = isolated_settings(tmp_path)
     apply_postgres(settings)
-    one, two = await TweetClaims.open(settings), await TweetClaims.open(settings)
+    one, two = TweetClaims(settings), TweetClaims(settings)
     try:
         ids = list(range(1, 2001))
 
