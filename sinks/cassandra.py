@@ -67,8 +67,8 @@ def _row_type(columns: tuple[str, ...]) -> Any:
 def cached_named_tuple_factory(columns: list[str], rows: list[tuple[Any, ...]]) -> list[Any]:
     """The driver's default row factory (``named_tuple_factory``: the same rows) without
     building a new ``namedtuple`` class for every result: that took ~54 us per result on this
-    machine (~6% of the worker's driver thread in a
-    py-spy profile), ~1 us here; 800 timeline rows ~480 -> ~290 us."""
+    machine (~6% of the worker's driver thread in a py-spy profile), ~1 us here; 800 timeline
+    rows ~480 -> ~290 us."""
     make = _row_type(tuple(columns))._make
     return [make(row) for row in rows]
 
