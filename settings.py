@@ -124,6 +124,11 @@ class Settings:
     )
     # Schema of the tables (accounts and the log's projection): one per namespace.
     postgres_schema: str = _env("TL_POSTGRES_SCHEMA", "public")
+    # How long the worker waits for one PostgreSQL call (a batch's claim, a projection batch)
+    # before it gives the call up as a transient error and retries on a new connection: a
+    # server that stopped answering (paused, or a link that drops packets without a reset)
+    # would otherwise hold the stage forever, and the health check would not hear of it.
+    postgres_timeout_s: float = _env("TL_POSTGRES_TIMEOUT_S", 10.0, float)
 
     # --- regions (docs/operations.md "Two regions") --------------------------
     # The region this process runs in ("" = the only one) and its role. A secondary region
@@ -278,6 +283,8 @@ class Settings:
             raise ValueError(f"TL_CASSANDRA_COMMITLOG_GATE must be auto or off, got {self.cassandra_commitlog_gate!r}")
         if self.author_window_cap < 1:
             raise ValueError("TL_AUTHOR_WINDOW_CAP must be >= 1")
+        if self.postgres_timeout_s <= 0:
+            raise ValueError("TL_POSTGRES_TIMEOUT_S must be > 0")
         if min(self.deliver_chunk_rows, self.deliver_chunks_in_flight) < 1:
             raise ValueError("TL_DELIVER_CHUNK_ROWS and TL_DELIVER_CHUNKS_IN_FLIGHT must be >= 1")
         if min(self.projection_pace_ms, self.fanout_pace_ms, self.deliver_pace_ms) < 0:

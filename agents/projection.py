@@ -61,7 +61,7 @@ async def process_projection_batch(pool: AsyncConnectionPool, events: Sequence[A
             continue  # dead-lettered by the fanout stage
     stmts = statements(typed)
     if stmts:
-        await with_retry("postgres projection", lambda: write_batch(pool, stmts))
+        await with_retry("postgres projection", lambda: write_batch(pool, stmts, settings.postgres_timeout_s))
 
 
 async def project_to_postgres(stream: Any) -> None:

@@ -150,6 +150,7 @@ class ProfiledWorker(Worker):
     def profile_stop(self, timeout: float = 60.0) -> bool:
         """Stop profiling; True once the report files are written."""
         done = Path(str(self.prefix) + ".done")
+        done.unlink(missing_ok=True)  # a profile stopped earlier in the run left one
         self.proc.send_signal(STOP)
         end = time.monotonic() + timeout
         while time.monotonic() < end:

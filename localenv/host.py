@@ -6,6 +6,7 @@ git-ignored ``.state/`` folder (``TL_STATE_DIR`` overrides it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -287,6 +288,38 @@ def pid_alive(pid: int, marker: str) -> bool:
     except (OSError, IndexError):
         return False
     return marker in identity and state not in ("Z", "X")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from ``/proc``, parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        out.append(child)
+        todo += children.get(child, [])
+    return out
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid``'s process group and to every process below it. A group alone
+    is not enough for PostgreSQL: each of the postmaster's children calls ``setsid()``, so a
+    SIGSTOP to the postmaster's group stops the postmaster only, and the backends go on
+    answering the connections they hold. The parent first: a stopped postmaster starts no
+    new child while its children are signalled."""
+    os.killpg(pid, sig)
+    for child in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, sig)
 
 
 def stop_pid(pid: int, marker: str, sig: int = signal.SIGTERM, timeout: float = 60.0) -> bool:

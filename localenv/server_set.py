@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from localenv.cassandra_server import Cassandra
-from localenv.host import log
+from localenv.host import log, signal_tree
 from localenv.kafka_server import Kafka
 from localenv.postgres_server import Postgres
 from localenv.redis_server import Redis
@@ -33,7 +32,7 @@ class ServerSet:
 
         servers = ServerSet(STATE / "faults", ServerSet.free_base_port())
         servers.up()                           # start what is not running, wait for each
-        servers.kill("redis"); servers.start("redis")   # SIGKILL (process group), restart
+        servers.kill("redis"); servers.start("redis")   # SIGKILL (the process tree), restart
         servers.pause("kafka"); servers.resume("kafka") # SIGSTOP / SIGCONT
         servers.down()                         # or reset(): down, then delete the folder
     """
@@ -123,12 +122,12 @@ class ServerSet:
         return self._services[name].our_pid()
 
     def signal(self, name: str, sig: int) -> int:
-        """Send ``sig`` to the server's process group (PostgreSQL: the postmaster and its
-        backends; the others are one process); returns the pid."""
+        """Send ``sig`` to the server and every process below it (PostgreSQL: the postmaster and
+        its backends, each in a session of its own; the others are one process); returns the pid."""
         pid = self.pid(name)
         if pid is None:
             raise ServicesError(f"{name} of {self.state} is not running")
-        os.killpg(pid, sig)
+        signal_tree(pid, sig)
         return pid
 
     def kill(self, name: str, timeout: float = 30.0) -> int:
@@ -157,7 +156,7 @@ class ServerSet:
             pid = svc.our_pid()
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGCONT)
+                    signal_tree(pid, signal.SIGCONT)
         stop_all(svcs, [f"{svc.name:<10}" for svc in svcs], echo)
 
     def reset(self, echo=log) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from localenv.host import STATE, pid_alive, spawn, stop_pid, tail
+from localenv.host import STATE, pid_alive, signal_tree, spawn, stop_pid, tail
 from settings import Settings
 
 
@@ -182,7 +182,7 @@ class Service:
         pid = self.our_pid()
         if pid is None:
             raise ServicesError(f"{self.name} of {self.state} is not running")
-        os.killpg(pid, signal.SIGKILL)
+        signal_tree(pid, signal.SIGKILL)
         deadline = time.monotonic() + timeout
         # Until reaped, a zombie still "exists" for kill(pid, 0): PostgreSQL would then take
         # its postmaster.pid for a live server and refuse to start.

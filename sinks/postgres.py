@@ -114,12 +114,11 @@ class TweetClaims:
         posts = sorted(posts)
         ids = [p[0] for p in posts]
         async with self._lock:
-            conn = await self._connection()
             try:
-                await conn.execute(CLAIM_TWEETS, (ids, [p[1] for p in posts], [p[2] for p in posts],
-                                                  [_ts(p[3]) for p in posts]))
-                rows = await (await conn.execute(READ_CLAIMS, (ids,))).fetchall()
-            except psycopg.OperationalError:  # the connection may be gone: a new one next time
+                rows = await asyncio.wait_for(self._claim(posts, ids), self.settings.postgres_timeout_s)
+            except BaseException:
+                # Gone, stuck (the wait above ran out), interrupted mid-statement or refused: the
+                # connection's state is unknown, so the next claim opens a new one.
                 await self.close()
                 raise
         out = {r[0]: StoredTweet(r[0], r[1], r[2], _ms(r[3])) for r in rows}
@@ -127,6 +126,12 @@ class TweetClaims:
         if missing:  # only if something removed rows of the tweets table meanwhile
             raise RuntimeError(f"tweet ids {missing[:5]} have no row in PostgreSQL right after their claim")
         return out
+
+    async def _claim(self, posts: Sequence[tuple[int, int, str, int]], ids: list[int]) -> list[tuple]:
+        conn = await self._connection()
+        await conn.execute(CLAIM_TWEETS, (ids, [p[1] for p in posts], [p[2] for p in posts],
+                                          [_ts(p[3]) for p in posts]))
+        return await (await conn.execute(READ_CLAIMS, (ids,))).fetchall()
 
 
 def statements(typed: Sequence[Any]) -> list[tuple[str, tuple]]:
@@ -152,13 +157,18 @@ def statements(typed: Sequence[Any]) -> list[tuple[str, tuple]]:
     return out
 
 
-async def write_batch(pool: AsyncConnectionPool, stmts: Sequence[tuple[str, tuple]]) -> None:
-    """One transaction; consecutive statements of the same kind go in one ``executemany``."""
-    async with pool.connection() as conn:
-        async with conn.transaction():
-            async with conn.cursor() as cur:
-                for sql, run in groupby(stmts, key=lambda s: s[0]):
-                    await cur.executemany(sql, [params for _, params in run])
+async def write_batch(pool: AsyncConnectionPool, stmts: Sequence[tuple[str, tuple]], timeout_s: float) -> None:
+    """One transaction; consecutive statements of the same kind go in one ``executemany``.
+    Given up after ``timeout_s`` (``TimeoutError``, transient: the caller retries; the pool
+    drops the connection, whose statement was interrupted)."""
+    async def write() -> None:
+        async with pool.connection() as conn:
+            async with conn.transaction():
+                async with conn.cursor() as cur:
+                    for sql, run in groupby(stmts, key=lambda s: s[0]):
+                        await cur.executemany(sql, [params for _, params in run])
+
+    await asyncio.wait_for(write(), timeout_s)
 
 
 async def open_pool(settings: Settings, max_size: int = 4) -> AsyncConnectionPool:

@@ -12,8 +12,11 @@ process a fifth of the CPU of pipelined ZSCOREs.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import shutil
 import time
+from pathlib import Path
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +33,11 @@ from bench.sysstats import CpuWindow
 from sinks.redis_timeline import member, timeline_key
 
 IDLE_RATE = 2.0  # tweets/s of the nearly idle point
+# ``TL_BENCH_PROFILE_LOAD=0.5``: the worker's main thread under pyinstrument (and its threads'
+# CPU sampler) during the load point at that share, as the ``profile`` phase does in a burst:
+# where a steady feed spends the worker's time (costs per user, not per batch). The profiler
+# slows the worker, so that point's lag is not comparable with a run without it.
+PROFILE_LOAD = os.environ.get("TL_BENCH_PROFILE_LOAD", "")
 
 
 async def run(ctx: RunContext) -> dict[str, Any]:
@@ -43,7 +51,12 @@ async def run(ctx: RunContext) -> dict[str, Any]:
     runs.append(floor)
     for share in cfg["lag_loads"]:
         rate = max(1.0, share * capacity / mean_d)
+        profiled = PROFILE_LOAD != "" and abs(float(PROFILE_LOAD) - share) < 1e-9
+        if profiled:
+            ctx.worker.profile_start()
         one = await probe_stream(ctx, rate, cfg["lag_s"], f"fanout lag, {share:.0%} of capacity")
+        if profiled:
+            one["profiled"] = await save_profile(ctx, share)
         one["load"] = f"{share:.0%} of the burst capacity"
         one["share"] = share
         runs.append(one)
@@ -62,6 +75,19 @@ async def run(ctx: RunContext) -> dict[str, Any]:
                  "at most ~10,000 ZSCORE/s); one sample per (tweet, follower); lag from the Kafka ack",
         "runs": runs,
     }
+
+
+async def save_profile(ctx: RunContext, share: float) -> str:
+    """Stop the worker's profiler and copy its text report and thread sampler beside the run's report."""
+    if not await asyncio.to_thread(ctx.worker.profile_stop):
+        raise RuntimeError("the profiler did not write its report")
+    prefix = Path(str(ctx.worker.prefix))
+    out = ctx.out_dir / f"run-{ctx.stamp}.profile-{share:.0%}.txt".replace("%", "pct")
+    shutil.copyfile(prefix.with_suffix(".txt"), out)
+    threads = prefix.with_suffix(".threads.json")
+    if threads.exists():
+        shutil.copyfile(threads, out.with_suffix(".threads.json"))
+    return str(out)
 
 
 async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ only if its author sent it.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
@@ -27,6 +28,8 @@ from schemas.tweet_json import render_tail
 from sinks.cassandra import CassandraStore
 from sinks.postgres import INSERT_TWEET, TweetClaims, _ts
 from tests.integration.pipeline_harness import drop, isolated_settings, provision, reader_for
+from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.test_post_durability import pg_address, via
 from tests.integration.test_pipeline_correctness import read_dead_letters
 
 NOW = 1_715_000_000_000
@@ -234,3 +237,32 @@ async def test_concurrent_claims_of_the_same_ids_agree_on_one_winner(tmp_path):
         await one.close()
         await two.close()
         drop(settings)
+
+
+async def test_a_claim_on_a_link_that_stopped_answering_is_given_up_and_retried_on_a_new_connection(tmp_path):
+    """PostgreSQL behind a link that goes half-open mid-way (no reset: a partition, a paused
+    server): the claim waiting on it fails with a ``TimeoutError`` (transient: the stage's
+    retry loop takes it, and the health check hears of it) after ``TL_POSTGRES_TIMEOUT_S``
+    plus psycopg's attempt to cancel the statement (10 s), instead of holding stage 1 for as
+    long as the kernel keeps the connection; once the link answers, the next claim works."""
+    base = isolated_settings(tmp_path)
+    apply_postgres(base)
+    proxy = await TcpProxy(*pg_address(base)).start()
+    claims = TweetClaims(via(base, proxy).replace(postgres_timeout_s=1.0))
+    try:
+        assert (await claims.claim([(1, 10, "one", NOW)]))[1].author_id == 10
+        proxy.blackhole()
+        began = time.monotonic()
+        stuck = asyncio.ensure_future(claims.claim([(2, 10, "two", NOW)]))
+        done, _ = await asyncio.wait([stuck], timeout=1.0 + 10 + 5)
+        assert done, "the claim still waits on the silent link"
+        with pytest.raises(TimeoutError):
+            stuck.result()
+        assert time.monotonic() - began > 1.0
+        proxy.heal()
+        got = await claims.claim([(2, 10, "two", NOW), (3, 10, "three", NOW)])
+        assert sorted(got) == [2, 3]
+    finally:
+        await claims.close()
+        await proxy.stop()
+        drop(base)

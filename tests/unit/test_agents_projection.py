@@ -123,7 +123,7 @@ class FakePool:
 async def test_write_batch_runs_the_statements_in_one_transaction() -> None:
     pool = FakePool()
     stmts = statements([TweetPosted(1, 2, "x", MS), UserFollowed(3, 2, MS)])
-    await write_batch(pool, stmts)  # type: ignore[arg-type]
+    await write_batch(pool, stmts, 5.0)  # type: ignore[arg-type]
     assert pool.log == ["connect", "begin", "cursor", *stmts, "close", "commit", "release"]
 
 
@@ -137,7 +137,7 @@ async def test_agent_projects_good_events_and_skips_bad_ones(
     async def get_pool() -> FakePool:
         return pool
 
-    async def recording_write(p: Any, stmts: Any) -> None:
+    async def recording_write(p: Any, stmts: Any, timeout_s: float) -> None:
         written.append(list(stmts))
         done.set()
 
