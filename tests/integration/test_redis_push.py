@@ -16,12 +16,15 @@ USERS = range(1, 30)
 
 
 async def test_many_users_per_call_write_what_a_call_per_user_writes(tmp_path) -> None:
+    """Joined (one Redis: ids and members in one argument per call, keys derived in the script)
+    against a call per user with its keys declared (a cluster's way)."""
     settings = isolated_settings(tmp_path)
     redis = Redis.from_url(settings.redis_url)
     many = RedisTimelines(redis, prefix=settings.redis_prefix + "many:", cap=CAP, ttl_s=60)
     many.push_users, many.push_members = 3, 12  # several calls per pipeline, cut by users and by members
     one = RedisTimelines(redis, prefix=settings.redis_prefix + "one:", cap=CAP, ttl_s=60)
-    one.push_users = 1
+    one.push_users, one.joined = 1, False
+    assert many.joined
     rng = random.Random(5)
     model: dict[int, set[str]] = {}  # cached users' entries
     versions: dict[int, bytes | None] = {}
