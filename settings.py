@@ -117,6 +117,11 @@ class Settings:
     redis_cluster: bool = _env("TL_REDIS_CLUSTER", False, _bool)
     redis_wait_replicas: int = _env("TL_REDIS_WAIT_REPLICAS", 1, int)
     redis_wait_ms: int = _env("TL_REDIS_WAIT_MS", 1000, int)
+    # How long the worker waits for one Redis reply before it gives the call up (a transient
+    # error: the batch retries on a new connection), for a paused server or a link that drops
+    # packets; set here rather than left to redis-py's default (5 s in 8.x, none before).
+    # Above TL_REDIS_WAIT_MS (a WAIT is one call).
+    redis_timeout_s: float = _env("TL_REDIS_TIMEOUT_S", 5.0, float)
     # Prefix of every Redis key the service owns (lets tests and tenants share a server).
     redis_prefix: str = _env("TL_REDIS_PREFIX", "tl:")
     postgres_dsn: str = _env(
@@ -283,6 +288,8 @@ class Settings:
             raise ValueError(f"TL_CASSANDRA_COMMITLOG_GATE must be auto or off, got {self.cassandra_commitlog_gate!r}")
         if self.author_window_cap < 1:
             raise ValueError("TL_AUTHOR_WINDOW_CAP must be >= 1")
+        if self.redis_timeout_s * 1000 <= self.redis_wait_ms:
+            raise ValueError("TL_REDIS_TIMEOUT_S must be longer than TL_REDIS_WAIT_MS (a WAIT is one call)")
         if self.postgres_timeout_s <= 0:
             raise ValueError("TL_POSTGRES_TIMEOUT_S must be > 0")
         if min(self.deliver_chunk_rows, self.deliver_chunks_in_flight) < 1:

@@ -44,7 +44,7 @@ class Sinks:
             cassandra.gate.on_probe = COMMITLOG_PROBES.inc
             cassandra.gate.retry = with_retry
         claims = TweetClaims(settings)  # connects on first use
-        redis = connect(settings)
+        redis = connect(settings, socket_connect_timeout=5.0, socket_timeout=settings.redis_timeout_s)
         acks = Acks.from_settings(settings)  # a cluster: a batch is done once replicas hold it
         timelines = RedisTimelines.from_settings(redis, settings, acks)
         tweets = RedisTweets(redis, prefix=settings.redis_prefix, acks=acks)

@@ -153,7 +153,7 @@ async def execute(client: AnyRedis, pipe: Any, keys: Iterable[str | bytes], acks
     """Execute a non-transactional pipeline of writes to ``keys``; on a cluster with ``acks``,
     only once each master's writes reach its replicas (module doc). Returns the pipeline's
     results (without the WAITs). ``TL_REDIS_WAIT_MS`` must stay below the client's socket
-    timeout (the worker's client has none)."""
+    timeout (the worker's: ``TL_REDIS_TIMEOUT_S``, checked in ``settings.py``)."""
     if acks is None or not is_cluster(client):
         return await pipe.execute()
     await client.initialize()
