@@ -90,8 +90,9 @@ return 1
 # The same for users of one Redis (not a cluster), with keys derived from ids in the script and
 # every user's members in one argument: ARGV: cap, version_ttl, new version token, timeline and
 # version key prefixes (``key_prefixes``), then the users joined by ';', each "<id>,<member>,...".
-# redis-py packing an argument per member and two keys per user cost the worker's main thread
-# ~8% of its time at a steady 50% load (a profile of the benchmark's point), joining them ~1%.
+# redis-py packing an argument per member and two keys per user took ~8% of the worker's main
+# thread at a steady 50% load (a profile of the benchmark's point); joined, the client's CPU per
+# entry fell from 7.4-8.2 to 2.7-2.8 us, Redis's stayed 6.4-6.5 (``bench/redis_push_cost.py``).
 _PUSH_JOINED = ZADD_LUA + """
 local cap = tonumber(ARGV[1])
 for user in string.gmatch(ARGV[6], '[^;]+') do
@@ -315,7 +316,7 @@ class RedisTimelines:
             await execute(self.redis, pipe, map(self.key, adds), self.acks)
 
     async def _push_many_joined(self, adds: dict[int, Sequence[tuple[int, int]]], token: str) -> None:
-        home, version = self.key_prefixes()
+        key_prefix, version_prefix = self.key_prefixes()
         sep = MEMBER_SEP
         async with self.redis.pipeline(transaction=False) as pipe:
             users: list[str] = []
@@ -324,11 +325,11 @@ class RedisTimelines:
                 users.append(sep.join([str(user_id), *[member(t, a) for t, a in entries]]))
                 members += len(entries) + 1
                 if len(users) >= self.push_users or members >= self.push_members:
-                    await self._push_joined(args=[self.cap, self.ttl_s, token, home, version, ";".join(users)],
+                    await self._push_joined(args=[self.cap, self.ttl_s, token, key_prefix, version_prefix, ";".join(users)],
                                             client=pipe)
                     users, members = [], 0
             if users:
-                await self._push_joined(args=[self.cap, self.ttl_s, token, home, version, ";".join(users)],
+                await self._push_joined(args=[self.cap, self.ttl_s, token, key_prefix, version_prefix, ";".join(users)],
                                         client=pipe)
             await execute(self.redis, pipe, map(self.key, adds), self.acks)
 
