@@ -176,7 +176,8 @@ class Service:
         return pid
 
     def kill(self, timeout: float = 30.0) -> int:
-        """SIGKILL the server's process group (PostgreSQL: the postmaster and its backends), as
+        """SIGKILL the server and every process below it (``host.signal_tree``: PostgreSQL's
+        backends are in sessions of their own, not in the postmaster's group), as
         a crash or an out-of-memory kill would: no shutdown, nothing flushed by the server
         itself. Returns its pid when the process is gone and its port is free."""
         pid = self.our_pid()

@@ -316,21 +316,16 @@ class RedisTimelines:
             await execute(self.redis, pipe, map(self.key, adds), self.acks)
 
     async def _push_many_joined(self, adds: dict[int, Sequence[tuple[int, int]]], token: str) -> None:
-        key_prefix, version_prefix = self.key_prefixes()
-        sep = MEMBER_SEP
+        head = [self.cap, self.ttl_s, token, *self.key_prefixes()]
         async with self.redis.pipeline(transaction=False) as pipe:
             users: list[str] = []
             members = 0
-            for user_id, entries in adds.items():
-                users.append(sep.join([str(user_id), *[member(t, a) for t, a in entries]]))
+            for n, (user_id, entries) in enumerate(adds.items(), 1):
+                users.append(MEMBER_SEP.join([str(user_id), *[member(t, a) for t, a in entries]]))
                 members += len(entries) + 1
-                if len(users) >= self.push_users or members >= self.push_members:
-                    await self._push_joined(args=[self.cap, self.ttl_s, token, key_prefix, version_prefix, ";".join(users)],
-                                            client=pipe)
+                if len(users) >= self.push_users or members >= self.push_members or n == len(adds):
+                    await self._push_joined(args=[*head, ";".join(users)], client=pipe)
                     users, members = [], 0
-            if users:
-                await self._push_joined(args=[self.cap, self.ttl_s, token, key_prefix, version_prefix, ";".join(users)],
-                                        client=pipe)
             await execute(self.redis, pipe, map(self.key, adds), self.acks)
 
     async def unpush_many(self, removes: dict[int, Sequence[tuple[int, int]]]) -> None:

@@ -16,8 +16,8 @@ import os
 import random
 import shutil
 import time
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -82,7 +82,7 @@ async def save_profile(ctx: RunContext, share: float) -> str:
     if not await asyncio.to_thread(ctx.worker.profile_stop):
         raise RuntimeError("the profiler did not write its report")
     prefix = Path(str(ctx.worker.prefix))
-    out = ctx.out_dir / f"run-{ctx.stamp}.profile-{share:.0%}.txt".replace("%", "pct")
+    out = ctx.out_dir / f"run-{ctx.stamp}.profile-{share * 100:.0f}pct.txt"
     shutil.copyfile(prefix.with_suffix(".txt"), out)
     threads = prefix.with_suffix(".threads.json")
     if threads.exists():
