@@ -190,6 +190,10 @@ class Settings:
     # Cassandra writes.
     deliver_chunk_rows: int = _env("TL_DELIVER_CHUNK_ROWS", 1024, int)
     deliver_chunks_in_flight: int = _env("TL_DELIVER_CHUNKS_IN_FLIGHT", 3, int)
+    # Batches whose chunks may still be written while stage 2 walks the next one (0: a batch
+    # is written to the end before the next is taken). A batch's chunks start after the
+    # previous batch's are written; its acks wait for them (agents/take.py).
+    deliver_overlap: int = _env("TL_DELIVER_OVERLAP", 1, int)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)
@@ -294,6 +298,8 @@ class Settings:
             raise ValueError("TL_POSTGRES_TIMEOUT_S must be > 0")
         if min(self.deliver_chunk_rows, self.deliver_chunks_in_flight) < 1:
             raise ValueError("TL_DELIVER_CHUNK_ROWS and TL_DELIVER_CHUNKS_IN_FLIGHT must be >= 1")
+        if self.deliver_overlap < 0:
+            raise ValueError("TL_DELIVER_OVERLAP must be >= 0")
         if min(self.projection_pace_ms, self.fanout_pace_ms, self.deliver_pace_ms) < 0:
             raise ValueError("TL_PROJECTION_PACE_MS, TL_FANOUT_PACE_MS and TL_DELIVER_PACE_MS must be >= 0")
         if not 1024 <= self.event_max_bytes <= 512 * 1024:

@@ -15,6 +15,10 @@ cross-partition lookup. Per batch:
   each user (``sinks/redis_live.py``, for open streams; best effort); ack once every chunk
   is written.
 
+The next batch is walked while the previous batch's chunks are written (``TL_DELIVER_OVERLAP``,
+``agents/loop.consume``): its chunks start once the previous batch's are written (so writes to
+a user's rows keep the log's order), and each batch is acked when its own chunks are written.
+
 A batch is walked one source partition at a time (a partition's events address only its own
 users): as soon as the partitions walked hold a chunk's worth of writes, their chunks are
 handed to the writer and written while the next partitions' events are walked, so the stores
@@ -25,6 +29,7 @@ Every write is keyed by (user, tweet id): replaying a batch changes nothing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -62,6 +67,12 @@ ISOLATOR = Isolator(STAGE, settings.systemic_error_streak)
 # The ``recipients`` rows between batches (only this agent writes them); cleared whenever
 # partitions move.
 RECIPIENTS = cleared_when_partitions_move(app, RowCache(recipients))
+# user -> the batch (its ``seq``) that last set the user's ``mirror_pending`` and whose chunks
+# are not written yet: that flag is not a crashed run's leftover (``RecipientBatch.state``),
+# and only that batch clears it (``confirm``). Emptied when a batch's writes fail (the batches
+# are processed again, their flags read as leftovers) and when partitions move.
+MARKS: dict[int, int] = cleared_when_partitions_move(app, {})
+_SEQ = itertools.count(1)
 
 
 class RecipientBatch:
@@ -69,11 +80,13 @@ class RecipientBatch:
 
     def __init__(self, sinks: Sinks) -> None:
         self.sinks = sinks
+        self.seq = next(_SEQ)
         # (user, tweet) -> (present, author): the last op on a row wins.
         self.rows: dict[tuple[int, int], tuple[bool, int]] = {}
         self.following: dict[tuple[int, int], int | None] = {}  # (user, followee) -> since, None = delete
         self.meta: dict[int, dict] = {}  # user -> recipient state to mirror into Cassandra
         self.invalidate: set[int] = set()
+        self.clear: set[int] = set()  # users whose Cassandra timeline is cleared first (rebuilds)
         self.deleted: list[tuple[int, int, int]] = []  # (user, tweet, author) of Remove ops, for live notices
         # user -> the last event that changed state still to be written (its chunks)
         self.pending: dict[int, Any] = {}
@@ -97,25 +110,33 @@ class RecipientBatch:
 
     def state(self, user_id: int) -> dict:
         rec = dict(self._stored(user_id))
-        if rec.get("mirror_pending") and user_id not in self.meta:
+        if rec.get("mirror_pending") and user_id not in self.meta and user_id not in MARKS:
             # A run of this batch changed it and died before its chunks were written: mirror again.
             self.meta[user_id] = rec
             self.invalidate.add(user_id)
-            self.pending[user_id] = current_event()
+            self._mark(user_id)
         return rec
+
+    def _mark(self, user_id: int) -> None:
+        self.pending[user_id] = current_event()
+        MARKS[user_id] = self.seq
 
     def save(self, user_id: int, rec: dict, *, mirror: bool) -> None:
         if mirror:
             rec["mirror_pending"] = True
             self.meta[user_id] = rec
             self.invalidate.add(user_id)
-            self.pending[user_id] = current_event()
+            self._mark(user_id)
         RECIPIENTS.put(entity_key(user_id), rec)
         self._recs[user_id] = dict(rec)
 
     def confirm(self) -> None:
-        """After its chunks are written: the mirrored state and rebuilds are written; clear their flags."""
+        """After its chunks are written: the mirrored state and rebuilds are written; clear their
+        flags (unless a later batch set them again: its own chunks are not written yet)."""
         for user_id, event in self.pending.items():
+            if MARKS.get(user_id) != self.seq:
+                continue
+            del MARKS[user_id]
             with event_scope(event):
                 rec = RECIPIENTS.get(entity_key(user_id)) or dict(NEW_RECIPIENT)
                 rec.pop("mirror_pending", None)
@@ -223,11 +244,12 @@ class RecipientBatch:
             for a, rows in zip(followees, results)
         }
         rebuilt = plan_rebuild(by_author, cap)
-        # Earlier writes of this batch for the user are superseded by the rebuild.
+        # Earlier writes of this batch for the user are superseded by the rebuild; the user's
+        # chunk clears the stored timeline before it writes the rebuilt one (after the writes
+        # of earlier batches, which may still be going on).
         for key in [k for k in self.rows if k[0] == user_id]:
             del self.rows[key]
-        store = self.sinks.cassandra
-        await with_retry("clear timeline", lambda: store.execute("clear_user_tl", (user_id,)))
+        self.clear.add(user_id)
         for tweet_id, author_id in rebuilt.entries:
             self.rows[(user_id, tweet_id)] = (True, author_id)
         self.counts["rebuilt"] += len(rebuilt.entries)
@@ -299,13 +321,13 @@ class RecipientBatch:
             weights[user_id] = weights.get(user_id, 0) + 1
         for user_id in self.meta:
             weights[user_id] = weights.get(user_id, 0) + 1
-        for user_id in self.invalidate:
+        for user_id in self.invalidate | self.clear:
             weights.setdefault(user_id, 1)
         for user_id, _, _ in self.deleted:  # (a rebuild drops the user's rows, not their notices)
             weights.setdefault(user_id, 0)
         plans = plan_chunks(weights, max_rows)
         if len(plans) <= 1:
-            whole = TimelineWrites(self.rows, self.following, self.meta, self.invalidate, self.deleted)
+            whole = TimelineWrites(self.rows, self.following, self.meta, self.invalidate, self.deleted, self.clear)
             return [whole] if plans else []
         index = {user_id: i for i, users in enumerate(plans) for user_id in users}
         parts = [TimelineWrites() for _ in plans]
@@ -317,6 +339,8 @@ class RecipientBatch:
             parts[index[user_id]].meta[user_id] = rec
         for user_id in self.invalidate:
             parts[index[user_id]].invalidate.add(user_id)
+        for user_id in self.clear:
+            parts[index[user_id]].clear.add(user_id)
         for deleted in self.deleted:
             parts[index[deleted[0]]].deleted.append(deleted)
         return parts
@@ -324,6 +348,9 @@ class RecipientBatch:
     async def write(self, w: "TimelineWrites") -> None:
         """One chunk: Cassandra first (the durable timeline), its users' metadata, then Redis
         (the cache, only where a cached timeline exists), then notices for open streams."""
+        if w.clear:  # rebuilt timelines: the old rows go before the rebuilt ones are written
+            clears = [("clear_user_tl", (user_id,)) for user_id in sorted(w.clear)]
+            await with_retry("clear timeline", lambda: self.sinks.cassandra.execute_many(clears))
         writes = w.cassandra_writes()
         await with_retry("timeline writes", lambda: self.sinks.cassandra.execute_many(writes))
         # The meta last: a reader that sees a rebuild's stale=false finds its rows written.
@@ -369,10 +396,13 @@ class ChunkWriter:
     most ``in_flight`` at once, started in the order they were handed over; no chunk starts
     after one failed. ``start`` returns at once, so a batch's first chunks are written while
     the caller goes on (handling the next partition's events); ``wait`` returns when every
-    chunk is written, or cancels the rest and raises the first error."""
+    chunk is written, or cancels the rest and raises the first error. ``after``: the writes
+    of the previous batch (a future), which every chunk waits for; if they failed, no chunk
+    starts (``wait`` raises ``EarlierWritesFailed``)."""
 
-    def __init__(self, in_flight: int) -> None:
+    def __init__(self, in_flight: int, after: "asyncio.Future[None] | None" = None) -> None:
         self.limit = asyncio.Semaphore(in_flight)  # FIFO: chunks start in the order handed over
+        self.after = after
         self.failed = False
         self.batches: list[RecipientBatch] = []  # handed over, in order
         self.tasks: list[asyncio.Future] = []
@@ -383,6 +413,12 @@ class ChunkWriter:
             self.tasks.append(asyncio.ensure_future(self._one(batch, part)))
 
     async def _one(self, batch: RecipientBatch, part: "TimelineWrites") -> None:
+        after = self.after
+        if after is not None and not after.done():
+            await asyncio.wait([after])
+        if after is not None and (after.cancelled() or after.exception() is not None):
+            self.failed = True
+            raise EarlierWritesFailed("the previous batch's writes failed; this batch is processed again")
         async with self.limit:
             if self.failed:
                 return  # no chunk starts after one failed
@@ -405,6 +441,10 @@ class ChunkWriter:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+class EarlierWritesFailed(Exception):
+    """A batch's chunks did not start: the previous batch's writes failed (both are processed again)."""
+
+
 @dataclass
 class TimelineWrites:
     """What a batch (or one chunk of it: some of its users) writes to timelines."""
@@ -414,6 +454,7 @@ class TimelineWrites:
     meta: dict[int, dict] = field(default_factory=dict)  # user -> recipient state to mirror
     invalidate: set[int] = field(default_factory=set)  # users whose cached timeline is dropped
     deleted: list[tuple[int, int, int]] = field(default_factory=list)  # (user, tweet, author) removed
+    clear: set[int] = field(default_factory=set)  # users whose stored timeline is cleared first
 
     def cassandra_writes(self) -> list[tuple[str, tuple]]:
         writes: list[tuple[str, tuple]] = []
@@ -467,15 +508,48 @@ def by_partition(good: Sequence[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]
     return list(groups.values())
 
 
+# The writes of the last batch begun (overlap): the next batch's chunks start after them.
+_LAST_WRITES: "asyncio.Future[None] | None" = None
+
+
+async def begin_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> "asyncio.Future[None]":
+    """Walk the batch and start its chunks after the previous batch's writes (overlap,
+    ``agents/loop.consume``); returns the future of its writes, which also confirms the
+    batch's state, counts it and publishes its dead letters once they are done."""
+    global _LAST_WRITES
+    finish = await _walk(sinks, events, after=_LAST_WRITES)
+    _LAST_WRITES = done = asyncio.ensure_future(finish())
+    done.add_done_callback(_writes_done)
+    return done
+
+
+def _writes_done(done: "asyncio.Future[None]") -> None:
+    if done.cancelled() or done.exception() is not None:
+        MARKS.clear()  # the batches are processed again: their flags are leftovers to mirror
+
+
 async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
+    """Walk the batch and write it to the end (the batch is acked only then). Earlier
+    batches' writes have stopped (``agents/loop.consume`` waits for them)."""
+    global _LAST_WRITES
+    _LAST_WRITES = None  # done, or failed and processed again: the next batch need not wait
+    try:
+        finish = await _walk(sinks, events, after=None)
+        await finish()
+    except BaseException:
+        MARKS.clear()
+        raise
+
+
+async def _walk(sinks: Sinks, events: Sequence[Any], *, after: "asyncio.Future[None] | None") -> Any:
     """Walk the batch one source partition at a time (``RecipientBatch.handle``); once the
     partitions walked so far hold a chunk's worth of writes (``deliver_chunk_rows``), hand them
     to the writer and go on with the next partitions while they are written, so the stores work
     while the worker decodes and plans (a small batch is one set of chunks, as before). Returns
-    when every chunk is written (the batch is acked only then)."""
+    ``finish``: wait until every chunk is written, then confirm, count and publish dead letters."""
     misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
     outbox = Outbox(settings.topic_partitions, misplaced_dead_letters=misplaced)
-    writer = ChunkWriter(settings.deliver_chunks_in_flight)
+    writer = ChunkWriter(settings.deliver_chunks_in_flight, after=after)
     batch = RecipientBatch(sinks)
     try:
         for group in by_partition(decode_batch(events, outbox)):
@@ -498,20 +572,29 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
                     break
         else:
             writer.start(batch)
-        await writer.wait()
     except BaseException:
         await writer.cancel()
         raise
-    for done in writer.batches:
-        done.confirm()
-        count_deliveries(done.counts)
-        observe_fanout_lag(done.created_at)
-    await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
+
+    async def finish() -> None:
+        try:
+            await writer.wait()
+        except BaseException:
+            await writer.cancel()
+            raise
+        for done in writer.batches:
+            done.confirm()
+            count_deliveries(done.counts)
+            observe_fanout_lag(done.created_at)
+        await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
+
+    return finish
 
 
 @app.agent(recipient_events, concurrency=1)
 async def deliver(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_recipient_batch,
+                  begin=begin_recipient_batch, overlap=settings.deliver_overlap,
                   batch_max=BATCH_MAX, pace_s=settings.deliver_pace_ms / 1000,
                   gate_of=lambda sinks: sinks.cassandra.gate,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)

@@ -4,19 +4,29 @@ Concurrency stays 1 per agent (faust-streaming can commit past a message still i
 with more): an agent batches inside itself (``agents/take.drain_batches``: a batch as soon
 as an event is buffered, no timer), and a batch is acked
 only when ``process`` returned, so every store write of its events is done.
+
+With ``begin`` and ``overlap`` (stage 2), a batch's writes go on in the background while the
+next batch is processed: ``begin`` processes the batch up to its writes and returns a future
+of them (the writes of a batch start after the previous batch's are done: ``begin``'s
+business); the batch is acked when that future is done (``agents/take.py``); a batch is
+walked while the writes of at most ``overlap`` earlier batches are unfinished. A batch whose writes failed is processed again,
+with every later one, to the end each (``process`` under the isolator), so a store's refusal
+of one event is isolated and dead-lettered as without the overlap.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from agents.failures import Isolator, guard
+from agents.failures import Isolator, SystemicFault, describe, guard
 from agents.metrics import BatchTimer
 from agents.outbox import publish_dead_letter
 from agents.take import drain_batches, pace_pause
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 async def consume(
@@ -30,6 +40,8 @@ async def consume(
     partitions: int,
     pace_s: float = 0.0,
     gate_of: Callable[[R], Any] | None = None,
+    begin: Callable[[R, Sequence[Any]], Awaitable["asyncio.Future[None]"]] | None = None,
+    overlap: int = 0,
 ) -> None:
     """Open the agent's stores (``setup``), then process each batch; an event that cannot be
     processed is dead-lettered, a systemic fault stops the worker (``agents/failures.py``).
@@ -46,8 +58,36 @@ async def consume(
             await publish_dead_letter(dead_letters_topic, event, reason, stage, partitions)
 
         gate = gate_of(resource) if gate_of is not None else None
-        async for events in drain_batches(stream, batch_max, gate=gate, stage=stage):
+        overlapped = begin is not None and overlap > 0
+        writing: list[asyncio.Future] = []  # batches' writes in flight (overlap)
+        async for events in drain_batches(stream, batch_max, gate=gate, stage=stage, overlap=overlapped):
             began = time.monotonic()
+            writing = [f for f in writing if not f.done()]
+            if overlapped and not events.redo:
+                while len(writing) > overlap:  # walked while up to ``overlap`` earlier batches write
+                    await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                    writing = [f for f in writing if not f.done()]
+                with BatchTimer(stage, len(events)) as timer:
+                    try:
+                        done = await begin(resource, events)
+                    except (SystemicFault, asyncio.CancelledError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - processed to the end below, isolated
+                        log.warning("%s: a batch failed before its writes (%s); processing it to the end",
+                                    stage, describe(exc))
+                        timer.deferred = True
+                        timer.finish(False)
+                        done = None
+                    else:
+                        timer.deferred = True
+                        done.add_done_callback(lambda f, t=timer: t.finish(not f.cancelled() and f.exception() is None))
+                if done is not None:
+                    events.done = done
+                    writing.append(done)
+                    continue
+            if writing:  # a batch processed to the end comes after the writes of earlier ones
+                await asyncio.wait(writing)
+                writing = []
             with BatchTimer(stage, len(events)):
                 await isolator.run(events, lambda part: process(resource, part), dead_letter)
             pause = pace_pause(len(events), batch_max, time.monotonic() - began, pace_s)

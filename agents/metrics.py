@@ -124,11 +124,15 @@ def count_rows(n: int) -> None:
 
 class BatchTimer:
     """``with BatchTimer("deliver", len(events)):`` records a batch's size and duration, and
-    logs a ``batch`` event (``logs``): stage, events, rows (when the stage counts them), ms."""
+    logs a ``batch`` event (``logs``): stage, events, rows (when the stage counts them), ms.
+    A batch whose writes go on after the block (``agents/loop.consume``'s overlap) sets
+    ``deferred`` in it and calls ``finish`` when they are done: its duration runs to then
+    (and tasks created in the block count their rows into it)."""
 
     def __init__(self, stage: str, events: int) -> None:
         self.stage = stage
         self.events = events
+        self.deferred = False
         BATCH_EVENTS.labels(stage).observe(events)
 
     def __enter__(self) -> "BatchTimer":
@@ -138,11 +142,15 @@ class BatchTimer:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        seconds = time.perf_counter() - self.started
         _BATCH_ROWS.reset(self._token)
+        if not self.deferred or exc_type is not None:
+            self.finish(exc_type is None)
+
+    def finish(self, ok: bool) -> None:
+        seconds = time.perf_counter() - self.started
         BATCH_SECONDS.labels(self.stage).observe(seconds)
         fields = {"event": "batch", "stage": self.stage, "events": self.events, "rows": self.rows[0],
-                  "ms": round(seconds * 1000, 2), "ok": exc_type is None}
+                  "ms": round(seconds * 1000, 2), "ok": ok}
         log.info("%s batch: %d events, %d rows in %.1f ms", self.stage, self.events, self.rows[0],
                  seconds * 1000, extra=fields)
 

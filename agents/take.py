@@ -23,6 +23,14 @@ Cassandra restarted since a batch began, that batch and the later unacked ones a
 over again (before new events) and acked only after that. Closing the generator stops the
 task: what it had not acked is processed again by the next worker.
 
+Writes in the background (``overlap``): a consumer may set ``batch.done`` (a future) before
+asking for the next batch: the batch's writes go on while the next batch is processed, and
+its acks wait for ``done`` (then for the gate, if any), in order. A batch whose ``done``
+failed is handed over again with every later unacked batch, in order, once all their
+writes have stopped, marked ``redo``: the consumer processes a redone batch to the end
+before asking for the next (``agents/loop.consume``), so an error that a store raises for
+one event is isolated as it would be without the overlap.
+
 It uses the same stream hooks as ``take_events`` in faust-streaming 0.15.3
 (``add_processor``, ``_enable_passive``, ``current_event``, ``ack``, ``enable_acks``,
 ``_processors``, ``_active_agens``): re-check them on any faust upgrade.
@@ -51,15 +59,26 @@ def pace_pause(batch_len: int, batch_max: int, elapsed_s: float, pace_s: float) 
     return max(0.0, pace_s - elapsed_s)
 
 
+class Batch(list):
+    """A batch of events (a list) as ``drain_batches`` hands it over. ``done``: set by a
+    consumer whose writes of the batch go on after it asked for the next batch (a future;
+    the acks wait for it); ``redo``: handed over again after its writes (or an earlier
+    batch's) failed, to be processed to the end before the next batch."""
+
+    done: "asyncio.Future[Any] | None" = None
+    redo: bool = False
+
+
 def drain_batches(stream: Any, max_: int, *, min_: int = 1, linger_ticks: int = LINGER_TICKS,
-                  gate: Any = None, stage: str = "") -> AsyncIterator[list[Any]]:
+                  gate: Any = None, stage: str = "", overlap: bool = False) -> AsyncIterator[Batch]:
     """Batches of at most ``max_`` events of ``stream``, each as soon as ``min_`` (one) are
     buffered. (A larger ``min_`` is for tests that need several messages as one batch.)
     ``gate``: acks wait for it (``sinks/cassandra_sync.CommitLogGate``; see the module doc);
+    ``overlap``: the consumer may set ``Batch.done`` (see the module doc);
     ``stage`` labels its metrics."""
     if not 1 <= min_ <= max_:
         raise ValueError(f"need 1 <= min_ <= max_, got min_={min_}, max_={max_}")
-    agen = _drain(stream, max_, min_, linger_ticks, gate, stage)
+    agen = _drain(stream, max_, min_, linger_ticks, gate, stage, overlap)
     tracked = getattr(stream, "_active_agens", None)
     if tracked is not None:  # Stream.on_stop closes it (as it does take_events' generators)
         tracked.add(agen)
@@ -84,26 +103,45 @@ async def _linger(events: list[Any], max_: int, queue: Any, idle_ticks: int) -> 
 
 
 class _LateAcks:
-    """Acks processed batches once ``gate.settle`` says their writes are on disk; batches whose
-    writes a restarted Cassandra may have lost go to ``redo``, for the stream to hand over again."""
+    """Acks batches once their writes are done (``Batch.done``, when the consumer set it) and
+    ``gate.settle`` says they are on disk (when there is a gate); batches whose writes failed,
+    or that a restarted Cassandra may have lost, go to ``redo``, for the stream to hand over
+    again."""
 
     def __init__(self, stream: Any, gate: Any, wake: Callable[[], None], stage: str) -> None:
         self.stream, self.gate, self.wake, self.stage = stream, gate, wake, stage
         self.waited = ACK_WAIT.labels(stage)
         self.redone = BATCHES_REDONE.labels(stage)
-        self.pending: deque[tuple[Any, float, list[Any]]] = deque()  # (token, done_at, events)
-        self.redo: deque[list[Any]] = deque()
+        # (token, done_at, batch, done): done_at when processing returned, done its writes
+        self.pending: deque[tuple[Any, float, Batch, Any]] = deque()
+        self.redo: deque[Batch] = deque()
         self.added = asyncio.Event()
         self.task: asyncio.Task | None = None
 
     def begin(self) -> Any:
-        return self.gate.token()
+        return self.gate.token() if self.gate is not None else None
 
-    def add(self, token: Any, batch: list[Any]) -> None:
-        self.pending.append((token, time.monotonic(), batch))
+    def add(self, token: Any, batch: Batch, done: Any = None) -> None:
+        self.pending.append((token, time.monotonic(), batch, done))
         self.added.set()
         if self.task is None:
             self.task = asyncio.ensure_future(self._run())
+
+    async def _writes_stopped(self) -> None:
+        """Until no pending batch's writes are going on (a replay must not race the writes it
+        replays; batches added meanwhile count too)."""
+        while True:
+            writing = [p[3] for p in self.pending if p[3] is not None and not p[3].done()]
+            if not writing:
+                return
+            await asyncio.wait(writing)
+
+    def _hand_over_again(self, again: list[Batch]) -> None:
+        for batch in again:
+            batch.redo, batch.done = True, None
+        self.redo.extend(again)
+        self.redone.inc(len(again))
+        self.wake()
 
     async def _run(self) -> None:
         try:
@@ -112,8 +150,23 @@ class _LateAcks:
                     self.added.clear()
                     await self.added.wait()
                     continue
-                token, done_at, batch = self.pending[0]
-                if await self.gate.settle(token, done_at):
+                token, done_at, batch, done = self.pending[0]
+                if done is not None:
+                    if not done.done():
+                        await asyncio.wait([done])
+                    done_at = time.monotonic()
+                    if done.cancelled() or done.exception() is not None:
+                        # Its writes failed: this batch and every later one again, in order.
+                        error = "cancelled" if done.cancelled() else describe(done.exception())
+                        await self._writes_stopped()
+                        again = [p[2] for p in self.pending]
+                        self.pending.clear()
+                        self._hand_over_again(again)
+                        self.stream.log.warning("%s: a batch's writes failed (%s): %d batches (%d events) are "
+                                                "processed again", self.stage, error, len(again),
+                                                sum(len(b) for b in again))
+                        continue
+                if self.gate is None or await self.gate.settle(token, done_at):
                     self.pending.popleft()
                     for event in batch:
                         await self.stream.ack(event)
@@ -121,18 +174,18 @@ class _LateAcks:
                     continue
                 # The node restarted after this batch began: process again every batch begun
                 # before the restart was seen, in order, before any of them is acked.
+                await self._writes_stopped()
                 current = self.gate.token()
                 again = [p[2] for p in self.pending if p[0] != current]
                 self.pending = deque(p for p in self.pending if p[0] == current)
-                self.redo.extend(again)
-                self.redone.inc(len(again))
+                self._hand_over_again(again)
                 self.stream.log.warning("Cassandra restarted: %d batches (%d events) are processed again",
                                         len(again), sum(len(b) for b in again))
-                self.wake()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - nothing more can be acked: stop the worker loudly
-            fatal(self.stage, SystemicFault(f"{self.stage}: acks waiting for Cassandra's commit log: {describe(exc)}"))
+            fatal(self.stage, SystemicFault(f"{self.stage}: acks waiting for writes or Cassandra's commit log: "
+                                            f"{describe(exc)}"))
 
     async def close(self) -> None:
         if self.task is not None:
@@ -144,7 +197,7 @@ class _LateAcks:
 
 
 async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int,
-                 gate: Any, stage: str) -> AsyncIterator[list[Any]]:
+                 gate: Any, stage: str, overlap: bool) -> AsyncIterator[Batch]:
     events: list[Any] = []
     ready = asyncio.Event()  # at least min_ events buffered
     room = asyncio.Event()  # the buffer takes events (cleared while full or handed out)
@@ -175,14 +228,14 @@ async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int,
     stream.enable_acks = False  # acked here, after processing
     stream.add_processor(add_to_buffer)
     stream._enable_passive(aiter(stream.channel))
-    late = _LateAcks(stream, gate, ready.set, stage) if gate is not None else None
+    late = _LateAcks(stream, gate, ready.set, stage) if gate is not None or overlap else None
     try:
         while not stream.should_stop:
             if late is not None and late.redo:  # writes a restarted Cassandra may have lost
                 batch = late.redo.popleft()
                 token = late.begin()
                 yield batch
-                late.add(token, batch)
+                late.add(token, batch, batch.done)
                 continue
             if len(events) < min_:
                 ready.clear()
@@ -191,13 +244,16 @@ async def _drain(stream: Any, max_: int, min_: int, linger_ticks: int,
                 continue
             await _linger(events, max_, queue, linger_ticks)
             room.clear()
-            batch = list(events)
+            batch = Batch(events)
             del events[: len(batch)]
             token = late.begin() if late is not None else None
             yield batch
-            # The consumer asked for the next batch: this one is processed.
+            # The consumer asked for the next batch: this one is processed (its writes may
+            # go on until batch.done).
             if late is not None:
-                late.add(token, batch)
+                late.add(token, batch, batch.done)
+            elif batch.done is not None:
+                raise RuntimeError("drain_batches: Batch.done set without overlap=True")
             else:
                 for event in batch:
                     await stream.ack(event)

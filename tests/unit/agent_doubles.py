@@ -122,6 +122,8 @@ class FakeCassandra:
         self.author_status: dict[int, tuple[int, bool, int]] = {}
         self.celebrities: set[int] = set()
         self.crash_on_next_write = False  # the next execute_many raises SimulatedCrash, writing nothing
+        # statement -> an event that an execute_many writing that statement waits for first
+        self.held: dict[str, asyncio.Event] = {}
 
     # seeding
     def seed_author_timeline(self, author_id: int, tweet_ids: Iterable[int]) -> None:
@@ -147,6 +149,8 @@ class FakeCassandra:
 
     async def execute_many(self, items: Iterable[tuple[str, Sequence[Any]]]) -> None:
         batch = [(name, self.check(name, params)) for name, params in items]
+        for name in {name for name, _ in batch} & self.held.keys():
+            await self.held[name].wait()
         if self.crash_on_next_write:
             self.crash_on_next_write = False
             raise SimulatedCrash("worker died before the writes reached Cassandra")
@@ -581,15 +585,21 @@ async def put_messages(tc: AgentTestWrapper, messages: Sequence[Msg]) -> None:
 
 
 class AgentDriver:
-    """Runs batches through ``agent`` (``agent.test_context()``), one test context per batch."""
+    """Runs batches through ``agent`` (``agent.test_context()``), one test context per batch.
+    ``begin_fn``: the module's function that begins a batch whose writes go on in the
+    background (``agents/loop.consume``'s overlap), when the agent overlaps batches: a batch
+    is done when its writes are."""
 
-    def __init__(self, agent: Any, module: ModuleType, batch_fn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, agent: Any, module: ModuleType, batch_fn: str, monkeypatch: pytest.MonkeyPatch,
+                 begin_fn: str | None = None) -> None:
         self.agent = agent
         self.module = module
         self.batch_fn = batch_fn
+        self.begin_fn = begin_fn
         self.monkeypatch = monkeypatch
         self.batches: list[list[tuple[str, int, bytes | None]]] = []  # what each batch contained
         self._original = getattr(module, batch_fn)
+        self._original_begin = getattr(module, begin_fn) if begin_fn is not None else None
 
     async def run(self, messages: Sequence[Msg]) -> None:
         assert messages
@@ -608,9 +618,30 @@ class AgentDriver:
             finally:
                 done.set()
 
+        original_begin = self._original_begin
+
+        async def recording_begin(sinks: Any, events: Sequence[Any]) -> Any:
+            batches.append([(e.message.topic, e.message.partition, e.message.value) for e in events])
+            try:
+                writes = await original_begin(sinks, events)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test
+                errors.append(exc)
+                done.set()
+                raise
+
+            def written(f: Any) -> None:
+                if f.cancelled() or f.exception() is not None:
+                    errors.append(asyncio.CancelledError() if f.cancelled() else f.exception())
+                done.set()
+
+            writes.add_done_callback(written)
+            return writes
+
         # The agent's batches are read when it starts: exactly len(messages) make them
         # one batch (drain_batches would otherwise hand over the first ones at once).
         self.monkeypatch.setattr(self.module, self.batch_fn, recording)
+        if original_begin is not None:
+            self.monkeypatch.setattr(self.module, self.begin_fn, recording_begin)
         one_batch(self.monkeypatch, self.module, len(messages))
         try:
             async with self.agent.test_context() as tc:
@@ -618,6 +649,8 @@ class AgentDriver:
                 await wait_for_batch(tc, done)
         finally:
             self.monkeypatch.setattr(self.module, self.batch_fn, original)
+            if original_begin is not None:
+                self.monkeypatch.setattr(self.module, self.begin_fn, original_begin)
         if errors:
             raise errors[0]
         sent = [(m.topic, m.partition, m.value) for m in messages]
@@ -643,6 +676,8 @@ def reset_tables() -> None:
     import agents.fanout  # its followers' groups too
 
     agents.deliver.RECIPIENTS.clear()
+    agents.deliver.MARKS.clear()
+    agents.deliver._LAST_WRITES = None
     agents.fanout.PLANS.clear()
 
 

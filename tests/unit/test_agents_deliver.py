@@ -89,7 +89,8 @@ def meta_writes(sinks: Any) -> list[tuple[int, int, bool]]:
 
 @pytest.fixture
 def driver(monkeypatch: pytest.MonkeyPatch) -> AgentDriver:
-    return AgentDriver(deliver_mod.deliver, deliver_mod, "process_recipient_batch", monkeypatch)
+    return AgentDriver(deliver_mod.deliver, deliver_mod, "process_recipient_batch", monkeypatch,
+                       begin_fn="begin_recipient_batch")
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +173,9 @@ async def test_user_active_for_a_stale_user_rebuilds_from_author_timelines(
     calls = sinks.cassandra.calls[before:]
     reads = sorted(p for m, n, p in calls if m == "query_many")
     assert reads == [(A, 2**63 - 1, 4), (B, 2**63 - 1, 4)], "each followee's newest cap+1 tweets"
-    assert ("execute", "clear_user_tl", (user,)) in calls
+    clear = calls.index(("execute_many", "clear_user_tl", (user,)))
+    assert all(i > clear for i, c in enumerate(calls) if c[:2] == ("execute_many", "insert_user_tl")), \
+        "the old rows are cleared before the rebuilt ones are written (in the user's chunk)"
     # newest 3 of {50, 40, 30, 20, 10}; the floor is raised below the oldest kept one
     assert sorted(timeline_writes(sinks)) == [
         ("insert_user_tl", (user, 30, A)),
@@ -482,6 +485,8 @@ async def crash_then_replay(driver: AgentDriver, sinks: Any, batch: list[Msg]) -
     sinks.cassandra.crash_on_next_write = True
     with pytest.raises(SimulatedCrash):
         await driver.run(batch)
+    deliver_mod.MARKS.clear()  # a new process: nothing of the dead one's memory
+    deliver_mod._LAST_WRITES = None
     await driver.run(batch)
 
 
@@ -716,3 +721,144 @@ async def test_a_partitions_chunks_are_written_while_the_next_partition_is_handl
                      ("handle", p2), ("handle", p2), ("write", p2), ("write", p2)]
     assert {(u, t) for (_, (u, t, _)) in timeline_writes(sinks)} >= {
         (first[0], 20), (first[1], 21), (second[0], 22), (second[1], 23)}
+
+
+# --- batches overlapped: the next one is walked while the previous one is written ---------
+
+
+async def overlapped_run(monkeypatch: pytest.MonkeyPatch, steps: Any) -> None:
+    """Run ``steps(put, begun, tc)`` against the agent in one test context, one message per
+    batch, the agent overlapping batches (tests hold writes with ``sinks.cassandra.held``).
+    ``begun``: how many batches were walked so far."""
+    from tests.unit.agent_doubles import one_batch, put_messages
+
+    monkeypatch.setattr(deliver_mod, "settings", deliver_mod.settings.replace(deliver_overlap=1))
+    begun: list[int] = []
+    original = deliver_mod.begin_recipient_batch
+
+    async def counting(s: Any, events: Any) -> Any:
+        done = await original(s, events)
+        begun.append(len(begun) + 1)
+        return done
+
+    monkeypatch.setattr(deliver_mod, "begin_recipient_batch", counting)
+    one_batch(monkeypatch, deliver_mod, 1)
+    async with deliver_mod.deliver.test_context() as tc:
+        async def put(msg: Msg) -> None:
+            await put_messages(tc, [msg])
+
+        await steps(put, begun, tc)
+
+
+async def until(tc: Any, check: Any) -> None:
+    """Until ``check()`` (raises if the agent crashed or nothing happens in time)."""
+    from tests.unit.agent_doubles import wait_for_batch
+
+    flag = asyncio.Event()
+
+    async def watch() -> None:
+        while not check():
+            await asyncio.sleep(0.002)
+        flag.set()
+
+    task = asyncio.ensure_future(watch())
+    try:
+        await wait_for_batch(tc, flag)
+    finally:
+        task.cancel()
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_the_next_batch_is_walked_while_the_previous_is_written_and_written_after_it(
+    driver: AgentDriver, monkeypatch: pytest.MonkeyPatch, sinks: Any
+) -> None:
+    user = 1801
+    await driver.run([active(user, T0)])
+    sinks.cassandra.held["insert_user_tl"] = inserts = asyncio.Event()
+
+    async def steps(put: Any, begun: list[int], tc: Any) -> None:
+        await put(ops_msg(add(10, [user])))
+        await until(tc, lambda: len(begun) == 1)
+        await put(ops_msg(remove(10, [user])))
+        await until(tc, lambda: len(begun) == 2)  # walked while the first batch's insert waits
+        await settle()
+        assert sinks.cassandra.user_tl.get(user) is None, "the delete waits for the earlier insert"
+        inserts.set()
+        await until(tc, lambda: sinks.cassandra.user_tl.get(user) == {})
+
+    await overlapped_run(monkeypatch, steps)
+    assert [n for n, _ in timeline_writes(sinks)] == ["insert_user_tl", "delete_user_tl"], "in the log's order"
+
+
+async def test_a_batch_does_not_clear_the_pending_flags_a_later_batch_set(
+    driver: AgentDriver, monkeypatch: pytest.MonkeyPatch, sinks: Any
+) -> None:
+    user = 1802
+    await driver.run([active(user, T0), ops_msg(follow(user, A, at=T0))])
+    sinks.cassandra.seed_author_timeline(A, [10, 30])
+    sinks.cassandra.held["set_meta"] = metas = asyncio.Event()
+    sinks.cassandra.held["clear_user_tl"] = clears = asyncio.Event()
+
+    async def steps(put: Any, begun: list[int], tc: Any) -> None:
+        await put(ops_msg(add(30, [user], created_at=T0 + 31 * DAY)))  # inactive: marked stale
+        await until(tc, lambda: len(begun) == 1)
+        await put(active(user, T0 + 32 * DAY))  # returns: rebuilt
+        await until(tc, lambda: len(begun) == 2)
+        assert (user, 0, True) not in meta_writes(sinks), "walked while the first batch's writes wait"
+        metas.set()  # the first batch is written and confirmed; the rebuild's clear still waits
+        await until(tc, lambda: (user, 0, True) in meta_writes(sinks))
+        await settle()
+        assert rec(user).get("rebuild_pending") is True, "the rebuild is not written: a crash now redoes it"
+        clears.set()
+        await until(tc, lambda: "rebuild_pending" not in rec(user))
+
+    await overlapped_run(monkeypatch, steps)
+    assert sinks.cassandra.user_tl[user] == {10: A, 30: A}
+    assert "mirror_pending" not in rec(user)
+
+
+async def test_a_flag_an_earlier_batch_still_writes_is_not_a_leftover_to_mirror_again(
+    driver: AgentDriver, monkeypatch: pytest.MonkeyPatch, sinks: Any
+) -> None:
+    user = 1803
+    await driver.run([active(user, T0)])
+    before = len(meta_writes(sinks))
+    sinks.cassandra.held["set_meta"] = metas = asyncio.Event()
+
+    async def steps(put: Any, begun: list[int], tc: Any) -> None:
+        await put(ops_msg(add(30, [user], created_at=T0 + 31 * DAY)))  # inactive: marked stale
+        await until(tc, lambda: len(begun) == 1)
+        await put(ops_msg(add(31, [user], created_at=T0 + 31 * DAY)))  # stale: nothing to mirror
+        await until(tc, lambda: len(begun) == 2)
+        metas.set()
+        await until(tc, lambda: "mirror_pending" not in rec(user))
+
+    await overlapped_run(monkeypatch, steps)
+    assert meta_writes(sinks)[before:] == [(user, 0, True)], "mirrored once"
+
+
+async def test_writes_that_failed_are_done_again_with_the_batches_after_them_in_order(
+    driver: AgentDriver, monkeypatch: pytest.MonkeyPatch, sinks: Any
+) -> None:
+    user = 1804
+    await driver.run([active(user, T0)])
+    sinks.cassandra.held["insert_user_tl"] = inserts = asyncio.Event()
+
+    async def steps(put: Any, begun: list[int], tc: Any) -> None:
+        await put(ops_msg(add(10, [user])))
+        await until(tc, lambda: len(begun) == 1)
+        await put(ops_msg(remove(10, [user]), add(11, [user])))
+        await until(tc, lambda: len(begun) == 2)
+        sinks.cassandra.crash_on_next_write = True  # the first batch's insert fails (not transient)
+        inserts.set()
+        await until(tc, lambda: sinks.cassandra.user_tl.get(user) == {11: A})
+        await settle()
+
+    await overlapped_run(monkeypatch, steps)
+    names = [(n, p[1]) for n, p in timeline_writes(sinks)]
+    assert names == [("insert_user_tl", 10), ("delete_user_tl", 10), ("insert_user_tl", 11)], \
+        "the second batch wrote nothing before the first was written again"

@@ -59,6 +59,24 @@ async def late_drainer(stream: Any) -> None:
         batches.append([e.value for e in batch])
 
 
+writes: dict[int, asyncio.Future] = {}  # first value of a batch -> its writes (overlap_drainer)
+redone: list[list[Any]] = []  # batches handed over again, as the consumer saw them
+
+
+@app.agent()
+async def overlap_drainer(stream: Any) -> None:
+    """A consumer whose writes go on after it asked for the next batch (``Batch.done``);
+    a redone batch is processed to the end (no ``done``)."""
+    async for batch in drain_batches(stream, 4, overlap=True):
+        handed.extend(batch)
+        values = [e.value for e in batch]
+        batches.append(values)
+        if batch.redo:
+            redone.append(values)
+            continue
+        batch.done = writes[values[0]] = asyncio.get_running_loop().create_future()
+
+
 async def ticks(n: int = 20) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -71,6 +89,8 @@ def fresh(faust_test_app: Any) -> None:
     gate.clear()
     late_gate.__init__()
     handed.clear()
+    writes.clear()
+    redone.clear()
 
 
 async def test_one_event_is_handed_over_without_waiting_for_a_timer() -> None:
@@ -151,6 +171,49 @@ async def test_batches_begun_before_a_cassandra_restart_are_processed_again_befo
         assert all(e.message.acked for e in handed)
         assert [token for token, _ in late_gate.settled][-3:] == [2, 2, 2]
         assert redone._value.get() - before == 2
+
+
+async def test_with_overlap_the_next_batch_comes_at_once_and_acks_wait_for_the_writes_in_order() -> None:
+    async with overlap_drainer.test_context() as tc:
+        for value in range(1, 4):
+            await tc.put(value, wait=False)
+            await ticks()
+        assert batches == [[1], [2], [3]], "the next batch while the writes go on"
+        writes[2].set_result(None)
+        await ticks(40)
+        assert [e.message.acked for e in handed] == [False, False, False], "2 is written, but 1 is not yet"
+        writes[1].set_result(None)
+        await ticks(40)
+        assert [e.message.acked for e in handed] == [True, True, False]
+        writes[3].set_result(None)
+        await ticks(40)
+        assert [e.message.acked for e in handed] == [True, True, True]
+
+
+async def test_failed_writes_hand_that_batch_and_every_later_one_over_again_once_all_writes_stopped() -> None:
+    counter = BATCHES_REDONE.labels("")
+    before = counter._value.get()
+    async with overlap_drainer.test_context() as tc:
+        for value in range(1, 4):
+            await tc.put(value, wait=False)
+            await ticks()
+        writes[1].set_result(None)
+        writes[2].set_exception(RuntimeError("a store refused a row"))
+        await ticks(40)
+        assert batches == [[1], [2], [3]], "not before 3's writes stopped: a replay must not race them"
+        assert handed[0].message.acked and not handed[1].message.acked
+        writes[3].set_exception(RuntimeError("the previous batch's writes failed"))
+        await ticks(60)
+        assert redone == [[2], [3]], "in order, processed to the end"
+        assert batches == [[1], [2], [3], [2], [3]]
+        await tc.put(4, wait=False)
+        await ticks(40)
+        assert batches[-1] == [4] and not writes[4].done()
+        assert [e.value for e in handed if e.message.acked] == [1, 2, 3, 2, 3]
+        assert counter._value.get() - before == 2
+        writes[4].set_result(None)
+        await ticks(40)
+        assert all(e.message.acked for e in handed)
 
 
 def test_bounds() -> None:

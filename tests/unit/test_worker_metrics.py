@@ -29,7 +29,8 @@ def deliveries() -> dict[str, float]:
 @pytest.fixture
 def deliver_driver(monkeypatch: pytest.MonkeyPatch) -> AgentDriver:
     monkeypatch.setattr(deliver_mod, "settings", settings.replace(inactive_after_ms=30 * DAY))
-    return AgentDriver(deliver_mod.deliver, deliver_mod, "process_recipient_batch", monkeypatch)
+    return AgentDriver(deliver_mod.deliver, deliver_mod, "process_recipient_batch", monkeypatch,
+                       begin_fn="begin_recipient_batch")
 
 
 async def test_stage_two_counts_rows_by_outcome_and_observes_the_lag(deliver_driver: AgentDriver, sinks: Any,
