@@ -406,20 +406,40 @@ class ChunkWriter:
         self.failed = False
         self.batches: list[RecipientBatch] = []  # handed over, in order
         self.tasks: list[asyncio.Future] = []
+        self._queued = 0  # chunks handed over that have not started writing (or given up)
+        self._walked = False
+        # Done once the batch is walked and every chunk of it started writing (or gave up): the
+        # next batch is walked then, so it gathers what arrives while this one is written.
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def start(self, batch: RecipientBatch) -> None:
         self.batches.append(batch)
         for part in batch.chunks(settings.deliver_chunk_rows):
+            self._queued += 1
             self.tasks.append(asyncio.ensure_future(self._one(batch, part)))
 
+    def walked(self) -> None:
+        """The batch is walked: no more chunks come."""
+        self._walked = True
+        self._check_started()
+
+    def _check_started(self) -> None:
+        if self._walked and self._queued == 0 and not self.started.done():
+            self.started.set_result(None)
+
     async def _one(self, batch: RecipientBatch, part: "TimelineWrites") -> None:
-        after = self.after
-        if after is not None and not after.done():
-            await asyncio.wait([after])
-        if after is not None and (after.cancelled() or after.exception() is not None):
-            self.failed = True
-            raise EarlierWritesFailed("the previous batch's writes failed; this batch is processed again")
-        async with self.limit:
+        try:
+            after = self.after
+            if after is not None and not after.done():
+                await asyncio.wait([after])
+            if after is not None and (after.cancelled() or after.exception() is not None):
+                self.failed = True
+                raise EarlierWritesFailed("the previous batch's writes failed; this batch is processed again")
+            await self.limit.acquire()
+        finally:
+            self._queued -= 1
+            self._check_started()
+        try:
             if self.failed:
                 return  # no chunk starts after one failed
             try:
@@ -427,6 +447,8 @@ class ChunkWriter:
             except BaseException:
                 self.failed = True
                 raise
+        finally:
+            self.limit.release()
 
     async def wait(self) -> None:
         try:
@@ -439,6 +461,7 @@ class ChunkWriter:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.walked()
 
 
 class EarlierWritesFailed(Exception):
@@ -512,15 +535,17 @@ def by_partition(good: Sequence[tuple[Any, Any]]) -> list[list[tuple[Any, Any]]]
 _LAST_WRITES: "asyncio.Future[None] | None" = None
 
 
-async def begin_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> "asyncio.Future[None]":
+async def begin_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> tuple[asyncio.Future, asyncio.Future]:
     """Walk the batch and start its chunks after the previous batch's writes (overlap,
-    ``agents/loop.consume``); returns the future of its writes, which also confirms the
-    batch's state, counts it and publishes its dead letters once they are done."""
+    ``agents/loop.consume``); returns the future of its writes (which also confirms the
+    batch's state, counts it and publishes its dead letters once they are done) and the
+    future of ``ChunkWriter.started`` (the next batch is walked then)."""
     global _LAST_WRITES
-    finish = await _walk(sinks, events, after=_LAST_WRITES)
+    finish, writer = await _walk(sinks, events, after=_LAST_WRITES)
     _LAST_WRITES = done = asyncio.ensure_future(finish())
     done.add_done_callback(_writes_done)
-    return done
+    done.add_done_callback(lambda _: writer.walked())
+    return done, writer.started
 
 
 def _writes_done(done: "asyncio.Future[None]") -> None:
@@ -534,19 +559,21 @@ async def process_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> None:
     global _LAST_WRITES
     _LAST_WRITES = None  # done, or failed and processed again: the next batch need not wait
     try:
-        finish = await _walk(sinks, events, after=None)
+        finish, _ = await _walk(sinks, events, after=None)
         await finish()
     except BaseException:
         MARKS.clear()
         raise
 
 
-async def _walk(sinks: Sinks, events: Sequence[Any], *, after: "asyncio.Future[None] | None") -> Any:
+async def _walk(sinks: Sinks, events: Sequence[Any], *,
+                after: "asyncio.Future[None] | None") -> tuple[Any, ChunkWriter]:
     """Walk the batch one source partition at a time (``RecipientBatch.handle``); once the
     partitions walked so far hold a chunk's worth of writes (``deliver_chunk_rows``), hand them
     to the writer and go on with the next partitions while they are written, so the stores work
     while the worker decodes and plans (a small batch is one set of chunks, as before). Returns
-    ``finish``: wait until every chunk is written, then confirm, count and publish dead letters."""
+    ``finish`` (wait until every chunk is written, then confirm, count and publish dead
+    letters) and the writer."""
     misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
     outbox = Outbox(settings.topic_partitions, misplaced_dead_letters=misplaced)
     writer = ChunkWriter(settings.deliver_chunks_in_flight, after=after)
@@ -572,6 +599,7 @@ async def _walk(sinks: Sinks, events: Sequence[Any], *, after: "asyncio.Future[N
                     break
         else:
             writer.start(batch)
+        writer.walked()
     except BaseException:
         await writer.cancel()
         raise
@@ -588,7 +616,7 @@ async def _walk(sinks: Sinks, events: Sequence[Any], *, after: "asyncio.Future[N
             observe_fanout_lag(done.created_at)
         await with_retry("publish dead letters", lambda: outbox.flush(dead_letters_topic))
 
-    return finish
+    return finish, writer
 
 
 @app.agent(recipient_events, concurrency=1)

@@ -6,10 +6,12 @@ as an event is buffered, no timer), and a batch is acked
 only when ``process`` returned, so every store write of its events is done.
 
 With ``begin`` and ``overlap`` (stage 2), a batch's writes go on in the background while the
-next batch is processed: ``begin`` processes the batch up to its writes and returns a future
-of them (the writes of a batch start after the previous batch's are done: ``begin``'s
-business); the batch is acked when that future is done (``agents/take.py``); a batch is
-walked while the writes of at most ``overlap`` earlier batches are unfinished. A batch whose writes failed is processed again,
+next batch is processed: ``begin`` processes the batch up to its writes and returns the
+futures of its writes (the writes of a batch start after the previous batch's are done:
+``begin``'s business) and of "the next batch may begin" (every write of this one has started:
+the next batch gathers what arrives meanwhile instead of being walked at once, small); the
+batch is acked when its writes are done (``agents/take.py``); a batch is walked while the
+writes of at most ``overlap`` earlier batches are unfinished. A batch whose writes failed is processed again,
 with every later one, to the end each (``process`` under the isolator), so a store's refusal
 of one event is isolated and dead-lettered as without the overlap.
 """
@@ -40,7 +42,7 @@ async def consume(
     partitions: int,
     pace_s: float = 0.0,
     gate_of: Callable[[R], Any] | None = None,
-    begin: Callable[[R, Sequence[Any]], Awaitable["asyncio.Future[None]"]] | None = None,
+    begin: Callable[[R, Sequence[Any]], Awaitable[tuple[asyncio.Future, asyncio.Future]]] | None = None,
     overlap: int = 0,
 ) -> None:
     """Open the agent's stores (``setup``), then process each batch; an event that cannot be
@@ -60,16 +62,20 @@ async def consume(
         gate = gate_of(resource) if gate_of is not None else None
         overlapped = begin is not None and overlap > 0
         writing: list[asyncio.Future] = []  # batches' writes in flight (overlap)
+        may_begin: asyncio.Future | None = None  # the last batch begun has started all its writes
         async for events in drain_batches(stream, batch_max, gate=gate, stage=stage, overlap=overlapped):
             began = time.monotonic()
             writing = [f for f in writing if not f.done()]
             if overlapped and not events.redo:
+                if may_begin is not None and not may_begin.done():
+                    await asyncio.wait([may_begin])
+                    writing = [f for f in writing if not f.done()]
                 while len(writing) > overlap:  # walked while up to ``overlap`` earlier batches write
                     await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
                     writing = [f for f in writing if not f.done()]
                 with BatchTimer(stage, len(events)) as timer:
                     try:
-                        done = await begin(resource, events)
+                        done, may_begin = await begin(resource, events)
                     except (SystemicFault, asyncio.CancelledError):
                         raise
                     except Exception as exc:  # noqa: BLE001 - processed to the end below, isolated

@@ -623,11 +623,12 @@ class AgentDriver:
         async def recording_begin(sinks: Any, events: Sequence[Any]) -> Any:
             batches.append([(e.message.topic, e.message.partition, e.message.value) for e in events])
             try:
-                writes = await original_begin(sinks, events)
+                begun = await original_begin(sinks, events)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the test
                 errors.append(exc)
                 done.set()
                 raise
+            writes = begun[0]  # (the future of its writes, the future of "the next may begin")
 
             def written(f: Any) -> None:
                 if f.cancelled() or f.exception() is not None:
@@ -635,7 +636,7 @@ class AgentDriver:
                 done.set()
 
             writes.add_done_callback(written)
-            return writes
+            return begun
 
         # The agent's batches are read when it starts: exactly len(messages) make them
         # one batch (drain_batches would otherwise hand over the first ones at once).

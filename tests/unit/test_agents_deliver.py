@@ -862,3 +862,29 @@ async def test_writes_that_failed_are_done_again_with_the_batches_after_them_in_
     names = [(n, p[1]) for n, p in timeline_writes(sinks)]
     assert names == [("insert_user_tl", 10), ("delete_user_tl", 10), ("insert_user_tl", 11)], \
         "the second batch wrote nothing before the first was written again"
+
+
+async def test_the_next_batch_waits_until_every_chunk_of_the_previous_has_started_writing(
+    driver: AgentDriver, monkeypatch: pytest.MonkeyPatch, sinks: Any
+) -> None:
+    """It then gathers what arrives while they are written, rather than being walked at once
+    (small batches cost more per delivery)."""
+    first_user = 1805
+    second_user = next(u for u in range(first_user + 1, first_user + 500) if part(u) == part(first_user))
+    await driver.run([active(first_user, T0), active(second_user, T0)])
+    sinks.cassandra.held["insert_user_tl"] = inserts = asyncio.Event()
+    one_chunk_at_once = deliver_mod.settings.replace(deliver_chunk_rows=1, deliver_chunks_in_flight=1)
+    monkeypatch.setattr(deliver_mod, "settings", one_chunk_at_once)
+
+    async def steps(put: Any, begun: list[int], tc: Any) -> None:
+        await put(ops_msg(add(10, [first_user, second_user])))  # two chunks, one in flight
+        await until(tc, lambda: len(begun) == 1)
+        await put(ops_msg(add(11, [first_user])))
+        await settle()
+        assert len(begun) == 1, "not walked while a chunk of the previous batch waits for a slot"
+        inserts.set()
+        await until(tc, lambda: len(begun) == 2)
+        await until(tc, lambda: sinks.cassandra.user_tl.get(first_user) == {10: A, 11: A})
+
+    await overlapped_run(monkeypatch, steps)
+    assert sinks.cassandra.user_tl[second_user] == {10: A}
