@@ -190,10 +190,11 @@ class Settings:
     # Cassandra writes.
     deliver_chunk_rows: int = _env("TL_DELIVER_CHUNK_ROWS", 1024, int)
     deliver_chunks_in_flight: int = _env("TL_DELIVER_CHUNKS_IN_FLIGHT", 3, int)
-    # Batches whose chunks may still be written while stage 2 walks the next one (0: a batch
-    # is written to the end before the next is taken). A batch's chunks start after the
+    # Batches whose chunks may still be written while stage 2 walks the next one (0, the
+    # default: a batch is written to the end before the next is taken; docs/operations.md
+    # says why it is off). A batch's chunks start after the
     # previous batch's are written; its acks wait for them (agents/take.py).
-    deliver_overlap: int = _env("TL_DELIVER_OVERLAP", 1, int)
+    deliver_overlap: int = _env("TL_DELIVER_OVERLAP", 0, int)
 
     # --- policies (the design document's numbers) ---------------------------
     celebrity_threshold: int = _env("TL_CELEBRITY_THRESHOLD", 10_000, int)

@@ -15,8 +15,8 @@ cross-partition lookup. Per batch:
   each user (``sinks/redis_live.py``, for open streams; best effort); ack once every chunk
   is written.
 
-The next batch is walked while the previous batch's last chunks are written
-(``TL_DELIVER_OVERLAP``, ``agents/loop.consume``): once every chunk of a batch has started
+With ``TL_DELIVER_OVERLAP`` (off by default) the next batch is walked while the previous
+batch's last chunks are written (``agents/loop.consume``): once every chunk of a batch has started
 writing, the next batch is walked; its chunks start once the previous batch's are written (so
 writes to a user's rows keep the log's order), and each batch is acked when its own chunks
 are written.
