@@ -112,8 +112,11 @@ class _LateAcks:
         self.stream, self.gate, self.wake, self.stage = stream, gate, wake, stage
         self.waited = ACK_WAIT.labels(stage)
         self.redone = BATCHES_REDONE.labels(stage)
-        # (token, done_at, batch, done): done_at when processing returned, done its writes
-        self.pending: deque[tuple[Any, float, Batch, Any]] = deque()
+        # [token, done_at, batch, done]: done its writes; done_at when processing returned, or
+        # when ``done`` completed (stamped then: the gate's proof must cover that moment, not
+        # the later one when this task gets to the batch, or every batch waits for a proof of
+        # its own, one after the other)
+        self.pending: deque[list[Any]] = deque()
         self.redo: deque[Batch] = deque()
         self.added = asyncio.Event()
         self.task: asyncio.Task | None = None
@@ -122,7 +125,10 @@ class _LateAcks:
         return self.gate.token() if self.gate is not None else None
 
     def add(self, token: Any, batch: Batch, done: Any = None) -> None:
-        self.pending.append((token, time.monotonic(), batch, done))
+        entry = [token, time.monotonic(), batch, done]
+        if done is not None:
+            done.add_done_callback(lambda _, e=entry: e.__setitem__(1, time.monotonic()))
+        self.pending.append(entry)
         self.added.set()
         if self.task is None:
             self.task = asyncio.ensure_future(self._run())
@@ -154,7 +160,7 @@ class _LateAcks:
                 if done is not None:
                     if not done.done():
                         await asyncio.wait([done])
-                    done_at = time.monotonic()
+                    done_at = self.pending[0][1]  # when its writes completed (add's callback)
                     if done.cancelled() or done.exception() is not None:
                         # Its writes failed: this batch and every later one again, in order.
                         error = "cancelled" if done.cancelled() else describe(done.exception())

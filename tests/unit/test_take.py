@@ -3,6 +3,7 @@ batches that grow with what arrives while one is processed, acks only after proc
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -74,6 +75,15 @@ async def overlap_drainer(stream: Any) -> None:
         if batch.redo:
             redone.append(values)
             continue
+        batch.done = writes[values[0]] = asyncio.get_running_loop().create_future()
+
+
+@app.agent()
+async def gated_overlap_drainer(stream: Any) -> None:
+    async for batch in drain_batches(stream, 4, gate=late_gate, overlap=True):
+        handed.extend(batch)
+        values = [e.value for e in batch]
+        batches.append(values)
         batch.done = writes[values[0]] = asyncio.get_running_loop().create_future()
 
 
@@ -214,6 +224,24 @@ async def test_failed_writes_hand_that_batch_and_every_later_one_over_again_once
         writes[4].set_result(None)
         await ticks(40)
         assert all(e.message.acked for e in handed)
+
+
+async def test_the_gate_proves_a_batch_written_at_the_moment_its_writes_completed() -> None:
+    """Not at the later moment the acks got to it: batches written while an earlier one waited
+    for the disk are covered by the same proof, not proven one after the other."""
+    async with gated_overlap_drainer.test_context() as tc:
+        for value in (1, 2):
+            await tc.put(value, wait=False)
+            await ticks()
+        writes[1].set_result(None)
+        writes[2].set_result(None)
+        await ticks(20)
+        written = time.monotonic()
+        await asyncio.sleep(0.02)
+        late_gate.durable.set()
+        await ticks(60)
+        assert [e.message.acked for e in handed] == [True, True]
+        assert [done_at < written for _, done_at in late_gate.settled] == [True, True]
 
 
 def test_bounds() -> None:
