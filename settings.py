@@ -192,8 +192,8 @@ class Settings:
     deliver_chunks_in_flight: int = _env("TL_DELIVER_CHUNKS_IN_FLIGHT", 3, int)
     # Batches whose chunks may still be written while stage 2 walks the next one (0, the
     # default: a batch is written to the end before the next is taken; docs/operations.md
-    # says why it is off). A batch's chunks start after the
-    # previous batch's are written; its acks wait for them (agents/take.py).
+    # says why it is off). A batch's chunks start after the previous batch's are written;
+    # its acks wait for them (agents/take.py).
     deliver_overlap: int = _env("TL_DELIVER_OVERLAP", 0, int)
 
     # --- policies (the design document's numbers) ---------------------------

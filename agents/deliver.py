@@ -16,10 +16,10 @@ cross-partition lookup. Per batch:
   is written.
 
 With ``TL_DELIVER_OVERLAP`` (off by default) the next batch is walked while the previous
-batch's last chunks are written (``agents/loop.consume``): once every chunk of a batch has started
-writing, the next batch is walked; its chunks start once the previous batch's are written (so
-writes to a user's rows keep the log's order), and each batch is acked when its own chunks
-are written.
+batch's last chunks are written (``agents/loop.consume``): once every chunk of a batch has
+started writing, the next batch is walked; its chunks start once the previous batch's are
+written (so writes to a user's rows keep the log's order), and each batch is acked when its
+own chunks are written.
 
 A batch is walked one source partition at a time (a partition's events address only its own
 users): as soon as the partitions walked hold a chunk's worth of writes, their chunks are
@@ -546,7 +546,6 @@ async def begin_recipient_batch(sinks: Sinks, events: Sequence[Any]) -> tuple[as
     finish, writer = await _walk(sinks, events, after=_LAST_WRITES)
     _LAST_WRITES = done = asyncio.ensure_future(finish())
     done.add_done_callback(_writes_done)
-    done.add_done_callback(lambda _: writer.walked())
     return done, writer.started
 
 
@@ -607,11 +606,7 @@ async def _walk(sinks: Sinks, events: Sequence[Any], *,
         raise
 
     async def finish() -> None:
-        try:
-            await writer.wait()
-        except BaseException:
-            await writer.cancel()
-            raise
+        await writer.wait()  # (cancels the other chunks if one fails)
         for done in writer.batches:
             done.confirm()
             count_deliveries(done.counts)

@@ -11,9 +11,9 @@ futures of its writes (the writes of a batch start after the previous batch's ar
 ``begin``'s business) and of "the next batch may begin" (every write of this one has started:
 the next batch gathers what arrives meanwhile instead of being walked at once, small); the
 batch is acked when its writes are done (``agents/take.py``); a batch is walked while the
-writes of at most ``overlap`` earlier batches are unfinished. A batch whose writes failed is processed again,
-with every later one, to the end each (``process`` under the isolator), so a store's refusal
-of one event is isolated and dead-lettered as without the overlap.
+writes of at most ``overlap`` earlier batches are unfinished. A batch whose writes failed is
+processed again, with every later one, to the end each (``process`` under the isolator), so a
+store's refusal of one event is isolated and dead-lettered as without the overlap.
 """
 from __future__ import annotations
 
