@@ -95,6 +95,14 @@ class Settings:
     # less of its CPU on mutations and compaction here) or "skiplist" (the older default).
     # docs/operations.md.
     cassandra_memtable: str = _env("TL_CASSANDRA_MEMTABLE", "trie")
+    # Timer slack (prctl PR_SET_TIMERSLACK, microseconds) of the servers ``./dev services``
+    # starts (localenv/host.spawn; systemd's TimerSlackNSec= does the same for a unit): how late
+    # the kernel may end a thread's timed sleep to fold it into another wake-up. Cassandra's
+    # request threads spin between requests in sleeps of 10 us and up, each a timer in this VM;
+    # with 500 us instead of Linux's 50 the node took half the CPU for the same writes arriving
+    # every 80 ms (0.17 against 0.36 of a core, the writes' latency the same; docs/operations.md,
+    # "Timer slack of the local servers"). 0 leaves the kernel's default.
+    server_timer_slack_us: int = _env("TL_SERVER_TIMER_SLACK_US", 500, int)
     # UNLOGGED batches each client keeps in flight per bulk write (sinks/cassandra.py).
     cassandra_batches_in_flight: int = _env("TL_CASSANDRA_BATCHES_IN_FLIGHT", 32, int)
     # Replication of the keyspace ops/schema.py creates: without a local DC, SimpleStrategy
@@ -286,6 +294,8 @@ class Settings:
                self.cassandra_commitlog_group_window_ms, self.cassandra_commitlog_period_ms) < 1:
             raise ValueError("TL_CASSANDRA_CONCURRENT_WRITES, TL_CASSANDRA_BATCHES_IN_FLIGHT, "
                              "TL_CASSANDRA_COMMITLOG_GROUP_WINDOW_MS and TL_CASSANDRA_COMMITLOG_PERIOD_MS must be >= 1")
+        if self.server_timer_slack_us < 0:
+            raise ValueError("TL_SERVER_TIMER_SLACK_US must be >= 0 (0: the kernel's default)")
         if self.cassandra_memtable not in CASSANDRA_MEMTABLES:
             raise ValueError(f"TL_CASSANDRA_MEMTABLE must be one of {', '.join(CASSANDRA_MEMTABLES)}, "
                              f"got {self.cassandra_memtable!r}")

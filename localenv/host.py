@@ -226,9 +226,14 @@ def find_jar(lib: Path, prefix: str) -> Path:
 # Started through a short-lived Python so the server is not our child: it outlives us,
 # and no Popen object is left behind to warn about a still-running process.
 _LAUNCHER = """
-import json, os, subprocess, sys
+import ctypes, json, os, subprocess, sys
 spec = json.loads(sys.stdin.read())
 log = open(spec["log"], "ab")
+if spec["timer_slack_ns"]:  # prctl(PR_SET_TIMERSLACK): the server inherits it (fork, exec)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(29, ctypes.c_ulong(spec["timer_slack_ns"]), 0, 0, 0) != 0:
+        print(f"prctl(PR_SET_TIMERSLACK) failed: {os.strerror(ctypes.get_errno())}", file=sys.stderr, flush=True)
+        os._exit(3)
 proc = subprocess.Popen(
     spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
@@ -251,9 +256,12 @@ def spawn(
     env: dict[str, str] | None = None,
     user: str | None = None,
     grace: float = 0.3,
+    timer_slack_ns: int = 0,
 ) -> int:
     """Start a server in its own session, output appended to ``log_file``; returns its pid.
 
+    ``timer_slack_ns``: the server's timer slack (every thread it starts inherits it;
+    ``settings.server_timer_slack_us``), 0 for the kernel's default.
     A server that exits within ``grace`` seconds raises HostError with its exit status
     (a negative status is the signal that killed it)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -264,6 +272,7 @@ def spawn(
         "env": env if env is not None else dict(os.environ),
         "user": user,
         "grace": grace,
+        "timer_slack_ns": int(timer_slack_ns),
     }
     proc = subprocess.run(
         [sys.executable, "-c", _LAUNCHER],
@@ -275,6 +284,14 @@ def spawn(
     if proc.returncode != 0 or not proc.stdout.strip().isdigit():
         raise HostError(f"could not start {argv[0]}: {proc.stderr.strip()}")
     return int(proc.stdout.strip())
+
+
+def timer_slack_ns(pid: int) -> int | None:
+    """The timer slack of ``pid``'s main thread (``/proc/<pid>/timerslack_ns``), None if unreadable."""
+    try:
+        return int(Path(f"/proc/{pid}/timerslack_ns").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def pid_alive(pid: int, marker: str) -> bool:

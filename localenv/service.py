@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from localenv.host import STATE, pid_alive, signal_tree, spawn, stop_pid, tail
+from localenv.host import STATE, pid_alive, signal_tree, spawn, stop_pid, tail, timer_slack_ns
 from settings import Settings
 
 
@@ -163,6 +163,15 @@ class Service:
         now (a server reads its config only when it starts)."""
         return []
 
+    def slack_drift(self) -> list[str]:
+        """The running server's timer slack, if it is not what ``start`` would give it now."""
+        pid = self.our_pid()
+        want = self.settings.server_timer_slack_us * 1000
+        have = timer_slack_ns(pid) if pid is not None else None
+        if have is None or not want or have == want:  # 0: whatever the kernel gave it
+            return []
+        return [f"timer slack {have // 1000} us (TL_SERVER_TIMER_SLACK_US is now {want // 1000})"]
+
     def start(self) -> int:
         began = time.monotonic()
         self.prepare()
@@ -170,7 +179,8 @@ class Service:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as handle:
             handle.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n")
-        pid = spawn(self.command(), self.log_file, cwd=self.cwd, env=self.env(), user=self.run_as)
+        pid = spawn(self.command(), self.log_file, cwd=self.cwd, env=self.env(), user=self.run_as,
+                    timer_slack_ns=self.settings.server_timer_slack_us * 1000)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{pid}\n")
         return pid

@@ -157,7 +157,7 @@ def drift_warnings(settings: Settings, outcomes: list[Outcome]) -> list[str]:
         if not outcome.up or not outcome.detail.startswith("already running"):
             continue
         try:
-            drift = svc.config_drift()
+            drift = svc.config_drift() + svc.slack_drift()
         except Exception as exc:  # noqa: BLE001 - a warning that could not be computed
             lines.append(f"{svc.name:<10} ?     could not compare its config: {exc!r}")
             continue
