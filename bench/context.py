@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import sys
@@ -27,6 +28,7 @@ from api.dependencies import REDIS_TIMEOUT_S
 from bench.graph import Graph, TweetFactory, scaled_spec
 from bench.profile_worker import ProfiledWorker
 from bench.sysstats import ProcessSet, pid_listening_on
+from localenv.worker import Worker
 from localenv.workload import KEY_OF, TOPIC_OF, produce, topic_name
 from ops.lag import CaughtUp, LagMonitor
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async
@@ -177,13 +179,26 @@ class RunContext:
         self.graph: Graph | None = None
         self.factory: TweetFactory | None = None
         self.worker: ProfiledWorker | None = None
+        # ``TL_BENCH_WORKERS=N``: N-1 more workers in the same consumer group (partitions split
+        # among them, as ``bench.scale_workers`` starts them); only the first is profiled and
+        # its metrics scraped, every worker's CPU is counted ("worker 2", ...).
+        self.worker_count = int(os.environ.get("TL_BENCH_WORKERS", "1"))
+        self.extra_workers: list[Worker] = []
         self.monitor: LagMonitor | None = None
         self.capacity: float | None = None  # deliveries/s, measured by the fanout throughput phase
         self.readers: dict[str, list[int]] | None = None  # reader groups of the in-process reads phase
 
+    def start_extra_workers(self) -> None:
+        for n in range(2, self.worker_count + 1):
+            settings = dataclasses.replace(self.settings, faust_datadir=str(self.workdir / f"faust-{n}"),
+                                           worker_name=f"bench-worker-{n}")
+            self.extra_workers.append(Worker(settings, self.workdir / f"worker-{n}.log").start())
+
     def check_worker(self) -> None:
         if self.worker is not None:
             self.worker.check()
+        for w in self.extra_workers:
+            w.check()
 
     async def wait_zero(self, *, timeout: float, desc: str) -> CaughtUp:
         """Zero consumer lag for 1 s (polled every 0.25 s), with a progress bar."""
@@ -231,6 +246,8 @@ class RunContext:
         from localenv.services import services
 
         single = {"worker": self.worker.proc.pid, "bench (load generator)": os.getpid()}
+        for n, w in enumerate(self.extra_workers, start=2):
+            single[f"worker {n}"] = w.proc.pid
         tree = {}
         for svc in services(self.base):
             # Servers started by another checkout (reused) have no pid file here.

@@ -75,7 +75,8 @@ def header(doc: Doc, r: dict) -> None:
              f"{mach.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. Commit {m.get('git_commit')}. "
              f"Whole run {m.get('duration_s')} s."
              + (f" Cassandra: {m['cassandra']}." if m.get("cassandra") else ""))
-    doc.para(f"All four servers, one Faust worker and the load generators share these {mach.get('nproc')} cores; "
+    workers = m.get("workers", 1)
+    doc.para(f"All four servers, {'one Faust worker' if workers == 1 else f'{workers} Faust workers (TL_BENCH_WORKERS)'} and the load generators share these {mach.get('nproc')} cores; "
              "other people's test runs may too (each phase reports the machine's busy share and the CPU used outside "
              "the benchmark's processes). Numbers are a floor for dedicated servers.")
     doc.para(f"Dataset: {ds.get('users'):,} users ({ds.get('accounts_with_followers'):,} with followers, "

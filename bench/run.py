@@ -86,7 +86,7 @@ class Bench:
         began = time.monotonic()
         ctx.report["meta"] = {
             "timestamp": ctx.stamp, "scale": ctx.args.scale, "seed": ctx.args.seed, "tag": ctx.tag,
-            "machine": machine(), "git_commit": _git_rev(),
+            "machine": machine(), "git_commit": _git_rev(), "workers": ctx.worker_count,
             "note": ("Kafka, Cassandra, Redis, PostgreSQL, the worker and this load generator share this machine; "
                      "other people's test runs may share it too (see loadavg and outside_these_processes_cpu_s)."),
         }
@@ -125,6 +125,9 @@ class Bench:
     async def stop_worker(self) -> None:
         """Stop the worker (if running) and keep the tail of its log beside the results."""
         ctx = self.ctx
+        for w in ctx.extra_workers:
+            await asyncio.to_thread(w.stop)
+        ctx.extra_workers = []
         if ctx.worker is not None:
             log_path = ctx.worker.log_path
             await asyncio.to_thread(ctx.worker.stop)
