@@ -25,6 +25,7 @@ from cassandra.cluster import Cluster
 from cassandra.query import BatchStatement, BatchType
 
 from bench.sysstats import pid_listening_on, proc_cpu
+from localenv.host import timer_slack_ns
 from settings import get_settings
 
 PATTERNS = (("13 x 32 rows every 80 ms", 13, 0.08), ("130 x 32 rows every 800 ms", 130, 0.8),
@@ -77,7 +78,9 @@ def main() -> None:
     pid = pid_listening_on(port)
     if pid is None:
         raise SystemExit(f"no Cassandra listening on {port}: ./dev services up")
-    own = int(open(f"/proc/{pid}/timerslack_ns").read())
+    own = timer_slack_ns(pid)
+    if own is None:
+        raise SystemExit(f"cannot read the timer slack of Cassandra's pid {pid} (root?)")
     keyspace = f"bench_slack_{uuid.uuid4().hex[:8]}"
     cluster = Cluster([host], port=port)
     session = cluster.connect()

@@ -188,8 +188,11 @@ class RunContext:
         self.capacity: float | None = None  # deliveries/s, measured by the fanout throughput phase
         self.readers: dict[str, list[int]] | None = None  # reader groups of the in-process reads phase
 
-    def start_extra_workers(self) -> None:
-        for n in range(2, self.worker_count + 1):
+    def start_extra_workers(self, count: int) -> None:
+        """More workers in the consumer group (each its own RocksDB folder and name) until
+        ``count`` run, the first (``self.worker``) included."""
+        while 1 + len(self.extra_workers) < count:
+            n = 2 + len(self.extra_workers)
             settings = dataclasses.replace(self.settings, faust_datadir=str(self.workdir / f"faust-{n}"),
                                            worker_name=f"bench-worker-{n}")
             self.extra_workers.append(Worker(settings, self.workdir / f"worker-{n}.log").start())

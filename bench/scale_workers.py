@@ -68,7 +68,7 @@ def render(report: dict[str, Any]) -> str:
 async def measure(ctx: RunContext, workers: list[Worker], deliveries: int) -> dict[str, Any]:
     settle = await ctx.burst(ctx.draw_tweets(deliveries / 10), f"settle {len(workers)} workers", timeout=900)
     procs = ctx.pids()
-    single = {k: v for k, v in procs.single.items() if k != "worker"}
+    single = {k: v for k, v in procs.single.items() if not k.startswith("worker")}  # named below
     single.update({f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)})
     window = CpuWindow(ProcessSet(single=single, tree=procs.tree)).start()
     burst = await ctx.burst(ctx.draw_tweets(deliveries), f"burst with {len(workers)} workers", timeout=1800)
@@ -94,7 +94,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                        "deliveries_per_burst": args.deliveries,
                                        "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
                               "runs": []}
-    extra: list[Worker] = []
     try:
         await provision(ctx.settings)
         ctx.graph = generate(ctx.spec, args.seed)
@@ -103,16 +102,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log("--- graph_load (one worker)")
         report["graph_load"] = await graph_load.run(ctx)
         for count in args.workers:
-            while 1 + len(extra) < count:
-                n = 2 + len(extra)
-                settings = dataclasses.replace(ctx.settings, faust_datadir=str(ctx.workdir / f"faust-{n}"),
-                                               worker_name=f"bench-worker-{n}")
-                extra.append(Worker(settings, ctx.workdir / f"worker-{n}.log").start())
+            ctx.start_extra_workers(count)
             log(f"--- {count} worker(s)")
-            report["runs"].append(await measure(ctx, [ctx.worker, *extra][:count], args.deliveries))
+            report["runs"].append(await measure(ctx, [ctx.worker, *ctx.extra_workers][:count], args.deliveries))
             log(f"{count} worker(s): {report['runs'][-1]['deliveries_per_s']} deliveries/s")
     finally:
-        for w in extra:
+        for w in ctx.extra_workers:
             await asyncio.to_thread(w.stop)
         if ctx.worker is not None:
             await asyncio.to_thread(ctx.worker.stop)

@@ -21,7 +21,7 @@ async def run(ctx: RunContext) -> dict[str, Any]:
     g = ctx.graph
     assert g is not None
     ctx.worker = ProfiledWorker(ctx.settings, ctx.workdir / "worker.log", ctx.workdir / "profile").start()
-    ctx.start_extra_workers()
+    ctx.start_extra_workers(ctx.worker_count)
     ctx.monitor = await LagMonitor(ctx.settings).start()
     now = int(time.time() * 1000)
     t0 = time.time()
