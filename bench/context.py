@@ -185,7 +185,11 @@ class RunContext:
         self.worker_count = int(os.environ.get("TL_BENCH_WORKERS", "1"))
         self.extra_workers: list[Worker] = []
         self.monitor: LagMonitor | None = None
-        self.capacity: float | None = None  # deliveries/s, measured by the fanout throughput phase
+        # deliveries/s, measured by the fanout throughput phase; ``TL_BENCH_CAPACITY`` gives it
+        # when that phase is skipped (``--skip ceilings,fanout_throughput``: the lag points of an
+        # earlier run's capacity, e.g. to profile one of them without the burst before it)
+        given = os.environ.get("TL_BENCH_CAPACITY", "")
+        self.capacity: float | None = float(given) if given else None
         self.readers: dict[str, list[int]] | None = None  # reader groups of the in-process reads phase
 
     def start_extra_workers(self, count: int) -> None:
