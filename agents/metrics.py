@@ -215,6 +215,84 @@ def watch_gc() -> None:
         gc.callbacks.append(GcPauses(GC_PAUSE))
 
 
+def lean_monitor(metrics: Any) -> Any:
+    """Faust's ``PrometheusMonitor`` with the same metrics, cheaper per message: faust's looks up
+    each labelled child (``.labels(...)``: keyword checks, a lock, a dict of label tuples) and
+    normalizes the stream's label (string work) on every message, event, table read or write
+    and send (4-5% of the worker's GIL-holding samples at a quarter of the burst capacity,
+    py-spy, 2026-12-04; a message in, its event in and out, two table operations, a send and
+    an end offset: 31-50 us with faust's, 17-31 us with this one, same machine). This one keeps
+    the children it used (the labels take a few values: topics, partitions, streams, tables)
+    and forgets them whenever faust removes children (a rebalance)."""
+    from faust.sensors.monitor import Monitor
+    from faust.sensors.prometheus import PrometheusMonitor
+
+    class LeanPrometheusMonitor(PrometheusMonitor):
+        def __init__(self, metrics: Any, **kwargs: Any) -> None:
+            super().__init__(metrics, **kwargs)
+            self._children: dict[tuple, Any] = {}
+            self._stream_labels: dict[Any, str] = {}
+
+        def _child(self, metric: Any, *labels: Any) -> Any:
+            key = (id(metric), *labels)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = metric.labels(*labels)
+            return child
+
+        def _stream_label(self, stream: Any) -> str:
+            label = self._stream_labels.get(stream)
+            if label is None:
+                label = self._stream_labels[stream] = super()._stream_label(stream)
+            return label
+
+        def _clear_partition_related_metrics(self) -> None:
+            super()._clear_partition_related_metrics()
+            self._children.clear()
+            self._stream_labels.clear()
+
+        def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+            Monitor.on_message_in(self, tp, offset, message)
+            m = self._metrics
+            m.messages_received.inc()
+            m.active_messages.inc()
+            self._child(m.messages_received_per_topics, tp.topic).inc()
+            self._child(m.messages_received_per_topics_partition, tp.topic, tp.partition).set(offset)
+
+        def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Any:
+            state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
+            m = self._metrics
+            m.total_events.inc()
+            m.total_active_events.inc()
+            self._child(m.total_events_per_stream, f"stream.{self._stream_label(stream)}.events").inc()
+            return state
+
+        def _table_op(self, table: Any, operation: str) -> None:
+            self._child(self._metrics.table_operations, f"table.{table.name}", operation).inc()
+
+        def on_table_get(self, table: Any, key: Any) -> None:
+            Monitor.on_table_get(self, table, key)
+            self._table_op(table, self.KEYS_RETRIEVED)
+
+        def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+            Monitor.on_table_set(self, table, key, value)
+            self._table_op(table, self.KEYS_UPDATED)
+
+        def on_table_del(self, table: Any, key: Any) -> None:
+            Monitor.on_table_del(self, table, key)
+            self._table_op(table, self.KEYS_DELETED)
+
+        def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
+            self._child(self._metrics.topic_messages_sent, f"topic.{topic}").inc()
+            return Monitor.on_send_initiated(self, producer, topic, message, keysize, valsize)
+
+        def track_tp_end_offset(self, tp: Any, offset: int) -> None:
+            Monitor.track_tp_end_offset(self, tp, offset)
+            self._child(self._metrics.topic_partition_end_offset, tp.topic, tp.partition).set(offset)
+
+    return LeanPrometheusMonitor(metrics=metrics)
+
+
 def install(app: Any, topics: Iterable[str]) -> None:
     """Faust's sensor metrics (``faust_*``) and ours, at ``GET /metrics`` of the worker;
     ``topics`` are the source topics whose consumer lag is reported."""
@@ -223,6 +301,7 @@ def install(app: Any, topics: Iterable[str]) -> None:
     from agents.failures import retrying_now
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
+    app.monitor = lean_monitor(app.monitor._metrics)  # (the same metrics: see lean_monitor)
     REGISTRY.register(ConsumerLagCollector(app, topics))
     watch_gc()
 
