@@ -133,6 +133,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_wait_seconds(pid: int) -> float:
+    """Time the threads of a process spent runnable but waiting for a CPU (Linux schedstat,
+    summed over the threads alive now): on a machine whose cores the servers share, the part of
+    a latency that is the scheduler's, not the process's work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -275,14 +288,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await c.open()
             clients.append(c)
             probes.append((c, 3 * 10**15 + i))
-        def cpu() -> tuple[float, float, float]:
-            return cpu_seconds(service.proc.pid), cpu_seconds(worker.proc.pid), time.perf_counter()
+        def cpu() -> tuple[float, float, float, float, float]:
+            q, w = service.proc.pid, worker.proc.pid
+            return cpu_seconds(q), cpu_seconds(w), time.perf_counter(), run_wait_seconds(q), run_wait_seconds(w)
 
         async def delays() -> stage_times.Snapshot:
             return await asyncio.to_thread(stage_times.scrape, port, 5.0, {DELAY: ""})
 
-        def account(point: dict[str, Any], before: tuple[float, float, float], events: int) -> None:
-            (q0, w0, t0), (q1, w1, t1) = before, cpu()
+        def account(point: dict[str, Any], before: tuple[float, ...], events: int) -> None:
+            (q0, w0, t0, qw0, ww0), (q1, w1, t1, qw1, ww1) = before, cpu()
+            point["query_run_wait_ms_per_s"] = round((qw1 - qw0) * 1000 / (t1 - t0), 1)
+            point["worker_run_wait_ms_per_s"] = round((ww1 - ww0) * 1000 / (t1 - t0), 1)
             point["wall_s"] = round(t1 - t0, 1)
             point["stream_events"] = events
             point["query_cpu_share"] = round((q1 - q0) / (t1 - t0), 2)
@@ -360,16 +376,20 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"| {label} | {d['count']} | {d['mean_ms']} | {d['p50_ms_at_most']} | {d['p99_ms_at_most']} | "
                          f"{d['share_within_ms'].get('50.0', float('nan')):.2%} |")
     lines += ["", "| load | seconds | stream events | query CPU (share of a core) | query CPU ms / stream event | "
-              "worker CPU (share) | worker CPU ms / stream event | background events received / expected |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "worker CPU (share) | worker CPU ms / stream event | query / worker waiting for a CPU (ms per s) | "
+              "background events received / expected |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, r in points:
         lines.append(f"| {label} | {r['wall_s']} | {r['stream_events']} | {r['query_cpu_share']} | {r['query_cpu_ms_per_event']} | "
                      f"{r['worker_cpu_share']} | {r['worker_cpu_ms_per_event']} | "
+                     f"{r.get('query_run_wait_ms_per_s', '-')} / {r.get('worker_run_wait_ms_per_s', '-')} | "
                      f"{r.get('background_events_received', '-')} / {r.get('background_events_expected', '-')} |")
     lines += ["", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
               "notice -> event is the stream's part: the goal is within 50 ms of the timeline write. "
               "CPU per stream event: the process's CPU over the probe rounds divided by the tweet events its "
-              "open streams received meanwhile (idle: the probes' alone, heartbeats included)."]
+              "open streams received meanwhile (idle: the probes' alone, heartbeats included). Waiting for a CPU: "
+              "the time the process's threads were runnable but not running (`/proc/<pid>/task/*/schedstat`), "
+              "per second of the point."]
     return "\n".join(lines) + "\n"
 
 
