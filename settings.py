@@ -192,11 +192,6 @@ class Settings:
     # as an event is buffered); a pace trades up to that much latency for fewer, larger batches.
     fanout_pace_ms: int = _env("TL_FANOUT_PACE_MS", 0, int)
     deliver_pace_ms: int = _env("TL_DELIVER_PACE_MS", 0, int)
-    # How long the worker's main thread (the stages' event loop) may hold the GIL while another
-    # thread of the process (Kafka's consumer thread, the Cassandra driver's) waits for it
-    # (sys.setswitchinterval, in microseconds; CPython's default is 5,000). A reply that
-    # arrived on a driver thread waits up to this long before its callback can run.
-    worker_switch_interval_us: int = _env("TL_WORKER_SWITCH_INTERVAL_US", 5000, int)
     # Stage 2 writes a batch in chunks of users of at most this many rows (Cassandra, then
     # metadata, then Redis and live notices, per chunk; policies/chunks.py), this many chunks
     # in flight: timelines change progressively and one chunk's Redis work overlaps another's
@@ -318,8 +313,6 @@ class Settings:
             raise ValueError("TL_DELIVER_OVERLAP must be >= 0")
         if min(self.projection_pace_ms, self.fanout_pace_ms, self.deliver_pace_ms) < 0:
             raise ValueError("TL_PROJECTION_PACE_MS, TL_FANOUT_PACE_MS and TL_DELIVER_PACE_MS must be >= 0")
-        if not 1 <= self.worker_switch_interval_us <= 1_000_000:
-            raise ValueError("TL_WORKER_SWITCH_INTERVAL_US must be in 1..1000000 (microseconds)")
         if not 1024 <= self.event_max_bytes <= 512 * 1024:
             raise ValueError("TL_EVENT_MAX_BYTES must be in 1024..524288")
         if not 16 * 1024 <= self.delivery_max_bytes <= 900 * 1024:

@@ -10,15 +10,11 @@ consumer thread's) at half the fanout capacity (py-spy, 2026-12-01). A worker ru
 headless (its output is a log file or a service manager's journal), so it never spins.
 
 Once started, the worker tunes the garbage collector (``gc_tuning``: with CPython's defaults it
-ran a full collection every 2-3 s under load, each a 90-500 ms pause of both stages), and sets
-the interpreter's switch interval (``TL_WORKER_SWITCH_INTERVAL_US``): how long the stages'
-event loop may keep the GIL from the threads that bring Kafka's fetches and Cassandra's
-replies in.
+ran a full collection every 2-3 s under load, each a 90-500 ms pause of both stages).
 """
 from __future__ import annotations
 
 import logging
-import sys
 
 import faust
 
@@ -32,12 +28,4 @@ class Worker(faust.Worker):
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
-        from faust_app import settings  # the app's settings (this module is imported by faust_app)
-
-        tune_process(settings.worker_switch_interval_us)
-
-
-def tune_process(switch_interval_us: int) -> None:
-    """The collector (``gc_tuning``) and the interpreter's switch interval, once started."""
-    tune_gc()
-    sys.setswitchinterval(switch_interval_us / 1e6)
+        tune_gc()

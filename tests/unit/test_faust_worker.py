@@ -52,28 +52,3 @@ def test_once_started_the_collector_spares_the_start_up_heap_and_collects_young_
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
-
-
-def test_once_started_the_worker_sets_the_switch_interval_it_is_configured_with() -> None:
-    import gc
-    import sys
-
-    from streams.faust_worker import tune_process
-
-    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
-    try:
-        tune_process(1000)
-        assert sys.getswitchinterval() == pytest.approx(0.001)
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
-        sys.setswitchinterval(interval)
-
-
-@pytest.mark.parametrize("raw", ["0", "-5", "1000001"])
-def test_a_switch_interval_out_of_range_is_refused(raw: str) -> None:
-    from settings import Settings
-
-    assert Settings.from_env({"TL_WORKER_SWITCH_INTERVAL_US": "1000"}).worker_switch_interval_us == 1000
-    with pytest.raises(ValueError, match="TL_WORKER_SWITCH_INTERVAL_US"):
-        Settings.from_env({"TL_WORKER_SWITCH_INTERVAL_US": raw})
