@@ -44,6 +44,7 @@ from redis.asyncio import Redis
 from api.auth import hash_token, new_token
 from bench import stage_times
 from bench.context import Publisher, bench_settings, log, provision
+from bench.sysstats import run_wait_seconds
 from localenv.worker import Worker
 from ops.faults.cluster import ServiceProcess
 from ops.lag import wait_caught_up
@@ -131,19 +132,6 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def run_wait_seconds(pid: int) -> float:
-    """Time the threads of a process spent runnable but waiting for a CPU (Linux schedstat,
-    summed over the threads alive now): on a machine whose cores the servers share, the part of
-    a latency that is the scheduler's, not the process's work."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue  # a thread that ended meanwhile
-    return total / 1e9
 
 
 def pct(values: list[float], q: float) -> float:

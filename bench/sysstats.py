@@ -5,6 +5,7 @@
   descendants, e.g. PostgreSQL's postmaster and its backends, counting exited
   ones through their parent's ``cutime``) whose CPU is read before and after a phase;
 * ``thread_cpu(pid)``: CPU seconds of a process's main thread and of its other threads;
+* ``run_wait_seconds(pid)``: how long a process's threads were runnable but waiting for a CPU;
 * ``system_cpu()``: busy and total jiffies of the whole machine, to show how much
   of it went to processes outside the benchmark (other people's tests).
 """
@@ -122,6 +123,19 @@ def threads_now(pid: int) -> dict[int, tuple[str, float]]:
         f = raw.rsplit(")", 1)[1].split()
         out[int(tid)] = (raw[raw.index("(") + 1:raw.rindex(")")], (int(f[11]) + int(f[12])) / TICK)
     return out
+
+
+def run_wait_seconds(pid: int) -> float:
+    """Time the threads of a process spent runnable but waiting for a CPU (schedstat, summed over
+    the threads alive now): on a machine whose cores the servers share, the part of a latency
+    that is the scheduler's, not the process's work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def by_kind_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
