@@ -103,6 +103,12 @@ class Settings:
     # every 80 ms (0.17 against 0.36 of a core, the writes' latency the same; docs/operations.md,
     # "Timer slack of the local servers"). 0 leaves the kernel's default.
     server_timer_slack_us: int = _env("TL_SERVER_TIMER_SLACK_US", 500, int)
+    # The nice value of the session (Linux autogroup) of the worker, its supervisor and the HTTP
+    # services when they lead their own session (cpu_priority.py): on a machine they share with
+    # the servers, Linux shares the CPUs between sessions, so this is what lets their threads
+    # run when they are woken instead of queueing behind the servers' (docs/operations.md). 0
+    # leaves the default; a negative value needs CAP_SYS_NICE (without it: a log line, no change).
+    session_nice: int = _env("TL_SESSION_NICE", -10, int)
     # UNLOGGED batches each client keeps in flight per bulk write (sinks/cassandra.py).
     cassandra_batches_in_flight: int = _env("TL_CASSANDRA_BATCHES_IN_FLIGHT", 32, int)
     # Replication of the keyspace ops/schema.py creates: without a local DC, SimpleStrategy

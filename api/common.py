@@ -27,6 +27,7 @@ from api import errors
 from api.body import BodyLimitMiddleware
 from api.observe import ObserveMiddleware
 from api.openapi import describe_app
+from cpu_priority import raise_priority
 from gc_tuning import GC_BUCKETS, GcPauses, tune_gc
 from logs import dict_config
 from settings import Settings, get_settings
@@ -348,6 +349,7 @@ def serve(
                                    server_header=False, access_log=False,
                                    log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"),
                                    **fast_server_options())
+    raise_priority(get_settings().session_nice)  # before uvicorn forks any worker process: they inherit it
     if args.workers > 1:
         module = create_app.__module__
         if module == "__main__":  # python -m query.service: the workers import it by its name

@@ -74,7 +74,9 @@ def header(doc: Doc, r: dict) -> None:
              f"Linux {mach.get('kernel')}, Python {mach.get('python')}; load average at start "
              f"{mach.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. Commit {m.get('git_commit')}. "
              f"Whole run {m.get('duration_s')} s."
-             + (f" Cassandra: {m['cassandra']}." if m.get("cassandra") else ""))
+             + (f" Cassandra: {m['cassandra']}." if m.get("cassandra") else "")
+             + (f" Worker session (autogroup) nice: {m['worker_session_nice']} (TL_SESSION_NICE, cpu_priority.py)."
+                if m.get("worker_session_nice") is not None else ""))
     workers = m.get("workers", 1)
     doc.para(f"All four servers, {'one Faust worker' if workers == 1 else f'{workers} Faust workers (TL_BENCH_WORKERS)'} and the load generators share these {mach.get('nproc')} cores; "
              "other people's test runs may too (each phase reports the machine's busy share and the CPU used outside "

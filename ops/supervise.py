@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from cpu_priority import raise_priority
 from ops.group import GroupWatch, describe, remove_worker
 from settings import Settings, get_settings
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = [sys.executable, "-m", "faust", "-A", "faust_app", "worker", *(args.worker_args or ["-l", "info"])]
+    raise_priority(get_settings().session_nice)  # the worker runs in this session
     return asyncio.run(supervise(args.name, command, args.restart_delay))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from bench.context import READ_LIMIT, RunContext, bar, open_reader
 from bench.profile_worker import ProfiledWorker
+from cpu_priority import session_nice
 from localenv.workload import produce
 from ops.lag import LagMonitor
 
@@ -27,6 +28,8 @@ async def run(ctx: RunContext) -> dict[str, Any]:
     t0 = time.time()
     await produce(ctx.settings, g.activity_events(now))
     started = await ctx.wait_zero(timeout=300, desc="worker start + activity")
+    # The worker's CPU priority on this shared machine (cpu_priority.py), set once it started.
+    ctx.report["meta"]["worker_session_nice"] = session_nice(ctx.worker.proc.pid)
     follows = list(g.follow_events(now))
     t1 = time.time()
     await produce(ctx.settings, follows)
