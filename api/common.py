@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging.config
 import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
@@ -349,6 +350,7 @@ def serve(
                                    server_header=False, access_log=False,
                                    log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"),
                                    **fast_server_options())
+    logging.config.dictConfig(options["log_config"])  # (uvicorn applies it again) so that this line is JSON too
     raise_priority(get_settings().session_nice)  # before uvicorn forks any worker process: they inherit it
     if args.workers > 1:
         module = create_app.__module__

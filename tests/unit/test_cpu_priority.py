@@ -59,3 +59,24 @@ def test_a_process_started_in_its_own_session_sets_that_session(tmp_path: Path) 
         assert "CAP_SYS_NICE" in reason and nice == "0"
     else:
         assert reason == "session (autogroup) nice -3" and nice == "-3"
+
+
+def test_without_cap_sys_nice_it_says_so_and_changes_nothing() -> None:
+    """The refusal path for real: the child runs without CAP_SYS_NICE (setpriv drops it from a
+    root test run; any other user has none)."""
+    import shutil
+    import subprocess
+    import sys
+    drop = [] if os.geteuid() != 0 else [shutil.which("setpriv") or "setpriv", "--bounding-set=-sys_nice",
+                                         "--inh-caps=-sys_nice"]
+    code = ("import os, cpu_priority; print(cpu_priority.raise_priority(-3)); "
+            "print(cpu_priority.session_nice(os.getpid()))")
+    out = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         cwd=Path(__file__).resolve().parents[2], start_new_session=True, check=True)
+    reason, nice = out.stdout.split("\n")[:2]
+    if not Path("/proc/self/autogroup").exists():  # a kernel without autogroups: nothing to refuse
+        assert "no /proc/self/autogroup" in reason and nice == "None"
+        return
+    assert reason.startswith("could not set the session's nice to -3") and "CAP_SYS_NICE" in reason
+    assert nice == "0"
+    assert "TL_SESSION_NICE=0 runs without trying" in out.stderr  # the one warning line
