@@ -44,15 +44,22 @@ def test_session_nice_reads_the_autogroup_line() -> None:
     assert session_nice(2**22 + 12345) is None  # no such process
 
 
-def test_a_process_started_in_its_own_session_sets_that_session(tmp_path: Path) -> None:
-    """The real thing, as the launchers start the processes: a child in a new session."""
+def _child(*prefix: str) -> tuple[str, str, str]:
+    """A child in a session of its own (as the launchers start the processes) that raises its
+    priority to -3: what raise_priority said, its session's nice afterwards, and its stderr."""
     import subprocess
     import sys
     code = ("import os, cpu_priority; print(cpu_priority.raise_priority(-3)); "
             "print(cpu_priority.session_nice(os.getpid()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         cwd=Path(__file__).resolve().parents[2], start_new_session=True, check=True).stdout.split("\n")
-    reason, nice = out[0], out[1]
+    out = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         cwd=Path(__file__).resolve().parents[2], start_new_session=True, check=True)
+    reason, nice = out.stdout.split("\n")[:2]
+    return reason, nice, out.stderr
+
+
+def test_a_process_started_in_its_own_session_sets_that_session() -> None:
+    """The real thing, as the launchers start the processes."""
+    reason, nice, _ = _child()
     if not Path("/proc/self/autogroup").exists():
         assert "no /proc/self/autogroup" in reason and nice == "None"
     elif reason.startswith("could not"):  # no CAP_SYS_NICE: said, and nothing changed
@@ -65,18 +72,12 @@ def test_without_cap_sys_nice_it_says_so_and_changes_nothing() -> None:
     """The refusal path for real: the child runs without CAP_SYS_NICE (setpriv drops it from a
     root test run; any other user has none)."""
     import shutil
-    import subprocess
-    import sys
     drop = [] if os.geteuid() != 0 else [shutil.which("setpriv") or "setpriv", "--bounding-set=-sys_nice",
                                          "--inh-caps=-sys_nice"]
-    code = ("import os, cpu_priority; print(cpu_priority.raise_priority(-3)); "
-            "print(cpu_priority.session_nice(os.getpid()))")
-    out = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         cwd=Path(__file__).resolve().parents[2], start_new_session=True, check=True)
-    reason, nice = out.stdout.split("\n")[:2]
+    reason, nice, stderr = _child(*drop)
     if not Path("/proc/self/autogroup").exists():  # a kernel without autogroups: nothing to refuse
         assert "no /proc/self/autogroup" in reason and nice == "None"
         return
     assert reason.startswith("could not set the session's nice to -3") and "CAP_SYS_NICE" in reason
     assert nice == "0"
-    assert "TL_SESSION_NICE=0 runs without trying" in out.stderr  # the one warning line
+    assert "TL_SESSION_NICE=0 runs without trying" in stderr  # the one warning line
