@@ -363,10 +363,8 @@ class RecipientBatch:
         for (user_id, tweet_id), (present, author_id) in w.rows.items():
             if user_id not in w.invalidate:
                 (adds if present else removes).setdefault(user_id, []).append((tweet_id, author_id))
-        timelines, live_channels = self.sinks.timelines, self.sinks.live
-        # The push also counts the pushed users' stream subscribers (one Redis; None on a cluster).
-        prefix = live_channels.user_prefix() if live_channels.redis is timelines.redis else None
-        heard = await with_retry("redis push", lambda: timelines.push_many(adds, listeners=prefix))
+        timelines = self.sinks.timelines
+        await with_retry("redis push", lambda: timelines.push_many(adds))
         await with_retry("redis unpush", lambda: timelines.unpush_many(removes))
         await with_retry("redis invalidate", lambda: timelines.invalidate(w.invalidate))
         if w.following:  # cached following lists (query/view.py): dropped after Cassandra
@@ -375,7 +373,7 @@ class RecipientBatch:
         # Last, best effort: open streams of these users read what was just written. Notices
         # are built only for users with an open stream (most have none).
         touched = {u for u, _ in w.rows} | {u for u, _ in w.following} | w.invalidate
-        live = await live_channels.listening_users(touched, known=None if heard is None else (adds, heard))
+        live = await self.sinks.live.listening_users(touched)
         if live:
             follows = {k: since is not None for k, since in w.following.items()}
             await self.sinks.live.publish_users(stage_notices(

@@ -7,11 +7,6 @@ Each round pushes one entry to each of ``--users`` users drawn from 1,000 (half 
 cached), as stage 2 does under a steady load (about one entry per user per batch), on the
 configured Redis (``TL_REDIS_URL``); the two forms alternate, twice each. Reports this
 process's CPU (``time.process_time``) and Redis's (``INFO cpu``) per entry.
-
-Then stage 2's question after a push, who of these users has an open stream (a tenth of them
-subscribed, on another connection): asked with ``PUBSUB NUMSUB`` after the push
-(``LiveChannels.listening_users``, a cluster's way) against counted by the push script
-(``push_many(..., listeners=...)``, one Redis); the same measures, and the wall time per round.
 """
 from __future__ import annotations
 
@@ -23,7 +18,6 @@ import time
 from redis.asyncio import Redis
 
 from settings import get_settings
-from sinks.redis_live import LiveChannels
 from sinks.redis_timeline import RedisTimelines, member
 
 
@@ -52,44 +46,11 @@ async def main(rounds: int, per_round: int) -> None:
             server = await redis_cpu(r) - server
             print(f"{'joined' if joined else 'keys per user'}: {cpu / entries * 1e6:.2f} us client CPU, "
                   f"{server / entries * 1e6:.2f} us Redis CPU per entry")
-        await listeners(r, timelines, users, rounds, per_round, rng)
     finally:
         keys = [k async for k in r.scan_iter(match="bench-pushcost:*")]
         if keys:
             await r.delete(*keys)
         await r.aclose()
-
-
-async def listeners(r: Redis, timelines: RedisTimelines, users: list[int], rounds: int, per_round: int,
-                    rng: random.Random) -> None:
-    """Push, then who listens: a PUBSUB NUMSUB after the push, or counted by the push script."""
-    live = LiveChannels(r, prefix="bench-pushcost:")
-    other = Redis.from_url(get_settings().redis_url)
-    pubsub = other.pubsub()
-    await pubsub.subscribe(*(live.user(u) for u in users[::10]))
-    timelines.joined = True
-    try:
-        for in_script in (False, True, False, True):
-            cpu, wall, entries, heard, server = 0.0, 0.0, 0, 0, await redis_cpu(r)
-            for rnd in range(rounds):
-                adds = {u: [(10**18 + rnd, 7)] for u in rng.sample(users, per_round)}
-                began, began_wall = time.process_time(), time.perf_counter()
-                if in_script:
-                    found = await timelines.push_many(adds, listeners=live.user_prefix())
-                else:
-                    await timelines.push_many(adds)
-                    found = await live.listening_users(adds)
-                cpu += time.process_time() - began
-                wall += time.perf_counter() - began_wall
-                entries += per_round
-                heard += len(found or ())
-            server = await redis_cpu(r) - server
-            print(f"push and {'count in the script' if in_script else 'PUBSUB NUMSUB after it'}: "
-                  f"{cpu / entries * 1e6:.2f} us client CPU, {server / entries * 1e6:.2f} us Redis CPU per entry, "
-                  f"{wall / rounds * 1e3:.2f} ms per round of {per_round} users ({heard / rounds:.0f} listening)")
-    finally:
-        await pubsub.aclose()
-        await other.aclose()
 
 
 if __name__ == "__main__":

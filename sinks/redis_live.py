@@ -10,13 +10,9 @@ Channels (``policies/stream.py`` has the message, :class:`~policies.stream.Notic
   channels of the celebrities its user follows);
 * ``{prefix}live:celebrities`` - stage 1 when an author becomes or stops being a celebrity.
 
-Notices are built only for channels with a subscriber (``listening``). On one Redis, stage 2's
-push script counts the subscribers of the users it pushes to (``RedisTimelines.push_many``'s
-``listeners``: no round trip of its own, and atomic with the push); the other users of a chunk
-are asked with one ``PUBSUB NUMSUB``. On a Redis Cluster this is the cluster's classic pub/sub:
-a PUBLISH (sent to the node of the channel's slot) reaches the subscribers of every node, and
-``PUBSUB NUMSUB`` is asked of every node and summed; the query service's hub subscribes on any
-one node (``query/live.py``).
+On a Redis Cluster this is the cluster's classic pub/sub: a PUBLISH (sent to the node of the
+channel's slot) reaches the subscribers of every node, and ``PUBSUB NUMSUB`` is asked of every
+node and summed; the query service's hub subscribes on any one node (``query/live.py``).
 
 Redis is a cache here too: a publish is made once, after the stores were written, and a
 failure is logged and counted, never retried or allowed to stall a batch. A lost notice
@@ -47,12 +43,7 @@ class LiveChannels:
         self.prefix = prefix
 
     def user(self, user_id: int) -> str:
-        return f"{self.user_prefix()}{user_id}"
-
-    def user_prefix(self) -> str:
-        """A user's channel is this and the id: what the push script counts subscribers of
-        (``RedisTimelines.push_many``'s ``listeners``)."""
-        return f"{self.prefix}live:u:"
+        return f"{self.prefix}live:u:{user_id}"
 
     def author(self, author_id: int) -> str:
         return f"{self.prefix}live:a:{author_id}"
@@ -86,17 +77,9 @@ class LiveChannels:
         LIVE_PUBLISHED.labels("no_listener").inc(len(channels) - len(live))
         return live
 
-    async def listening_users(self, users: Iterable[int], *,
-                              known: tuple[Iterable[int], set[int]] | None = None) -> set[int]:
-        """The users with a subscriber on their channel. ``known``: (users, those with one) already
-        counted elsewhere (the push script, ``RedisTimelines.push_many``); only the others are asked."""
-        live: set[int] = set()
-        if known is not None:
-            checked, live = set(known[0]), set(known[1])
-            LIVE_PUBLISHED.labels("no_listener").inc(len(checked) - len(live))
-            users = [u for u in users if u not in checked]
+    async def listening_users(self, users: Iterable[int]) -> set[int]:
         by_channel = {self.user(u): u for u in users}
-        return live | {by_channel[c] for c in await self.listening(by_channel)}
+        return {by_channel[c] for c in await self.listening(by_channel)}
 
     async def publish(self, notices: Mapping[str, Notice]) -> None:
         """PUBLISH each notice whose channel somebody listens to (``listening``), best effort

@@ -93,12 +93,8 @@ return 1
 # redis-py packing an argument per member and two keys per user took ~8% of the worker's main
 # thread at a steady 50% load (a profile of the benchmark's point); joined, the client's CPU per
 # entry fell from 7.4-8.2 to 2.7-2.8 us, Redis's stayed 6.4-6.5 (``bench/redis_push_cost.py``).
-# ARGV[7], when given: a pub/sub channel prefix; the call returns the ids of the users whose
-# channel ``<prefix><id>`` has a subscriber (``push_many``'s ``listeners``), else nothing.
 _PUSH_JOINED = ZADD_LUA + """
 local cap = tonumber(ARGV[1])
-local channels = ARGV[7]
-local heard = {}
 for user in string.gmatch(ARGV[6], '[^;]+') do
   local list = {}
   for m in string.gmatch(user, '[^%s]+') do list[#list + 1] = m end
@@ -109,11 +105,8 @@ for user in string.gmatch(ARGV[6], '[^;]+') do
     local size = redis.call('ZCARD', key)
     if size > cap + 1 then redis.call('ZREMRANGEBYRANK', key, 1, size - cap - 1) end
   end
-  if channels and redis.call('PUBSUB', 'NUMSUB', channels .. list[1])[2] > 0 then
-    heard[#heard + 1] = list[1]
-  end
 end
-return heard
+return 1
 """ % MEMBER_SEP
 
 # KEYS: timeline, version. ARGV: version_ttl, cap, new version token, then members to remove.
@@ -293,27 +286,20 @@ class RedisTimelines:
         for scripts that derive the keys of ids they read (one Redis only)."""
         return tagged(self.prefix, self.kind, "")[:-1], tagged(self.prefix, f"{self.kind}v", "")[:-1]
 
-    async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]], *,
-                        listeners: str | None = None) -> set[int] | None:
+    async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]]) -> None:
         """Add entries to the timelines that are cached; one pipeline for all users.
 
         On one Redis a script call serves up to ``push_users`` users (``push_members``
         members), their ids and members joined into one argument: a call per user cost the
         worker's main thread ~80 us of redis-py packing and parsing, an argument per member
         most of the rest, and with small batches under steady load users get about one entry
-        per batch. On a cluster each user's keys are in a slot of their own: a call per user.
-
-        ``listeners``: a pub/sub channel prefix (``LiveChannels.user_prefix``, on this Redis).
-        On one Redis the script also counts each user's subscribers on ``<prefix><id>`` and the
-        call returns the users who have one, counted atomically with the push: a stream that
-        subscribes later reads the pushed entries. None when not counted (no ``listeners``, or
-        a cluster: each node counts only its own subscribers, ``LiveChannels.listening`` asks
-        them all)."""
+        per batch. On a cluster each user's keys are in a slot of their own: a call per user."""
         if not adds:
-            return set() if listeners is not None and self.joined else None
+            return
         token = version_token()
         if self.joined:
-            return await self._push_many_joined(adds, token, listeners)
+            await self._push_many_joined(adds, token)
+            return
         per_call = 1 if is_cluster(self.redis) else self.push_users
         async with self.redis.pipeline(transaction=False) as pipe:
             keys: list[str] = []
@@ -328,12 +314,9 @@ class RedisTimelines:
             if keys:
                 await self._push(keys=keys, args=args, client=pipe)
             await execute(self.redis, pipe, map(self.key, adds), self.acks)
-        return None
 
-    async def _push_many_joined(self, adds: dict[int, Sequence[tuple[int, int]]], token: str,
-                                listeners: str | None) -> set[int] | None:
+    async def _push_many_joined(self, adds: dict[int, Sequence[tuple[int, int]]], token: str) -> None:
         head = [self.cap, self.ttl_s, token, *self.key_prefixes()]
-        tail = [] if listeners is None else [listeners]
         async with self.redis.pipeline(transaction=False) as pipe:
             users: list[str] = []
             members = 0
@@ -341,12 +324,9 @@ class RedisTimelines:
                 users.append(MEMBER_SEP.join([str(user_id), *[member(t, a) for t, a in entries]]))
                 members += len(entries) + 1
                 if len(users) >= self.push_users or members >= self.push_members or n == len(adds):
-                    await self._push_joined(args=[*head, ";".join(users), *tail], client=pipe)
+                    await self._push_joined(args=[*head, ";".join(users)], client=pipe)
                     users, members = [], 0
-            results = await execute(self.redis, pipe, map(self.key, adds), self.acks)
-        if listeners is None:
-            return None
-        return {int(u) for heard in results for u in heard}
+            await execute(self.redis, pipe, map(self.key, adds), self.acks)
 
     async def unpush_many(self, removes: dict[int, Sequence[tuple[int, int]]]) -> None:
         if not removes:

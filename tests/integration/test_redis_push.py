@@ -81,34 +81,3 @@ async def test_a_fill_caches_every_member_once_and_only_at_the_version_it_read(t
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
-
-
-async def test_a_push_names_the_pushed_users_whose_channel_has_a_subscriber(tmp_path) -> None:
-    """``listeners``: the script counts each pushed user's subscribers on ``<prefix><id>``, cached
-    timeline or not, across several calls of one pipeline; the push itself is the same. Without
-    ``listeners``, or on a cluster's way (a call per user), nothing is counted (None)."""
-    settings = isolated_settings(tmp_path)
-    redis = Redis.from_url(settings.redis_url)
-    listener = Redis.from_url(settings.redis_url)
-    timelines = RedisTimelines(redis, prefix=settings.redis_prefix, cap=CAP, ttl_s=60)
-    timelines.push_users = 2  # three calls for five users
-    channels = settings.redis_prefix + "live:u:"
-    pubsub = listener.pubsub()
-    try:
-        await pubsub.subscribe(f"{channels}2", f"{channels}5", f"{channels}9")  # 9 is not pushed
-        await redis.zadd(timelines.key(2), {member(0, 0): 0})  # 2 cached, 5 not
-        adds = {u: [(100 + u, 7)] for u in (1, 2, 3, 4, 5)}
-        assert await timelines.push_many(adds, listeners=channels) == {2, 5}
-        assert [m.decode() for m in await redis.zrange(timelines.key(2), 0, -1)] == [member(0, 0), member(102, 7)]
-        assert not await redis.exists(timelines.key(5))  # not cached: not created
-        assert await timelines.push_many({}, listeners=channels) == set()
-        assert await timelines.push_many(adds) is None
-        timelines.joined = False
-        assert await timelines.push_many(adds, listeners=channels) is None
-    finally:
-        await pubsub.aclose()
-        await listener.aclose()
-        keys = [k async for k in redis.scan_iter(match=f"{settings.redis_prefix}*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()

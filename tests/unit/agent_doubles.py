@@ -367,11 +367,7 @@ class FakeTimelines:
         self.unpushes: list[dict[int, list[tuple[int, int]]]] = []
         self.invalidations: list[list[int]] = []
 
-    redis = None  # not the live channels' Redis: stage 2 asks them who listens (as on a cluster)
-
-    async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]], *,
-                        listeners: str | None = None) -> None:
-        assert listeners is None, "FakeTimelines does not count subscribers"
+    async def push_many(self, adds: dict[int, Sequence[tuple[int, int]]]) -> None:
         self.pushes.append({u: sorted(e) for u, e in adds.items()})
         self.journal.append((self.name, "push_many", self.pushes[-1]))
 
