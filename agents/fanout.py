@@ -11,8 +11,7 @@ are processed in log order. A batch is handled in three steps:
 2. walk the events in order: update the edge and author tables, ask the pure
    policies what to deliver, and queue delivery ops keyed by recipient;
 3. publish the delivery batches (one message per destination partition) and
-   dead letters, and wait for Kafka's acks; meanwhile the caches of step 1 (the
-   deletes' marks in the body cache, the cached author windows) are updated.
+   dead letters, and wait for Kafka's acks.
 
 Only then does the stream ack the batch, so a crash replays it; every step is
 idempotent. Step 1 precedes step 3, so when the delivery stage backfills a new
@@ -23,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from faust.streams import current_event
 
@@ -187,15 +186,8 @@ def _early_delete_at(event: Any, author_id: int, tweet_id: int) -> int | None:
     return int(raw) if raw is not None else None
 
 
-async def _nothing() -> None:
-    return None
-
-
-async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]],
-                       outbox: Outbox) -> tuple[list[tuple[Any, Any]], Callable[[], Awaitable[None]]]:
-    """Step 1: claim the batch's tweet ids, store tweets and deletes; the events step 2 must
-    process, and what is left of step 1 for after Cassandra (``caches``: await it before the
-    batch is acked).
+async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]], outbox: Outbox) -> list[tuple[Any, Any]]:
+    """Step 1: claim the batch's tweet ids, store tweets and deletes; the events step 2 must process.
 
     Posts claim their id in PostgreSQL (``TweetClaims.claim``, one statement for the
     batch): tweets of different authors are processed on different partitions and
@@ -207,11 +199,6 @@ async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]],
     changes, so the read cannot go stale before the writes. The winners' bodies are
     written to Cassandra before anything else of the batch. Rejected events are
     dead-lettered.
-
-    ``caches`` updates what caches the stored rows (the deletes' marks in the body cache, the
-    cached author windows) and then the ``early_deletes`` table: stage 2 reads none of them (its
-    backfills read Cassandra's author timelines), so the batch runs it while its deliveries are
-    published (``process_author_batch``) instead of one more round trip before them.
     """
     posts = {}
     for _, ev in good:
@@ -219,7 +206,7 @@ async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]],
             posts.setdefault(ev.tweet_id, ev)  # the batch's first post of an id claims it
     deleted_ids = {ev.tweet_id for _, ev in good if isinstance(ev, TweetDeleted)}
     if not posts and not deleted_ids:
-        return list(good), _nothing
+        return list(good)
     claims = [(ev.tweet_id, ev.author_id, ev.text, ev.created_at) for ev in posts.values()]
     claimed, rows = await asyncio.gather(
         with_retry("claim tweets", lambda: sinks.claims.claim(claims)),
@@ -261,20 +248,18 @@ async def write_tweets(sinks: Sinks, good: Sequence[tuple[Any, Any]],
         if deleted:
             await with_retry("cache deletes", lambda: sinks.tweets.write([], deleted))
 
-    async def caches() -> None:
-        await asyncio.gather(cache_deletes(), author_windows())
-        # Table changes last: a crash before them replays the batch with the same outcome
-        # (an early delete applied above is then found as the stored deleted_at).
-        for event, ev in v.early:
-            with event_scope(event):
-                key = edge_key(ev.author_id, ev.tweet_id)
-                if early_deletes.get(key) is None:  # the first delete's time wins, as in the stores
-                    early_deletes[key] = b"%d" % max(ev.deleted_at, 1)
-        for event, ev in v.consumed:
-            with event_scope(event):
-                early_deletes.pop(edge_key(ev.author_id, ev.tweet_id), None)
-
-    return v.accepted, caches
+    await asyncio.gather(cache_deletes(), author_windows())
+    # Table changes last: a crash before them replays the batch with the same outcome
+    # (an early delete applied above is then found as the stored deleted_at).
+    for event, ev in v.early:
+        with event_scope(event):
+            key = edge_key(ev.author_id, ev.tweet_id)
+            if early_deletes.get(key) is None:  # the first delete's time wins, as in the stores
+                early_deletes[key] = b"%d" % max(ev.deleted_at, 1)
+    for event, ev in v.consumed:
+        with event_scope(event):
+            early_deletes.pop(edge_key(ev.author_id, ev.tweet_id), None)
+    return v.accepted
 
 
 def _author(author_id: int) -> dict:
@@ -424,19 +409,6 @@ async def publish_author_status(sinks: Sinks, batch: AuthorBatch) -> None:
         await with_retry("celebrity set", lambda: sinks.celebrities.update(changes))
 
 
-async def together(*steps: Awaitable[Any]) -> None:
-    """Run the steps concurrently; the first error cancels the others (once they have stopped,
-    it is raised as it is: the isolator tells errors apart by their type)."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 def new_outbox() -> Outbox:
     misplaced = misplaced_policy(settings.misplaced_events, dead_letters_topic, STAGE)
     return Outbox(settings.topic_partitions, settings.delivery_max_bytes, misplaced_dead_letters=misplaced)
@@ -445,7 +417,7 @@ def new_outbox() -> Outbox:
 async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
     outbox = new_outbox()
     good = decode_batch(events, outbox)
-    good, caches = await write_tweets(sinks, good, outbox)
+    good = await write_tweets(sinks, good, outbox)
     batch = AuthorBatch(outbox)
     for event, typed in good:
         with event_scope(event):
@@ -458,9 +430,8 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
             else:
                 ISOLATOR.event_succeeded()
     await publish_author_status(sinks, batch)
-    # The caches of step 1 while the deliveries are published (both before the ack).
-    await together(caches(), with_retry("publish deliveries", lambda: outbox.flush(deliveries_topic)))
-    await sinks.live.publish(batch.notices(sinks.live))  # best effort, after the stores and windows
+    await with_retry("publish deliveries", lambda: outbox.flush(deliveries_topic))
+    await sinks.live.publish(batch.notices(sinks.live))  # best effort, after the stores
     for author_id, event in batch.backfills.items():
         with event_scope(event):
             author = _author(author_id)
