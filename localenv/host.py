@@ -307,6 +307,20 @@ def pid_alive(pid: int, marker: str) -> bool:
     return marker in identity and state not in ("Z", "X")
 
 
+def pid_mid_exec(pid: int) -> bool:
+    """True if ``pid`` runs but shows no command line yet: a process in the middle of its exec
+    (on a busy disk the new image loads in uninterruptible sleep, state D, for a while; pid_alive
+    cannot recognize it then). Kernel threads show none either: a start-up wait that takes one
+    for its server waits until its deadline, it never reports a server up that is not."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return not cmdline and state not in ("Z", "X")
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children, their children, ...), from ``/proc``, parents first."""
     children: dict[int, list[int]] = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from localenv.host import STATE, pid_alive, signal_tree, spawn, stop_pid, tail, timer_slack_ns
+from localenv.host import STATE, pid_alive, pid_mid_exec, signal_tree, spawn, stop_pid, tail, timer_slack_ns
 from settings import Settings
 
 
@@ -133,6 +133,15 @@ class Service:
         except (OSError, ValueError, IndexError):
             return None
         return pid if pid_alive(pid, self.marker) else None
+
+    def mid_exec(self) -> bool:
+        """Whether the server this package started is still between its launch and its own
+        command line (``host.pid_mid_exec``): not lost, only slow to load."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return pid_mid_exec(pid)
 
     def describe_lost_pid(self) -> str:
         """Why our_pid() no longer finds the server: gone, or running as something else."""

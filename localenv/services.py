@@ -73,7 +73,9 @@ def wait_ready(svc: Service, began: float) -> Outcome:
             return Outcome(svc.name, svc.address, True, f"started in {took:.1f}s{setup}{again}")
         except Exception as exc:  # noqa: BLE001 - not up yet
             last_error = exc
-        if svc.our_pid() is None:
+        # (A server still loading its image has no command line yet: not exited. Taken for
+        # exited, it was started again and the second copy lost the port to the first.)
+        if svc.our_pid() is None and not svc.mid_exec():
             gone = f"process exited during start-up ({svc.describe_lost_pid()})"
             if retried:
                 return Outcome(svc.name, svc.address, False, gone, svc.log_tail())
