@@ -126,28 +126,28 @@ class Service:
         except Exception:
             return False
 
-    def our_pid(self) -> int | None:
-        """Pid of the server this package started, if it still runs."""
+    def recorded_pid(self) -> int | None:
+        """The pid in the pid file of the server this package started (None: no file)."""
         try:
-            pid = int(self.pid_file.read_text().split()[0])
+            return int(self.pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if pid_alive(pid, self.marker) else None
+
+    def our_pid(self) -> int | None:
+        """Pid of the server this package started, if it still runs."""
+        pid = self.recorded_pid()
+        return pid if pid is not None and pid_alive(pid, self.marker) else None
 
     def mid_exec(self) -> bool:
         """Whether the server this package started is still between its launch and its own
         command line (``host.pid_mid_exec``): not lost, only slow to load."""
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return False
-        return pid_mid_exec(pid)
+        pid = self.recorded_pid()
+        return pid is not None and pid_mid_exec(pid)
 
     def describe_lost_pid(self) -> str:
         """Why our_pid() no longer finds the server: gone, or running as something else."""
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+        pid = self.recorded_pid()
+        if pid is None:
             return f"no pid file {self.pid_file}"
         proc = Path(f"/proc/{pid}")
         try:
