@@ -294,16 +294,28 @@ def timer_slack_ns(pid: int) -> int | None:
         return None
 
 
-def pid_alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` runs and its command line or working directory contains ``marker``
-    (guards against a recycled pid; redis rewrites its command line but chdirs to --dir)."""
+def proc_view(pid: int) -> tuple[str, bytes] | None:
+    """``pid``'s state letter and raw command line (NUL-separated) from ``/proc``; None if gone."""
     proc = Path(f"/proc/{pid}")
     try:
         state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        identity = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        identity += " " + os.readlink(proc / "cwd")
+        return state, (proc / "cmdline").read_bytes()
     except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, marker: str) -> bool:
+    """True if ``pid`` runs and its command line or working directory contains ``marker``
+    (guards against a recycled pid; redis rewrites its command line but chdirs to --dir)."""
+    view = proc_view(pid)
+    if view is None:
         return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    state, cmdline = view
+    identity = cmdline.replace(b"\0", b" ").decode() + " " + cwd
     return marker in identity and state not in ("Z", "X")
 
 
@@ -312,13 +324,8 @@ def pid_mid_exec(pid: int) -> bool:
     (on a busy disk the new image loads in uninterruptible sleep, state D, for a while; pid_alive
     cannot recognize it then). Kernel threads show none either: a start-up wait that takes one
     for its server waits until its deadline, it never reports a server up that is not."""
-    proc = Path(f"/proc/{pid}")
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return False
-    return not cmdline and state not in ("Z", "X")
+    view = proc_view(pid)
+    return view is not None and not view[1] and view[0] not in ("Z", "X")
 
 
 def descendants(pid: int) -> list[int]:

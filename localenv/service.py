@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from localenv.host import STATE, pid_alive, pid_mid_exec, signal_tree, spawn, stop_pid, tail, timer_slack_ns
+from localenv.host import STATE, pid_alive, pid_mid_exec, proc_view, signal_tree, spawn, stop_pid, tail, timer_slack_ns
 from settings import Settings
 
 
@@ -149,12 +149,11 @@ class Service:
         pid = self.recorded_pid()
         if pid is None:
             return f"no pid file {self.pid_file}"
-        proc = Path(f"/proc/{pid}")
-        try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-        except (OSError, IndexError):
+        view = proc_view(pid)
+        if view is None:
             return f"pid {pid} is gone"
+        state, raw = view
+        cmdline = raw.replace(b"\0", b" ").decode()[:200]
         return f"pid {pid} is in state {state}, command line {cmdline!r}, not {self.marker!r}"
 
     def port_taken(self) -> bool:
