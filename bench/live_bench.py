@@ -13,7 +13,11 @@ process). Steps:
 2. ``--probes`` probe users each following one author of their own; with every stream still
    open, tweets of those authors, one at a time: Kafka ack -> the stage's notice on Redis
    pub/sub (published right after the timeline write; the bench subscribes to the probes'
-   channels) -> the ``tweet`` event on the probe's stream. Idle, then at each ``--load-rate``
+   channels and takes the time the stage wrote in it) -> the ``tweet`` event on the probe's
+   stream. The probes' streams are held by a client process of their own, in a session of its
+   own (as a device is apart from the others), which stamps each event with the wall clock
+   when it reads it: this process also reads every other open stream and sends the load, and
+   its delays were part of the probes' times until 2026-12-04. Idle, then at each ``--load-rate``
    (a comma list: background tweets/s, or ``N%`` of ``--burst-deliveries``, the pipeline's
    burst capacity in deliveries/s, divided by the fanout) whose authors are followed by
    ``--load-fanout`` stream users each (their streams wake too), and ``--load-others`` users
@@ -36,7 +40,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from redis.asyncio import Redis
@@ -50,6 +54,7 @@ from ops.faults.cluster import ServiceProcess
 from ops.lag import wait_caught_up
 from ops.schema import drop_namespace
 from policies.snowflake import SnowflakeGenerator
+from policies.stream import decode_notice
 from settings import get_settings
 from sinks.redis_live import LiveChannels
 
@@ -64,8 +69,10 @@ class Unavailable(RuntimeError):
 class StreamClient:
     """One stream's client end over a raw socket: the ready event, then tweet events timed."""
 
-    def __init__(self, port: int, user_id: int, token: str) -> None:
+    def __init__(self, port: int, user_id: int, token: str, *, clock: Callable[[], float] = time.perf_counter,
+                 on_arrival: Callable[[int, float], None] | None = None) -> None:
         self.port, self.user_id, self.token = port, user_id, token
+        self.clock, self.on_arrival = clock, on_arrival
         self.writer: asyncio.StreamWriter | None = None
         self.arrivals: dict[int, float] = {}
         self.task: asyncio.Task[None] | None = None
@@ -102,17 +109,76 @@ class StreamClient:
             chunk = await reader.read(65536)
             if not chunk:
                 return
-            now = time.perf_counter()
+            now = self.clock()
             for part in chunk.split(b"\n\n"):
                 if b"event: tweet" in part:
                     data = part.split(b"data: ", 1)[1].split(b"\n", 1)[0]
-                    self.arrivals[int(orjson.loads(data)["tweet_id"])] = now
+                    tweet_id = int(orjson.loads(data)["tweet_id"])
+                    self.arrivals[tweet_id] = now
+                    if self.on_arrival is not None:
+                        self.on_arrival(tweet_id, now)
 
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
         if self.writer is not None:
             self.writer.close()
+
+
+class ProbeClients:
+    """The probes' streams, held by a child process in a session of its own (``--probe-client``):
+    it opens them, says ``ready``, then prints ``<tweet id> <epoch s>`` for every tweet event as it
+    reads it. Its times are the wall clock, as is the stage's in a notice (one machine, one clock)."""
+
+    def __init__(self, port: int, users: list[tuple[int, str]]) -> None:
+        self.port, self.users = port, users
+        self.arrivals: dict[int, float] = {}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> "ProbeClients":
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.live_bench", "--probe-client", str(self.port),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(orjson.dumps(self.users) + b"\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout=120)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"probe client did not start: {line[:300]!r}")
+        self.task = asyncio.get_running_loop().create_task(self._read(self.proc.stdout))
+        return self
+
+    async def _read(self, out: asyncio.StreamReader) -> None:
+        while line := await out.readline():
+            tweet_id, at = line.split()
+            self.arrivals[int(tweet_id)] = float(at)
+
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def probe_client(port: int) -> None:
+    """The child of :class:`ProbeClients`: users (JSON ``[[id, token], ...]``) on stdin."""
+    users = orjson.loads(sys.stdin.buffer.readline())
+
+    def emit(tweet_id: int, at: float) -> None:
+        sys.stdout.write(f"{tweet_id} {at:.6f}\n")
+        sys.stdout.flush()
+
+    clients = [StreamClient(port, uid, tok, clock=time.time, on_arrival=emit) for uid, tok in users]
+    for c in clients:
+        await c.open()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
 
 
 async def make_users(settings: Any, n: int) -> list[tuple[int, str]]:
@@ -139,43 +205,45 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-async def probe_latency(settings: Any, pub: Publisher, probes: list[tuple[StreamClient, int]],
+async def probe_latency(settings: Any, pub: Publisher, probes: list[tuple[int, int]], arrivals: dict[int, float],
                         ids: SnowflakeGenerator, rounds: int, interval: float) -> dict[str, Any]:
-    """Tweets of the probes' authors, one at a time, a round every ``interval`` s at most (so that
-    a load point lasts ``rounds * interval`` s whatever the latency): ack, notice and event times."""
+    """Tweets of the probes' authors (``(user, author)`` pairs), one at a time, a round every
+    ``interval`` s at most (so that a load point lasts ``rounds * interval`` s whatever the
+    latency): ack, notice and event times, all wall clock. The notice's time is the one the stage
+    wrote in it (right after its timeline write), not when this process read it; an event's is
+    when the probe client read it (``arrivals``)."""
     redis = Redis.from_url(settings.redis_url)
     live = LiveChannels(redis, prefix=settings.redis_prefix)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(*(live.user(c.user_id) for c, _ in probes))
+    await pubsub.subscribe(*(live.user(user) for user, _ in probes))
     notices: dict[int, float] = {}
 
     async def listen() -> None:
         while True:
             msg = await pubsub.get_message(timeout=1.0)
             if msg and msg["type"] == "message":
-                for tweet_id, _ in orjson.loads(msg["data"]).get("a", ()):
-                    notices[int(tweet_id)] = time.perf_counter()
+                notice = decode_notice(msg["data"])
+                for tweet_id, _ in notice.added:
+                    notices[tweet_id] = notice.sent_at or time.time()
 
     listener = asyncio.get_running_loop().create_task(listen())
     ack_to_notice, notice_to_event, ack_to_event = [], [], []
     try:
         for r in range(rounds):
-            client, author = probes[r % len(probes)]
+            _, author = probes[r % len(probes)]
             round_began = time.perf_counter()
             tid = ids.next_id()
-            acked = asyncio.get_running_loop().create_future()
             fut = await pub.send({"type": "tweet_posted", "tweet_id": tid, "author_id": author,
                                   "text": f"probe {tid}", "created_at": int(time.time() * 1000)})
             await fut
-            t_ack = time.perf_counter()
-            acked.set_result(None)
+            t_ack = time.time()
             end = time.perf_counter() + 10
-            while tid not in client.arrivals and time.perf_counter() < end:
+            while tid not in arrivals and time.perf_counter() < end:
                 await asyncio.sleep(0.001)
-            if tid in client.arrivals and tid in notices:
+            if tid in arrivals and tid in notices:
                 ack_to_notice.append((notices[tid] - t_ack) * 1000)
-                notice_to_event.append((client.arrivals[tid] - notices[tid]) * 1000)
-                ack_to_event.append((client.arrivals[tid] - t_ack) * 1000)
+                notice_to_event.append((arrivals[tid] - notices[tid]) * 1000)
+                ack_to_event.append((arrivals[tid] - t_ack) * 1000)
             await asyncio.sleep(max(0.05, interval - (time.perf_counter() - round_began)))
     finally:
         listener.cancel()
@@ -228,6 +296,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     service = ServiceProcess("query.service", settings, workdir / "query.log").start()
     pub = await Publisher(settings).start()
     clients: list[StreamClient] = []
+    probe_clients: ProbeClients | None = None
     ids = SnowflakeGenerator(worker_id=77)
     try:
         await service.wait_ready()
@@ -270,12 +339,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["rss"] = rss
         result["kb_per_stream"] = round((rss[-1]["rss_mb"] - rss[0]["rss_mb"]) * 1024 / max(1, args.streams), 1)
 
-        probes = []
-        for i, (uid, tok) in enumerate(probe_users):
-            c = StreamClient(port, uid, tok)
-            await c.open()
-            clients.append(c)
-            probes.append((c, 3 * 10**15 + i))
+        probe_clients = await ProbeClients(port, probe_users).start()
+        probes = [(uid, 3 * 10**15 + i) for i, (uid, _) in enumerate(probe_users)]
+        arrivals = probe_clients.arrivals
+
         def cpu() -> tuple[float, float, float, float, float]:
             q, w = service.proc.pid, worker.proc.pid
             return cpu_seconds(q), cpu_seconds(w), time.perf_counter(), run_wait_seconds(q), run_wait_seconds(w)
@@ -295,7 +362,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             point["worker_cpu_ms_per_event"] = round((w1 - w0) * 1000 / max(1, events), 3)
 
         before, seen = cpu(), await delays()
-        result["idle"] = await probe_latency(settings, pub, probes, ids, args.rounds, args.probe_interval)
+        result["idle"] = await probe_latency(settings, pub, probes, arrivals, ids, args.rounds, args.probe_interval)
         account(result["idle"], before, result["idle"]["received"])
         result["idle"]["service_event_delay"] = stage_times.between(seen, await delays(), (DELAY, ""))
         log(f"idle: {result['idle']}")
@@ -307,13 +374,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             load = asyncio.get_running_loop().create_task(background_load(pub, load_authors, rate, ids, stop))
             await asyncio.sleep(3)
             before, events0, seen = cpu(), sum(len(c.arrivals) for c in clients), await delays()
-            point = await probe_latency(settings, pub, probes, ids, args.rounds, args.probe_interval)
-            account(point, before, sum(len(c.arrivals) for c in clients) - events0)
+            point = await probe_latency(settings, pub, probes, arrivals, ids, args.rounds, args.probe_interval)
+            account(point, before, sum(len(c.arrivals) for c in clients) - events0 + point["received"])
             point["service_event_delay"] = stage_times.between(seen, await delays(), (DELAY, ""))
             stop.set()
             point["background_tweets"] = await load
             await asyncio.sleep(2)
-            point["background_events_received"] = sum(len(c.arrivals) for c in clients) - sent0 - point["received"]
+            point["background_events_received"] = sum(len(c.arrivals) for c in clients) - sent0
             point["background_events_expected"] = point["background_tweets"] * args.load_fanout
             point["spec"], point["rate"] = spec, round(rate, 1)
             point["deliveries_per_s"] = round(rate * args.load_fanout, 1)  # to open streams
@@ -326,6 +393,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for c in clients:
             await c.close()
+        if probe_clients is not None:
+            await probe_clients.stop()
         await pub.stop()
         service.stop()
         worker.stop()
@@ -374,6 +443,8 @@ def render(result: dict[str, Any]) -> str:
                      f"{r.get('background_events_received', '-')} / {r.get('background_events_expected', '-')} |")
     lines += ["", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
               "notice -> event is the stream's part: the goal is within 50 ms of the timeline write. "
+              "Times are the wall clock: the ack's in this process, the notice's as the stage wrote it in the "
+              "notice, the event's when the probe client (a process and session of its own) read it. "
               "CPU per stream event: the process's CPU over the probe rounds divided by the tweet events its "
               "open streams received meanwhile (idle: the probes' alone, heartbeats included). Waiting for a CPU: "
               "the time the process's threads were runnable but not running (`/proc/<pid>/task/*/schedstat`), "
@@ -397,7 +468,11 @@ def main() -> None:
     parser.add_argument("--open-concurrency", type=int, default=20)
     parser.add_argument("--workdir", default="/tmp/tl-bench")
     parser.add_argument("--out", default=str(RESULTS / "live.md"), help="writes <out>.md and <out>.json")
+    parser.add_argument("--probe-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.probe_client:
+        asyncio.run(probe_client(args.probe_client))
+        return
     result = asyncio.run(run(args))
     # <out>.json and <out>.md, whichever suffix --out has (a .json --out was overwritten by the Markdown)
     Path(args.out).with_suffix(".json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
