@@ -241,6 +241,30 @@ def plan_wake(position: Position, ready: Sequence[Item], *, read_due: bool, dele
     return Wake(False, [by_id[t] for t in unsent(position, by_id)])
 
 
+class Timers(NamedTuple):
+    """A stream's clocks (monotonic seconds), as its connection's loop keeps them."""
+
+    last_sent: float  # the end of its last send (or its start)
+    sending_since: float | None  # a send under way (the client's socket buffer full) since
+    last_active: float  # its user's last activity mark
+
+
+class Due(NamedTuple):
+    cut: bool = False  # a send blocked too long: the client does not read; close
+    heartbeat: bool = False  # silent too long: a comment line keeps proxies from closing it
+    activity: bool = False  # mark the user active (stage 2 keeps delivering to an open stream)
+
+
+def timers_due(timers: Timers, now: float, *, heartbeat_s: float, send_timeout_s: float,
+               activity_every_s: float) -> Due:
+    """What an open stream's clocks ask for at ``now``: checked for every stream by one
+    periodic sweep of its process (``query/live.py``), not by timers of its own per event."""
+    if timers.sending_since is not None:
+        return Due(cut=now - timers.sending_since >= send_timeout_s)
+    return Due(heartbeat=now - timers.last_sent >= heartbeat_s,
+               activity=now - timers.last_active >= activity_every_s)
+
+
 def stage_notices(rows: dict[tuple[int, int], tuple[bool, int]], deleted: Iterable[tuple[int, int, int]],
                   follows: dict[tuple[int, int], bool], reset: Iterable[int],
                   only: set[int] | None = None, tails: dict[int, bytes] | None = None) -> dict[int, Notice]:

@@ -9,6 +9,9 @@ If the pub/sub connection breaks, notices published meanwhile are lost: once it 
 (redis-py subscribes again to every channel when it reconnects), every stream is woken
 to read its timeline since its position, which repairs what was missed.
 
+Once a second the hub sweeps its streams (:meth:`Listener.tick`): their heartbeats, send
+timeouts and activity marks are decided there, with no timer per stream (``query/stream.py``).
+
 On a Redis Cluster (classic pub/sub: a PUBLISH reaches every node) the hub subscribes on one
 node, any of them; when that node fails it moves to the next one the cluster knows (or the
 next startup node) and subscribes there again to every channel it needs.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Iterable, Protocol
 
 from redis.asyncio import Redis
@@ -35,11 +39,14 @@ except ImportError:  # pragma: no cover - another redis-py: hiredis's own defaul
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 1.0
+TICK_S = 1.0  # the sweep of every open stream's clocks
 READ_CONCURRENCY = 32
 
 
 class Listener(Protocol):
     def notify(self, notice: Notice) -> None: ...
+
+    def tick(self, now: float) -> None: ...
 
 
 class LiveHub:
@@ -53,6 +60,7 @@ class LiveHub:
         self._subs: dict[str, set[Listener]] = {}
         self.listeners: set[Listener] = set()
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.connected = False
         self.notices = 0
@@ -62,9 +70,12 @@ class LiveHub:
         self.reads = asyncio.Semaphore(READ_CONCURRENCY)
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._ticker = loop.create_task(self._tick())
 
     async def stop(self) -> None:
+        await cancel_task(self._ticker)
         await cancel_task(self._task)
         try:
             await self._pubsub.aclose()
@@ -119,6 +130,16 @@ class LiveHub:
                 await asyncio.sleep(RECONNECT_S)
                 if self.settings.redis_cluster:
                     await self._next_node()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            for listener in list(self.listeners):
+                try:
+                    listener.tick(now)
+                except Exception:  # noqa: BLE001 - one stream's fault must not stop the others' clocks
+                    log.exception("a stream's tick failed")
 
     async def _drain(self) -> None:
         """Dispatch the messages the connection has already read and buffered, each parsed

@@ -17,7 +17,8 @@ starts). Then ``200 text/event-stream`` and these events (``data`` is one line o
 * ``reset`` (then the stream ends) - ``{"reason", "detail"}``: the stream fell behind
   (``behind``: more than ``MAX_CATCH_UP`` tweets to send, or too many delete events
   waiting); reload the top of the timeline and reconnect without ``Last-Event-ID``;
-* a comment line every ``HEARTBEAT_S`` (keeps proxies from closing an idle stream).
+* a comment line after ``HEARTBEAT_S`` without a send (keeps proxies from closing an idle
+  stream).
 
 Where a stream starts: ``Last-Event-ID`` (a reconnect: resume after the last event, no
 gap, no duplicate; ``policies/stream.py``), else ``since_id`` (the newest tweet the client
@@ -25,6 +26,11 @@ shows), else the newest tweet of the timeline now. What a stream sends is read f
 timeline (``HomeTimelineReader.page(above=...)``), woken by the pipeline's notices
 (``query/live.py``); a send that blocks longer than ``SEND_TIMEOUT_S`` (a client that does
 not read) closes the connection: nothing is buffered for it beyond the socket's buffer.
+
+The clocks (heartbeat, send timeout, the user's activity mark) are not timers of each stream:
+the hub sweeps every open stream once a second (``LiveHub`` calls :meth:`LiveStream.tick`,
+``policies.stream.timers_due`` decides). A timeout per wait and per send cost ~10 us each,
+two per stream event, a fifth of the process's CPU per event.
 """
 from __future__ import annotations
 
@@ -41,8 +47,8 @@ from starlette.types import Receive, Scope, Send
 from api.errors import Problem
 from api.openapi import header_param, id_path, operation
 from policies.stream import (
-    MAX_CATCH_UP, MAX_PENDING, Item, Notice, Position, PositionError, decode_position, encode_position, frame,
-    gone, plan_wake, react, tweet_frames, unsent,
+    MAX_CATCH_UP, MAX_PENDING, Item, Notice, Position, PositionError, Timers, decode_position, encode_position,
+    frame, gone, plan_wake, react, timers_due, tweet_frames, unsent,
 )
 from query.deps import QueryResources, get_query_resources
 from query.page import ReadStats, Tweet
@@ -76,6 +82,12 @@ class LiveStream:
         self.behind: str | None = None
         self.authors: set[int] = set()
         self.noticed_at: float | None = None  # the oldest notice of added tweets since the last send
+        # Clocks (time.monotonic), checked by the hub's sweep (tick): see the module's doc.
+        self.last_sent = self.last_active = time.monotonic()
+        self.sending_since: float | None = None
+        self.heartbeat_due = self.activity_due = False
+        self.task: asyncio.Task | None = None  # the response's, once it runs (cut on a send timeout)
+        self.cut = False
 
     # --- notices (called by the hub) ---
     def notify(self, notice: Notice) -> None:
@@ -90,6 +102,20 @@ class LiveStream:
             self.behind = f"more than {MAX_PENDING} delete events waiting"
             self.pending.clear()
         self.wake.set()
+
+    def tick(self, now: float) -> None:
+        """The hub's sweep: a heartbeat or an activity mark due wakes the stream; a send blocked
+        for ``SEND_TIMEOUT_S`` cancels its task (``EventStream`` closes the connection)."""
+        due = timers_due(Timers(self.last_sent, self.sending_since, self.last_active), now,
+                         heartbeat_s=HEARTBEAT_S, send_timeout_s=SEND_TIMEOUT_S, activity_every_s=ACTIVITY_EVERY_S)
+        if due.cut:
+            if self.task is not None and not self.cut:
+                self.cut = True
+                self.task.cancel()
+        elif due.heartbeat or due.activity:
+            self.heartbeat_due = self.heartbeat_due or due.heartbeat
+            self.activity_due = self.activity_due or due.activity
+            self.wake.set()
 
     # --- subscriptions ---
     def channels(self) -> list[str]:
@@ -177,15 +203,20 @@ class EventStream(Response):
         self.first = first
 
     async def _send(self, send: Send, body: bytes) -> None:
-        # asyncio.timeout, not wait_for: no task of its own per send (nor per wake, below); at
-        # ~1,900 stream events/s they were a tenth of the process's CPU.
-        async with asyncio.timeout(SEND_TIMEOUT_S):
+        # No timeout of its own (module doc): the hub's sweep cuts a send blocked too long.
+        stream = self.stream
+        stream.sending_since = time.monotonic()
+        try:
             await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            stream.sending_since = None
+            stream.last_sent = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream, res = self.stream, self.stream.res
         metrics = res.metrics
         watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        stream.task = asyncio.current_task()
         metrics.live_streams.inc()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": [
@@ -195,7 +226,15 @@ class EventStream(Response):
             if stream.behind is not None:
                 stream.wake.set()
             await self._loop(send)
-        except (asyncio.TimeoutError, OSError) as exc:
+        except asyncio.CancelledError:
+            if not stream.cut:  # the server's own cancel (shutdown): not ours to swallow
+                raise
+            if stream.task is not None:
+                stream.task.uncancel()
+            metrics.live_closed.labels("send_timeout").inc()
+            log.info("stream of user %d cut: a send blocked for %s s (the client does not read)",
+                     stream.user_id, SEND_TIMEOUT_S)
+        except OSError as exc:
             metrics.live_closed.labels("send_timeout").inc()
             log.info("stream of user %d cut: %r", stream.user_id, exc)
         except Exception as exc:  # noqa: BLE001 - a store failed mid-stream: the client reconnects
@@ -208,21 +247,18 @@ class EventStream(Response):
 
     async def _loop(self, send: Send) -> None:
         stream, res = self.stream, self.stream.res
-        touched = time.monotonic()
         while True:
-            try:
-                async with asyncio.timeout(HEARTBEAT_S):
-                    await stream.wake.wait()
-            except asyncio.TimeoutError:
-                await self._send(send, b": keepalive\n\n")
-                if time.monotonic() - touched > ACTIVITY_EVERY_S:
-                    touched = time.monotonic()
-                    await res.activity.touch(stream.user_id)
-                continue
+            await stream.wake.wait()  # a notice, the client leaving, or the hub's sweep (tick)
             stream.wake.clear()
             if stream.closed:
                 res.metrics.live_closed.labels("client").inc()
                 return
+            if stream.activity_due:
+                stream.activity_due, stream.last_active = False, time.monotonic()
+                await res.activity.touch(stream.user_id)
+            if stream.heartbeat_due:
+                stream.heartbeat_due = False
+                await self._send(send, b": keepalive\n\n")
             out = b""
             resubscribed = stream.resubscribe
             if stream.resubscribe:

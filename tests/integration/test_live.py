@@ -380,3 +380,71 @@ async def test_a_celebrity_notice_carrying_items_is_sent_without_a_read(world: W
     count, total = delays()
     assert count == before[0] + 1 and 0 <= total - before[1] < 30, "the pulled tweet's delay, from stage 1's notice"
     await sse.close()
+
+
+async def _raw_stream(w: World, user: User, *, rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream over a raw socket (a client that can stop reading), past its ready event."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(w.client.base_url.port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    auth = user.auth["Authorization"]
+    writer.write(f"GET /v1/users/{user.user_id}/timelines/home/stream HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: {auth}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"event: ready"), 10)
+    assert b" 200 " in head.split(b"\r\n", 1)[0], head[:200]
+    return reader, writer
+
+
+async def test_a_silent_stream_gets_heartbeats_and_one_whose_client_stops_reading_is_cut(
+        world: World, monkeypatch: pytest.MonkeyPatch):
+    """The clocks are the hub's sweep, not timers per stream: a stream with nothing to send gets
+    a comment line once it was silent for HEARTBEAT_S; a stream whose client stopped reading
+    (its socket buffers full, the send blocked) is closed after SEND_TIMEOUT_S, counted as
+    ``send_timeout``, without holding what it could not send."""
+    import query.live
+    import query.stream
+    from policies.stream import Notice, encode_notice
+    from sinks.redis_live import LiveChannels
+
+    monkeypatch.setattr(query.live, "TICK_S", 0.1)
+    monkeypatch.setattr(query.stream, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(query.stream, "SEND_TIMEOUT_S", 1.0)
+    await asyncio.sleep(1.1)  # the sweep's current sleep (1 s) ends: it runs every 0.1 s now
+    w = world
+    quiet, stuck, author = await w.user(), await w.user(), await w.user()
+
+    reader, writer = await _raw_stream(w, quiet)
+    seen = b""
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        with contextlib.suppress(asyncio.TimeoutError):
+            seen += await asyncio.wait_for(reader.read(4096), end - time.monotonic())
+    writer.close()
+    assert seen.count(b": keepalive\n\n") >= 2, seen
+    assert b"event: tweet" not in seen
+
+    def cuts() -> float:
+        return w.app.state.metrics.registry.get_sample_value("timeline_live_closed_total",
+                                                             {"reason": "send_timeout"}) or 0.0
+
+    cuts_before = cuts()
+    reader, writer = await _raw_stream(w, stuck, rcvbuf=4096)
+    channel = LiveChannels(w.redis, prefix=w.settings.redis_prefix).user(stuck.user_id)
+    tail = b',"text":"' + b"x" * 8000 + b'","created_at":null}'
+    for _ in range(400):  # ~3 MB of tweet events the client never reads
+        tid = w.tweet(author)["tweet_id"]
+        await w.redis.publish(channel, encode_notice(Notice(added=((tid, author.user_id),),
+                                                            items=((tid, author.user_id, tail),))))
+    deadline = time.monotonic() + 15
+    while cuts() == cuts_before and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert cuts() == cuts_before + 1, "the blocked stream was cut"
+    received = 0
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):  # the server closed it: EOF
+            received += len(chunk)
+    writer.close()
+    assert received < 400 * 8000, "what could not be sent was dropped, not held for the client"

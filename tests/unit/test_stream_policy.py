@@ -8,8 +8,8 @@ import pytest
 
 from policies.markers import Marker, decide
 from policies.stream import (
-    KEEP, Notice, Position, PositionError, advance, decode_notice, decode_position, encode_notice,
-    encode_position, frame, gone, react, stage_notices, tweet_frames, unsent,
+    KEEP, Due, Notice, Position, PositionError, Timers, advance, decode_notice, decode_position, encode_notice,
+    encode_position, frame, gone, react, stage_notices, timers_due, tweet_frames, unsent,
 )
 
 LB = 1000  # a small lookback in id units for the tests
@@ -129,6 +129,24 @@ def test_marker_moves_forward_only_without_version():
     assert decide(m, 10, None).outcome == "unchanged"
     stale = decide(m, 9, None)
     assert stale.outcome == "conflict" and stale.marker == m and "version 1" in stale.reason
+
+
+def _due(timers: Timers, now: float) -> Due:
+    return timers_due(timers, now, heartbeat_s=15, send_timeout_s=10, activity_every_s=240)
+
+
+def test_a_silent_stream_is_due_a_heartbeat_and_a_busy_one_is_not():
+    assert _due(Timers(last_sent=100, sending_since=None, last_active=100), 114.9) == Due()
+    assert _due(Timers(last_sent=100, sending_since=None, last_active=100), 115) == Due(heartbeat=True)
+    # Events sent keep it from being silent; the activity mark comes whatever was sent.
+    assert _due(Timers(last_sent=339, sending_since=None, last_active=100), 340) == Due(activity=True)
+    assert _due(Timers(last_sent=300, sending_since=None, last_active=100), 340) == Due(heartbeat=True, activity=True)
+
+
+def test_a_send_blocked_for_the_timeout_is_cut_and_nothing_else_is_due_meanwhile():
+    blocked = Timers(last_sent=0, sending_since=100, last_active=0)
+    assert _due(blocked, 109.9) == Due()  # blocked, not yet too long: no heartbeat into a full buffer
+    assert _due(blocked, 110) == Due(cut=True)
 
 
 def test_marker_moves_back_only_at_the_current_version():
