@@ -8,7 +8,7 @@ import pytest
 
 from policies.markers import Marker, decide
 from policies.stream import (
-    KEEP, Due, Notice, Position, PositionError, Timers, advance, decode_notice, decode_position, encode_notice,
+    KEEP, NOTHING_DUE, Due, Notice, Position, PositionError, advance, decode_notice, decode_position, encode_notice,
     encode_position, frame, gone, react, stage_notices, timers_due, tweet_frames, unsent,
 )
 
@@ -131,22 +131,22 @@ def test_marker_moves_forward_only_without_version():
     assert stale.outcome == "conflict" and stale.marker == m and "version 1" in stale.reason
 
 
-def _due(timers: Timers, now: float) -> Due:
-    return timers_due(timers, now, heartbeat_s=15, send_timeout_s=10, activity_every_s=240)
+def _due(now: float, *, last_sent: float, sending_since: float | None = None, last_active: float) -> Due:
+    return timers_due(last_sent, sending_since, last_active, now, 15, 10, 240)
 
 
 def test_a_silent_stream_is_due_a_heartbeat_and_a_busy_one_is_not():
-    assert _due(Timers(last_sent=100, sending_since=None, last_active=100), 114.9) == Due()
-    assert _due(Timers(last_sent=100, sending_since=None, last_active=100), 115) == Due(heartbeat=True)
+    assert _due(114.9, last_sent=100, last_active=100) is NOTHING_DUE  # the sweep's cheap answer
+    assert _due(115, last_sent=100, last_active=100) == Due(heartbeat=True)
     # Events sent keep it from being silent; the activity mark comes whatever was sent.
-    assert _due(Timers(last_sent=339, sending_since=None, last_active=100), 340) == Due(activity=True)
-    assert _due(Timers(last_sent=300, sending_since=None, last_active=100), 340) == Due(heartbeat=True, activity=True)
+    assert _due(340, last_sent=339, last_active=100) == Due(activity=True)
+    assert _due(340, last_sent=300, last_active=100) == Due(heartbeat=True, activity=True)
 
 
 def test_a_send_blocked_for_the_timeout_is_cut_and_nothing_else_is_due_meanwhile():
-    blocked = Timers(last_sent=0, sending_since=100, last_active=0)
-    assert _due(blocked, 109.9) == Due()  # blocked, not yet too long: no heartbeat into a full buffer
-    assert _due(blocked, 110) == Due(cut=True)
+    # Blocked, not yet too long: no heartbeat into a full buffer, no activity mark.
+    assert _due(109.9, last_sent=0, sending_since=100, last_active=0) is NOTHING_DUE
+    assert _due(110, last_sent=0, sending_since=100, last_active=0) == Due(cut=True)
 
 
 def test_marker_moves_back_only_at_the_current_version():
