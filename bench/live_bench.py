@@ -15,9 +15,11 @@ process). Steps:
    pub/sub (published right after the timeline write; the bench subscribes to the probes'
    channels and takes the time the stage wrote in it) -> the ``tweet`` event on the probe's
    stream. The probes' streams are held by a client process of their own, in a session of its
-   own (as a device is apart from the others), which stamps each event with the wall clock
-   when it reads it: this process also reads every other open stream and sends the load, and
-   its delays were part of the probes' times until 2026-12-04. Idle, then at each ``--load-rate``
+   own (as a device is apart from the others) at the services' session priority
+   (``TL_SESSION_NICE``: on these shared cores a client at the default priority waited for a
+   CPU behind the worker's), which stamps each event with the wall clock when it reads it:
+   this process also reads every other open stream and sends the load, and its delays were
+   part of the probes' times until 2026-12-04. Idle, then at each ``--load-rate``
    (a comma list: background tweets/s, or ``N%`` of ``--burst-deliveries``, the pipeline's
    burst capacity in deliveries/s, divided by the fanout) whose authors are followed by
    ``--load-fanout`` stream users each (their streams wake too), and ``--load-others`` users
@@ -49,6 +51,7 @@ from api.auth import hash_token, new_token
 from bench import stage_times
 from bench.context import Publisher, bench_settings, log, provision
 from bench.sysstats import run_wait_seconds
+from cpu_priority import raise_priority
 from localenv.worker import Worker
 from ops.faults.cluster import ServiceProcess
 from ops.lag import wait_caught_up
@@ -158,6 +161,10 @@ class ProbeClients:
         assert self.proc is not None
         return self.proc.pid
 
+    def run_wait_seconds(self) -> float:
+        """Its threads' time runnable but not running, so far (``bench.sysstats``)."""
+        return run_wait_seconds(self.pid())
+
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -168,6 +175,7 @@ class ProbeClients:
 
 async def probe_client(port: int) -> None:
     """The child of :class:`ProbeClients`: users (JSON ``[[id, token], ...]``) on stdin."""
+    raise_priority(get_settings().session_nice)  # it leads its session (start_new_session)
     users = orjson.loads(sys.stdin.buffer.readline())
 
     def emit(tweet_id: int, at: float) -> None:
@@ -343,15 +351,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         probes = [(uid, 3 * 10**15 + i) for i, (uid, _) in enumerate(probe_users)]
         arrivals = probe_clients.arrivals
 
-        def cpu() -> tuple[float, float, float, float, float]:
+        def cpu() -> tuple[float, ...]:
             q, w = service.proc.pid, worker.proc.pid
-            return cpu_seconds(q), cpu_seconds(w), time.perf_counter(), run_wait_seconds(q), run_wait_seconds(w)
+            return (cpu_seconds(q), cpu_seconds(w), time.perf_counter(), run_wait_seconds(q), run_wait_seconds(w),
+                    probe_clients.run_wait_seconds())
 
         async def delays() -> stage_times.Snapshot:
             return await asyncio.to_thread(stage_times.scrape, port, 5.0, {DELAY: ""})
 
         def account(point: dict[str, Any], before: tuple[float, ...], events: int) -> None:
-            (q0, w0, t0, qw0, ww0), (q1, w1, t1, qw1, ww1) = before, cpu()
+            (q0, w0, t0, qw0, ww0, pw0), (q1, w1, t1, qw1, ww1, pw1) = before, cpu()
+            point["probe_client_run_wait_ms_per_s"] = round((pw1 - pw0) * 1000 / (t1 - t0), 1)
             point["query_run_wait_ms_per_s"] = round((qw1 - qw0) * 1000 / (t1 - t0), 1)
             point["worker_run_wait_ms_per_s"] = round((ww1 - ww0) * 1000 / (t1 - t0), 1)
             point["wall_s"] = round(t1 - t0, 1)
@@ -433,13 +443,14 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"| {label} | {d['count']} | {d['mean_ms']} | {d['p50_ms_at_most']} | {d['p99_ms_at_most']} | "
                          f"{d['share_within_ms'].get('50.0', float('nan')):.2%} |")
     lines += ["", "| load | seconds | stream events | query CPU (share of a core) | query CPU ms / stream event | "
-              "worker CPU (share) | worker CPU ms / stream event | query / worker waiting for a CPU (ms per s) | "
+              "worker CPU (share) | worker CPU ms / stream event | query / worker / probe client waiting for a CPU (ms per s) | "
               "background events received / expected |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, r in points:
         lines.append(f"| {label} | {r['wall_s']} | {r['stream_events']} | {r['query_cpu_share']} | {r['query_cpu_ms_per_event']} | "
                      f"{r['worker_cpu_share']} | {r['worker_cpu_ms_per_event']} | "
-                     f"{r.get('query_run_wait_ms_per_s', '-')} / {r.get('worker_run_wait_ms_per_s', '-')} | "
+                     f"{r.get('query_run_wait_ms_per_s', '-')} / {r.get('worker_run_wait_ms_per_s', '-')} / "
+                     f"{r.get('probe_client_run_wait_ms_per_s', '-')} | "
                      f"{r.get('background_events_received', '-')} / {r.get('background_events_expected', '-')} |")
     lines += ["", "The notice is published right after stage 2 wrote the timeline (Cassandra, then Redis), so "
               "notice -> event is the stream's part: the goal is within 50 ms of the timeline write. "
