@@ -11,7 +11,8 @@ of run-queue wait per second against 0.66-0.69 s of CPU at 6,000-19,200 deliveri
 were ready for.
 
 :func:`raise_priority` sets the nice value of the process's own autogroup
-(``/proc/self/autogroup``) to ``settings.session_nice`` when the process leads its session (every
+(``/proc/self/autogroup``) to ``settings.session_nice`` (the HTTP services:
+``settings.http_session_nice``, higher by default) when the process leads its session (every
 launcher of this repository starts these processes in a session of their own, and
 ``ops.supervise`` leads the worker's), so a shell's session is never changed by a process
 started from it. Where autogroups do not apply (processes in a cgroup of their own: systemd
@@ -35,12 +36,13 @@ class Plan(NamedTuple):
     reason: str
 
 
-def plan(nice: int, *, pid: int, sid: int, autogroup: bool) -> Plan:
-    """Whether to write ``nice`` into the process's autogroup, and why (or why not)."""
+def plan(nice: int, *, pid: int, sid: int, autogroup: bool, setting: str = "TL_SESSION_NICE") -> Plan:
+    """Whether to write ``nice`` (the value of ``setting``) into the process's autogroup, and why
+    (or why not)."""
     if nice == 0:
-        return Plan(False, "TL_SESSION_NICE=0: the default priority")
+        return Plan(False, f"{setting}=0: the default priority")
     if not -20 <= nice <= 19:
-        raise ValueError(f"TL_SESSION_NICE must be within -20..19, got {nice}")
+        raise ValueError(f"{setting} must be within -20..19, got {nice}")
     if pid != sid:
         return Plan(False, "not the leader of its session: its session's priority is not this process's to set")
     if not autogroup:
@@ -48,10 +50,10 @@ def plan(nice: int, *, pid: int, sid: int, autogroup: bool) -> Plan:
     return Plan(True, f"session (autogroup) nice {nice}")
 
 
-def raise_priority(nice: int, *, path: Path = AUTOGROUP) -> str:
+def raise_priority(nice: int, *, path: Path = AUTOGROUP, setting: str = "TL_SESSION_NICE") -> str:
     """Apply :func:`plan` to this process; returns what was done, for the log."""
     pid = os.getpid()
-    decided = plan(nice, pid=pid, sid=os.getsid(0), autogroup=path.exists())
+    decided = plan(nice, pid=pid, sid=os.getsid(0), autogroup=path.exists(), setting=setting)
     if not decided.write:
         log.debug("CPU priority unchanged: %s", decided.reason)
         return decided.reason
@@ -59,7 +61,7 @@ def raise_priority(nice: int, *, path: Path = AUTOGROUP) -> str:
         path.write_text(f"{nice}\n")
     except OSError as exc:
         reason = f"could not set the session's nice to {nice} ({exc.strerror}; a negative value needs CAP_SYS_NICE)"
-        log.warning("CPU priority unchanged: %s; TL_SESSION_NICE=0 runs without trying", reason)
+        log.warning("CPU priority unchanged: %s; %s=0 runs without trying", reason, setting)
         return reason
     log.info("CPU priority: %s", decided.reason)
     return decided.reason

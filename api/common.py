@@ -351,7 +351,8 @@ def serve(
                                    log_config=dict_config(service, args.log_level, stream="ext://sys.stderr"),
                                    **fast_server_options())
     logging.config.dictConfig(options["log_config"])  # (uvicorn applies it again) so that this line is JSON too
-    raise_priority(get_settings().session_nice)  # before uvicorn forks any worker process: they inherit it
+    # Before uvicorn forks any worker process: they inherit it.
+    raise_priority(get_settings().http_session_nice, setting="TL_HTTP_SESSION_NICE")
     if args.workers > 1:
         module = create_app.__module__
         if module == "__main__":  # python -m query.service: the workers import it by its name

@@ -23,6 +23,12 @@ def test_no_write(nice: int, pid: int, sid: int, autogroup: bool, why: str) -> N
     assert not decided.write and why in decided.reason
 
 
+def test_the_reasons_name_the_setting_they_come_from() -> None:
+    assert "TL_HTTP_SESSION_NICE=0" in plan(0, pid=7, sid=7, autogroup=True, setting="TL_HTTP_SESSION_NICE").reason
+    with pytest.raises(ValueError, match="TL_HTTP_SESSION_NICE must be"):
+        plan(30, pid=7, sid=7, autogroup=True, setting="TL_HTTP_SESSION_NICE")
+
+
 @pytest.mark.parametrize("nice", [-21, 20])
 def test_out_of_range_is_a_configuration_error(nice: int) -> None:
     with pytest.raises(ValueError, match="-20..19"):
