@@ -111,9 +111,9 @@ class Settings:
     session_nice: int = _env("TL_SESSION_NICE", -10, int)
     # The same for the HTTP services (post and query), above the worker's by default: a read or
     # a live stream's burst of events waits for a CPU behind the worker's batches otherwise (at
-    # the live benchmark's 50% load the query service waited ~70 ms per second at -10, 35 at -15,
-    # and the stream events' p99 went from 52-58 ms to 43 ms: docs/clients.md). Its CPU is small
-    # next to the worker's (0.2 of a core against 0.8 there), so the worker loses little.
+    # the live benchmark's 50% load the query service waited ~70 ms per second at -10, ~35 at
+    # -15, and the stream events' p99 went from 52-72 ms to 43-55 ms: docs/clients.md). Its CPU
+    # is small next to the worker's (0.2 of a core against 0.8 there), so the worker loses little.
     http_session_nice: int = _env("TL_HTTP_SESSION_NICE", -15, int)
     # UNLOGGED batches each client keeps in flight per bulk write (sinks/cassandra.py).
     cassandra_batches_in_flight: int = _env("TL_CASSANDRA_BATCHES_IN_FLIGHT", 32, int)

@@ -291,12 +291,19 @@ def load_rate(spec: str, burst: float, fanout: int) -> float:
     return float(spec)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def stream_namespace(workdir: str, name: str) -> tuple[Any, Path]:
+    """A provisioned namespace of its own for a streams benchmark (every author pushed) and its
+    folder: ``<workdir>/<name>-<tag>``."""
     tag = uuid.uuid4().hex[:8]
-    workdir = Path(args.workdir) / f"live-{tag}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    settings = bench_settings(get_settings(), tag, workdir, partitions=4, threshold=10**6, hysteresis=1)
+    path = Path(workdir) / f"{name}-{tag}"
+    path.mkdir(parents=True, exist_ok=True)
+    settings = bench_settings(get_settings(), tag, path, partitions=4, threshold=10**6, hysteresis=1)
     await provision(settings)
+    return settings, path
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings, workdir = await stream_namespace(args.workdir, "live")
     result: dict[str, Any] = {"command": " ".join(["python -m bench.live_bench", *sys.argv[1:]]),
                               "streams": args.streams, "probes": args.probes,
                               "loadavg_at_start": [round(x, 1) for x in os.getloadavg()]}

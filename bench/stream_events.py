@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +26,18 @@ import orjson
 from redis.asyncio import Redis
 
 from bench import stage_times
-from bench.context import bench_settings, log, provision
-from bench.live_bench import DELAY, StreamClient, cpu_seconds, make_users
+from bench.context import log
+from bench.live_bench import DELAY, StreamClient, cpu_seconds, make_users, stream_namespace
 from ops.faults.cluster import ServiceProcess
 from ops.schema import drop_namespace
 from policies.snowflake import SnowflakeGenerator
 from policies.stream import Notice, encode_notice
 from schemas.tweet_json import render_tail
-from settings import get_settings
 from sinks.redis_live import LiveChannels
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    tag = uuid.uuid4().hex[:8]
-    workdir = Path(args.workdir) / f"stream-events-{tag}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    settings = bench_settings(get_settings(), tag, workdir, partitions=4, threshold=10**6, hysteresis=1)
-    await provision(settings)
+    settings, workdir = await stream_namespace(args.workdir, "stream-events")
     service = ServiceProcess("query.service", settings, workdir / "query.log").start()
     clients: list[StreamClient] = []
     redis = Redis.from_url(settings.redis_url)
