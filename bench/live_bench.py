@@ -15,7 +15,7 @@ process). Steps:
    pub/sub (published right after the timeline write; the bench subscribes to the probes'
    channels and takes the time the stage wrote in it) -> the ``tweet`` event on the probe's
    stream. The probes' streams are held by a client process of their own, in a session of its
-   own (as a device is apart from the others) at the services' session priority
+   own (as a device is apart from the others) at the worker's session priority
    (``TL_SESSION_NICE``: on these shared cores a client at the default priority waited for a
    CPU behind the worker's), which stamps each event with the wall clock when it reads it:
    this process also reads every other open stream and sends the load, and its delays were
@@ -157,13 +157,10 @@ class ProbeClients:
             tweet_id, at = line.split()
             self.arrivals[int(tweet_id)] = float(at)
 
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def run_wait_seconds(self) -> float:
         """Its threads' time runnable but not running, so far (``bench.sysstats``)."""
-        return run_wait_seconds(self.pid())
+        assert self.proc is not None
+        return run_wait_seconds(self.proc.pid)
 
     async def stop(self) -> None:
         if self.task is not None:

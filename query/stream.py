@@ -115,7 +115,7 @@ class LiveStream:
             if self.task is not None and not self.cut:
                 self.cut = True
                 self.task.cancel()
-        elif due.heartbeat or due.activity:
+        else:  # a heartbeat, an activity mark or both
             self.heartbeat_due = self.heartbeat_due or due.heartbeat
             self.activity_due = self.activity_due or due.activity
             self.wake.set()
