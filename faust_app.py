@@ -11,11 +11,20 @@ from faust.auth import SASLCredentials
 
 from agents import metrics, shutdown
 from logs import dict_config
+from policies import worker_layout
 from streams.faust_handover import HandoverSafeApp, SeekThenResumeTableManager
 from schemas import source_topics
 from settings import get_settings
 
 settings = get_settings()
+# The stages this process runs (TL_WORKER_LAYOUT / TL_WORKER_ROLE; policies/worker_layout.py):
+# each role is an app of its own, its id the role's consumer group.
+ROLE = worker_layout.worker_role(settings.worker_layout, settings.worker_role)
+
+
+def runs(stage: str) -> bool:
+    """Whether this process runs ``stage`` ("fanout", "projection" or "deliver")."""
+    return worker_layout.runs(ROLE, stage)
 
 
 def broker_credentials(kafka_kwargs: dict) -> SASLCredentials | None:
@@ -33,7 +42,7 @@ def broker_credentials(kafka_kwargs: dict) -> SASLCredentials | None:
 # streams/faust_handover.py): without them a worker that takes partitions over can
 # strand or skip messages.
 app = HandoverSafeApp(
-    settings.app_id,
+    settings.worker_group,
     broker=f"kafka://{settings.kafka_bootstrap}",
     broker_credentials=broker_credentials(settings.kafka_kwargs()),
     store=settings.faust_store,
@@ -56,7 +65,7 @@ app = HandoverSafeApp(
     broker_session_timeout=settings.broker_session_timeout_s,
     broker_heartbeat_interval=min(1.0, settings.broker_session_timeout_s / 3),
     # A named worker is findable in the group (ops/supervise.py removes a dead one's member).
-    **({"broker_client_id": f"{settings.app_id}-{settings.worker_name}"} if settings.worker_name else {}),
+    **({"broker_client_id": f"{settings.worker_group}-{settings.worker_name}"} if settings.worker_name else {}),
     consumer_group_instance_id=settings.worker_name if settings.worker_static_membership else None,
     stream_buffer_maxsize=8192,
     web_host="127.0.0.1",

@@ -194,6 +194,12 @@ class Settings:
     # worker restarted within the session timeout gets its partitions back without a
     # rebalance.
     worker_static_membership: bool = _env("TL_WORKER_STATIC_MEMBERSHIP", False, _bool)
+    # Which processes run which stages (policies/worker_layout.py): "one" (a worker runs both
+    # stages and the projection) or "split" (a worker runs TL_WORKER_ROLE: "fanout" or
+    # "deliver", each its own Faust app and consumer group). Every process of a deployment
+    # (workers and ops tools) needs the same layout.
+    worker_layout: str = _env("TL_WORKER_LAYOUT", "one")
+    worker_role: str = _env("TL_WORKER_ROLE", "")
     # After SIGTERM/SIGINT a worker has this long to stop, then exits hard (agents/shutdown.py).
     shutdown_grace_s: float = _env("TL_SHUTDOWN_GRACE_S", 8.0, float)
     # The PostgreSQL projection is off the timeline path: it starts a batch at most this often
@@ -298,6 +304,10 @@ class Settings:
                              "primary region's Post service): a secondary region forwards writes there")
         if self.snowflake_lease_ttl_s < 1:
             raise ValueError("TL_SNOWFLAKE_LEASE_TTL_S must be >= 1")
+        from policies.worker_layout import check as check_layout
+
+        if (problem := check_layout(self.worker_layout, self.worker_role)) is not None:
+            raise ValueError(problem)
         if self.worker_static_membership and not self.worker_name:
             raise ValueError("TL_WORKER_STATIC_MEMBERSHIP needs TL_WORKER_NAME (the group.instance.id)")
         if self.topic_partitions < 1:
@@ -454,6 +464,21 @@ class Settings:
         values.update(overrides)
         return self.replace(**values)
 
+
+    @property
+    def worker_group(self) -> str:
+        """This worker process's Faust app id and consumer group (policies/worker_layout.py);
+        ValueError in the split layout without TL_WORKER_ROLE."""
+        from policies.worker_layout import group_id, worker_role
+
+        return group_id(self.app_id, worker_role(self.worker_layout, self.worker_role))
+
+    def worker_groups(self) -> dict[str, tuple[str, ...]]:
+        """Every consumer group of the layout -> the topics it consumes."""
+        from policies.worker_layout import groups
+
+        return groups(self.app_id, self.worker_layout, (self.topic_tweets, self.topic_follows),
+                      (self.topic_activity, self.topic_deliveries))
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -44,7 +44,7 @@ from agents.loop import consume
 from agents.metrics import count_deliveries, observe_fanout_lag
 from agents.outbox import Outbox, misplaced_policy
 from agents.sinks import Sinks, get_sinks, with_retry
-from faust_app import app, settings
+from faust_app import app, runs, settings
 from policies.activity import is_active
 from policies.chunks import plan_chunks
 from policies.rebuild import AuthorTweets, plan_rebuild
@@ -616,10 +616,13 @@ async def _walk(sinks: Sinks, events: Sequence[Any], *,
     return finish, writer
 
 
-@app.agent(recipient_events, concurrency=1)
 async def deliver(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_recipient_batch,
                   begin=begin_recipient_batch, overlap=settings.deliver_overlap,
                   batch_max=BATCH_MAX, pace_s=settings.deliver_pace_ms / 1000,
                   gate_of=lambda sinks: sinks.cassandra.gate,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)
+
+
+if runs("deliver"):  # the process's role (policies/worker_layout.py)
+    deliver = app.agent(recipient_events, concurrency=1)(deliver)

@@ -31,7 +31,7 @@ from agents.loop import consume
 from agents.metrics import FANOUT_TWEETS, count_rows
 from agents.outbox import Outbox, misplaced_policy
 from agents.sinks import Sinks, get_sinks, with_retry
-from faust_app import app, settings
+from faust_app import app, runs, settings
 from policies.celebrity import CelebrityRule
 from policies.fanout import Groups, is_pulled, plan_fanout, plan_recipients, plan_removal
 from policies.first_wins import (
@@ -439,9 +439,12 @@ async def process_author_batch(sinks: Sinks, events: Sequence[Any]) -> None:
             authors[entity_key(author_id)] = author
 
 
-@app.agent(author_events, concurrency=1)
 async def fanout(stream: Any) -> None:
     await consume(stream, ISOLATOR, lambda: get_sinks(settings), process_author_batch,
                   batch_max=BATCH_MAX, pace_s=settings.fanout_pace_ms / 1000,
                   gate_of=lambda sinks: sinks.cassandra.gate,
                   dead_letters_topic=dead_letters_topic, partitions=settings.topic_partitions)
+
+
+if runs("fanout"):  # the process's role (policies/worker_layout.py)
+    fanout = app.agent(author_events, concurrency=1)(fanout)

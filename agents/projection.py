@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from agents.failures import Isolator
 from agents.loop import consume
 from agents.sinks import with_retry
-from faust_app import app, settings
+from faust_app import app, runs, settings
 from schemas import ContractError, Limits, decode
 from sinks.postgres import open_pool, statements, write_batch
 from streams.topics import EVENTS_ON, dead_letters_topic, projection_events
@@ -71,6 +71,7 @@ async def project_to_postgres(stream: Any) -> None:
 
 
 # A secondary region's PostgreSQL is a read-only replica of the primary's, which the
-# primary region's worker projects into: the agent (and its consumer) exists only there.
-if not settings.secondary_region:
+# primary region's worker projects into: the agent (and its consumer) exists only there,
+# in the processes that run stage 1 (policies/worker_layout.py).
+if not settings.secondary_region and runs("projection"):
     project_to_postgres = app.agent(projection_events, concurrency=1)(project_to_postgres)

@@ -74,13 +74,25 @@ def bar(**kw: Any) -> tqdm:
     return tqdm(file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False, **kw)
 
 
+def worker_pids(worker: Worker, name: str = "worker") -> dict[str, int]:
+    """A worker's processes by name: ``name``, or ``name (role)`` for each of a split worker's."""
+    return {(name if role == "all" else f"{name} ({role})"): proc.pid for role, proc in worker.procs.items()}
+
+
+# The layout measured: the one docs/operations.md recommends for a host with two cores or more
+# (a process per stage: bench/results/worker-split-20261204/README.md).
+BENCH_WORKER_LAYOUT = "split"
+
+
 def bench_settings(base: Settings, tag: str, workdir: Path, partitions: int, threshold: int,
                    hysteresis: int) -> Settings:
     """The run's own namespace (``Settings.isolated``: topics ``bench-<kind>-<tag>``, keyspace
     and schema ``bench_<tag>``, consumer group ``bench-<tag>``), the benchmark's celebrity
-    numbers, and rate limits out of the way (their Redis round trips are still made)."""
+    numbers, and rate limits out of the way (their Redis round trips are still made). The
+    worker layout is ``BENCH_WORKER_LAYOUT`` unless TL_WORKER_LAYOUT is set."""
     return base.isolated(
         "bench", tag, workdir, topic_partitions=partitions,
+        worker_layout=base.worker_layout if "TL_WORKER_LAYOUT" in os.environ else BENCH_WORKER_LAYOUT,
         celebrity_threshold=threshold, celebrity_hysteresis=hysteresis,
         post_rate_burst=10**9, post_rate_per_s=1e9, read_rate_burst=10**9, read_rate_per_s=1e9,
         signup_rate_burst=10**9, signup_rate_per_s=1e9, follow_rate_burst=10**9, follow_rate_per_s=1e9,
@@ -252,9 +264,10 @@ class RunContext:
         """The processes whose CPU a phase reads: the worker, this process and the servers."""
         from localenv.services import services
 
-        single = {"worker": self.worker.proc.pid, "bench (load generator)": os.getpid()}
+        single = worker_pids(self.worker)
+        single["bench (load generator)"] = os.getpid()
         for n, w in enumerate(self.extra_workers, start=2):
-            single[f"worker {n}"] = w.proc.pid
+            single.update(worker_pids(w, f"worker {n}"))
         tree = {}
         for svc in services(self.base):
             # Servers started by another checkout (reused) have no pid file here.

@@ -356,9 +356,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         arrivals = probe_clients.arrivals
 
         def cpu() -> tuple[float, ...]:
-            q, w = service.proc.pid, worker.proc.pid
-            return (cpu_seconds(q), cpu_seconds(w), time.perf_counter(), run_wait_seconds(q), run_wait_seconds(w),
-                    probe_clients.run_wait_seconds())
+            q, ws = service.proc.pid, [p.pid for p in worker.procs.values()]  # a process per stage when split
+            return (cpu_seconds(q), sum(map(cpu_seconds, ws)), time.perf_counter(), run_wait_seconds(q),
+                    sum(map(run_wait_seconds, ws)), probe_clients.run_wait_seconds())
 
         async def delays() -> stage_times.Snapshot:
             return await asyncio.to_thread(stage_times.scrape, port, 5.0, {DELAY: ""})

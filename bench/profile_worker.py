@@ -144,14 +144,19 @@ class ProfiledWorker(Worker):
     def launcher(self) -> list[str]:
         return ["-m", "bench.profile_worker", str(self.prefix)]
 
+    @property
+    def profiled(self):
+        """The process profiled: the worker's last (stage 2's in the split layout)."""
+        return list(self.procs.values())[-1]
+
     def profile_start(self) -> None:
-        self.proc.send_signal(START)
+        self.profiled.send_signal(START)
 
     def profile_stop(self, timeout: float = 60.0) -> bool:
         """Stop profiling; True once the report files are written."""
         done = Path(str(self.prefix) + ".done")
         done.unlink(missing_ok=True)  # a profile stopped earlier in the run left one
-        self.proc.send_signal(STOP)
+        self.profiled.send_signal(STOP)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if done.exists():

@@ -78,7 +78,10 @@ def header(doc: Doc, r: dict) -> None:
              + (f" Worker session (autogroup) nice: {m['worker_session_nice']} (TL_SESSION_NICE, cpu_priority.py)."
                 if m.get("worker_session_nice") is not None else ""))
     workers = m.get("workers", 1)
-    doc.para(f"All four servers, {'one Faust worker' if workers == 1 else f'{workers} Faust workers (TL_BENCH_WORKERS)'} and the load generators share these {mach.get('nproc')} cores; "
+    layout = m.get("worker_layout", "one")
+    each = ("" if layout == "one" else
+            f" (layout `{layout}`: a process per stage, policies/worker_layout.py)")
+    doc.para(f"All four servers, {'one Faust worker' if workers == 1 else f'{workers} Faust workers (TL_BENCH_WORKERS)'}{each} and the load generators share these {mach.get('nproc')} cores; "
              "other people's test runs may too (each phase reports the machine's busy share and the CPU used outside "
              "the benchmark's processes). Numbers are a floor for dedicated servers.")
     doc.para(f"Dataset: {ds.get('users'):,} users ({ds.get('accounts_with_followers'):,} with followers, "

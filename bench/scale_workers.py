@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.context import REPO, RunContext, log, provision
+from bench.context import REPO, RunContext, log, provision, worker_pids
 from bench.graph import TweetFactory, generate
 from bench.phases import graph_load
 from bench.sysstats import CpuWindow, ProcessSet, machine
@@ -69,7 +69,8 @@ async def measure(ctx: RunContext, workers: list[Worker], deliveries: int) -> di
     settle = await ctx.burst(ctx.draw_tweets(deliveries / 10), f"settle {len(workers)} workers", timeout=900)
     procs = ctx.pids()
     single = {k: v for k, v in procs.single.items() if not k.startswith("worker")}  # named below
-    single.update({f"worker {i + 1}": w.proc.pid for i, w in enumerate(workers)})
+    for i, w in enumerate(workers):
+        single.update(worker_pids(w, f"worker {i + 1}"))
     window = CpuWindow(ProcessSet(single=single, tree=procs.tree)).start()
     burst = await ctx.burst(ctx.draw_tweets(deliveries), f"burst with {len(workers)} workers", timeout=1800)
     cpu = window.stop()

@@ -13,7 +13,7 @@ long one took, and which store operation took what share of a stage's time.
 from __future__ import annotations
 
 import urllib.request
-from typing import Any
+from typing import Any, Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -95,6 +95,20 @@ def scrape(port: int, timeout: float = 5.0, histograms: dict[str, str] = HISTOGR
     """The histograms now, from a process's ``GET /metrics`` (the worker's Faust web server by default)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
         return parse(resp.read().decode(), histograms)
+
+
+def scrape_all(ports: Iterable[int], timeout: float = 5.0) -> Snapshot:
+    """``scrape`` of several processes (a worker's, one per stage in the split layout), each
+    histogram summed over them, as Prometheus would."""
+    total: Snapshot = {}
+    for port in ports:
+        for key, h in scrape(port, timeout).items():
+            t = total.setdefault(key, {"count": 0.0, "sum": 0.0, "buckets": {}})
+            t["count"] += h["count"]
+            t["sum"] += h["sum"]
+            for le, v in h["buckets"].items():
+                t["buckets"][le] = t["buckets"].get(le, 0.0) + v
+    return total
 
 
 def between(before: Snapshot, after: Snapshot, key: tuple[str, str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from localenv.host import terminate
+from policies.worker_layout import LAYOUTS
 from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,56 +38,87 @@ def env_file_text(settings: Settings) -> str:
 
 
 class Worker:
-    """One ``faust -A faust_app worker`` process."""
+    """A worker: one ``faust -A faust_app worker`` process per role of the settings' layout
+    (``policies/worker_layout.py``): one process in the ``one`` layout, a ``fanout`` and a
+    ``deliver`` process in ``split``. They start, stop and crash together (a host's worker);
+    ``proc`` is the first, ``procs`` all of them (role -> process)."""
 
     def __init__(self, settings: Settings, log_path: Path, *, web_port: int | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
         self.web_port = web_port or free_port()
-        self.proc: subprocess.Popen | None = None
-        self._log: IO[bytes] | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.web_ports: dict[str, int] = {}  # role -> its faust web server's port (GET /metrics)
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return next(iter(self.procs.values()), None)
 
     def launcher(self) -> list[str]:
         """What runs ``faust``'s command line: the ``faust`` module itself."""
         return ["-m", "faust"]
 
+    def log_of(self, role: str) -> Path:
+        """The first role logs to ``log_path``, the others beside it (``worker-deliver.log``)."""
+        first = LAYOUTS[self.settings.worker_layout][0]
+        return self.log_path if role == first else self.log_path.with_name(f"{self.log_path.stem}-{role}{self.log_path.suffix}")
+
     def start(self) -> "Worker":
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
-        env["TL_FAUST_WEB_PORT"] = str(self.web_port)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, *self.launcher(), "-A", "faust_app", "worker",
-             "-l", os.environ.get("TL_WORKER_LOG_LEVEL", "warn"),
-             "--web-port", str(self.web_port), "--web-host", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        roles = LAYOUTS[self.settings.worker_layout]
+        for role in roles:
+            self.web_ports[role] = self.web_port if role == roles[0] else free_port()
+            self.procs[role] = self._spawn(role, self.web_ports[role])
         return self
 
+    def _spawn(self, role: str, web_port: int) -> subprocess.Popen:
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        env["TL_FAUST_WEB_PORT"] = str(web_port)
+        if role != "all":  # each role's app keeps its tables in a folder of its own
+            env["TL_WORKER_ROLE"] = role
+            env["TL_FAUST_DATADIR"] = os.path.join(self.settings.faust_datadir, role)
+            os.makedirs(self.settings.faust_datadir, exist_ok=True)
+        log_path = self.log_of(role)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+        self._logs.append(log)
+        return subprocess.Popen(
+            [sys.executable, *self.launcher(), "-A", "faust_app", "worker",
+             "-l", os.environ.get("TL_WORKER_LOG_LEVEL", "warn"),
+             "--web-port", str(web_port), "--web-host", "127.0.0.1"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        """Every process of the worker runs."""
+        return bool(self.procs) and all(p.poll() is None for p in self.procs.values())
 
     def check(self) -> None:
-        """Raise with the log's tail if the worker has exited."""
-        if not self.alive():
-            raise RuntimeError(f"worker exited with {self.proc and self.proc.returncode}:\n{self.log_tail()}")
+        """Raise with the log's tail if a process of the worker has exited."""
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker ({role}) exited with {proc.returncode}:\n{tail(self.log_of(role), 60)}")
+        if not self.procs:
+            raise RuntimeError("worker not started")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final commit (a crash)."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
         self._close_log()
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.alive():
-            terminate(self.proc, timeout)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                terminate(proc, timeout)
         self._close_log()
 
     def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
 
     def log_tail(self, lines: int = 60) -> str:
         return tail(self.log_path, lines)

@@ -33,7 +33,7 @@ class Member:
 
     def name(self, settings: Settings) -> str | None:
         """The worker's ``TL_WORKER_NAME``, when it has one."""
-        prefix = f"{settings.app_id}-"
+        prefix = f"{settings.worker_group}-"
         if self.client_id.startswith(prefix):
             return self.client_id[len(prefix):]
         return None
@@ -53,7 +53,7 @@ async def describe(settings: Settings) -> Group:
     admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
     await admin.start()
     try:
-        (response,) = await admin.describe_consumer_groups([settings.app_id])
+        (response,) = await admin.describe_consumer_groups([settings.worker_group])
         (group,) = response.groups
         _error, _group_id, state, _ptype, _protocol, raw_members = group[:6]
         members = []
@@ -79,10 +79,10 @@ async def remove_members(settings: Settings, member_ids: list[str]) -> dict[str,
     await admin.start()
     out: dict[str, str] = {}
     try:
-        node = await admin.find_coordinator(settings.app_id)
+        node = await admin.find_coordinator(settings.worker_group)
         for member_id in member_ids:
             response = await admin._send_request(  # noqa: SLF001 - no public LeaveGroup call
-                LeaveGroupRequest(settings.app_id, member_id), node)
+                LeaveGroupRequest(settings.worker_group, member_id), node)
             code = response.error_code
             out[member_id] = "removed" if code == 0 else repr(for_code(code))
         return out
@@ -136,12 +136,12 @@ class GroupWatch:
             await admin.start()
             self._admin = admin
         if self._coordinator is None:
-            self._coordinator = await self._admin.find_coordinator(self.settings.app_id)
+            self._coordinator = await self._admin.find_coordinator(self.settings.worker_group)
         return self._admin
 
     async def refresh(self) -> None:
         admin = await self._connect()
-        (response,) = await admin.describe_consumer_groups([self.settings.app_id],
+        (response,) = await admin.describe_consumer_groups([self.settings.worker_group],
                                                            group_coordinator_id=self._coordinator)
         (raw_group,) = response.groups
         members: dict[str, list[str]] = {}
@@ -170,7 +170,7 @@ class GroupWatch:
             out = {}
             for member_id in ids:
                 response = await admin._send_request(  # noqa: SLF001 - no public LeaveGroup call
-                    LeaveGroupRequest(self.settings.app_id, member_id), self._coordinator)
+                    LeaveGroupRequest(self.settings.worker_group, member_id), self._coordinator)
                 code = response.error_code
                 out[member_id] = "removed" if code == 0 else repr(for_code(code))
             return out

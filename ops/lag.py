@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -37,6 +37,16 @@ class CaughtUp:
     @property
     def waited_s(self) -> float:
         return self.settled_at - self.began
+
+
+async def committed_offsets(admin: AIOKafkaAdminClient, settings: Settings) -> dict[TopicPartition, Any]:
+    """The committed offsets of the layout's consumer groups, each for the topics it consumes
+    (``Settings.worker_groups``: one group, or one per role)."""
+    committed: dict[TopicPartition, Any] = {}
+    for group, topics in settings.worker_groups().items():
+        offsets = await admin.list_consumer_group_offsets(group)
+        committed.update({tp: meta for tp, meta in offsets.items() if tp.topic in topics})
+    return committed
 
 
 class LagMonitor:
@@ -90,7 +100,7 @@ class LagMonitor:
         """Messages not yet committed by the app's consumer group, per topic."""
         if not self._tps:
             self._tps = await self.partitions(self.topics)
-        committed = await self.admin.list_consumer_group_offsets(self.settings.app_id)
+        committed = await committed_offsets(self.admin, self.settings)
         ends = await self.consumer.end_offsets(self._tps)
         lag: dict[str, int] = {t: 0 for t in self.topics}
         for tp in self._tps:

@@ -50,7 +50,9 @@ class RebuildError(RuntimeError):
 
 
 def changelog_topics(settings: Settings) -> list[str]:
-    return [f"{settings.app_id}-{name}-changelog" for name in TABLES]
+    """Every table's changelog under every consumer group of the layout (each role's app
+    declares every table; a role's unused ones stay empty)."""
+    return [f"{group}-{name}-changelog" for group in settings.worker_groups() for name in TABLES]
 
 
 async def flush_redis(settings: Settings) -> int:
@@ -91,12 +93,12 @@ async def reset_kafka_state(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
     await admin.start()
     try:
-        for response in await admin.describe_consumer_groups([settings.app_id]):
+        for response in await admin.describe_consumer_groups(list(settings.worker_groups())):
             for group in response.groups:
                 state = group[2]
                 if state not in ("Empty", "Dead", ""):
                     raise RebuildError(
-                        f"consumer group {settings.app_id!r} is {state}: "
+                        f"consumer group {group[1]!r} is {state}: "
                         "stop the workers before a full rebuild")
         existing = set(await admin.list_topics())
         doomed = [t for t in changelog_topics(settings) + [settings.topic_deliveries] if t in existing]
@@ -110,12 +112,13 @@ async def reset_kafka_state(settings: Settings) -> None:
             [NewTopic(settings.topic_deliveries, settings.topic_partitions, settings.topic_replication)])
     finally:
         await admin.close()
-    await rewind_group(settings, source_topics(settings) + [settings.topic_deliveries])
+    for group, topics in settings.worker_groups().items():
+        await rewind_group(settings, group, list(topics))
 
 
-async def rewind_group(settings: Settings, topics: list[str]) -> None:
-    """Commit the beginning offset of every partition for the (empty) consumer group."""
-    consumer = AIOKafkaConsumer(**settings.kafka_kwargs(), group_id=settings.app_id,
+async def rewind_group(settings: Settings, group: str, topics: list[str]) -> None:
+    """Commit the beginning offset of every partition of ``topics`` for the (empty) consumer group."""
+    consumer = AIOKafkaConsumer(**settings.kafka_kwargs(), group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()
     try:

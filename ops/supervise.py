@@ -68,7 +68,7 @@ async def hand_over(settings: Settings, name: str, *, watch: GroupWatch | None =
         out.removed = {"error": repr(exc)}
     out.removed_after_s = round(time.monotonic() - began, 2)
     end = time.monotonic() + settle_timeout
-    prefix = f"{settings.app_id}-{name}"
+    prefix = f"{settings.worker_group}-{name}"
     while time.monotonic() < end:
         try:
             group = await asyncio.wait_for(describe(settings), 10.0)

@@ -59,7 +59,8 @@ def worker_bindings(user: str, settings: Settings) -> list[AclBinding]:
         # Faust's changelog, repartition and leader topics are named after the app id.
         *_allow(user, "topic", (f"{settings.app_id}-",), ("read", "write", "create", "describe_configs"),
                 pattern="prefixed"),
-        *_allow(user, "group", (settings.app_id,), ("read", "describe")),
+        # The layout's consumer groups: the app id, or one per role (policies/worker_layout.py).
+        *_allow(user, "group", tuple(settings.worker_groups()), ("read", "describe")),
     ]
 
 

@@ -30,6 +30,7 @@ async def run(ctx: RunContext) -> dict[str, Any]:
     started = await ctx.wait_zero(timeout=300, desc="worker start + activity")
     # The worker's CPU priority on this shared machine (cpu_priority.py), set once it started.
     ctx.report["meta"]["worker_session_nice"] = session_nice(ctx.worker.proc.pid)
+    ctx.report["meta"]["worker_layout"] = ctx.settings.worker_layout
     follows = list(g.follow_events(now))
     t1 = time.time()
     await produce(ctx.settings, follows)

@@ -16,7 +16,7 @@ from bench.sysstats import CpuWindow
 async def run(ctx: RunContext) -> dict[str, Any]:
     capacity = ctx.capacity or 1000.0
     authors = ctx.draw_tweets(capacity * ctx.cfg["profile_s"])
-    window = CpuWindow(ctx.pids(), threads_of=ctx.worker.proc.pid)
+    window = CpuWindow(ctx.pids(), threads_of=ctx.worker.profiled.pid)
     ctx.worker.profile_start()
     window.start()
     burst = await ctx.burst(authors, "profiled burst")

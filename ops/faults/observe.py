@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from ops.lag import pipeline_topics
+from ops.lag import committed_offsets, pipeline_topics
 from settings import Settings
 
 
@@ -22,7 +22,7 @@ async def partition_lag(settings: Settings) -> dict[str, int]:
     await admin.start()
     try:
         await consumer.start()
-        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        committed = await committed_offsets(admin, settings)
         tps = [TopicPartition(t, p) for t in pipeline_topics(settings) for p in range(settings.topic_partitions)]
         ends = await consumer.end_offsets(tps)
         out = {}

@@ -16,7 +16,8 @@ REQUIRED_ENV = {
     "TL_REDIS_URL", "TL_POSTGRES_DSN", "TL_TOPIC_PARTITIONS", "TL_CELEBRITY_THRESHOLD",
     "TL_INACTIVE_AFTER_MS", "TL_TIMELINE_CAP", "TL_TIMELINE_TTL_S",
 }
-APPS = ("setup", "worker", "post-service", "query-service")
+WORKERS = ("worker-fanout", "worker-deliver")  # the split layout: a process per stage
+APPS = ("setup", *WORKERS, "post-service", "query-service")
 
 
 def test_the_four_servers_at_the_versions_the_project_runs() -> None:
@@ -58,8 +59,17 @@ def test_every_variable_in_the_file_is_one_the_code_reads() -> None:
         assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
 
 
+def test_the_worker_runs_a_process_per_stage_each_with_its_own_tables() -> None:
+    roles = {SERVICES[w]["environment"]["TL_WORKER_ROLE"]: w for w in WORKERS}
+    assert set(roles) == {"fanout", "deliver"}
+    for w in WORKERS:
+        env = {k: str(v) for k, v in SERVICES[w]["environment"].items()}
+        assert Settings.from_env(env).worker_layout == "split"
+    assert len({SERVICES[w]["volumes"][0] for w in WORKERS}) == 2, "each process keeps its own RocksDB"
+
+
 def test_apps_point_at_the_compose_servers() -> None:
-    env = SERVICES["worker"]["environment"]
+    env = SERVICES["worker-deliver"]["environment"]
     assert env["TL_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["TL_CASSANDRA_HOSTS"] == "cassandra"
     assert env["TL_REDIS_URL"].startswith("redis://redis:")
@@ -69,7 +79,8 @@ def test_apps_point_at_the_compose_servers() -> None:
 
 
 def test_processes_run_the_real_entry_points() -> None:
-    assert SERVICES["worker"]["command"][:5] == ["python", "-m", "faust", "-A", "faust_app"]
+    for w in WORKERS:
+        assert SERVICES[w]["command"][:5] == ["python", "-m", "faust", "-A", "faust_app"]
     assert "post.service" in SERVICES["post-service"]["command"]
     assert "query.service" in SERVICES["query-service"]["command"]
 
@@ -77,9 +88,11 @@ def test_processes_run_the_real_entry_points() -> None:
 def test_prometheus_scrapes_every_process_where_it_serves_metrics() -> None:
     prom = yaml.safe_load((ROOT / "ops" / "monitoring" / "prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in prom["scrape_configs"]}
-    worker_env = SERVICES["worker"]["environment"]
-    assert targets["timeline-worker"] == f"worker:{worker_env['TL_FAUST_WEB_PORT']}"
-    assert "--web-bind" in SERVICES["worker"]["command"], "the worker's web server must not be loopback-only"
+    workers = next(job["static_configs"][0]["targets"] for job in prom["scrape_configs"]
+                   if job["job_name"] == "timeline-worker")
+    assert workers == [f"{w}:{SERVICES[w]['environment']['TL_FAUST_WEB_PORT']}" for w in WORKERS]
+    for w in WORKERS:
+        assert "--web-bind" in SERVICES[w]["command"], "the worker's web server must not be loopback-only"
     for job, service in (("timeline-post", "post-service"), ("timeline-query", "query-service")):
         command = SERVICES[service]["command"]
         assert targets[job] == f"{service}:{command[command.index('--port') + 1]}"
