@@ -271,7 +271,8 @@ def cpu_per_1000_deliveries(doc: Doc, c: dict, r: dict) -> None:
     doc.table(["process", "CPU s", "CPU s per 1,000 deliveries"],
               ([k, v, c["cpu_s_per_1000_deliveries"].get(k)] for k, v in c["cpu_s"].items()))
     if c.get("worker_threads_cpu_s"):
-        doc.para(f"Worker threads (CPU s): {c['worker_threads_cpu_s']}.")
+        which = " (stage 2's process)" if r.get("meta", {}).get("worker_layout") == "split" else ""
+        doc.para(f"Worker threads{which} (CPU s): {c['worker_threads_cpu_s']}.")
     if c.get("cassandra_threads_cpu_s"):
         doc.para(f"Cassandra threads by kind (CPU s): {c['cassandra_threads_cpu_s']}.")
 
@@ -282,8 +283,9 @@ def profile(doc: Doc, p: dict, r: dict) -> None:
              f"unprofiled); main thread CPU {p['main_thread_cpu_s']} s of {p['wall_s']} s wall. Full tree: "
              f"`{p['text_report']}` (git-ignored).")
     others = {k: v for k, v in (p.get("process_cpu_s") or {}).items() if k != "worker"}
-    doc.para(f"Worker process CPU in this window: {p.get('worker_threads_cpu_s')} (from /proc; the main thread is "
-             f"the only one pyinstrument sees). Other processes (CPU s): {others}.")
+    which = " (stage 2's process: the layout is split)" if r.get("meta", {}).get("worker_layout") == "split" else ""
+    doc.para(f"Worker process{which} CPU in this window: {p.get('worker_threads_cpu_s')} (from /proc; the main "
+             f"thread is the only one pyinstrument sees). Other processes (CPU s): {others}.")
     ts = p.get("all_threads_cpu_sampler")
     if ts:
         doc.para(f"All threads, CPU-weighted sampler ({ts['interval_s'] * 1000:.0f} ms; CPU each thread used since "

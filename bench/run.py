@@ -13,8 +13,9 @@ graph; ``bench/context.py`` holds the run's state; ``bench/report.py`` renders t
 and re-renders it from a results JSON):
 
 1. ``ceilings``: raw ceilings of Redis, Cassandra and Kafka from Python;
-2. ``graph_load``: the graph goes through the real pipeline (one Faust worker subprocess),
-   and every active user's timeline is cached;
+2. ``graph_load``: the graph goes through the real pipeline (one Faust worker: a subprocess
+   per stage in the split layout, ``bench.context.BENCH_WORKER_LAYOUT``), and every active
+   user's timeline is cached;
 3. ``fanout_throughput``: deliveries/s counted in Cassandra, CPU of every process over the
    same window (``cpu_per_1000_deliveries``) and the writes saved (``write_savings``);
 4. ``fanout_lag``: Kafka ack -> visible in followers' cached timelines, at steady rates;
