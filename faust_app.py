@@ -12,6 +12,8 @@ from faust.auth import SASLCredentials
 from agents import metrics, shutdown
 from logs import dict_config
 from policies import worker_layout
+from policies.fetch_gather import FetchGather
+from streams import fetch_gather
 from streams.faust_handover import HandoverSafeApp, SeekThenResumeTableManager
 from schemas import source_topics
 from settings import get_settings
@@ -87,3 +89,7 @@ metrics.install(app, [*source_topics(settings), settings.topic_deliveries])
 
 # SIGTERM/SIGINT: stopped within TL_SHUTDOWN_GRACE_S, even with a store down (agents/shutdown.py).
 shutdown.install(app, settings.shutdown_grace_s)
+
+# Stage 1's consumer fetches wait to gather records while many arrive (streams/fetch_gather.py).
+if runs("fanout"):
+    fetch_gather.install(app, FetchGather(settings.fetch_gather_ms, settings.fetch_gather_above))

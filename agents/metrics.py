@@ -31,6 +31,8 @@ pipeline's; ``ops/monitoring/`` has the dashboard and alert rules built on them.
   while any store operation is retrying.
 * ``timeline_gc_pause_seconds{generation}``: the garbage collector's pauses (every
   coroutine of the worker stops meanwhile; a full collection walks every object alive).
+* ``timeline_fetch_gathering``: 1 while stage 1's Kafka fetches wait to gather records
+  (``streams/fetch_gather.py``).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import time
 from contextvars import ContextVar
 from typing import Any, Iterable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -81,6 +83,9 @@ SINK_RETRIES = Counter(
 ACK_WAIT = Histogram(
     "timeline_ack_wait_seconds", "Processed batch to its Kafka ack: the wait for Cassandra's commit log",
     ["stage"], buckets=BATCH_BUCKETS,
+)
+FETCH_GATHERING = Gauge(
+    "timeline_fetch_gathering", "1 while the worker's Kafka fetches wait to gather records (streams/fetch_gather.py)"
 )
 COMMITLOG_PROBES = Counter(
     "timeline_commitlog_probes_total", "One-row writes sent because no other write showed the commit log synced"
