@@ -124,6 +124,11 @@ def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
                   f"{run['machine_busy_share']:.0%}"] for cls, a, lost in classes]
     doc.table(["load", "tweets/s", "deliveries/s offered", "author size", "samples", "p50 ms", "p99 ms", "max ms",
                "not seen in 60 s", "peak consumer lag", "machine busy"], rows)
+    steady = ((r.get("ceilings") or {}).get("cassandra") or {}).get("batched_one_row_per_partition_per_s")
+    if steady:
+        doc.para("Each point's offered deliveries against Cassandra alone taking one-row-per-partition batches "
+                 f"from Python in this run ({steady:,.0f} rows/s with the whole machine, section 6): " + "; ".join(
+                     f"{run['load']}: {run['offered_deliveries_per_s'] / steady:.0%}" for run in f["runs"]) + ".")
     for run in f["runs"]:
         ev = run.get("worker_log_warnings") or {}
         doc.lines.append(
@@ -232,6 +237,9 @@ def ceilings(doc: Doc, c: dict, r: dict) -> None:
             f"{b['statements_per_batch']} statements, {b['partitions_per_batch']} partitions and "
             f"{b['bytes_per_batch']:,} B per batch, {b['batches_in_flight']} in flight)",
             cass["batched_inserts_per_s"]))
+    if cass.get("batched_one_row_per_partition_per_s"):
+        rows.append(vs_pipeline("The same batches with one row per partition (the shape of a steady load: about one "
+                                "row per user per batch)", cass["batched_one_row_per_partition_per_s"]))
     rows += [
         vs_pipeline(f"aiokafka consume ({kafka['messages']:,} msgs of {kafka['message_bytes']} B, "
                     f"{kafka['consume_mb_per_s']} MB/s)", kafka["consume_msgs_per_s"], consumed, "msgs/s"),
