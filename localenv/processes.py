@@ -77,11 +77,11 @@ class QueryService(PythonProcess):
 
 @dataclass
 class StreamWorker(PythonProcess):
-    """One worker under ``ops.supervise`` (restarted, its partitions handed over at once, when
-    it dies); serves ``/metrics`` on its Faust web port. SIGTERM reaches the worker through
+    """One worker process under ``ops.supervise`` (restarted, its partitions handed over at once,
+    when it dies); serves ``/metrics`` on its Faust web port. In the split layout the stack runs
+    one per role (``role``). SIGTERM reaches the worker through
     the supervisor, which waits for it."""
 
-    name: ClassVar[str] = "worker"
     health_path: ClassVar[str] = "/metrics"
     stop_signal: ClassVar[int] = signal.SIGTERM
     stop_timeout: ClassVar[float] = 40.0  # the worker's own grace (8 s) and its last commit
@@ -89,9 +89,19 @@ class StreamWorker(PythonProcess):
 
     listen_port: int = 6066
     worker_name: str = "dev-w1"
+    # A role of the split layout (policies/worker_layout.py): "" is the one layout's process.
+    role: str = ""
+
+    @property
+    def name(self) -> str:  # type: ignore[override] - one service per role: its own log, pid file, folder
+        return f"worker-{self.role}" if self.role else "worker"
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "TL_FAUST_WEB_PORT": str(self.port)}
+        env = {**super().env(), "TL_FAUST_WEB_PORT": str(self.port)}
+        if self.role:  # each role's app keeps its tables in a folder of its own (as localenv.worker does)
+            env["TL_WORKER_ROLE"] = self.role
+            env["TL_FAUST_DATADIR"] = os.path.join(env["TL_FAUST_DATADIR"], self.role)
+        return env
 
     def prepare(self) -> None:
         super().prepare()

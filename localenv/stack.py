@@ -2,7 +2,8 @@
 (``python -m localenv.stack up [--no-seed] | status | down``).
 
 ``up`` starts what is not running and reuses what is: the four servers (``localenv.services``,
-or a ``ServerSet``), the supervised stream worker, the Post service, the query service, the
+or a ``ServerSet``), the supervised stream worker (with ``TL_WORKER_LAYOUT=split``, one per
+role: ``worker-fanout`` and ``worker-deliver``), the Post service, the query service, the
 servers' exporters and Prometheus, whose scrape config names every process started here
 (``ops/monitoring/scrape.py``). It waits until each one answers, seeds a small world
 through the public API the first time (``--no-seed`` skips it) and prints a table of URLs.
@@ -34,12 +35,14 @@ from localenv.services import services as shared_servers
 from localenv.services import up as shared_up
 from localenv.worker import free_port
 from ops.monitoring import scrape
+from policies.worker_layout import LAYOUTS
 from settings import Settings, get_settings
 
 
 @dataclass(frozen=True)
 class StackPorts:
-    worker: int = 6066
+    worker: int = 6066  # the split layout's second process (stage 2) listens on worker_deliver
+    worker_deliver: int = 6067
     post: int = 8081
     query: int = 8082
     prometheus: int = PROMETHEUS_PORT
@@ -49,7 +52,7 @@ class StackPorts:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "StackPorts":
-        return cls(worker=settings.faust_web_port)
+        return cls(worker=settings.faust_web_port, worker_deliver=settings.faust_web_port + 1)
 
     @classmethod
     def free(cls) -> "StackPorts":
@@ -79,7 +82,11 @@ class Stack:
         self.ports = ports or StackPorts.for_settings(self.settings)
         p, s, st = self.ports, self.settings, self.state
         self.servers: list[Service] = server_set.services() if server_set else shared_servers(s)
-        self.worker = StreamWorker(s, state=st, listen_port=p.worker)
+        # One worker process per role of the layout (policies/worker_layout.py); ``worker`` is the first.
+        roles = LAYOUTS[s.worker_layout]
+        self.workers = [StreamWorker(s, state=st, listen_port=port, role="" if role == "all" else role)
+                        for role, port in zip(roles, (p.worker, p.worker_deliver))]
+        self.worker = self.workers[0]
         self.post = PostService(s, state=st, listen_port=p.post)
         self.query = QueryService(s, state=st, listen_port=p.query)
         self.exporters = [RedisExporter(s, state=st, listen_port=p.redis_exporter),
@@ -92,7 +99,7 @@ class Stack:
     def processes(self) -> list[Service]:
         """What the stack itself runs, in start order (Prometheus after what it scrapes, then the
         dashboard page that reads it)."""
-        return [self.worker, self.post, self.query, *self.exporters, self.prometheus, self.dashboard]
+        return [*self.workers, self.post, self.query, *self.exporters, self.prometheus, self.dashboard]
 
     @property
     def ledger(self) -> Path:
@@ -105,7 +112,7 @@ class Stack:
         kafka, cassandra = self.server("kafka"), self.server("cassandra")
         redis_exp, pg_exp = self.exporters
         return {
-            scrape.WORKER: [self.worker.address], scrape.POST: [self.post.address],
+            scrape.WORKER: [w.address for w in self.workers], scrape.POST: [self.post.address],
             scrape.QUERY: [self.query.address], scrape.PROMETHEUS: [self.prometheus.address],
             scrape.REDIS: [redis_exp.address], scrape.POSTGRES: [pg_exp.address],
             scrape.KAFKA: [f"{kafka.host}:{kafka.agent_port}"],

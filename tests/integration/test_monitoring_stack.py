@@ -20,10 +20,11 @@ from settings import Settings
 from tests.integration.pipeline_harness import drop, isolated_settings
 
 
-@pytest.fixture(scope="module")
-def stack(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["one", "split"])
+def stack(services: Settings, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The stack in each worker layout (policies/worker_layout.py): one worker process, or one per role."""
     state = tmp_path_factory.mktemp("stack")
-    settings = isolated_settings(state)
+    settings = isolated_settings(state, worker_layout=request.param)
     stack = Stack(settings, state=state, ports=StackPorts.free())
     try:
         stack.up(seed=False, echo=lambda line: None)
@@ -62,6 +63,10 @@ def test_every_process_is_scraped(stack: Stack) -> None:
     assert own <= up
     assert stack.prometheus.query('timeline_consumer_lag_messages') or stack.prometheus.query(
         'faust_total_rebalances'), "the worker's own metrics are not scraped"
+    roles = {"one": ["worker"], "split": ["worker-fanout", "worker-deliver"]}[stack.settings.worker_layout]
+    assert [w.name for w in stack.workers] == roles
+    workers = [t for t in stack.prometheus.active_targets() if t["job"] == scrape.WORKER]
+    assert len(workers) == len(roles) and all(t["health"] == "up" for t in workers), workers
 
 
 def test_server_health_metrics_are_there(stack: Stack) -> None:
