@@ -209,13 +209,13 @@ class Settings:
     # The same for the timeline stages (stage 1, stage 2): 0, none, by default (a batch as soon
     # as an event is buffered); a pace trades up to that much latency for fewer, larger batches.
     fanout_pace_ms: int = _env("TL_FANOUT_PACE_MS", 0, int)
+    deliver_pace_ms: int = _env("TL_DELIVER_PACE_MS", 0, int)
     # Stage 1's Kafka fetches wait up to this long to gather records while more than
     # TL_FETCH_GATHER_ABOVE records/s arrive (policies/fetch_gather.py); under that, and with
     # 0 ms, a fetch returns at the first record. Its process's consumer only (the process that
     # runs stage 1: role fanout, or the one layout's single process).
     fetch_gather_ms: int = _env("TL_FETCH_GATHER_MS", 20, int)
     fetch_gather_above: float = _env("TL_FETCH_GATHER_ABOVE", 50.0, float)
-    deliver_pace_ms: int = _env("TL_DELIVER_PACE_MS", 0, int)
     # Stage 2 writes a batch in chunks of users of at most this many rows (Cassandra, then
     # metadata, then Redis and live notices, per chunk; policies/chunks.py), this many chunks
     # in flight: timelines change progressively and one chunk's Redis work overlaps another's

@@ -3,7 +3,7 @@
 Every ``PERIOD_S`` a task of the app reads how many records the worker took (faust's monitor
 counts every message in) and sets the fetch parameters of the aiokafka consumer that faust's
 consumer thread runs. Those are aiokafka internals (``Fetcher._fetch_max_wait_ms`` and
-``_fetch_min_bytes``, read each time a fetch request is built, in 0.12-0.13), like
+``_fetch_min_bytes``, read each time a fetch request is built, in aiokafka 0.14.0, locked), like
 ``agents/outbox.send_now``: re-check them on any aiokafka or faust upgrade. Without them (another
 version) the task logs once and stops: the consumer keeps faust's settings, nothing else changes.
 Assigning an int from the app's thread while the consumer thread builds a request is safe in

@@ -21,7 +21,8 @@ from tests.integration.pipeline_harness import drop, isolated_settings
 
 
 @pytest.fixture(scope="module", params=["one", "split"])
-def stack(services: Settings, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(services: Settings, tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The stack in each worker layout (policies/worker_layout.py): one worker process, or one per role."""
     state = tmp_path_factory.mktemp("stack")
     settings = isolated_settings(state, worker_layout=request.param)
