@@ -472,7 +472,6 @@ class Settings:
         values.update(overrides)
         return self.replace(**values)
 
-
     @property
     def worker_group(self) -> str:
         """This worker process's Faust app id and consumer group (policies/worker_layout.py);
@@ -487,6 +486,7 @@ class Settings:
 
         return groups(self.app_id, self.worker_layout, (self.topic_tweets, self.topic_follows),
                       (self.topic_activity, self.topic_deliveries))
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
 from api.dependencies import REDIS_TIMEOUT_S
+from bench import stage_times
 from bench.graph import Graph, TweetFactory, scaled_spec
 from bench.profile_worker import ProfiledWorker
 from bench.sysstats import ProcessSet, pid_listening_on
@@ -212,6 +213,10 @@ class RunContext:
             settings = dataclasses.replace(self.settings, faust_datadir=str(self.workdir / f"faust-{n}"),
                                            worker_name=f"bench-worker-{n}")
             self.extra_workers.append(Worker(settings, self.workdir / f"worker-{n}.log").start())
+
+    async def stage_snapshot(self) -> stage_times.Snapshot:
+        """The stage and store histograms of the worker's processes, summed (``stage_times.scrape_all``)."""
+        return await asyncio.to_thread(stage_times.scrape_all, list(self.worker.web_ports.values()))
 
     def check_worker(self) -> None:
         if self.worker is not None:

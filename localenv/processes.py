@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from localenv.host import REPO
 from localenv.service import LocalProcess
-from localenv.worker import settings_env
+from localenv.worker import role_env, settings_env
 
 
 @dataclass
@@ -89,18 +89,16 @@ class StreamWorker(PythonProcess):
 
     listen_port: int = 6066
     worker_name: str = "dev-w1"
-    # A role of the split layout (policies/worker_layout.py): "" is the one layout's process.
-    role: str = ""
+    # The role it runs (policies/worker_layout.py): "all" in the one layout, else one of the split's.
+    role: str = "all"
 
     @property
     def name(self) -> str:  # type: ignore[override] - one service per role: its own log, pid file, folder
-        return f"worker-{self.role}" if self.role else "worker"
+        return "worker" if self.role == "all" else f"worker-{self.role}"
 
     def env(self) -> dict[str, str]:
         env = {**super().env(), "TL_FAUST_WEB_PORT": str(self.port)}
-        if self.role:  # each role's app keeps its tables in a folder of its own (as localenv.worker does)
-            env["TL_WORKER_ROLE"] = self.role
-            env["TL_FAUST_DATADIR"] = os.path.join(env["TL_FAUST_DATADIR"], self.role)
+        env.update(role_env(env["TL_FAUST_DATADIR"], self.role))
         return env
 
     def prepare(self) -> None:

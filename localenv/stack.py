@@ -84,7 +84,7 @@ class Stack:
         self.servers: list[Service] = server_set.services() if server_set else shared_servers(s)
         # One worker process per role of the layout (policies/worker_layout.py); ``worker`` is the first.
         roles = LAYOUTS[s.worker_layout]
-        self.workers = [StreamWorker(s, state=st, listen_port=port, role="" if role == "all" else role)
+        self.workers = [StreamWorker(s, state=st, listen_port=port, role=role)
                         for role, port in zip(roles, (p.worker, p.worker_deliver))]
         self.worker = self.workers[0]
         self.post = PostService(s, state=st, listen_port=p.post)

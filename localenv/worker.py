@@ -37,6 +37,15 @@ def env_file_text(settings: Settings) -> str:
     return "".join(f"{k}={v}\n" for k, v in sorted(settings_env(settings).items()) if defaults.get(k) != v)
 
 
+def role_env(datadir: str, role: str) -> dict[str, str]:
+    """The environment of a worker process that runs ``role`` (``policies/worker_layout.py``):
+    nothing for the one layout's ``all``; else the role, and a folder of its own under
+    ``datadir`` for its tables (two processes may not share a RocksDB folder)."""
+    if role == "all":
+        return {}
+    return {"TL_WORKER_ROLE": role, "TL_FAUST_DATADIR": os.path.join(datadir, role)}
+
+
 class Worker:
     """A worker: one ``faust -A faust_app worker`` process per role of the settings' layout
     (``policies/worker_layout.py``): one process in the ``one`` layout, a ``fanout`` and a
@@ -74,9 +83,8 @@ class Worker:
     def _spawn(self, role: str, web_port: int) -> subprocess.Popen:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         env["TL_FAUST_WEB_PORT"] = str(web_port)
-        if role != "all":  # each role's app keeps its tables in a folder of its own
-            env["TL_WORKER_ROLE"] = role
-            env["TL_FAUST_DATADIR"] = os.path.join(self.settings.faust_datadir, role)
+        env.update(role_env(self.settings.faust_datadir, role))
+        if role != "all":
             os.makedirs(self.settings.faust_datadir, exist_ok=True)
         log_path = self.log_of(role)
         log_path.parent.mkdir(parents=True, exist_ok=True)

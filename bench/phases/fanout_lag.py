@@ -28,7 +28,7 @@ from bench.cassandra_log import node_background_work
 from bench.context import Publisher, RunContext, bar, paced
 from bench.graph import sample_followers
 from bench.latency import latency_summary
-from bench.stage_times import diff as stage_diff, scrape_all
+from bench.stage_times import diff as stage_diff
 from bench.sysstats import CpuWindow
 from sinks.redis_timeline import member, timeline_key
 
@@ -162,7 +162,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
                 pass
             await asyncio.sleep(1.0)
 
-    stages_before = await asyncio.to_thread(scrape_all, list(ctx.worker.web_ports.values()))
+    stages_before = await ctx.stage_snapshot()
     window = CpuWindow(ctx.pids()).start()
     poller = asyncio.create_task(poll())
     watcher = asyncio.create_task(watch())
@@ -185,7 +185,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
         await redis.aclose()
     cpu = window.stop()
     ctx.check_worker()
-    where = stage_diff(stages_before, await asyncio.to_thread(scrape_all, list(ctx.worker.web_ports.values())))
+    where = stage_diff(stages_before, await ctx.stage_snapshot())
     worst: dict[int, float] = {}
     for at, lag in sent_at:
         worst[int(at)] = max(worst.get(int(at), 0.0), lag)

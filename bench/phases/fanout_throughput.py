@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from bench.context import Publisher, RunContext, bar, log, open_reader
-from bench.stage_times import diff as stage_diff, scrape_all
+from bench.stage_times import diff as stage_diff
 from bench.sysstats import CpuWindow
 from sinks.cassandra import CassandraStore
 
@@ -51,11 +51,11 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         changelogs = await ctx.monitor.changelog_topics()
         offsets_before = await ctx.monitor.end_offsets(
             [settings.topic_tweets, settings.topic_deliveries, *changelogs])
-        stages_before = await asyncio.to_thread(scrape_all, list(ctx.worker.web_ports.values()))
+        stages_before = await ctx.stage_snapshot()
         window = CpuWindow(ctx.pids(), threads_of=ctx.worker.profiled.pid).start()
         run_ = await sustained(ctx, cfg["throughput_s"], cal_rate)
         cpu = window.stop()
-        where = stage_diff(stages_before, await asyncio.to_thread(scrape_all, list(ctx.worker.web_ports.values())))
+        where = stage_diff(stages_before, await ctx.stage_snapshot())
         authors = run_["authors"]
         offsets_after = await ctx.monitor.end_offsets(
             [settings.topic_tweets, settings.topic_deliveries, *changelogs])
