@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bench.redis_stats import command_line
 from bench.targets import get
+
+REDIS_COMMANDS_NOTE = ("Redis's times are its own (`INFO commandstats`): a script call (evalsha) counts "
+                       "everything it ran, and each command it ran counts on its own line too; the lag "
+                       "points' zscore calls are the benchmark's probes, their zadd calls one per user "
+                       "and chunk of stage 2 whose cached timeline exists.")
 
 
 class Doc:
@@ -137,8 +143,11 @@ def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
             + (f", and `{'`; `'.join(ev['lines'])}`" if ev.get("lines") else "")
             + background_line(run.get("cassandra_background"))
             + (f"; Cassandra threads by kind (CPU s): {run['cassandra_threads_cpu_s']}"
-               if run.get("cassandra_threads_cpu_s") else ""))
+               if run.get("cassandra_threads_cpu_s") else "")
+            + (f"; Redis commands by time: {command_line(run['redis_commands'])}" if run.get("redis_commands") else ""))
     doc.lines.append("")
+    if any(run.get("redis_commands") for run in f["runs"]):
+        doc.para(REDIS_COMMANDS_NOTE)
     where_time_goes(doc, [(run["load"], run.get("where_time_goes")) for run in f["runs"]])
     doc.para("CPU seconds per process during each run: " + "; ".join(
         f"{run['load']}: {run['cpu_s']} (outside: {run['outside_these_processes_cpu_s']})" for run in f["runs"]))
@@ -283,6 +292,8 @@ def cpu_per_1000_deliveries(doc: Doc, c: dict, r: dict) -> None:
         doc.para(f"Worker threads{which} (CPU s): {c['worker_threads_cpu_s']}.")
     if c.get("cassandra_threads_cpu_s"):
         doc.para(f"Cassandra threads by kind (CPU s): {c['cassandra_threads_cpu_s']}.")
+    if c.get("redis_commands"):
+        doc.para(f"Redis commands by time: {command_line(c['redis_commands'])}. {REDIS_COMMANDS_NOTE}")
 
 
 def profile(doc: Doc, p: dict, r: dict) -> None:

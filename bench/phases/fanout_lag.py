@@ -28,6 +28,7 @@ from bench.cassandra_log import node_background_work
 from bench.context import Publisher, RunContext, bar, paced
 from bench.graph import sample_followers
 from bench.latency import latency_summary
+from bench.redis_stats import command_delta, command_stats
 from bench.stage_times import diff as stage_diff
 from bench.sysstats import CpuWindow
 from sinks.redis_timeline import member, timeline_key
@@ -163,6 +164,8 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
             await asyncio.sleep(1.0)
 
     stages_before = await ctx.stage_snapshot()
+    redis_before = await command_stats(redis)
+    redis_after = None
     window = CpuWindow(ctx.pids()).start()
     poller = asyncio.create_task(poll())
     watcher = asyncio.create_task(watch())
@@ -177,6 +180,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
         await pub.producer.flush()
         stop.set()
         await asyncio.wait_for(poller, timeout=90)
+        redis_after = await command_stats(redis)
     finally:
         stop.set()
         watcher.cancel()
@@ -209,7 +213,7 @@ async def probe_stream(ctx: RunContext, rate: float, duration: float, desc: str)
             "machine_busy_share": cpu["machine_busy_share"], "cpu_s": cpu["cpu_s"],
             "cassandra_threads_cpu_s": cpu.get("cassandra_threads_cpu_s"),
             "outside_these_processes_cpu_s": cpu["outside_these_processes_cpu_s"],
-            "where_time_goes": where}
+            "where_time_goes": where, "redis_commands": command_delta(redis_before, redis_after)}
 
 
 class Presence:

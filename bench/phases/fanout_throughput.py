@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from bench.context import Publisher, RunContext, bar, log, open_reader
+from bench.redis_stats import command_delta, command_stats
 from bench.stage_times import diff as stage_diff
 from bench.sysstats import CpuWindow
 from sinks.cassandra import CassandraStore
@@ -52,9 +53,11 @@ async def run(ctx: RunContext) -> dict[str, Any]:
         offsets_before = await ctx.monitor.end_offsets(
             [settings.topic_tweets, settings.topic_deliveries, *changelogs])
         stages_before = await ctx.stage_snapshot()
+        redis_before = await command_stats(reader.redis)
         window = CpuWindow(ctx.pids(), threads_of=ctx.worker.profiled.pid).start()
         run_ = await sustained(ctx, cfg["throughput_s"], cal_rate)
         cpu = window.stop()
+        cpu["redis_commands"] = command_delta(redis_before, await command_stats(reader.redis))
         where = stage_diff(stages_before, await ctx.stage_snapshot())
         authors = run_["authors"]
         offsets_after = await ctx.monitor.end_offsets(

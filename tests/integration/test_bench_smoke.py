@@ -62,6 +62,7 @@ async def test_small_benchmark_reports_every_section(tmp_path: Path, services: S
     # Measured in the stores, and exactly what the graph says: no delivery lost, none to inactive users.
     assert f["deliveries_counted_in_cassandra"] == f["deliveries_expected_from_graph"] > 0
     assert f["rows_written_to_inactive_sample"] == 0
+    assert positive({c["command"]: c for c in r["cpu_per_1000_deliveries"]["redis_commands"]}["zadd"]["calls"])
 
     s = r["write_savings"]
     assert 0 < s["saved_by_skipping_inactive"] < 1 and s["rows_written"] < s["push_without_activity_rule"]
@@ -78,6 +79,8 @@ async def test_small_benchmark_reports_every_section(tmp_path: Path, services: S
         assert set(run["cassandra_background"]) == {"flushes", "compactions", "compaction_s"}, run["load"]
         assert sum(1 for _ in run["max_lag_ms_by_send_second"]) > 0, run["load"]
         assert positive(run["cassandra_threads_cpu_s"].get("request stages")), run["load"]
+        pushes = {c["command"]: c for c in run["redis_commands"]}  # stage 2's pushes, the probes
+        assert positive(pushes["zadd"]["calls"]) and positive(pushes["zscore"]["calls"]), run["redis_commands"]
 
     reads = r["reads_inprocess"]
     assert positive(reads["read_rate_per_s"]) and positive(reads["tweet_rate_per_s"])
