@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bench.cost_model import fit as cost_fit, point as cost_point
 from bench.redis_stats import command_line
 from bench.targets import get
 
@@ -151,6 +152,35 @@ def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
     where_time_goes(doc, [(run["load"], run.get("where_time_goes")) for run in f["runs"]])
     doc.para("CPU seconds per process during each run: " + "; ".join(
         f"{run['load']}: {run['cpu_s']} (outside: {run['outside_these_processes_cpu_s']})" for run in f["runs"]))
+    cost_per_push(doc, f, r)
+
+
+def cost_per_push(doc: Doc, f: dict, r: dict) -> None:
+    """The burst and the loaded points: rows per (user, push) against the pipeline's CPU per
+    delivery, and the fit of ``bench/cost_model.py``."""
+    points = []
+    burst, cpu = r.get("fanout_throughput") or {}, r.get("cpu_per_1000_deliveries") or {}
+    if burst.get("deliveries_per_s"):
+        points.append(cost_point("burst", cpu.get("deliveries"), cpu.get("cpu_s") or {}, cpu.get("redis_commands")))
+    for run in f["runs"]:
+        if run.get("share"):  # the idle point's CPU is the servers' own background
+            points.append(cost_point(run["load"], run["offered_deliveries_per_s"] * run["duration_s"],
+                                     run["cpu_s"], run.get("redis_commands")))
+    points = [p for p in points if p]
+    if not points:
+        return
+    doc.para("Rows per push (stage 2's deliveries per Redis ZADD call: one per user and chunk) against the "
+             "pipeline's CPU per delivery (every process but the load generator; the loaded points count the "
+             "deliveries they offered, all seen before their window closed):")
+    doc.table(["window", "deliveries", "pushes", "rows per push", "pipeline CPU s", "CPU s per 1,000 deliveries"],
+              [[p["window"], f"{p['deliveries']:,}", f"{p['pushes']:,}", p["rows_per_push"], p["pipeline_cpu_s"],
+                p["cpu_s_per_1000_deliveries"]] for p in points])
+    model = cost_fit([p for p in points if p["window"] != "burst"])
+    if model:
+        doc.para(f"Least squares over the loaded points (`bench/cost_model.py`; tweets one by one, as clients send "
+                 f"them; the burst's come in bulk): **{model['ms_per_row']} ms of CPU per row and "
+                 f"{model['ms_per_push']} ms per (user, push)**, largest relative error "
+                 f"{model['largest_relative_error']:.0%}.")
 
 
 def background_line(bg: dict[str, Any] | None) -> str:
