@@ -214,7 +214,7 @@ class Settings:
     # TL_FETCH_GATHER_ABOVE records/s arrive (policies/fetch_gather.py); under that, and with
     # 0 ms, a fetch returns at the first record. Its process's consumer only (the process that
     # runs stage 1: role fanout, or the one layout's single process).
-    fetch_gather_ms: int = _env("TL_FETCH_GATHER_MS", 20, int)
+    fetch_gather_ms: int = _env("TL_FETCH_GATHER_MS", 100, int)
     fetch_gather_above: float = _env("TL_FETCH_GATHER_ABOVE", 50.0, float)
     # Stage 2 writes a batch in chunks of users of at most this many rows (Cassandra, then
     # metadata, then Redis and live notices, per chunk; policies/chunks.py), this many chunks

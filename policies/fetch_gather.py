@@ -6,7 +6,10 @@ tweets produced one at a time, the consumer then fetches as fast as round trips 
 returning a few records, and each fetch costs the worker's consumer thread encoding and decoding
 for every partition it holds (aiokafka does it in Python) and the broker a request. Measured on
 stage 1 at 373 tweets/s (bench/results/fetch-gather-20261205/README.md): the consumer thread
-took 0.19 of a core; with fetches allowed to wait 20 ms for 1 MiB, 0.05.
+took 0.19 of a core; with fetches allowed to wait 20 ms for 1 MiB, 0.05. A wait of 100 ms (the
+default since) also makes stage 1's batches fewer and fuller, and what each batch costs every
+process (its store round trips, its delivery messages, stage 2's cycles) fell with them:
+bench/results/fetch-gather-wait-20261205/README.md.
 
 Waiting costs latency when little arrives (the idle lag goal is p50 < 30 ms over two hops), so
 fetches gather only while records arrive faster than ``above_per_s``, and go back to returning
