@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Mapping
 
 from localenv.host import terminate
 from policies.worker_layout import LAYOUTS
@@ -52,12 +52,16 @@ class Worker:
     ``deliver`` process in ``split``. They start, stop and crash together (a host's worker);
     ``proc`` is the first, ``procs`` all of them (role -> process)."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, web_port: int | None = None) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, web_port: int | None = None,
+                 role_ports: Mapping[str, int] | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
         self.web_port = web_port or free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.web_ports: dict[str, int] = {}  # role -> its faust web server's port (GET /metrics)
+        # Ports of the other roles, e.g. those of an earlier start (a static member restarted
+        # must come back with its old URL: Faust checks it against its old assignment).
+        self.role_ports = dict(role_ports or {})
         self._logs: list[IO[bytes]] = []
 
     @property
@@ -76,7 +80,7 @@ class Worker:
     def start(self) -> "Worker":
         roles = LAYOUTS[self.settings.worker_layout]
         for role in roles:
-            self.web_ports[role] = self.web_port if role == roles[0] else free_port()
+            self.web_ports[role] = self.web_port if role == roles[0] else self.role_ports.get(role) or free_port()
             self.procs[role] = self._spawn(role, self.web_ports[role])
         return self
 

@@ -1,6 +1,6 @@
 """The fault-injection suite from the command line.
 
-    python -m ops.faults [--plan short|full] [--seed N] [--keep-servers] [--out-dir DIR]
+    python -m ops.faults [--plan short|full] [--layout one|split] [--seed N] [--keep-servers] [--out-dir DIR]
 
 ``short`` (what CI runs, through ``tests/integration/test_faults.py``): 2 worker SIGKILLs,
 a Redis SIGKILL (its data lost), a 5 s SIGSTOP of Kafka. ``full``: 10 worker SIGKILLs;
@@ -30,13 +30,15 @@ def render_md(report: dict[str, Any]) -> str:
     lines = [
         f"# Fault suite, plan `{report['plan']}` ({report['timestamp']})",
         "",
-        f"Command: `python -m ops.faults --plan {report['plan']} --seed {cfg['seed']}`. "
+        f"Command: `python -m ops.faults --plan {report['plan']} --seed {cfg['seed']}"
+        f"{' --layout ' + cfg['layout'] if cfg.get('layout', 'one') != 'one' else ''}`. "
         f"Result: **{'passed' if report['ok'] else 'FAILED'}** in {report.get('duration_s')} s.",
         "",
         f"Private servers {report.get('servers', {}).get('state')} (base port "
         f"{report.get('servers', {}).get('base_port')}); namespace `{report.get('namespace')}`, 4 partitions, "
-        "two workers (named, supervised: a dead one's member is removed from the group at once, then it is "
-        "started again), Post and query services as child processes. Load through the HTTP API: "
+        f"two workers{' (a process per role each)' if cfg.get('layout') == 'split' else ''} (named, supervised: "
+        "a dead one's member is removed from its group at once, then it is started again), Post and query "
+        "services as child processes. Load through the HTTP API: "
         f"{cfg['writes_per_s']:g} writes/s (tweets with an Idempotency-Key retried on 503, deletes, follows, "
         f"unfollows, a celebrity falling below the threshold and back) and {cfg['reads_per_s']:g} home-timeline "
         f"reads/s over {report.get('scenario', {}).get('users')} users; a probe tweet on every partition every 0.5 s.",
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", default="short",
                         help="short, full, or faults kind:target[:pause_s],... (e.g. server_kill:cassandra)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--layout", choices=("one", "split"), default="one",
+                        help="the workers' TL_WORKER_LAYOUT: one process each, or a process per role")
     parser.add_argument("--keep-servers", action="store_true",
                         help="leave the private servers running afterwards (and a failed run's namespace)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     def echo(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    report = asyncio.run(run_suite(Config(plan=args.plan, seed=args.seed, keep_servers=args.keep_servers), echo))
+    report = asyncio.run(run_suite(Config(plan=args.plan, seed=args.seed, keep_servers=args.keep_servers,
+                                        layout=args.layout), echo))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     label = args.plan if args.plan in ("short", "full") else "custom"
     base = args.out_dir / f"faults-{label}-{report['timestamp']}"

@@ -25,6 +25,7 @@ from localenv.host import terminate
 from localenv.worker import ROOT, Worker, free_port, settings_env, tail
 from ops.group import describe as describe_group
 from ops.schema import apply_cassandra, apply_postgres, create_topics_async, drop_namespace
+from policies.worker_layout import LAYOUTS
 from settings import Settings
 
 
@@ -118,7 +119,7 @@ class Cluster:
         self.static_membership = static_membership
         self.worker_names = [f"w{i + 1}" for i in range(workers)]
         self.workers: dict[str, Worker] = {}
-        self._web_ports: dict[str, int] = {}
+        self._web_ports: dict[str, dict[str, int]] = {}  # worker -> role -> web port
         self.post: ServiceProcess | None = None
         self.query: ServiceProcess | None = None
 
@@ -146,8 +147,10 @@ class Cluster:
             raise RuntimeError(f"worker {name} is running")
         # The same web port as before: Faust puts the worker's URL in its group metadata, and
         # a static member given its old assignment back asserts that the URL is its own.
-        port = self._web_ports.setdefault(name, free_port())
-        worker = Worker(self.worker_settings(name), self.workdir / f"{name}.log", web_port=port).start()
+        ports = self._web_ports.get(name, {})
+        worker = Worker(self.worker_settings(name), self.workdir / f"{name}.log",
+                        web_port=ports.get(LAYOUTS[self.settings.worker_layout][0]), role_ports=ports).start()
+        self._web_ports[name] = dict(worker.web_ports)
         self.workers[name] = worker
         return worker
 
@@ -168,31 +171,41 @@ class Cluster:
     def worker_pids(self) -> dict[str, int]:
         return {name: w.proc.pid for name, w in self.workers.items() if w.alive()}
 
-    async def assignment(self) -> tuple[str, dict[str, set[int]]]:
-        """The group's state and, per member (named by its worker name), the partitions of
-        ``tweets`` it owns."""
-        group = await describe_group(self.settings)
-        owned = {(m.name(self.settings) or m.member_id): set(m.partitions.get(self.settings.topic_tweets, ()))
-                 for m in group.members}
+    def role_settings(self) -> list[Settings]:
+        """The settings of each role's consumer group (``policies/worker_layout.py``): the one
+        group of the ``one`` layout, or the ``fanout`` group (``tweets``) then ``deliver``."""
+        roles = LAYOUTS[self.settings.worker_layout]
+        if roles == ("all",):
+            return [self.settings]
+        return [self.settings.replace(worker_role=role) for role in roles]
+
+    async def assignment(self, settings: Settings | None = None) -> tuple[str, dict[str, set[int]]]:
+        """A role's group (by default the one that consumes ``tweets``): its state and, per
+        member (named by its worker name), the partitions of the role's first topic it owns."""
+        settings = settings or self.role_settings()[0]
+        topic = settings.worker_groups()[settings.worker_group][0]
+        group = await describe_group(settings)
+        owned = {(m.name(settings) or m.member_id): set(m.partitions.get(topic, ())) for m in group.members}
         return group.state, owned
 
     async def wait_members(self, n: int, timeout: float = 120.0) -> dict[str, set[int]]:
-        """Until the group is stable with ``n`` members that together own every partition."""
+        """Until every role's group is stable with ``n`` members that together own every
+        partition; returns the assignment of the group that consumes ``tweets``."""
         last: Any = None
         end = time.monotonic() + timeout
         every = set(range(self.settings.topic_partitions))
         while time.monotonic() < end:
             self.check_workers()
             try:
-                state, owned = await self.assignment()
-                last = (state, owned)
-                if (state == "Stable" and len(owned) == n and all(owned.values())
-                        and set().union(*owned.values()) == every):
-                    return owned
+                found = [await self.assignment(s) for s in self.role_settings()]
+                last = found
+                if all(state == "Stable" and len(owned) == n and all(owned.values())
+                       and set().union(*owned.values()) == every for state, owned in found):
+                    return found[0][1]
             except Exception as exc:  # noqa: BLE001 - coordinator not ready yet
                 last = exc
             await asyncio.sleep(0.5)
-        raise TimeoutError(f"consumer group never had {n} stable members owning every partition: {last!r}")
+        raise TimeoutError(f"consumer groups never had {n} stable members owning every partition: {last!r}")
 
     # --- HTTP services ------------------------------------------------------------------------
     async def start_services(self) -> None:

@@ -66,3 +66,4 @@ class Config:
     resume_timeout_s: float = 120.0
     caught_up_timeout_s: float = 180.0
     keep_servers: bool = False
+    layout: str = "one"  # TL_WORKER_LAYOUT of the workers: "one", or "split" (a process per role)

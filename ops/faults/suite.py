@@ -2,7 +2,9 @@
 
 One run starts a private :class:`localenv.server_set.ServerSet` (own folder and ports: the shared
 servers of ``./dev services up`` are never touched), a namespace on it, two workers (named,
-so the supervisor logic of ``ops/supervise.py`` can hand a dead one's partitions over), the
+so the supervisor logic of ``ops/supervise.py`` can hand a dead one's partitions over; in the
+``split`` layout (``Config.layout``) each worker is a process per role, killed and started
+together, and the hand-over is made in each role's group), the
 Post and query services as child processes, a seeded :class:`ops.faults.load.Scenario`
 (writes and reads through the HTTP API) and :class:`ops.faults.probes.Probes` (a probe
 tweet on every partition every 0.5 s). Then, for each fault of the plan:
@@ -37,7 +39,7 @@ import traceback
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from localenv.host import REPO, STATE
 from localenv.server_set import ServerSet
@@ -104,7 +106,7 @@ class Suite:
         self.echo = echo
         self.rng = random.Random(config.seed)
         self.cluster = Cluster(
-            servers, workdir, namespace="faults", workers=2,
+            servers, workdir, namespace="faults", workers=2, worker_layout=config.layout,
             celebrity_threshold=20, celebrity_hysteresis=5, timeline_cap=60, backfill_limit=25,
             **unthrottled(),  # one address drives every user: the abuse limits would refuse it
         )
@@ -113,7 +115,7 @@ class Suite:
         self.scenario: Scenario | None = None
         self.probes: Probes | None = None
         self.observer = Observer(self.settings)
-        self.watch: GroupWatch | None = None
+        self.watches: list[GroupWatch] = []  # one per role's group (Cluster.role_settings)
         self.records: list[dict[str, Any]] = []
         self.probe_users: dict[int, Any] = {}
         self.probe_accepted: dict[int, int] = {}  # probe tweet id -> author, every 201
@@ -125,7 +127,8 @@ class Suite:
         self.cluster.start_workers()
         await self.cluster.start_services()
         owned = await self.cluster.wait_members(2, timeout=180)
-        self.watch = await GroupWatch(self.settings).start()  # what ops/supervise.py keeps
+        # What ops/supervise.py keeps, for each role's group (a process of each role dies with a worker).
+        self.watches = [await GroupWatch(s).start() for s in self.cluster.role_settings()]
         self.api = Api(self.cluster.post.url, self.cluster.query.url)
         self.scenario = Scenario(self.api, self.config.seed, users=self.config.users, threshold=20, hysteresis=5)
         await self.scenario.setup()
@@ -217,11 +220,13 @@ class Suite:
         if fault.kind == "worker_kill":
             pid = self.cluster.kill_worker(fault.target)
             # What ops/supervise.py does: hand the partitions over at once, then restart.
-            handover = await hand_over(self.settings, fault.target, watch=self.watch, died_at=t0)
+            handovers = await asyncio.gather(*(hand_over(w.settings, fault.target, watch=w, died_at=t0)
+                                               for w in self.watches))
             await asyncio.sleep(RESTART_DELAY_S)
             self.cluster.start_worker(fault.target)
-            out.update(pid=pid, member_removed_after_s=handover.removed_after_s,
-                       group_settled_after_s=handover.settled_after_s, restarted_after_s=round(time.monotonic() - t0, 2))
+            out.update(pid=pid, member_removed_after_s=latest(h.removed_after_s for h in handovers),
+                       group_settled_after_s=latest(h.settled_after_s for h in handovers),
+                       restarted_after_s=round(time.monotonic() - t0, 2))
         elif fault.kind == "server_kill":
             pid = await asyncio.to_thread(self.servers.kill, fault.target)
             killed = time.monotonic()
@@ -282,8 +287,8 @@ class Suite:
         return ok
 
     async def stop(self) -> None:
-        if self.watch is not None:
-            await self.watch.stop()
+        for watch in self.watches:
+            await watch.stop()
         if self.api is not None:
             await self.api.close()
         await asyncio.to_thread(self.cluster.stop)
@@ -343,6 +348,12 @@ async def run_suite(config: Config, echo: Callable[[str], None] = print) -> dict
     report["ok"] = bool(report["cycles"]) and len(report["cycles"]) == len(faults) and all(
         c.get("ok") for c in report["cycles"])
     return report
+
+
+def latest(times: Iterable[float | None]) -> float | None:
+    """The last of a fault's times over the role groups (None if any did not happen)."""
+    times = list(times)
+    return None if not times or any(t is None for t in times) else max(times)
 
 
 def one_line(rec: dict[str, Any]) -> str:

@@ -11,6 +11,10 @@ break everyone else's tests. ``TL_FAULTS`` picks the plan:
   and writes its report to ``bench/results``);
 * ``off``: skipped.
 
+It runs once per worker layout of ``TL_FAULTS_LAYOUT`` (default ``one,split``): ``one``
+process per worker, and ``split``, a process per role, as ``docker-compose.yml`` and the
+benchmark run them (a worker SIGKILL kills both, and the hand-over is made in each role's group).
+
 After each fault: every partition owned, consumer lag 0, 0 differences from the
 reference, every tweet answered 201 on the log, no 5xx but a 503 with a ``detail``, and,
 for a worker, deliveries on its partitions again within 10 s.
@@ -35,12 +39,15 @@ from ops.faults.plan import Config  # noqa: E402
 from ops.faults.suite import run_suite  # noqa: E402
 
 PLAN = os.environ.get("TL_FAULTS", "short")
+LAYOUTS = [layout for layout in os.environ.get("TL_FAULTS_LAYOUT", "one,split").split(",") if layout]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(PLAN == "off", reason="TL_FAULTS=off")
-async def test_faults_change_nothing_users_see() -> None:
-    report = await run_suite(Config(plan=PLAN, keep_servers=os.environ.get("TL_FAULTS_KEEP_SERVERS") == "1"))
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_faults_change_nothing_users_see(layout: str) -> None:
+    report = await run_suite(Config(plan=PLAN, layout=layout,
+                                    keep_servers=os.environ.get("TL_FAULTS_KEEP_SERVERS") == "1"))
     table = render_md(report)
     print(table)
     failed = [c for c in report["cycles"] if not c.get("ok")]

@@ -50,3 +50,12 @@ def test_probe_pairs_put_author_and_follower_on_each_partition():
         assert partition_for_id(author, 4) == p == partition_for_id(follower, 4)
     with pytest.raises(ValueError):
         pick_pairs(users[:3], 4)
+
+
+def test_a_worker_kill_is_over_when_every_role_group_is():
+    from ops.faults.suite import latest
+
+    assert latest([0.1, 0.8]) == 0.8  # the split layout: the later of its two groups
+    assert latest([0.3]) == 0.3
+    assert latest([0.2, None]) is None  # a group never settled: not over
+    assert latest([]) is None
