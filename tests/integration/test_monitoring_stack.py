@@ -42,12 +42,16 @@ def agent_jobs(stack: Stack) -> set[str]:
             if agent_answers(stack.server(name).host, stack.server(name).agent_port)}
 
 
-def wait_targets_up(stack: Stack, jobs: set[str], timeout: float = 30.0) -> dict[str, str]:
-    health: dict[str, str] = {}
+def wait_targets_up(stack: Stack, jobs: set[str], timeout: float = 30.0) -> dict[str, list[str]]:
+    """Until every target of these jobs is up (a job may have several: the split layout's
+    two worker processes); the health of each job's targets."""
+    health: dict[str, list[str]] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        health = {t["job"]: t["health"] for t in stack.prometheus.active_targets()}
-        if all(health.get(job) == "up" for job in jobs):
+        health = {}
+        for t in stack.prometheus.active_targets():
+            health.setdefault(t["job"], []).append(t["health"])
+        if all(health.get(job) and all(h == "up" for h in health[job]) for job in jobs):
             return health
         time.sleep(1.0)
     errors = {t["job"]: t["lastError"] for t in stack.prometheus.active_targets() if t["job"] in jobs}
