@@ -49,8 +49,3 @@ def fit(points: Sequence[dict[str, Any]]) -> dict[str, float] | None:
     worst = max(abs(y - (per_row + per_push * x)) / y for x, y in pts)
     return {"ms_per_row": round(per_row * 1000, 4), "ms_per_push": round(per_push * 1000, 4),
             "largest_relative_error": round(worst, 3)}
-
-
-def cores_needed(rate: float, rows_per_push: float, model: dict[str, float]) -> float:
-    """Cores the pipeline needs to deliver ``rate`` rows/s at ``rows_per_push`` rows per user and push."""
-    return rate * (model["ms_per_row"] + model["ms_per_push"] / rows_per_push) / 1000

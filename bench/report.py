@@ -158,10 +158,8 @@ def fanout_lag(doc: Doc, f: dict, r: dict) -> None:
 def cost_per_push(doc: Doc, f: dict, r: dict) -> None:
     """The burst and the loaded points: rows per (user, push) against the pipeline's CPU per
     delivery, and the fit of ``bench/cost_model.py``."""
-    points = []
-    burst, cpu = r.get("fanout_throughput") or {}, r.get("cpu_per_1000_deliveries") or {}
-    if burst.get("deliveries_per_s"):
-        points.append(cost_point("burst", cpu.get("deliveries"), cpu.get("cpu_s") or {}, cpu.get("redis_commands")))
+    cpu = r.get("cpu_per_1000_deliveries") or {}
+    points = [cost_point("burst", cpu.get("deliveries"), cpu.get("cpu_s") or {}, cpu.get("redis_commands"))]
     for run in f["runs"]:
         if run.get("share"):  # the idle point's CPU is the servers' own background
             points.append(cost_point(run["load"], run["offered_deliveries_per_s"] * run["duration_s"],

@@ -56,12 +56,12 @@ class Worker:
                  role_ports: Mapping[str, int] | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
-        self.web_port = web_port or free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.web_ports: dict[str, int] = {}  # role -> its faust web server's port (GET /metrics)
-        # Ports of the other roles, e.g. those of an earlier start (a static member restarted
-        # must come back with its old URL: Faust checks it against its old assignment).
+        # Ports by role, e.g. an earlier start's ``web_ports`` (a static member restarted must
+        # come back with its old URL: Faust checks it against its old assignment).
         self.role_ports = dict(role_ports or {})
+        self.web_port = web_port or self.role_ports.get(LAYOUTS[settings.worker_layout][0]) or free_port()
         self._logs: list[IO[bytes]] = []
 
     @property

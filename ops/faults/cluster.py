@@ -147,9 +147,8 @@ class Cluster:
             raise RuntimeError(f"worker {name} is running")
         # The same web port as before: Faust puts the worker's URL in its group metadata, and
         # a static member given its old assignment back asserts that the URL is its own.
-        ports = self._web_ports.get(name, {})
         worker = Worker(self.worker_settings(name), self.workdir / f"{name}.log",
-                        web_port=ports.get(LAYOUTS[self.settings.worker_layout][0]), role_ports=ports).start()
+                        role_ports=self._web_ports.get(name)).start()
         self._web_ports[name] = dict(worker.web_ports)
         self.workers[name] = worker
         return worker

@@ -1,8 +1,7 @@
 """bench/cost_model.py: CPU per delivery split into per row and per (user, push)."""
 import pytest
 
-from bench.cost_model import cores_needed, fit, point
-
+from bench.cost_model import fit, point
 
 
 def make(deliveries, pushes, row_ms=0.03, push_ms=0.1):
@@ -29,7 +28,6 @@ def test_fit_recovers_the_costs():
     assert model["ms_per_row"] == pytest.approx(0.03, abs=1e-4)
     assert model["ms_per_push"] == pytest.approx(0.1, abs=1e-4)
     assert model["largest_relative_error"] == 0
-    assert cores_needed(20_000, 2.0, model) == pytest.approx(20_000 * (0.03 + 0.05) / 1000, rel=1e-3)
 
 
 def test_fit_needs_spread():
